@@ -1,0 +1,21 @@
+//! walrus: local-first, peer-to-peer replication built on a durable
+//! write-ahead log.
+//!
+//! The crate is layered; each layer is usable on its own:
+//!
+//! - [`wal`]: a segmented, checksummed, crash-safe log of opaque records with
+//!   fsync policies and group commit.
+//!
+//! ```
+//! use walrus::wal::{SyncPolicy, Wal, WalOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let wal = Wal::open(dir.path(), WalOptions::new(SyncPolicy::batch()))?;
+//! let lsn = wal.append(b"first record")?; // durable when this returns
+//! assert_eq!(lsn, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod wal;

@@ -1,0 +1,79 @@
+//! A seam around the log's file operations, so tests (yours and ours) can
+//! make a write run out of space or an fsync fail and observe what the log
+//! does about it.
+//!
+//! ```
+//! use std::{io, path::Path, sync::Arc};
+//! use walrus::wal::{FaultInjector, FileOp, Injected, SyncPolicy, Wal, WalOptions};
+//!
+//! /// Fails every fdatasync.
+//! struct BrokenDisk;
+//! impl FaultInjector for BrokenDisk {
+//!     fn check(&self, op: FileOp, _path: &Path, _len: usize) -> Result<(), Injected> {
+//!         match op {
+//!             FileOp::SyncData => Err(Injected::fail(io::Error::other("injected EIO"))),
+//!             _ => Ok(()),
+//!         }
+//!     }
+//! }
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut opts = WalOptions::new(SyncPolicy::Always);
+//! opts.preallocate = false;
+//! let wal = Wal::open(dir.path(), opts.clone())?;
+//! wal.append(b"safe")?;
+//! drop(wal);
+//! let wal = Wal::open(dir.path(), opts.with_faults(Arc::new(BrokenDisk)))?;
+//! assert!(wal.append(b"never acknowledged").is_err());
+//! assert!(wal.append(b"refused: the log is poisoned").is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::io;
+use std::path::Path;
+
+/// A file operation the log is about to perform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    /// Writing `len` bytes of records or zero fill to a segment.
+    Write,
+    /// `fdatasync` of a segment file.
+    SyncData,
+    /// `fsync` of the log directory.
+    SyncDir,
+    /// Creating a file (new segment or preallocation).
+    Create,
+    /// Renaming a prepared file to its segment name.
+    Rename,
+    /// Deleting a segment.
+    Remove,
+}
+
+/// An injected failure.
+#[derive(Debug)]
+pub struct Injected {
+    /// For [`FileOp::Write`]: how many bytes to write before failing,
+    /// simulating a short write (e.g. the disk filled up part-way).
+    pub written: usize,
+    /// The error the operation returns.
+    pub error: io::Error,
+}
+
+impl Injected {
+    /// Fail without performing any part of the operation.
+    pub fn fail(error: io::Error) -> Injected {
+        Injected { written: 0, error }
+    }
+
+    /// A "no space left on device" error after `written` bytes.
+    pub fn no_space(written: usize) -> Injected {
+        Injected { written, error: io::Error::from_raw_os_error(28) }
+    }
+}
+
+/// Decides, before each file operation, whether it should fail.
+pub trait FaultInjector: Send + Sync + 'static {
+    /// Called before `op` on `path` (`len` is the byte count for writes,
+    /// else 0). Returning an error makes the operation fail with it.
+    fn check(&self, op: FileOp, path: &Path, len: usize) -> Result<(), Injected>;
+}

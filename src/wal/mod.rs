@@ -1,0 +1,202 @@
+//! A segmented, checksummed, crash-safe write-ahead log of opaque records.
+//!
+//! Records get consecutive log sequence numbers ([`Lsn`]) starting at 1 that
+//! are never reused, across restarts and truncation. Durability follows the
+//! [`SyncPolicy`]; concurrent appenders share `fdatasync` calls (group
+//! commit). On open the directory is recovered: every checksum is verified, a
+//! torn tail of the last segment is discarded, and damage anywhere else is an
+//! [`Error::Corrupt`] naming the segment and offset. The byte layout is in
+//! `docs/FORMAT.md`.
+//!
+//! ```
+//! use walrus::wal::{SyncPolicy, Wal, WalOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let wal = Wal::open(dir.path(), WalOptions::new(SyncPolicy::Always))?;
+//! assert_eq!(wal.append(b"hello")?, 1);
+//! assert_eq!(wal.append_batch([&b"a"[..], b"b"])?, 2..4);
+//! drop(wal);
+//!
+//! let wal = Wal::open(dir.path(), WalOptions::default())?;
+//! let records: Vec<_> = wal.iter_from(1)?.collect::<Result<_, _>>()?;
+//! assert_eq!(records.len(), 3);
+//! assert_eq!(records[2].payload, b"b");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod fault;
+pub mod format;
+mod reader;
+mod recovery;
+mod segment;
+mod writer;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{Error, Result};
+pub use fault::{FaultInjector, FileOp, Injected};
+pub use reader::{LogReader, LogSummary, Record, WalIter};
+pub use writer::Wal;
+
+/// Log sequence number: 1 for the first record ever appended, then +1 per
+/// record. 0 means "no record".
+pub type Lsn = u64;
+
+/// When appended records are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every append returns only after `fdatasync` covered its record.
+    /// Concurrent appenders still share one `fdatasync`.
+    Always,
+    /// Group commit: an append returns once its record is durable, but the
+    /// thread that issues the shared `fdatasync` first waits up to
+    /// `max_delay` for as many appenders as joined the previous group, so a
+    /// steady stream of concurrent writers costs far fewer syncs.
+    Batch {
+        /// Upper bound on the extra wait before a group is synced.
+        max_delay: Duration,
+    },
+    /// No `fdatasync` unless [`Wal::sync`] is called. Records are buffered in
+    /// the process (up to [`WalOptions::buffer_size`]) and handed to the OS
+    /// when the buffer fills or on [`Wal::flush`], [`Wal::sync`],
+    /// [`Wal::close`] or drop. A crash of the process loses buffered records;
+    /// a crash of the machine loses what the OS had not written.
+    None,
+}
+
+impl SyncPolicy {
+    /// `Batch` with the default delay of 1 ms.
+    pub fn batch() -> SyncPolicy {
+        SyncPolicy::Batch { max_delay: Duration::from_millis(1) }
+    }
+
+    /// True unless the policy is `None`.
+    pub fn is_durable(&self) -> bool {
+        !matches!(self, SyncPolicy::None)
+    }
+}
+
+impl std::str::FromStr for SyncPolicy {
+    type Err = Error;
+
+    /// Parses `always`, `batch` or `none`.
+    fn from_str(s: &str) -> Result<SyncPolicy> {
+        match s {
+            "always" => Ok(SyncPolicy::Always),
+            "batch" => Ok(SyncPolicy::batch()),
+            "none" => Ok(SyncPolicy::None),
+            other => {
+                Err(Error::InvalidArgument(format!("unknown sync policy {other:?} (expected always, batch or none)")))
+            }
+        }
+    }
+}
+
+/// What [`Wal::open`] does when it finds a damaged record that is not part
+/// of a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Refuse to open: return [`Error::Corrupt`].
+    #[default]
+    Strict,
+    /// Discard everything from the damage on (the rest of that segment and
+    /// all later segments) and open. LSNs of discarded records are handed out
+    /// again. Use only after inspecting the damage.
+    Repair,
+}
+
+/// Options of a log. `WalOptions::default()` is `Always` durability, 64 MiB
+/// preallocated segments and a 16 MiB record limit.
+#[derive(Clone)]
+pub struct WalOptions {
+    /// Durability policy.
+    pub sync: SyncPolicy,
+    /// Segment size: a new segment starts at the first commit boundary at or
+    /// past this many bytes. A batch is never split across segments.
+    pub segment_size: u64,
+    /// Fill new segments with zeros before use so `fdatasync` needs no
+    /// metadata update (the next segment is prepared in the background).
+    pub preallocate: bool,
+    /// Largest accepted record, also the bound on any length read from disk.
+    pub max_record_size: u32,
+    /// With [`SyncPolicy::None`]: bytes buffered in the process before they
+    /// are written to the OS.
+    pub buffer_size: usize,
+    /// What to do about damaged records.
+    pub recovery: RecoveryMode,
+    /// Failure injection for tests.
+    pub faults: Option<Arc<dyn FaultInjector>>,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions::new(SyncPolicy::Always)
+    }
+}
+
+impl fmt::Debug for WalOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalOptions")
+            .field("sync", &self.sync)
+            .field("segment_size", &self.segment_size)
+            .field("preallocate", &self.preallocate)
+            .field("max_record_size", &self.max_record_size)
+            .field("buffer_size", &self.buffer_size)
+            .field("recovery", &self.recovery)
+            .field("faults", &self.faults.is_some())
+            .finish()
+    }
+}
+
+impl WalOptions {
+    /// Defaults with the given sync policy.
+    pub fn new(sync: SyncPolicy) -> WalOptions {
+        WalOptions {
+            sync,
+            segment_size: 64 << 20,
+            preallocate: true,
+            max_record_size: 16 << 20,
+            buffer_size: 1 << 20,
+            recovery: RecoveryMode::Strict,
+            faults: None,
+        }
+    }
+
+    /// Sets the segment size.
+    pub fn segment_size(mut self, bytes: u64) -> WalOptions {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Sets the recovery mode.
+    pub fn recovery(mut self, mode: RecoveryMode) -> WalOptions {
+        self.recovery = mode;
+        self
+    }
+
+    /// Installs a fault injector.
+    pub fn with_faults(mut self, faults: Arc<dyn FaultInjector>) -> WalOptions {
+        self.faults = Some(faults);
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.segment_size < 4096 {
+            return Err(Error::InvalidArgument(format!(
+                "segment_size {} is below the minimum of 4096",
+                self.segment_size
+            )));
+        }
+        if self.max_record_size == 0 || self.max_record_size > format::MAX_PAYLOAD_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "max_record_size must be between 1 and {}, got {}",
+                format::MAX_PAYLOAD_LEN,
+                self.max_record_size
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,205 @@
+//! Reading records back: the iterator shared by [`Wal::iter_from`] and the
+//! read-only [`LogReader`] used by `walrus log dump` and `verify`.
+//!
+//! [`Wal::iter_from`]: super::Wal::iter_from
+
+use std::path::{Path, PathBuf};
+
+use super::error::{Error, Result};
+use super::recovery::{scan_dir, Scan};
+use super::segment::{SegmentReader, Step};
+use super::{Lsn, WalOptions};
+
+/// One record read from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its log sequence number.
+    pub lsn: Lsn,
+    /// The bytes that were appended.
+    pub payload: Vec<u8>,
+}
+
+/// Iterator over records in LSN order, from a starting LSN up to a limit
+/// fixed when it was created. Yields an error (and then stops) if a segment
+/// disappears underneath it or does not hold what it should.
+pub struct WalIter {
+    segments: Vec<(Lsn, PathBuf)>,
+    seg_idx: usize,
+    reader: Option<SegmentReader>,
+    next: Lsn,
+    limit: Lsn,
+    max_payload: u32,
+    failed: bool,
+}
+
+impl WalIter {
+    pub(crate) fn new(segments: Vec<(Lsn, PathBuf)>, from: Lsn, limit: Lsn, max_payload: u32) -> Result<WalIter> {
+        let first = segments.first().map_or(1, |s| s.0);
+        if from < first && from <= limit {
+            return Err(Error::Truncated { lsn: from, first });
+        }
+        let from = from.max(first);
+        // The segment holding `from`: the last one starting at or before it.
+        let seg_idx = segments.iter().rposition(|(f, _)| *f <= from).unwrap_or(0);
+        Ok(WalIter { segments, seg_idx, reader: None, next: from, limit, max_payload, failed: false })
+    }
+
+    fn corrupt(&self, path: &Path, offset: u64, reason: String) -> Error {
+        Error::Corrupt { segment: path.to_path_buf(), offset, reason }
+    }
+
+    fn step(&mut self) -> Result<Option<Record>> {
+        loop {
+            if self.next > self.limit {
+                return Ok(None);
+            }
+            if self.reader.is_none() {
+                let Some((first, path)) = self.segments.get(self.seg_idx) else {
+                    return Err(Error::Truncated { lsn: self.next, first: self.segments.first().map_or(1, |s| s.0) });
+                };
+                let reader = match SegmentReader::open(path, self.max_payload) {
+                    Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(Error::Truncated { lsn: self.next, first: *first + 1 });
+                    }
+                    r => r?,
+                };
+                self.reader = Some(reader);
+            }
+            let Some(reader) = self.reader.as_mut() else { continue };
+            let next = self.next;
+            match reader.next_step()? {
+                Step::Frame { offset, frame } => {
+                    if frame.lsn < next {
+                        continue;
+                    }
+                    let (lsn, payload) = (frame.lsn, frame.payload.to_vec());
+                    if lsn != next {
+                        let path = reader.path.clone();
+                        return Err(self.corrupt(&path, offset, format!("expected LSN {next}, found {lsn}")));
+                    }
+                    self.next += 1;
+                    return Ok(Some(Record { lsn, payload }));
+                }
+                Step::End { offset, stop } => {
+                    let path = reader.path.clone();
+                    if self.seg_idx + 1 < self.segments.len() && self.segments[self.seg_idx + 1].0 == next {
+                        self.seg_idx += 1;
+                        self.reader = None;
+                        continue;
+                    }
+                    return Err(self.corrupt(&path, offset, format!("record {next} missing ({stop:?})")));
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for WalIter {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(r) => r.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Summary of a log directory, as printed by `walrus log verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSummary {
+    /// Segment files.
+    pub segments: usize,
+    /// Committed records.
+    pub records: u64,
+    /// Payload bytes of the committed records.
+    pub payload_bytes: u64,
+    /// Bytes of all segment files.
+    pub file_bytes: u64,
+    /// First LSN held (or the LSN the next append gets, if empty).
+    pub first_lsn: Lsn,
+    /// Last LSN held (`first_lsn - 1` if empty).
+    pub last_lsn: Lsn,
+    /// A torn tail that the next [`Wal::open`](super::Wal::open) truncates:
+    /// (segment, offset, length in bytes).
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+}
+
+impl std::fmt::Display for LogSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ok: {} segments, {} records, {} payload bytes ({} bytes on disk), first LSN {}, last LSN {}",
+            self.segments, self.records, self.payload_bytes, self.file_bytes, self.first_lsn, self.last_lsn
+        )?;
+        if let Some((seg, off, len)) = &self.torn_tail {
+            write!(f, "; torn tail of {len} bytes at {}:{off} is discarded on next open", seg.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Read-only view of a log directory: scans and verifies it without taking
+/// the lock or changing a byte. Safe to use on a log another process has open
+/// (it sees the records committed when it was created).
+///
+/// ```
+/// use walrus::wal::{LogReader, SyncPolicy, Wal, WalOptions};
+/// let dir = tempfile::tempdir()?;
+/// let wal = Wal::open(dir.path(), WalOptions::new(SyncPolicy::Always))?;
+/// wal.append(b"one")?;
+/// wal.append(b"two")?;
+/// let reader = LogReader::open(dir.path(), &WalOptions::default())?;
+/// assert_eq!(reader.summary().records, 2);
+/// let payloads: Vec<Vec<u8>> = reader.iter_from(2)?.map(|r| r.map(|r| r.payload)).collect::<Result<_, _>>()?;
+/// assert_eq!(payloads, vec![b"two".to_vec()]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct LogReader {
+    scan: Scan,
+    max_payload: u32,
+}
+
+impl LogReader {
+    /// Scans `dir`. Fails with [`Error::Corrupt`] (naming segment and offset)
+    /// if a record that is not part of a torn tail is damaged.
+    pub fn open(dir: &Path, options: &WalOptions) -> Result<LogReader> {
+        if !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!("{} is not a directory", dir.display())));
+        }
+        let scan = scan_dir(dir, options.max_record_size)?;
+        if let Some(d) = &scan.damage {
+            return Err(d.to_error(&scan.segments, &scan.paths));
+        }
+        Ok(LogReader { scan, max_payload: options.max_record_size })
+    }
+
+    /// Counts and bounds of what the directory holds.
+    pub fn summary(&self) -> LogSummary {
+        let segs = &self.scan.segments;
+        let first_lsn = segs.first().map_or(1, |s| s.header.first_lsn);
+        let torn_tail =
+            segs.last().filter(|s| s.dirty_end > s.end).map(|s| (s.path.clone(), s.end, s.dirty_end - s.end));
+        LogSummary {
+            segments: segs.len(),
+            records: segs.iter().map(|s| s.records).sum(),
+            payload_bytes: segs.iter().map(|s| s.payload_bytes).sum(),
+            file_bytes: segs.iter().map(|s| std::fs::metadata(&s.path).map_or(0, |m| m.len())).sum(),
+            first_lsn,
+            last_lsn: segs.last().map_or(0, |s| s.last_lsn),
+            torn_tail,
+        }
+    }
+
+    /// Committed records from `from` on.
+    pub fn iter_from(&self, from: Lsn) -> Result<WalIter> {
+        let segments = self.scan.segments.iter().map(|s| (s.header.first_lsn, s.path.clone())).collect();
+        WalIter::new(segments, from, self.scan.last_lsn(), self.max_payload)
+    }
+}
