@@ -1,1 +1,82 @@
-fn main() {}
+//! The `walrus` command-line tool: inspect and drive write-ahead logs, and
+//! run the demo.
+
+mod demo;
+mod log_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "walrus", version, about = "Local-first replication on a durable write-ahead log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with a write-ahead log directory.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Show the log surviving SIGKILL: append, kill, recover, verify.
+    Demo,
+}
+
+#[derive(Subcommand)]
+pub enum LogCommand {
+    /// Append standard input, one record per line; print each LSN once durable.
+    Append {
+        /// Log directory (created if missing).
+        dir: PathBuf,
+        /// When a record counts as written: always (fdatasync per record),
+        /// batch (group commit), none (handed to the OS).
+        #[arg(long, default_value = "always", value_parser = ["always", "batch", "none"])]
+        sync: String,
+        /// Segment size in bytes for new segments.
+        #[arg(long, default_value_t = 64 << 20)]
+        segment_size: u64,
+    },
+    /// Print `<lsn>\t<payload>` for every record, in order.
+    Dump {
+        /// Log directory.
+        dir: PathBuf,
+        /// First LSN to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
+    /// Check every record without modifying anything; exit 0 when clean.
+    Verify {
+        /// Log directory.
+        dir: PathBuf,
+    },
+    /// Delete whole segments whose records all precede LSN.
+    TruncateBefore {
+        /// Log directory.
+        dir: PathBuf,
+        /// Keep records from this LSN on.
+        lsn: u64,
+    },
+    /// Discard a damaged log from the first bad record on, so it opens again.
+    Repair {
+        /// Log directory.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Log(cmd) => log_cmd::run(cmd),
+        Command::Demo => demo::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("walrus: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `walrus log …`: append from stdin, dump, verify, truncate, repair.
+
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use walrus::wal::{LogReader, Lsn, RecoveryMode, SyncPolicy, Wal, WalOptions};
+
+use crate::LogCommand;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+pub fn run(cmd: LogCommand) -> Result<ExitCode> {
+    match cmd {
+        LogCommand::Append { dir, sync, segment_size } => {
+            let policy: SyncPolicy = sync.parse()?;
+            append(&dir, WalOptions::new(policy).segment_size(segment_size))
+        }
+        LogCommand::Dump { dir, from } => dump(&dir, from),
+        LogCommand::Verify { dir } => {
+            let reader = LogReader::open(&dir, &WalOptions::default())?;
+            println!("{}", reader.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::TruncateBefore { dir, lsn } => {
+            require_log_dir(&dir)?;
+            let wal = Wal::open(&dir, WalOptions::default())?;
+            let removed = wal.truncate_before(lsn)?;
+            println!("removed {removed} segments; the log now starts at LSN {}", wal.first_lsn());
+            wal.close()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Repair { dir } => {
+            require_log_dir(&dir)?;
+            let wal = Wal::open(&dir, WalOptions::default().recovery(RecoveryMode::Repair))?;
+            println!("repaired: records {}..={} kept", wal.first_lsn(), wal.last_lsn());
+            wal.close()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn require_log_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()).into());
+    }
+    Ok(())
+}
+
+/// Reads one line without its trailing newline; `None` at end of input.
+fn read_record(input: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> {
+    line.clear();
+    if input.read_until(b'\n', line)? == 0 {
+        return Ok(false);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    Ok(true)
+}
+
+fn print_lsns(out: &mut impl Write, lsns: &[Lsn]) -> io::Result<()> {
+    for lsn in lsns {
+        writeln!(out, "{lsn}")?;
+    }
+    out.flush()
+}
+
+fn append(dir: &Path, opts: WalOptions) -> Result<ExitCode> {
+    let policy = opts.sync;
+    let wal = Arc::new(Wal::open(dir, opts)?);
+    // Our own buffer (larger than stdin's) so `buffer()` tells whether more
+    // input is already at hand.
+    let mut input = BufReader::with_capacity(1 << 16, io::stdin().lock());
+    let mut line = Vec::new();
+    match policy {
+        SyncPolicy::Always => {
+            let mut out = io::stdout().lock();
+            while read_record(&mut input, &mut line)? {
+                let lsn = wal.append(&line)?;
+                print_lsns(&mut out, &[lsn])?;
+            }
+        }
+        SyncPolicy::None => {
+            // Hand records to the OS whenever the input has nothing more
+            // buffered, then acknowledge them all.
+            let mut out = io::stdout().lock();
+            let mut pending = Vec::new();
+            while read_record(&mut input, &mut line)? {
+                pending.push(wal.append_nowait(&line)?);
+                if input.buffer().is_empty() || pending.len() >= 4096 {
+                    wal.flush()?;
+                    print_lsns(&mut out, &pending)?;
+                    pending.clear();
+                }
+            }
+            wal.flush()?;
+            print_lsns(&mut out, &pending)?;
+        }
+        SyncPolicy::Batch { .. } => {
+            // The reader keeps appending while the printer thread leads one
+            // shared fdatasync for everything appended so far.
+            let (tx, rx) = mpsc::sync_channel::<Lsn>(1 << 16);
+            let printer_wal = wal.clone();
+            let printer = std::thread::spawn(move || -> walrus::wal::Result<io::Result<()>> {
+                let mut out = io::stdout().lock();
+                let mut batch = Vec::new();
+                while let Ok(lsn) = rx.recv() {
+                    batch.push(lsn);
+                    batch.extend(rx.try_iter());
+                    let last = batch[batch.len() - 1];
+                    printer_wal.wait_durable(last)?;
+                    if let Err(e) = print_lsns(&mut out, &batch) {
+                        return Ok(Err(e));
+                    }
+                    batch.clear();
+                }
+                Ok(Ok(()))
+            });
+            let mut produce = || -> Result<()> {
+                while read_record(&mut input, &mut line)? {
+                    let lsn = wal.append_nowait(&line)?;
+                    if tx.send(lsn).is_err() {
+                        break; // the printer failed; its error is reported below
+                    }
+                }
+                Ok(())
+            };
+            let produced = produce();
+            drop(tx);
+            match printer.join() {
+                Ok(r) => r??,
+                Err(_) => return Err("printer thread panicked".into()),
+            }
+            produced?;
+        }
+    }
+    match Arc::try_unwrap(wal) {
+        Ok(wal) => wal.close()?,
+        Err(wal) => {
+            wal.sync()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dump(dir: &Path, from: Lsn) -> Result<ExitCode> {
+    let reader = LogReader::open(dir, &WalOptions::default())?;
+    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let write = |out: &mut BufWriter<_>, lsn: Lsn, payload: &[u8]| -> io::Result<()> {
+        write!(out, "{lsn}\t")?;
+        out.write_all(payload)?;
+        out.write_all(b"\n")
+    };
+    for record in reader.iter_from(from)? {
+        let record = record?;
+        if let Err(e) = write(&mut out, record.lsn, &record.payload) {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Err(e.into());
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
