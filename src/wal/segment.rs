@@ -23,7 +23,7 @@ pub const PREALLOC_FILE: &str = "next-segment.tmp";
 pub const NEW_SEGMENT_FILE: &str = "new-segment.tmp";
 
 const READ_CHUNK: usize = 1 << 20;
-const ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
 /// File name of the segment whose first LSN is `first_lsn`.
 pub fn segment_name(first_lsn: u64) -> String {

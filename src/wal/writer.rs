@@ -556,7 +556,10 @@ fn new_segment_file(dir: &Path, io: &Io, opts: &WalOptions) -> Result<(File, Pat
 
 /// Applies the scan's verdict: repairs if allowed, discards the torn tail of
 /// the last segment, creates the first segment of an empty log.
-fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<(Vec<(Lsn, PathBuf)>, Active, Lsn)> {
+/// Segments, the active segment and the next LSN of a recovered log.
+type Recovered = (Vec<(Lsn, PathBuf)>, Active, Lsn);
+
+fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<Recovered> {
     if let Some(damage) = scan.damage.take() {
         let err = damage.to_error(&scan.segments, &scan.paths);
         if opts.recovery == RecoveryMode::Strict {
