@@ -35,6 +35,7 @@ pub struct WalIter {
 impl WalIter {
     pub(crate) fn new(segments: Vec<(Lsn, PathBuf)>, from: Lsn, limit: Lsn, max_payload: u32) -> Result<WalIter> {
         let first = segments.first().map_or(1, |s| s.0);
+        let from = from.max(1);
         if from < first && from <= limit {
             return Err(Error::Truncated { lsn: from, first });
         }
@@ -59,7 +60,8 @@ impl WalIter {
                 };
                 let reader = match SegmentReader::open(path, self.max_payload) {
                     Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(Error::Truncated { lsn: self.next, first: *first + 1 });
+                        let first = self.segments.get(self.seg_idx + 1).map_or(*first, |s| s.0);
+                        return Err(Error::Truncated { lsn: self.next, first });
                     }
                     r => r?,
                 };

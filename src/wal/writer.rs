@@ -312,8 +312,8 @@ impl Wal {
                 st = self.wait(&self.done, st);
                 continue;
             }
-            if st.active.end + total > self.opts.segment_size && st.active.end > SEGMENT_HEADER_LEN as u64 {
-                st = self.rotate(st)?;
+            if self.needs_rotation(&st, total) {
+                st = self.rotate(st, total)?;
                 continue;
             }
             break;
@@ -450,12 +450,21 @@ impl Wal {
         e
     }
 
+    /// A commit unit of `total` bytes does not fit in the active segment,
+    /// which already holds records.
+    fn needs_rotation(&self, st: &State, total: u64) -> bool {
+        st.active.end + total > self.opts.segment_size && st.active.end > SEGMENT_HEADER_LEN as u64
+    }
+
     /// Seals the active segment (writing and syncing what is buffered) and
     /// installs a new one starting at the next LSN.
-    fn rotate<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+    fn rotate<'a>(&'a self, mut st: MutexGuard<'a, State>, total: u64) -> Result<MutexGuard<'a, State>> {
         while st.io_busy || st.rotating {
             st = self.wait(&self.done, st);
             st.check_poisoned()?;
+        }
+        if !self.needs_rotation(&st, total) {
+            return Ok(st); // another appender rotated meanwhile
         }
         st.io_busy = true;
         st.rotating = true;
@@ -592,8 +601,10 @@ fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<Rec
     if last.dirty_end > last.end {
         warn!(segment = %last.path.display(), offset = last.end, bytes = last.dirty_end - last.end, "discarding torn tail");
         io.zero_range(&file, &last.path, last.end, last.dirty_end)?;
-        io.sync_data(&file, &last.path)?;
     }
+    // Records recovered from the page cache may never have been synced; the
+    // next write vouches for them with FLAG_SYNCED_BEFORE, so sync them now.
+    io.sync_data(&file, &last.path)?;
     let segments = scan.segments.iter().map(|s| (s.header.first_lsn, s.path.clone())).collect();
     let active = Active {
         file: Arc::new(file),

@@ -146,8 +146,9 @@ fn append(dir: &Path, opts: WalOptions) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dump(dir: &Path, from: Lsn) -> Result<ExitCode> {
+fn dump(dir: &Path, from: Option<Lsn>) -> Result<ExitCode> {
     let reader = LogReader::open(dir, &WalOptions::default())?;
+    let from = from.unwrap_or_else(|| reader.summary().first_lsn);
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let write = |out: &mut BufWriter<_>, lsn: Lsn, payload: &[u8]| -> io::Result<()> {
         write!(out, "{lsn}\t")?;

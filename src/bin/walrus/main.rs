@@ -43,9 +43,9 @@ pub enum LogCommand {
     Dump {
         /// Log directory.
         dir: PathBuf,
-        /// First LSN to print.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
+        /// First LSN to print (default: the first one the log holds).
+        #[arg(long)]
+        from: Option<u64>,
     },
     /// Check every record without modifying anything; exit 0 when clean.
     Verify {
