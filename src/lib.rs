@@ -19,3 +19,8 @@
 #![warn(missing_docs)]
 
 pub mod wal;
+
+// Keeps the README's example compiling.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -3,29 +3,33 @@
 //! does about it.
 //!
 //! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
 //! use std::{io, path::Path, sync::Arc};
 //! use walrus::wal::{FaultInjector, FileOp, Injected, SyncPolicy, Wal, WalOptions};
 //!
-//! /// Fails every fdatasync.
-//! struct BrokenDisk;
-//! impl FaultInjector for BrokenDisk {
+//! /// Fails every fdatasync once broken.
+//! #[derive(Default)]
+//! struct FlakyDisk(AtomicBool);
+//! impl FaultInjector for FlakyDisk {
 //!     fn check(&self, op: FileOp, _path: &Path, _len: usize) -> Result<(), Injected> {
 //!         match op {
-//!             FileOp::SyncData => Err(Injected::fail(io::Error::other("injected EIO"))),
+//!             FileOp::SyncData if self.0.load(Ordering::SeqCst) => Err(Injected::fail(io::Error::other("injected EIO"))),
 //!             _ => Ok(()),
 //!         }
 //!     }
 //! }
 //!
 //! let dir = tempfile::tempdir()?;
-//! let mut opts = WalOptions::new(SyncPolicy::Always);
-//! opts.preallocate = false;
-//! let wal = Wal::open(dir.path(), opts.clone())?;
+//! let disk = Arc::new(FlakyDisk::default());
+//! let wal = Wal::open(dir.path(), WalOptions::new(SyncPolicy::Always).with_faults(disk.clone()))?;
 //! wal.append(b"safe")?;
-//! drop(wal);
-//! let wal = Wal::open(dir.path(), opts.with_faults(Arc::new(BrokenDisk)))?;
+//! disk.0.store(true, Ordering::SeqCst);
 //! assert!(wal.append(b"never acknowledged").is_err());
 //! assert!(wal.append(b"refused: the log is poisoned").is_err());
+//! drop(wal);
+//!
+//! let wal = Wal::open(dir.path(), WalOptions::default())?;
+//! assert!(wal.last_lsn() >= 1); // "safe" is there; the unacknowledged record may be too
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
