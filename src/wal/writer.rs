@@ -478,11 +478,13 @@ impl Wal {
 
         let span = info_span!("wal_rotate", first_lsn = header.first_lsn);
         let _g = span.enter();
+        let mut sealed = false;
         let result = (|| {
             if !chunk.is_empty() {
                 self.io.write_at(&file, &path, &chunk, offset)?;
             }
             self.io.sync_data(&file, &path)?;
+            sealed = true;
             let prepared = self.prepared_segment(prealloc)?;
             self.io.install_segment(&self.dir, prepared, header)
         })();
@@ -492,6 +494,12 @@ impl Wal {
         st.rotating = false;
         match result {
             Err(e) => {
+                if sealed {
+                    // The buffered records did reach the disk: acknowledge them.
+                    st.active.written_end += chunk.len() as u64;
+                    st.written_lsn = upto;
+                    st.durable_lsn = upto;
+                }
                 let _ = std::fs::remove_file(self.dir.join(PREALLOC_FILE));
                 Err(self.poison(st, e))
             }
