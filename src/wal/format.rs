@@ -13,6 +13,9 @@ pub const SEGMENT_HEADER_LEN: usize = 32;
 pub const FRAME_HEADER_LEN: usize = 20;
 /// Largest payload the format can describe. Options may set a lower limit.
 pub const MAX_PAYLOAD_LEN: u32 = 1 << 30;
+/// Largest LSN a log may use (2^62). A segment header claiming more is
+/// malformed, and appends beyond it fail, so LSN arithmetic never overflows.
+pub const MAX_LSN: u64 = 1 << 62;
 
 /// Frame kind: the record completes a commit unit (a single append, or the
 /// last record of a batch).
@@ -94,7 +97,7 @@ impl SegmentHeader {
             return Err(HeaderError::UnsupportedVersion(version));
         }
         let first_lsn = le_u64(&b[16..24]);
-        if b[10..12] != [0, 0] || b[24..28] != [0; 4] || first_lsn == 0 {
+        if b[10..12] != [0, 0] || b[24..28] != [0; 4] || first_lsn == 0 || first_lsn > MAX_LSN {
             return Err(HeaderError::Malformed);
         }
         Ok(SegmentHeader { salt: le_u32(&b[12..16]), first_lsn })
@@ -262,6 +265,8 @@ mod tests {
         assert_eq!(SegmentHeader::decode(&bad), Err(HeaderError::BadChecksum));
         let zero = SegmentHeader { salt: 1, first_lsn: 0 }.encode();
         assert_eq!(SegmentHeader::decode(&zero), Err(HeaderError::Malformed));
+        let huge = SegmentHeader { salt: 1, first_lsn: MAX_LSN + 1 }.encode();
+        assert_eq!(SegmentHeader::decode(&huge), Err(HeaderError::Malformed));
     }
 
     #[test]

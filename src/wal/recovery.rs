@@ -157,7 +157,7 @@ fn scan_segment(
         // frame proves they had been synced before it was written.
         if discard_tail {
             // Repair: keep the prefix, whatever follows.
-        } else if let Some(at) = r.find_synced_frame(stop_at + 1, dirty_end, next)? {
+        } else if let Some(at) = r.find_synced_frame(stop_at, dirty_end, next)? {
             return Ok(Err((stop_at, format!("{reason}, but a durable record follows at offset {at}"))));
         }
     }

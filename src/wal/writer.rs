@@ -319,6 +319,9 @@ impl Wal {
             break;
         }
         let first = st.next_lsn;
+        if first.saturating_add(records.len() as u64) > format::MAX_LSN + 1 {
+            return Err(Error::InvalidArgument(format!("LSN space exhausted (the limit is {})", format::MAX_LSN)));
+        }
         // Under durable policies every write of a buffer happens after the
         // previous one was synced, so the first frame of a buffer can vouch
         // for everything before it (see `FLAG_SYNCED_BEFORE`).
