@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{Error, Result};
-use super::format::{SegmentHeader, KIND_LAST, SEGMENT_HEADER_LEN};
+use super::format::{SegmentHeader, FRAME_HEADER_LEN, KIND_LAST, SEGMENT_HEADER_LEN};
 use super::segment::{list_segments, SegmentReader, Step, Stop};
 
 /// What a scan found in one segment.
@@ -154,10 +154,13 @@ fn scan_segment(
             return Ok(Err((end, reason)));
         }
         // In the active segment, bad bytes are a torn tail unless a later
-        // frame proves they had been synced before it was written.
+        // frame proves they had been synced before it was written. Such a
+        // frame may end in zero bytes (an empty payload), past `dirty_end`.
         if discard_tail {
             // Repair: keep the prefix, whatever follows.
-        } else if let Some(at) = r.find_synced_frame(stop_at, dirty_end, next)? {
+        } else if let Some(at) =
+            r.find_synced_frame(stop_at, (dirty_end + FRAME_HEADER_LEN as u64).min(r.file_len), next)?
+        {
             return Ok(Err((stop_at, format!("{reason}, but a durable record follows at offset {at}"))));
         }
     }

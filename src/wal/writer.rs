@@ -62,13 +62,14 @@ struct State {
     written_lsn: Lsn,
     durable_lsn: Lsn,
     buf: Vec<u8>,
-    buf_records: usize,
+    buf_units: usize,
     spare: Vec<u8>,
     /// A leader is writing or syncing (or rotating segments).
     io_busy: bool,
     /// Appends must wait: the active segment is being replaced.
     rotating: bool,
-    /// Records in the last synced group (`Batch` gathering target).
+    /// Commit units (appends or batches) in the last synced group: the
+    /// `Batch` gathering target.
     last_group: usize,
     /// A leader is waiting for more records to join its group.
     gathering: bool,
@@ -134,7 +135,7 @@ impl Wal {
             written_lsn: next_lsn - 1,
             durable_lsn: next_lsn - 1,
             buf: Vec::new(),
-            buf_records: 0,
+            buf_units: 0,
             spare: Vec::new(),
             io_busy: false,
             rotating: false,
@@ -337,7 +338,7 @@ impl Wal {
             flags = 0;
         }
         st.next_lsn += n as u64;
-        st.buf_records += n;
+        st.buf_units += 1;
         st.active.end += total;
         if st.gathering {
             self.appended.notify_one();
@@ -393,7 +394,7 @@ impl Wal {
             let spare = std::mem::take(&mut st.spare);
             let chunk = std::mem::replace(&mut st.buf, spare);
             let upto = st.next_lsn - 1;
-            let records = std::mem::take(&mut st.buf_records);
+            let units = std::mem::take(&mut st.buf_units);
             let (file, path, offset) = (st.active.file.clone(), st.active.path.clone(), st.active.written_end);
             drop(st);
 
@@ -414,8 +415,8 @@ impl Wal {
             st.written_lsn = upto;
             if sync {
                 st.durable_lsn = upto;
-                if records > 0 {
-                    st.last_group = records;
+                if units > 0 {
+                    st.last_group = units;
                 }
             }
             let mut chunk = chunk;
@@ -430,12 +431,12 @@ impl Wal {
     /// As the elected leader, waits (at most `max_delay`) until the buffer
     /// holds as many records as the previous group did.
     fn gather<'a>(&self, mut st: MutexGuard<'a, State>, max_delay: std::time::Duration) -> MutexGuard<'a, State> {
-        if max_delay.is_zero() || st.buf_records >= st.last_group {
+        if max_delay.is_zero() || st.buf_units >= st.last_group {
             return st;
         }
         let deadline = Instant::now() + max_delay;
         st.gathering = true;
-        while st.buf_records < st.last_group && st.poisoned.is_none() {
+        while st.buf_units < st.last_group && st.poisoned.is_none() {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -472,7 +473,7 @@ impl Wal {
         st.io_busy = true;
         st.rotating = true;
         let chunk = std::mem::take(&mut st.buf);
-        st.buf_records = 0;
+        st.buf_units = 0;
         let upto = st.next_lsn - 1;
         let (file, path, offset) = (st.active.file.clone(), st.active.path.clone(), st.active.written_end);
         let header = SegmentHeader { salt: segment::random_salt(), first_lsn: st.next_lsn };
