@@ -176,9 +176,12 @@ fn le_u64(b: &[u8]) -> u64 {
 }
 
 fn frame_crc(salt: u32, header_tail: &[u8], payload: &[u8]) -> u32 {
+    // salt ‖ header[4..20] hashed as one 20-byte block, then the payload.
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    head[..4].copy_from_slice(&salt.to_le_bytes());
+    head[4..].copy_from_slice(&header_tail[..FRAME_HEADER_LEN - 4]);
     let mut h = crc32fast::Hasher::new();
-    h.update(&salt.to_le_bytes());
-    h.update(header_tail);
+    h.update(&head);
     h.update(payload);
     h.finalize()
 }

@@ -119,6 +119,8 @@ pub struct WalOptions {
     pub segment_size: u64,
     /// Fill new segments with zeros before use so `fdatasync` needs no
     /// metadata update (the next segment is prepared in the background).
+    /// Applies to the durable policies only: under `None` it would just
+    /// double the bytes written.
     pub preallocate: bool,
     /// Largest accepted record, also the bound on any length read from disk.
     pub max_record_size: u32,

@@ -261,13 +261,15 @@ impl SegmentReader {
         if self.pos == self.buf.len() {
             return Ok(Step::End { offset, stop: Stop::Eof });
         }
-        let needed = match format::decode_frame(&self.buf[self.pos..], self.header.salt, self.max_payload) {
-            Decoded::Frame(_) => 0,
-            Decoded::Incomplete { needed } => needed,
-            Decoded::Invalid(e) => return Ok(Step::End { offset, stop: Stop::Invalid(e) }),
-        };
-        if needed > 0 {
-            self.fill(needed).map_err(|e| Error::io("reading", &self.path, e))?;
+        // Header fields first (cheap), so the checksum is computed only once.
+        if self.buf.len() - self.pos >= FRAME_HEADER_LEN {
+            match format::check_header(&self.buf[self.pos..], self.max_payload) {
+                Ok((_, len)) => {
+                    let needed = FRAME_HEADER_LEN + len as usize;
+                    self.fill(needed).map_err(|e| Error::io("reading", &self.path, e))?;
+                }
+                Err(e) => return Ok(Step::End { offset, stop: Stop::Invalid(e) }),
+            }
         }
         let salt = self.header.salt;
         let max = self.max_payload;

@@ -37,8 +37,12 @@ pub struct Wal {
     state: Mutex<State>,
     /// Signalled when I/O finishes, durability advances or the log is poisoned.
     done: Condvar,
-    /// Signalled when records are appended while a leader gathers a group.
+    /// Signalled when a gathering leader's group is complete.
     appended: Condvar,
+    /// Durability waiters, by parity of their group's generation: a finished
+    /// sync wakes its own group and one waiter of the next group (to lead
+    /// it), not everyone.
+    groups: [Condvar; 2],
     _lock: File,
 }
 
@@ -73,6 +77,10 @@ struct State {
     last_group: usize,
     /// A leader is waiting for more records to join its group.
     gathering: bool,
+    /// Generation of the buffer being filled; +1 each time a leader takes it.
+    gen: u64,
+    /// Generation and last LSN of the group a leader is writing.
+    inflight: Option<(u64, Lsn)>,
     poisoned: Option<String>,
     /// `(first_lsn, path)` of every segment, the active one last.
     segments: Vec<(Lsn, PathBuf)>,
@@ -141,12 +149,23 @@ impl Wal {
             rotating: false,
             last_group: 1,
             gathering: false,
+            gen: 0,
+            inflight: None,
             poisoned: None,
             segments,
             active,
             prealloc: None,
         };
-        Ok(Wal { dir, opts, io, state: Mutex::new(state), done: Condvar::new(), appended: Condvar::new(), _lock: lock })
+        Ok(Wal {
+            dir,
+            opts,
+            io,
+            state: Mutex::new(state),
+            done: Condvar::new(),
+            appended: Condvar::new(),
+            groups: [Condvar::new(), Condvar::new()],
+            _lock: lock,
+        })
     }
 
     /// The log directory.
@@ -340,10 +359,10 @@ impl Wal {
         st.next_lsn += n as u64;
         st.buf_units += 1;
         st.active.end += total;
-        if st.gathering {
+        if st.gathering && st.buf_units >= st.last_group {
             self.appended.notify_one();
         }
-        if self.opts.preallocate && st.prealloc.is_none() && st.active.end > self.opts.segment_size / 2 {
+        if self.zero_fill() && st.prealloc.is_none() && st.active.end > self.opts.segment_size / 2 {
             self.start_prealloc(&mut st);
         }
         Ok(first..first + n as u64)
@@ -382,7 +401,12 @@ impl Wal {
                 )));
             }
             if st.io_busy || st.rotating {
-                st = self.wait(&self.done, st);
+                let cv = match st.inflight {
+                    _ if !durable => &self.done,
+                    Some((g, upto)) if target <= upto => &self.groups[(g % 2) as usize],
+                    _ => &self.groups[(st.gen % 2) as usize],
+                };
+                st = self.wait(cv, st);
                 continue;
             }
             st.io_busy = true;
@@ -395,6 +419,9 @@ impl Wal {
             let chunk = std::mem::replace(&mut st.buf, spare);
             let upto = st.next_lsn - 1;
             let units = std::mem::take(&mut st.buf_units);
+            let gen = st.gen;
+            st.inflight = Some((gen, upto));
+            st.gen += 1;
             let (file, path, offset) = (st.active.file.clone(), st.active.path.clone(), st.active.written_end);
             drop(st);
 
@@ -408,6 +435,7 @@ impl Wal {
 
             st = self.lock();
             st.io_busy = false;
+            st.inflight = None;
             if let Err(e) = result {
                 return Err(self.poison(st, e));
             }
@@ -424,8 +452,23 @@ impl Wal {
             if chunk.capacity() <= 4 * self.opts.buffer_size.max(1 << 20) {
                 st.spare = chunk;
             }
+            self.groups[(gen % 2) as usize].notify_all();
+            self.groups[((gen + 1) % 2) as usize].notify_one();
             self.done.notify_all();
         }
+    }
+
+    /// Wakes every waiter of every kind (state changed in a way all must see).
+    fn wake_all(&self) {
+        self.done.notify_all();
+        for g in &self.groups {
+            g.notify_all();
+        }
+    }
+
+    /// Whether new segments are zero-filled: only durable policies gain from it.
+    fn zero_fill(&self) -> bool {
+        self.opts.preallocate && self.opts.sync.is_durable()
     }
 
     /// As the elected leader, waits (at most `max_delay`) until the buffer
@@ -450,7 +493,7 @@ impl Wal {
     fn poison(&self, mut st: MutexGuard<'_, State>, e: Error) -> Error {
         warn!(error = %e, "log poisoned");
         st.poisoned = Some(e.to_string());
-        self.done.notify_all();
+        self.wake_all();
         e
     }
 
@@ -518,7 +561,7 @@ impl Wal {
                     written_end: SEGMENT_HEADER_LEN as u64,
                     end: SEGMENT_HEADER_LEN as u64,
                 };
-                self.done.notify_all();
+                self.wake_all();
                 Ok(st)
             }
         }
@@ -561,7 +604,7 @@ impl Drop for Wal {
 
 fn new_segment_file(dir: &Path, io: &Io, opts: &WalOptions) -> Result<(File, PathBuf)> {
     let path = dir.join(NEW_SEGMENT_FILE);
-    let file = if opts.preallocate {
+    let file = if opts.preallocate && opts.sync.is_durable() {
         match io.preallocate(&path, opts.segment_size, &AtomicBool::new(false)) {
             Ok(f) => f,
             Err(e) => {
