@@ -51,10 +51,11 @@ pub enum SyncPolicy {
     /// Every append returns only after `fdatasync` covered its record.
     /// Concurrent appenders still share one `fdatasync`.
     Always,
-    /// Group commit: an append returns once its record is durable, but the
-    /// thread that issues the shared `fdatasync` first waits up to
-    /// `max_delay` for as many appenders as joined the previous group, so a
-    /// steady stream of concurrent writers costs far fewer syncs.
+    /// Group commit: an append returns once its record is durable, and
+    /// concurrent appenders share one `fdatasync` (records appended while a
+    /// sync runs form the next group). When a lone record would be synced
+    /// right after a group of several, the syncing thread first waits up to
+    /// `max_delay` for company.
     Batch {
         /// Upper bound on the extra wait before a group is synced.
         max_delay: Duration,

@@ -26,6 +26,9 @@ use super::recovery::{scan_dir, scan_prefix, Scan};
 use super::segment::{self, Io, LOCK_FILE, NEW_SEGMENT_FILE, PREALLOC_FILE};
 use super::{Lsn, RecoveryMode, SyncPolicy, WalOptions};
 
+/// Commit units a `Batch` leader waits for before syncing (see `gather`).
+const GATHER_TARGET: usize = 2;
+
 /// A write-ahead log open for appending. `Send + Sync`: share it between
 /// threads with an `Arc` (or by reference) and append concurrently.
 ///
@@ -359,7 +362,7 @@ impl Wal {
         st.next_lsn += n as u64;
         st.buf_units += 1;
         st.active.end += total;
-        if st.gathering && st.buf_units >= st.last_group {
+        if st.gathering && st.buf_units >= GATHER_TARGET {
             self.appended.notify_one();
         }
         if self.zero_fill() && st.prealloc.is_none() && st.active.end > self.opts.segment_size / 2 {
@@ -471,15 +474,17 @@ impl Wal {
         self.opts.preallocate && self.opts.sync.is_durable()
     }
 
-    /// As the elected leader, waits (at most `max_delay`) until the buffer
-    /// holds as many records as the previous group did.
+    /// As the elected leader about to sync a lone record while the previous
+    /// group had company, waits (at most `max_delay`) for one more appender.
+    /// Waiting longer does not pay: writers refill the buffer while a sync
+    /// runs, so groups form by themselves under load.
     fn gather<'a>(&self, mut st: MutexGuard<'a, State>, max_delay: std::time::Duration) -> MutexGuard<'a, State> {
-        if max_delay.is_zero() || st.buf_units >= st.last_group {
+        if max_delay.is_zero() || st.last_group <= 1 || st.buf_units >= GATHER_TARGET {
             return st;
         }
         let deadline = Instant::now() + max_delay;
         st.gathering = true;
-        while st.buf_units < st.last_group && st.poisoned.is_none() {
+        while st.buf_units < GATHER_TARGET && st.poisoned.is_none() {
             let now = Instant::now();
             if now >= deadline {
                 break;
