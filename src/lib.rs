@@ -5,6 +5,8 @@
 //!
 //! - [`wal`]: a segmented, checksummed, crash-safe log of opaque records with
 //!   fsync policies and group commit.
+//! - [`replica`]: building blocks of CRDT replicas on the log (actor ids,
+//!   version vectors, operation envelopes, causal delivery).
 //!
 //! ```
 //! use walrus::wal::{SyncPolicy, Wal, WalOptions};
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod replica;
 pub mod wal;
 
 // Keeps the README's example compiling.

@@ -1,0 +1,91 @@
+//! Actor identities: who wrote an operation.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies the replica that authored an operation. 16 random bytes,
+/// created once per replica directory and never reused.
+///
+/// ```
+/// use walrus::replica::ActorId;
+/// let a = ActorId::random();
+/// let text = a.to_string();
+/// assert_eq!(text.len(), 32);
+/// assert_eq!(text.parse::<ActorId>().unwrap(), a);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ActorId(pub [u8; 16]);
+
+impl ActorId {
+    /// A fresh random actor id (from the std hasher's random keys mixed
+    /// with the time and process id).
+    pub fn random() -> ActorId {
+        use std::hash::{BuildHasher, Hasher};
+        let mut out = [0u8; 16];
+        for (i, half) in out.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            );
+            h.write_u32(std::process::id());
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        ActorId(out)
+    }
+}
+
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorId({self})")
+    }
+}
+
+/// Error parsing an [`ActorId`] from text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an actor id is 32 hexadecimal digits, got {0:?}")]
+pub struct ParseActorIdError(pub String);
+
+impl FromStr for ActorId {
+    type Err = ParseActorIdError;
+
+    fn from_str(s: &str) -> Result<ActorId, ParseActorIdError> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 32 {
+            return Err(ParseActorIdError(s.to_string()));
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let hex = std::str::from_utf8(pair).map_err(|_| ParseActorIdError(s.to_string()))?;
+            out[i] = u8::from_str_radix(hex, 16).map_err(|_| ParseActorIdError(s.to_string()))?;
+        }
+        Ok(ActorId(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_differ_and_parse_back() {
+        let a = ActorId::random();
+        let b = ActorId::random();
+        assert_ne!(a, b);
+        assert_eq!(a.to_string().parse::<ActorId>(), Ok(a));
+        assert!("xyz".parse::<ActorId>().is_err());
+        assert!("zz".repeat(16).parse::<ActorId>().is_err());
+        assert!("é".repeat(16).parse::<ActorId>().is_err());
+    }
+}
