@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(text.len(), 32);
 /// assert_eq!(text.parse::<ActorId>().unwrap(), a);
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct ActorId(pub [u8; 16]);
 
 impl ActorId {
