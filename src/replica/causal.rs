@@ -126,6 +126,14 @@ impl<O> CausalBuffer<O> {
         self.pending.keys().map(|a| (*a, applied.get(a) + 1)).collect()
     }
 
+    /// Removes and returns everything held for `actor`, in sequence order
+    /// (to offer again after the applied clock jumped, e.g. by a snapshot).
+    pub fn take_actor(&mut self, actor: &ActorId) -> Vec<OpEnvelope<O>> {
+        let taken: Vec<_> = self.pending.remove(actor).map(|q| q.into_values().collect()).unwrap_or_default();
+        self.held -= taken.len();
+        taken
+    }
+
     /// Drops everything held for `actor` (e.g. after one of its operations
     /// was rejected, its successors can never apply).
     pub fn discard_actor(&mut self, actor: &ActorId) -> usize {

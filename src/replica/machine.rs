@@ -1,0 +1,600 @@
+//! The replica: one document, its operations written ahead to the log,
+//! causal delivery of remote operations, catch-up answers and checkpoints.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use tracing::{info, info_span, warn};
+
+use super::checkpoint::{self, Checkpoint};
+use super::{ActorId, BufferFull, CausalBuffer, Document, EnvelopeError, Offer, OpEnvelope, VersionVector};
+use crate::wal::{self, Lsn, SyncPolicy, Wal, WalOptions};
+
+/// Errors of a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The log failed.
+    #[error(transparent)]
+    Wal(#[from] wal::Error),
+    /// A file operation outside the log failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// File involved.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the replica directory is damaged or inconsistent.
+    #[error("corrupt replica file {path}: {reason}")]
+    Corrupt {
+        /// File involved.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Bytes that are not a valid operation.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// State or operation could not be serialized.
+    #[error("cannot encode: {0}")]
+    Encode(String),
+    /// The document refused the operation (its `validate_op` failed).
+    #[error("operation ({actor}, {seq}) rejected: {reason}")]
+    Rejected {
+        /// Author.
+        actor: ActorId,
+        /// Sequence number.
+        seq: u64,
+        /// The document's reason.
+        reason: String,
+    },
+    /// A snapshot could not be merged (its `validate_merge` failed).
+    #[error("snapshot rejected: {0}")]
+    SnapshotRejected(String),
+    /// Too many early operations are waiting.
+    #[error(transparent)]
+    BufferFull(#[from] BufferFull),
+    /// An operation is larger than `ReplicaOptions::max_op_size`.
+    #[error("operation of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Its encoded size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An earlier failure left memory ahead of disk; reopen the replica.
+    #[error("replica is poisoned by an earlier failure; reopen it")]
+    Poisoned,
+}
+
+/// Result alias for replicas.
+pub type Result<T, E = ReplicaError> = std::result::Result<T, E>;
+
+/// Options of a replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// Options of the underlying log (`Batch` group commit by default).
+    pub wal: WalOptions,
+    /// Largest encoded operation accepted, local or remote.
+    pub max_op_size: usize,
+    /// Most early (out-of-order) operations held at once.
+    pub buffer_limit: usize,
+    /// Checkpoint automatically once this many log bytes were written since
+    /// the last checkpoint (0: never automatically).
+    pub checkpoint_bytes: u64,
+    /// Largest checkpoint file read back.
+    pub max_checkpoint_size: u64,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> Self {
+        ReplicaOptions {
+            wal: WalOptions::new(SyncPolicy::batch()),
+            max_op_size: 1 << 20,
+            buffer_limit: 100_000,
+            checkpoint_bytes: 64 << 20,
+            max_checkpoint_size: 4 << 30,
+        }
+    }
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Written through this replica.
+    Local,
+    /// Received from a peer.
+    Remote,
+}
+
+/// A change applied to the document, as seen by subscribers.
+#[derive(Debug, Clone)]
+pub enum Change<O> {
+    /// One operation was applied (after it became durable).
+    Op {
+        /// Local or remote.
+        origin: Origin,
+        /// The operation.
+        op: OpEnvelope<O>,
+    },
+    /// A peer's snapshot was merged; the version vector after the merge.
+    Snapshot {
+        /// The replica's version vector after merging.
+        clock: VersionVector,
+    },
+}
+
+/// What a peer with a given version vector is missing.
+#[derive(Debug, Clone)]
+pub enum Catchup<D: Document> {
+    /// Operations to apply in this order; `more` if the byte budget cut the
+    /// page short (ask again with the updated version vector).
+    Ops {
+        /// The page.
+        ops: Vec<OpEnvelope<D::Operation>>,
+        /// More remain.
+        more: bool,
+    },
+    /// Some needed operations were truncated after a checkpoint: merge this
+    /// state instead.
+    Snapshot {
+        /// Document state.
+        state: D,
+        /// Operations the state includes.
+        clock: VersionVector,
+    },
+}
+
+/// What [`Replica::receive`] did with a set of operations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Applied now (including buffered ones they unblocked).
+    pub applied: usize,
+    /// Held until their predecessors arrive.
+    pub buffered: usize,
+    /// Already known.
+    pub duplicates: usize,
+}
+
+const ACTOR_FILE: &str = "actor";
+const WAL_DIR: &str = "wal";
+
+/// A durable replica of one document.
+///
+/// ```
+/// use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
+/// let dir = tempfile::tempdir()?;
+/// let mut r: Replica<KvDoc> = Replica::open(dir.path(), ReplicaOptions::default())?;
+/// r.update(|doc, actor| doc.put_op(actor, "greeting", "hello"))?; // durable on return
+/// assert_eq!(r.doc().values_of("greeting"), vec!["hello"]);
+/// drop(r);
+/// let r: Replica<KvDoc> = Replica::open(dir.path(), ReplicaOptions::default())?;
+/// assert_eq!(r.doc().values_of("greeting"), vec!["hello"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Replica<D: Document> {
+    dir: PathBuf,
+    opts: ReplicaOptions,
+    wal: Wal,
+    doc: D,
+    clock: VersionVector,
+    actor: ActorId,
+    buffer: CausalBuffer<D::Operation>,
+    /// Per actor: sequence number of the first indexed op and the LSNs of
+    /// that op and its successors, as long as they are in the log.
+    index: BTreeMap<ActorId, (u64, VecDeque<Lsn>)>,
+    checkpoint_lsn: Lsn,
+    bytes_since_checkpoint: u64,
+    subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
+    poisoned: bool,
+    /// Test hook: stop a checkpoint after this many steps.
+    checkpoint_stop: Option<u8>,
+}
+
+impl<D: Document> Replica<D> {
+    /// Opens (creating if needed) the replica in `dir`: loads the latest
+    /// checkpoint and replays the log after it.
+    pub fn open(dir: impl AsRef<Path>, opts: ReplicaOptions) -> Result<Replica<D>> {
+        let dir = dir.as_ref().to_path_buf();
+        let span = info_span!("replica_open", dir = %dir.display());
+        let _g = span.enter();
+        std::fs::create_dir_all(&dir).map_err(|e| ReplicaError::Io { op: "creating", path: dir.clone(), source: e })?;
+        let wal = Wal::open(dir.join(WAL_DIR), opts.wal.clone())?;
+        let actor = load_or_create_actor(&dir)?;
+        let cp: Option<Checkpoint<D>> = checkpoint::read(&dir, opts.max_checkpoint_size)?;
+        let (doc, clock, checkpoint_lsn) = match cp {
+            Some(cp) => (cp.state, cp.clock, cp.lsn),
+            None => (D::default(), VersionVector::default(), 0),
+        };
+        if checkpoint_lsn > wal.last_lsn() {
+            return Err(ReplicaError::Corrupt {
+                path: dir.join(checkpoint::CHECKPOINT_FILE),
+                reason: format!("checkpoint covers LSN {checkpoint_lsn} but the log ends at {}", wal.last_lsn()),
+            });
+        }
+        let mut r = Replica {
+            buffer: CausalBuffer::new(opts.buffer_limit),
+            dir,
+            opts,
+            wal,
+            doc,
+            clock,
+            actor,
+            index: BTreeMap::new(),
+            checkpoint_lsn,
+            bytes_since_checkpoint: 0,
+            subscribers: Vec::new(),
+            poisoned: false,
+            checkpoint_stop: None,
+        };
+        r.replay()?;
+        info!(actor = %r.actor, ops = r.clock.total(), "replica opened");
+        Ok(r)
+    }
+
+    fn replay(&mut self) -> Result<()> {
+        let from = self.checkpoint_lsn + 1;
+        if from < self.wal.first_lsn() && from <= self.wal.last_lsn() {
+            return Err(ReplicaError::Corrupt {
+                path: self.dir.join(WAL_DIR),
+                reason: format!("log starts at LSN {} but the checkpoint ends at {}", self.wal.first_lsn(), from - 1),
+            });
+        }
+        for record in self.wal.iter_from(from)? {
+            let record = record?;
+            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
+            let have = self.clock.get(&env.actor);
+            if env.seq <= have {
+                continue; // also covered by a merged snapshot
+            }
+            if env.seq != have + 1 {
+                return Err(ReplicaError::Corrupt {
+                    path: self.dir.join(WAL_DIR),
+                    reason: format!(
+                        "LSN {} holds ({}, {}) but ({}, {}) was expected",
+                        record.lsn,
+                        env.actor,
+                        env.seq,
+                        env.actor,
+                        have + 1
+                    ),
+                });
+            }
+            self.bytes_since_checkpoint += record.payload.len() as u64;
+            self.apply_env(env, record.lsn);
+        }
+        Ok(())
+    }
+
+    /// This replica's actor id.
+    pub fn actor(&self) -> ActorId {
+        self.actor
+    }
+
+    /// The document.
+    pub fn doc(&self) -> &D {
+        &self.doc
+    }
+
+    /// Operations applied, per actor.
+    pub fn clock(&self) -> &VersionVector {
+        &self.clock
+    }
+
+    /// The replica directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Operations waiting for their predecessors.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// A receiver of every change applied from now on.
+    pub fn subscribe(&mut self) -> mpsc::Receiver<Change<D::Operation>> {
+        let (tx, rx) = mpsc::channel();
+        self.subscribers.push(tx);
+        rx
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(ReplicaError::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn notify(&mut self, change: Change<D::Operation>) {
+        self.subscribers.retain(|s| s.send(change.clone()).is_ok());
+    }
+
+    fn apply_env(&mut self, env: OpEnvelope<D::Operation>, lsn: Lsn) {
+        self.clock.observe(env.actor, env.seq);
+        let entry = self.index.entry(env.actor).or_insert_with(|| (env.seq, VecDeque::new()));
+        if entry.0 + entry.1.len() as u64 != env.seq {
+            *entry = (env.seq, VecDeque::new());
+        }
+        entry.1.push_back(lsn);
+        self.doc.apply(env.op);
+    }
+
+    fn encode_checked(&self, env: &OpEnvelope<D::Operation>) -> Result<Vec<u8>> {
+        let bytes = env.encode()?;
+        if bytes.len() > self.opts.max_op_size {
+            return Err(ReplicaError::TooLarge { len: bytes.len(), limit: self.opts.max_op_size });
+        }
+        Ok(bytes)
+    }
+
+    /// Writes a local operation: `make` builds it from the current state and
+    /// this replica's actor. The operation is durable in the log before it
+    /// is applied and before this returns; the returned envelope is what to
+    /// send to peers.
+    pub fn update<F>(&mut self, make: F) -> Result<OpEnvelope<D::Operation>>
+    where
+        F: FnOnce(&D, ActorId) -> D::Operation,
+    {
+        self.check()?;
+        let op = make(&self.doc, self.actor);
+        let seq = self.clock.get(&self.actor) + 1;
+        let env = OpEnvelope { actor: self.actor, seq, op, auth: None };
+        if let Err(e) = self.doc.validate_op(&env.op) {
+            return Err(ReplicaError::Rejected { actor: self.actor, seq, reason: e.to_string() });
+        }
+        let bytes = self.encode_checked(&env)?;
+        let lsn = self.wal.append(&bytes)?;
+        self.bytes_since_checkpoint += bytes.len() as u64;
+        self.apply_env(env.clone(), lsn);
+        self.notify(Change::Op { origin: Origin::Local, op: env.clone() });
+        self.maybe_checkpoint()?;
+        Ok(env)
+    }
+
+    /// Accepts operations from peers, in any order and with duplicates.
+    /// Each is applied once its author's earlier operations are; early ones
+    /// wait in a bounded buffer. Applied operations are durable when this
+    /// returns. An operation the document rejects is reported as
+    /// [`ReplicaError::Rejected`] after the valid ones before it are applied;
+    /// the rest of that author's buffered operations are dropped.
+    pub fn receive<I>(&mut self, ops: I) -> Result<Received>
+    where
+        I: IntoIterator<Item = OpEnvelope<D::Operation>>,
+    {
+        self.check()?;
+        let mut report = Received::default();
+        let mut ready = Vec::new();
+        let mut first_error = None;
+        for env in ops {
+            match self.buffer.offer(env, &self.clock) {
+                Ok(Offer::Ready(list)) => {
+                    // Apply now so later offers see the advanced clock.
+                    if let Err(e) = self.write_remote(list, &mut ready) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                Ok(Offer::Buffered) => report.buffered += 1,
+                Ok(Offer::Duplicate) => report.duplicates += 1,
+                Err(full) => {
+                    first_error.get_or_insert(full.into());
+                }
+            }
+            if self.poisoned {
+                break;
+            }
+        }
+        report.applied = ready.len();
+        if let Some(last) = ready.last().map(|(lsn, _)| *lsn) {
+            if let Err(e) = self.wal.wait_durable(last) {
+                self.poisoned = true;
+                return Err(e.into());
+            }
+        }
+        for (_, env) in ready {
+            self.notify(Change::Op { origin: Origin::Remote, op: env });
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        self.maybe_checkpoint()?;
+        Ok(report)
+    }
+
+    /// Validates, logs (without waiting for durability) and applies ready
+    /// remote operations. The caller waits for durability before anything
+    /// is published; `&mut self` keeps the state unobserved meanwhile.
+    fn write_remote(
+        &mut self,
+        list: Vec<OpEnvelope<D::Operation>>,
+        done: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
+    ) -> Result<()> {
+        for env in list {
+            if let Err(e) = self.doc.validate_op(&env.op) {
+                self.buffer.discard_actor(&env.actor);
+                return Err(ReplicaError::Rejected { actor: env.actor, seq: env.seq, reason: e.to_string() });
+            }
+            let bytes = match self.encode_checked(&env) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.buffer.discard_actor(&env.actor);
+                    return Err(e);
+                }
+            };
+            let lsn = match self.wal.append_nowait(&bytes) {
+                Ok(lsn) => lsn,
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e.into());
+                }
+            };
+            self.bytes_since_checkpoint += bytes.len() as u64;
+            self.apply_env(env.clone(), lsn);
+            done.push((lsn, env));
+        }
+        Ok(())
+    }
+
+    /// What a peer whose version vector is `theirs` is missing: operations
+    /// in an order it can apply, at most about `byte_budget` encoded bytes
+    /// (always at least one operation), or a snapshot if some were truncated.
+    pub fn ops_since(&self, theirs: &VersionVector, byte_budget: usize) -> Result<Catchup<D>> {
+        self.check()?;
+        let mut wanted = BTreeSet::new();
+        for (actor, &have) in self.clock.iter() {
+            let from = theirs.get(actor) + 1;
+            if from > have {
+                continue;
+            }
+            let Some((first, lsns)) = self.index.get(actor) else {
+                return Ok(self.snapshot());
+            };
+            if from < *first || first + lsns.len() as u64 <= have {
+                return Ok(self.snapshot());
+            }
+            wanted.extend(lsns.iter().skip((from - first) as usize));
+        }
+        let Some(&start) = wanted.first() else {
+            return Ok(Catchup::Ops { ops: Vec::new(), more: false });
+        };
+        if start < self.wal.first_lsn() {
+            return Ok(self.snapshot());
+        }
+        let mut ops = Vec::new();
+        let mut used = 0usize;
+        let mut taken = 0usize;
+        for record in self.wal.iter_from(start)? {
+            let record = record?;
+            if !wanted.contains(&record.lsn) {
+                continue;
+            }
+            if !ops.is_empty() && used + record.payload.len() > byte_budget {
+                break;
+            }
+            used += record.payload.len();
+            ops.push(OpEnvelope::decode(&record.payload, self.opts.max_op_size)?);
+            taken += 1;
+            if taken == wanted.len() {
+                break;
+            }
+        }
+        let more = taken < wanted.len();
+        Ok(Catchup::Ops { ops, more })
+    }
+
+    fn snapshot(&self) -> Catchup<D> {
+        Catchup::Snapshot { state: self.doc.clone(), clock: self.clock.clone() }
+    }
+
+    /// Merges a peer's snapshot (state + the operations it includes). The
+    /// merged state is checkpointed before it becomes visible.
+    pub fn merge_snapshot(&mut self, state: D, clock: VersionVector) -> Result<()> {
+        self.check()?;
+        let span = info_span!("replica_merge_snapshot", actors = clock.len());
+        let _g = span.enter();
+        self.doc.validate_merge(&state).map_err(|e| ReplicaError::SnapshotRejected(e.to_string()))?;
+        let mut merged = self.doc.clone();
+        merged.merge(state);
+        let mut merged_clock = self.clock.clone();
+        merged_clock.merge(&clock);
+        let lsn = self.wal.sync()?;
+        let cp = Checkpoint { lsn, clock: merged_clock, state: merged };
+        checkpoint::write(&self.dir, &cp, None)?;
+        self.doc = cp.state;
+        self.clock = cp.clock;
+        self.after_checkpoint(lsn)?;
+        let clock = self.clock.clone();
+        self.notify(Change::Snapshot { clock });
+        // Buffered operations the snapshot made ready (or redundant).
+        let held: Vec<_> = self.buffer.gaps(&self.clock).into_iter().map(|(a, _)| a).collect();
+        let mut released = Vec::new();
+        for actor in held {
+            released.extend(self.buffer.take_actor(&actor));
+        }
+        if !released.is_empty() {
+            self.receive(released)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current state and deletes the log
+    /// segments it makes redundant.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.check()?;
+        let span = info_span!("replica_checkpoint");
+        let _g = span.enter();
+        let lsn = self.wal.sync()?;
+        let cp = Checkpoint { lsn, clock: self.clock.clone(), state: self.doc.clone() };
+        checkpoint::write(&self.dir, &cp, self.checkpoint_stop)?;
+        if self.checkpoint_stop.is_some() {
+            return Ok(());
+        }
+        self.after_checkpoint(lsn)
+    }
+
+    fn after_checkpoint(&mut self, lsn: Lsn) -> Result<()> {
+        self.checkpoint_lsn = lsn;
+        self.bytes_since_checkpoint = 0;
+        let removed = self.wal.truncate_before(lsn + 1)?;
+        let first = self.wal.first_lsn();
+        for (seq, lsns) in self.index.values_mut() {
+            while lsns.front().is_some_and(|&l| l < first) {
+                lsns.pop_front();
+                *seq += 1;
+            }
+        }
+        info!(lsn, removed, "checkpoint written");
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&mut self) -> Result<()> {
+        if self.opts.checkpoint_bytes > 0 && self.bytes_since_checkpoint >= self.opts.checkpoint_bytes {
+            if let Err(e) = self.checkpoint() {
+                warn!(error = %e, "automatic checkpoint failed");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Test hook: make the next checkpoints stop after `step` steps (1:
+    /// header written, 2: body written, 3: temp file synced, 4: renamed),
+    /// as if the process crashed there.
+    #[doc(hidden)]
+    pub fn set_checkpoint_crash_point(&mut self, step: Option<u8>) {
+        self.checkpoint_stop = step;
+    }
+
+    /// Makes everything durable and closes the log.
+    pub fn close(self) -> Result<()> {
+        self.wal.close()?;
+        Ok(())
+    }
+}
+
+fn load_or_create_actor(dir: &Path) -> Result<ActorId> {
+    let path = dir.join(ACTOR_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|e: super::ParseActorIdError| ReplicaError::Corrupt { path, reason: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let actor = ActorId::random();
+            let tmp = dir.join("actor.tmp");
+            let io = |op, p: &Path, e| ReplicaError::Io { op, path: p.to_path_buf(), source: e };
+            let mut f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
+            writeln!(f, "{actor}").map_err(|e| io("writing", &tmp, e))?;
+            f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io("renaming to", &path, e))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing directory", dir, e))?;
+            Ok(actor)
+        }
+        Err(e) => Err(ReplicaError::Io { op: "reading", path, source: e }),
+    }
+}
