@@ -88,6 +88,23 @@ impl KvDocExt for KvDoc {
 impl Document for KvDoc {
     type Operation = crdts::map::Op<String, MVReg<String, ActorId>, ActorId>;
 
+    /// Only the map-level dot is checked: `crdts::Map::validate_op` also
+    /// compares the dot with the *key's* clock, which rejects every
+    /// legitimate write to a key other than the author's previous one.
+    fn check_op(&self, op: &Self::Operation) -> Result<(), String> {
+        match op {
+            crdts::map::Op::Rm { .. } => Ok(()),
+            crdts::map::Op::Up { dot, .. } => {
+                let next = self.read_ctx().add_clock.get(&dot.actor) + 1;
+                if dot.counter == next {
+                    Ok(())
+                } else {
+                    Err(format!("dot ({}, {}) is not the next one ({next})", dot.actor, dot.counter))
+                }
+            }
+        }
+    }
+
     /// The map's clock and its visible entries. (The dots kept inside each
     /// register may differ between replicas that saw the same operations in
     /// different orders, without any visible or future effect.)

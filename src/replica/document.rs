@@ -21,6 +21,13 @@ pub trait Document:
     /// The operation type (the same as `CmRDT::Op`).
     type Operation: Clone + Debug + Serialize + DeserializeOwned + Send + 'static;
 
+    /// Checks that `op` may be applied to the current state (its author's
+    /// earlier operations having been applied). The default is the CRDT's
+    /// own `validate_op`.
+    fn check_op(&self, op: &Self::Operation) -> Result<(), String> {
+        self.validate_op(op).map_err(|e| e.to_string())
+    }
+
     /// An encoding that is equal for equal states, whatever the order in
     /// which operations arrived. The default serializes the state to CBOR
     /// and sorts every map and every array; that is right for types whose

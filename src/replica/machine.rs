@@ -44,7 +44,7 @@ pub enum ReplicaError {
     /// State or operation could not be serialized.
     #[error("cannot encode: {0}")]
     Encode(String),
-    /// The document refused the operation (its `validate_op` failed).
+    /// The document refused the operation (its `Document::check_op` failed).
     #[error("operation ({actor}, {seq}) rejected: {reason}")]
     Rejected {
         /// Author.
@@ -345,8 +345,8 @@ impl<D: Document> Replica<D> {
         let op = make(&self.doc, self.actor);
         let seq = self.clock.get(&self.actor) + 1;
         let env = OpEnvelope { actor: self.actor, seq, op, auth: None };
-        if let Err(e) = self.doc.validate_op(&env.op) {
-            return Err(ReplicaError::Rejected { actor: self.actor, seq, reason: e.to_string() });
+        if let Err(reason) = self.doc.check_op(&env.op) {
+            return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
         }
         let bytes = self.encode_checked(&env)?;
         let lsn = self.wal.append(&bytes)?;
@@ -415,9 +415,9 @@ impl<D: Document> Replica<D> {
         done: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
     ) -> Result<()> {
         for env in list {
-            if let Err(e) = self.doc.validate_op(&env.op) {
+            if let Err(reason) = self.doc.check_op(&env.op) {
                 self.buffer.discard_actor(&env.actor);
-                return Err(ReplicaError::Rejected { actor: env.actor, seq: env.seq, reason: e.to_string() });
+                return Err(ReplicaError::Rejected { actor: env.actor, seq: env.seq, reason });
             }
             let bytes = match self.encode_checked(&env) {
                 Ok(b) => b,
