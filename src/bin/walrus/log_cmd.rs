@@ -88,8 +88,16 @@ fn append(dir: &Path, opts: WalOptions) -> Result<ExitCode> {
             // buffered, then acknowledge them all.
             let mut out = io::stdout().lock();
             let mut pending = Vec::new();
+            let mut stopped = None;
             while read_record(&mut input, &mut line)? {
-                pending.push(wal.append_nowait(&line)?);
+                match wal.append_nowait(&line) {
+                    Ok(lsn) => pending.push(lsn),
+                    Err(e) => {
+                        // Acknowledge what was accepted before the bad record.
+                        stopped = Some(e);
+                        break;
+                    }
+                }
                 if input.buffer().is_empty() || pending.len() >= 4096 {
                     wal.flush()?;
                     print_lsns(&mut out, &pending)?;
@@ -98,6 +106,9 @@ fn append(dir: &Path, opts: WalOptions) -> Result<ExitCode> {
             }
             wal.flush()?;
             print_lsns(&mut out, &pending)?;
+            if let Some(e) = stopped {
+                return Err(e.into());
+            }
         }
         SyncPolicy::Batch { .. } => {
             // The reader keeps appending while the printer thread leads one
