@@ -17,12 +17,14 @@ mod clock;
 mod docs;
 mod document;
 mod envelope;
+mod kv;
 mod machine;
 
 pub use actor::{ActorId, ParseActorIdError};
 pub use causal::{BufferFull, CausalBuffer, Offer};
 pub use clock::VersionVector;
-pub use docs::{CounterDoc, Hlc, KvDoc, KvDocExt, RegisterDoc, SetDoc};
+pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
 pub use document::{canonical_cbor, Document};
 pub use envelope::{EnvelopeError, OpEnvelope};
+pub use kv::{CausalContext, Dot, KvDoc, KvDocExt, KvOp};
 pub use machine::{Catchup, Change, Origin, Received, Replica, ReplicaError, ReplicaOptions, Result};
