@@ -2,6 +2,7 @@
 //! run the demo.
 
 mod demo;
+mod doc_cmd;
 mod log_cmd;
 
 use std::path::PathBuf;
@@ -21,6 +22,9 @@ enum Command {
     /// Work with a write-ahead log directory.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Inspect or edit a key-value replica directory offline.
+    #[command(subcommand)]
+    Doc(DocCommand),
     /// Show the log surviving SIGKILL: append, kill, recover, verify.
     Demo,
 }
@@ -66,10 +70,54 @@ pub enum LogCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum DocCommand {
+    /// Set KEY to VALUE (creates the replica if needed); prints once durable.
+    Put {
+        /// Replica directory.
+        dir: PathBuf,
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Delete KEY; prints once durable.
+    Del {
+        /// Replica directory.
+        dir: PathBuf,
+        /// Key.
+        key: String,
+    },
+    /// Print KEY's value as JSON: a string, or an array of concurrent values.
+    Get {
+        /// Replica directory.
+        dir: PathBuf,
+        /// Key.
+        key: String,
+    },
+    /// Print one JSON object: {"entries": {key: value-or-values}, "clock": {actor: seq}, "actor": id}.
+    Dump {
+        /// Replica directory.
+        dir: PathBuf,
+    },
+    /// Set keys from standard input, one `KEY VALUE` line each (the value is
+    /// the rest of the line); prints one JSON line per op once it is durable.
+    Import {
+        /// Replica directory (created if needed).
+        dir: PathBuf,
+    },
+    /// Write a checkpoint and drop the log segments it covers.
+    Checkpoint {
+        /// Replica directory.
+        dir: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
+        Command::Doc(cmd) => doc_cmd::run(cmd),
         Command::Demo => demo::run(),
     };
     match result {
