@@ -21,6 +21,8 @@
 #![warn(missing_docs)]
 
 pub mod replica;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wal;
 
 // Keeps the README's example compiling.
