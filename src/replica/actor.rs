@@ -15,8 +15,42 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(text.len(), 32);
 /// assert_eq!(text.parse::<ActorId>().unwrap(), a);
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ActorId(pub [u8; 16]);
+
+// Serialized as a 16-byte string (compact in CBOR), not 16 integers.
+impl Serialize for ActorId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ActorId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ActorId, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ActorId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 16-byte actor id")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ActorId, E> {
+                let bytes: [u8; 16] = v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(ActorId(bytes))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ActorId, A::Error> {
+                let mut out = [0u8; 16];
+                for (i, b) in out.iter_mut().enumerate() {
+                    *b = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                if seq.next_element::<u8>()?.is_some() {
+                    return Err(serde::de::Error::invalid_length(17, &self));
+                }
+                Ok(ActorId(out))
+            }
+        }
+        d.deserialize_bytes(Visitor)
+    }
+}
 
 impl ActorId {
     /// A fresh random actor id (from the std hasher's random keys mixed
@@ -87,5 +121,12 @@ mod tests {
         assert!("xyz".parse::<ActorId>().is_err());
         assert!("zz".repeat(16).parse::<ActorId>().is_err());
         assert!("é".repeat(16).parse::<ActorId>().is_err());
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&a, &mut cbor).unwrap();
+        assert_eq!(cbor.len(), 17, "a CBOR byte string of 16 bytes");
+        assert_eq!(ciborium::from_reader::<ActorId, _>(&cbor[..]).unwrap(), a);
+        let mut short = Vec::new();
+        ciborium::into_writer(&ciborium::Value::Bytes(vec![1; 15]), &mut short).unwrap();
+        assert!(ciborium::from_reader::<ActorId, _>(&short[..]).is_err());
     }
 }

@@ -311,7 +311,11 @@ impl<D: Document> Replica<D> {
         Ok(())
     }
 
-    fn notify(&mut self, change: Change<D::Operation>) {
+    fn notify(&mut self, change: impl FnOnce() -> Change<D::Operation>) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let change = change();
         self.subscribers.retain(|s| s.send(change.clone()).is_ok());
     }
 
@@ -352,7 +356,7 @@ impl<D: Document> Replica<D> {
         let lsn = self.wal.append(&bytes)?;
         self.bytes_since_checkpoint += bytes.len() as u64;
         self.apply_env(env.clone(), lsn);
-        self.notify(Change::Op { origin: Origin::Local, op: env.clone() });
+        self.notify(|| Change::Op { origin: Origin::Local, op: env.clone() });
         self.maybe_checkpoint()?;
         Ok(env)
     }
@@ -397,7 +401,7 @@ impl<D: Document> Replica<D> {
             }
         }
         for (_, env) in ready {
-            self.notify(Change::Op { origin: Origin::Remote, op: env });
+            self.notify(|| Change::Op { origin: Origin::Remote, op: env });
         }
         if let Some(e) = first_error {
             return Err(e);
@@ -509,7 +513,7 @@ impl<D: Document> Replica<D> {
         self.clock = cp.clock;
         self.after_checkpoint(lsn)?;
         let clock = self.clock.clone();
-        self.notify(Change::Snapshot { clock });
+        self.notify(|| Change::Snapshot { clock });
         // Buffered operations the snapshot made ready (or redundant).
         let held: Vec<_> = self.buffer.gaps(&self.clock).into_iter().map(|(a, _)| a).collect();
         let mut released = Vec::new();
