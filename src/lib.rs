@@ -5,8 +5,10 @@
 //!
 //! - [`wal`]: a segmented, checksummed, crash-safe log of opaque records with
 //!   fsync policies and group commit.
-//! - [`replica`]: building blocks of CRDT replicas on the log (actor ids,
-//!   version vectors, operation envelopes, causal delivery).
+//! - [`replica`]: durable CRDT documents on the log: local writes made
+//!   durable before they apply, per-actor causal delivery of remote
+//!   operations, catch-up answers (`ops_since`), snapshots and checkpoints.
+//! - `testing` (feature `testing`): CRDT law checks for your own documents.
 //!
 //! ```
 //! use walrus::wal::{SyncPolicy, Wal, WalOptions};

@@ -80,6 +80,9 @@ pub type Result<T, E = ReplicaError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct ReplicaOptions {
     /// Options of the underlying log (`Batch` group commit by default).
+    /// With `SyncPolicy::None` a machine crash can lose operations that
+    /// were already handed to peers, and this replica may then reuse their
+    /// sequence numbers: use a durable policy for data you replicate.
     pub wal: WalOptions,
     /// Largest encoded operation accepted, local or remote.
     pub max_op_size: usize,
