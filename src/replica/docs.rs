@@ -18,14 +18,12 @@ use super::{ActorId, Document};
 /// Add-wins set of strings.
 pub type SetDoc = crdts::Orswot<String, ActorId>;
 
+// The default canonical encoding covers the whole state: the clock, each
+// member's dots and the deferred removes. Members and clock alone are not
+// enough: states that differ only in a member's dots answer the same later
+// remove differently.
 impl Document for SetDoc {
     type Operation = crdts::orswot::Op<String, ActorId>;
-
-    /// The set's clock and its members.
-    fn canonical(&self) -> Vec<u8> {
-        let members: std::collections::BTreeSet<String> = self.read().val.into_iter().collect();
-        super::canonical_cbor(&(self.clock(), members))
-    }
 }
 
 /// Counter that can go up and down.
@@ -130,6 +128,31 @@ impl Document for RegisterDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_canonical_tells_apart_states_with_the_same_members_and_clock() {
+        let (a, b) = (ActorId([1; 16]), ActorId([2; 16]));
+        let m = "m".to_string();
+        let empty = SetDoc::default();
+        let add_a = empty.add(m.clone(), empty.read_ctx().derive_add_ctx(a));
+        let add_b = empty.add(m.clone(), empty.read_ctx().derive_add_ctx(b));
+        let (mut seen_by_a, mut seen_by_b) = (SetDoc::default(), SetDoc::default());
+        seen_by_a.apply(add_a.clone());
+        seen_by_b.apply(add_b.clone());
+        // x: both concurrent adds; y: also a's remove of the add it saw.
+        let mut x = SetDoc::default();
+        x.apply(add_a);
+        x.apply(add_b);
+        let mut y = x.clone();
+        y.apply(seen_by_a.rm(m.clone(), seen_by_a.contains(&m).derive_rm_ctx()));
+        assert_eq!((x.read().val, x.clock()), (y.read().val, y.clock()));
+        assert_ne!(x.canonical(), y.canonical());
+        // The difference shows once b removes the add it saw.
+        let rm_b = seen_by_b.rm(m.clone(), seen_by_b.contains(&m).derive_rm_ctx());
+        x.apply(rm_b.clone());
+        y.apply(rm_b);
+        assert!(x.contains(&m).val && !y.contains(&m).val);
+    }
 
     #[test]
     fn hlc_is_monotonic_even_when_the_clock_goes_back() {
