@@ -106,8 +106,8 @@ impl OpGen<KvDoc> for KvOps {
     }
 }
 
-/// Generator for [`SetDoc`]: adds (two in three) and removes of `members`
-/// distinct members.
+/// Generator for [`SetDoc`]: adds (two in three; some add two members at
+/// once) and removes of `members` distinct members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetOps {
     /// Number of distinct members.
@@ -125,6 +125,10 @@ impl OpGen<SetDoc> for SetOps {
         let m = format!("m{}", (r >> 8) % self.members.max(1));
         if r.is_multiple_of(3) {
             doc.rm(m.clone(), doc.contains(&m).derive_rm_ctx())
+        } else if (r >> 4).is_multiple_of(4) {
+            // One write adding two members (they share a dot).
+            let other = format!("m{}", (r >> 12) % self.members.max(1));
+            doc.add_all([m, other], doc.read_ctx().derive_add_ctx(actor))
         } else {
             doc.add(m, doc.read_ctx().derive_add_ctx(actor))
         }
@@ -400,8 +404,8 @@ pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps
             }
             2 if i != j => {
                 // Merge j's whole state.
-                if let Err(e) = states[i].validate_merge(&states[j]) {
-                    panic!("validate_merge refused a state of another actor: {e}");
+                if let Err(e) = states[i].check_merge(&states[j]) {
+                    panic!("check_merge refused a state of another actor: {e}");
                 }
                 let other = states[j].clone();
                 states[i].merge(other);
@@ -438,8 +442,8 @@ pub fn merged<D: Document>(states: &[D]) -> D {
 }
 
 fn join<D: Document>(x: &D, y: &D) -> D {
-    if let Err(e) = x.validate_merge(y) {
-        panic!("validate_merge refused a legitimate state: {e}");
+    if let Err(e) = x.check_merge(y) {
+        panic!("check_merge refused a legitimate state: {e}");
     }
     let mut m = x.clone();
     m.merge(y.clone());
@@ -788,11 +792,6 @@ fn pair<T>(v: &mut [T], i: usize, j: usize) -> (&T, &mut T) {
         let (a, b) = v.split_at_mut(i);
         (&b[0], &mut a[j])
     }
-}
-
-/// Per-actor operation counts of a history (its version vector).
-pub fn history_clock<D: Document>(h: &History<D>) -> VersionVector {
-    h.ops.iter().flatten().map(|e| (e.actor, e.seq)).collect()
 }
 
 #[cfg(test)]

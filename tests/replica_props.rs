@@ -211,8 +211,10 @@ fn crash_during_checkpoint<D: Document>(gen: &impl OpGen<D>, seed: u64, step: u8
     let acknowledged = state(&r);
     r.checkpoint().expect("interrupted checkpoint");
     drop(r); // the crash
-    let mut r: Replica<D> = Replica::open(d.path(), o.clone()).expect("reopen after a crash during a checkpoint");
+    let r: Replica<D> = Replica::open(d.path(), o.clone()).expect("reopen after a crash during a checkpoint");
     assert_eq!(state(&r), acknowledged, "crash after checkpoint step {step}");
+    let mut r = reopen(r, &o);
+    assert_eq!(state(&r), acknowledged, "second recovery after a crash after checkpoint step {step}");
     let env = r.update(|doc, actor| gen.op(doc, actor, seed)).expect("update after recovery");
     assert_eq!(env.seq, acknowledged.1.get(&r.actor()) + 1, "sequence number after recovery");
     r.checkpoint().expect("complete checkpoint");

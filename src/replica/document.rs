@@ -28,6 +28,13 @@ pub trait Document:
         self.validate_op(op).map_err(|e| e.to_string())
     }
 
+    /// Checks that a peer's state `other` may be merged into this one
+    /// ([`Replica::merge_snapshot`](super::Replica::merge_snapshot)). The
+    /// default is the CRDT's own `validate_merge`.
+    fn check_merge(&self, other: &Self) -> Result<(), String> {
+        self.validate_merge(other).map_err(|e| e.to_string())
+    }
+
     /// An encoding that is equal for equal states, whatever the order in
     /// which operations arrived. The default serializes the state to CBOR
     /// and sorts every map and every array; that is right for types whose

@@ -54,7 +54,7 @@ pub enum ReplicaError {
         /// The document's reason.
         reason: String,
     },
-    /// A snapshot could not be merged (its `validate_merge` failed).
+    /// A snapshot could not be merged (`Document::check_merge` failed).
     #[error("snapshot rejected: {0}")]
     SnapshotRejected(String),
     /// Too many early operations are waiting.
@@ -504,7 +504,7 @@ impl<D: Document> Replica<D> {
         self.check()?;
         let span = info_span!("replica_merge_snapshot", actors = clock.len());
         let _g = span.enter();
-        self.doc.validate_merge(&state).map_err(|e| ReplicaError::SnapshotRejected(e.to_string()))?;
+        self.doc.check_merge(&state).map_err(ReplicaError::SnapshotRejected)?;
         let mut merged = self.doc.clone();
         merged.merge(state);
         let mut merged_clock = self.clock.clone();
