@@ -454,7 +454,7 @@ impl<D: Document> Replica<D> {
         self.check()?;
         let mut wanted = BTreeSet::new();
         for (actor, &have) in self.clock.iter() {
-            let from = theirs.get(actor) + 1;
+            let from = theirs.get(actor).saturating_add(1);
             if from > have {
                 continue;
             }

@@ -171,15 +171,28 @@ pub struct LogReader {
 impl LogReader {
     /// Scans `dir`. Fails with [`Error::Corrupt`] (naming segment and offset)
     /// if a record that is not part of a torn tail is damaged.
-    pub fn open(dir: &Path, options: &WalOptions) -> Result<LogReader> {
+    ///
+    /// Records are read up to the format's size limit, whatever
+    /// `options.max_record_size` says, so a log written with a larger limit
+    /// reads back whole.
+    pub fn open(dir: &Path, _options: &WalOptions) -> Result<LogReader> {
         if !dir.is_dir() {
             return Err(Error::InvalidArgument(format!("{} is not a directory", dir.display())));
         }
-        let scan = scan_dir(dir, options.max_record_size)?;
-        if let Some(d) = &scan.damage {
-            return Err(d.to_error(&scan.segments, &scan.paths));
-        }
-        Ok(LogReader { scan, max_payload: options.max_record_size })
+        // A writer may be appending: damage seen in the active segment is
+        // reported only if a second scan sees the same (a frame written
+        // between the reads of one scan can look like damage once).
+        let mut previous: Option<(usize, u64)> = None;
+        let scan = loop {
+            let scan = scan_dir(dir, super::format::MAX_PAYLOAD_LEN)?;
+            let Some(d) = &scan.damage else { break scan };
+            let at = (d.segment, d.offset);
+            if d.segment + 1 < scan.paths.len() || previous == Some(at) {
+                return Err(d.to_error(&scan.segments, &scan.paths));
+            }
+            previous = Some(at);
+        };
+        Ok(LogReader { scan, max_payload: super::format::MAX_PAYLOAD_LEN })
     }
 
     /// Counts and bounds of what the directory holds.

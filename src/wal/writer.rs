@@ -133,7 +133,9 @@ impl Wal {
             }
         }
         let started = Instant::now();
-        let scan = scan_dir(&dir, opts.max_record_size)?;
+        // Read with the format's limit: a record written under a larger
+        // `max_record_size` must not look like a torn tail.
+        let scan = scan_dir(&dir, format::MAX_PAYLOAD_LEN)?;
         let (segments, active, next_lsn) = recover(&dir, &opts, &io, scan)?;
         info!(
             segments = segments.len(),
@@ -268,7 +270,7 @@ impl Wal {
         }
         let st = self.lock();
         let limit = if self.opts.sync.is_durable() { st.durable_lsn } else { st.written_lsn };
-        WalIter::new(st.segments.clone(), from, limit, self.opts.max_record_size)
+        WalIter::new(st.segments.clone(), from, limit, format::MAX_PAYLOAD_LEN)
     }
 
     /// Deletes whole segments whose records all have LSNs below `lsn` (for
@@ -328,6 +330,9 @@ impl Wal {
         let mut st = self.lock();
         if records.is_empty() {
             return Ok(st.next_lsn..st.next_lsn);
+        }
+        if st.next_lsn.saturating_add(records.len() as u64) > format::MAX_LSN + 1 {
+            return Err(Error::InvalidArgument(format!("LSN space exhausted (the limit is {})", format::MAX_LSN)));
         }
         loop {
             st.check_poisoned()?;
@@ -629,6 +634,9 @@ fn new_segment_file(dir: &Path, io: &Io, opts: &WalOptions) -> Result<(File, Pat
 type Recovered = (Vec<(Lsn, PathBuf)>, Active, Lsn);
 
 fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<Recovered> {
+    // After a repair that removed every segment, the log restarts where the
+    // first removed segment started, so LSNs are not handed out again.
+    let mut restart_lsn = 1;
     if let Some(damage) = scan.damage.take() {
         let err = damage.to_error(&scan.segments, &scan.paths);
         if opts.recovery == RecoveryMode::Strict {
@@ -639,22 +647,25 @@ fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<Rec
             io.remove(path)?;
         }
         if damage.offset == 0 {
-            io.remove(&scan.paths[damage.segment])?;
+            let path = &scan.paths[damage.segment];
+            restart_lsn = path.file_name().and_then(|n| n.to_str()).and_then(segment::parse_segment_name).unwrap_or(1);
+            io.remove(path)?;
         } else if let Some(path) = scan.paths.get(damage.segment) {
             // Keep the good prefix of the damaged segment: rescan it as the last one.
-            let rescanned = scan_prefix(path, scan.segments.last().map(|s| s.last_lsn + 1), opts.max_record_size)?;
+            let rescanned = scan_prefix(path, scan.segments.last().map(|s| s.last_lsn + 1), format::MAX_PAYLOAD_LEN)?;
             scan.segments.push(rescanned);
         }
         io.sync_dir(dir)?;
     }
     let Some(last) = scan.segments.last().cloned() else {
-        // Empty log: the first segment starts at LSN 1.
-        let header = SegmentHeader { salt: segment::random_salt(), first_lsn: 1 };
+        // Empty log: the first segment starts at LSN 1 (or where a repair
+        // removed everything).
+        let header = SegmentHeader { salt: segment::random_salt(), first_lsn: restart_lsn };
         let prepared = new_segment_file(dir, io, opts)?;
         let (file, path) = io.install_segment(dir, prepared, header)?;
         let hl = SEGMENT_HEADER_LEN as u64;
         let active = Active { file: Arc::new(file), path: path.clone(), salt: header.salt, written_end: hl, end: hl };
-        return Ok((vec![(1, path)], active, 1));
+        return Ok((vec![(restart_lsn, path)], active, restart_lsn));
     };
     let file =
         OpenOptions::new().read(true).write(true).open(&last.path).map_err(|e| Error::io("opening", &last.path, e))?;
