@@ -72,38 +72,48 @@ pub enum LogCommand {
 
 #[derive(Subcommand)]
 pub enum DocCommand {
-    /// Set KEY to VALUE (creates the replica if needed); prints once durable.
+    /// Set KEY to VALUE, creating the replica if the directory is missing or
+    /// empty. Prints {"ok":"put","key":…,"actor":…,"seq":…} once durable.
     Put {
         /// Replica directory.
         dir: PathBuf,
         /// Key.
+        #[arg(allow_hyphen_values = true)]
         key: String,
         /// Value.
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
-    /// Delete KEY; prints once durable.
+    /// Delete KEY (fails if it has no value). Prints
+    /// {"ok":"del","key":…,"removed":N,"actor":…,"seq":…} once durable.
     Del {
         /// Replica directory.
         dir: PathBuf,
         /// Key.
+        #[arg(allow_hyphen_values = true)]
         key: String,
     },
-    /// Print KEY's value as JSON: a string, or an array of concurrent values.
+    /// Print KEY's value as JSON: a string, or an array of the concurrent
+    /// values (sorted) written on different replicas before they synced.
+    /// Fails if KEY is absent.
     Get {
         /// Replica directory.
         dir: PathBuf,
         /// Key.
+        #[arg(allow_hyphen_values = true)]
         key: String,
     },
-    /// Print one JSON object: {"entries": {key: value-or-values}, "clock": {actor: seq}, "actor": id}.
+    /// Print one JSON object: {"entries": {key: value or [values]},
+    /// "clock": {actor: seq}, "actor": this replica's actor}.
     Dump {
         /// Replica directory.
         dir: PathBuf,
     },
-    /// Set keys from standard input, one `KEY VALUE` line each (the value is
-    /// the rest of the line); prints one JSON line per op once it is durable.
+    /// Set keys from standard input, one `KEY VALUE` line each (KEY ends at
+    /// the first space, VALUE is the rest of the line); prints one JSON line
+    /// per op, flushed, once it is durable.
     Import {
-        /// Replica directory (created if needed).
+        /// Replica directory (created if missing or empty).
         dir: PathBuf,
     },
     /// Write a checkpoint and drop the log segments it covers.
