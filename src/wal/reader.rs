@@ -28,12 +28,11 @@ pub struct WalIter {
     reader: Option<SegmentReader>,
     next: Lsn,
     limit: Lsn,
-    max_payload: u32,
     failed: bool,
 }
 
 impl WalIter {
-    pub(crate) fn new(segments: Vec<(Lsn, PathBuf)>, from: Lsn, limit: Lsn, max_payload: u32) -> Result<WalIter> {
+    pub(crate) fn new(segments: Vec<(Lsn, PathBuf)>, from: Lsn, limit: Lsn) -> Result<WalIter> {
         let first = segments.first().map_or(1, |s| s.0);
         let from = from.max(1);
         if from < first && from <= limit {
@@ -42,7 +41,7 @@ impl WalIter {
         let from = from.max(first);
         // The segment holding `from`: the last one starting at or before it.
         let seg_idx = segments.iter().rposition(|(f, _)| *f <= from).unwrap_or(0);
-        Ok(WalIter { segments, seg_idx, reader: None, next: from, limit, max_payload, failed: false })
+        Ok(WalIter { segments, seg_idx, reader: None, next: from, limit, failed: false })
     }
 
     fn corrupt(&self, path: &Path, offset: u64, reason: String) -> Error {
@@ -58,7 +57,7 @@ impl WalIter {
                 let Some((first, path)) = self.segments.get(self.seg_idx) else {
                     return Err(Error::Truncated { lsn: self.next, first: self.segments.first().map_or(1, |s| s.0) });
                 };
-                let reader = match SegmentReader::open(path, self.max_payload) {
+                let reader = match SegmentReader::open(path) {
                     Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                         let first = self.segments.get(self.seg_idx + 1).map_or(*first, |s| s.0);
                         return Err(Error::Truncated { lsn: self.next, first });
@@ -165,7 +164,6 @@ impl std::fmt::Display for LogSummary {
 /// ```
 pub struct LogReader {
     scan: Scan,
-    max_payload: u32,
 }
 
 impl LogReader {
@@ -184,7 +182,7 @@ impl LogReader {
         // between the reads of one scan can look like damage once).
         let mut previous: Option<(usize, u64)> = None;
         let scan = loop {
-            let scan = scan_dir(dir, super::format::MAX_PAYLOAD_LEN)?;
+            let scan = scan_dir(dir)?;
             let Some(d) = &scan.damage else { break scan };
             let at = (d.segment, d.offset);
             if d.segment + 1 < scan.paths.len() || previous == Some(at) {
@@ -192,7 +190,7 @@ impl LogReader {
             }
             previous = Some(at);
         };
-        Ok(LogReader { scan, max_payload: super::format::MAX_PAYLOAD_LEN })
+        Ok(LogReader { scan })
     }
 
     /// Counts and bounds of what the directory holds.
@@ -215,6 +213,6 @@ impl LogReader {
     /// Committed records from `from` on.
     pub fn iter_from(&self, from: Lsn) -> Result<WalIter> {
         let segments = self.scan.segments.iter().map(|s| (s.header.first_lsn, s.path.clone())).collect();
-        WalIter::new(segments, from, self.scan.last_lsn(), self.max_payload)
+        WalIter::new(segments, from, self.scan.last_lsn())
     }
 }

@@ -58,14 +58,14 @@ impl Scan {
 }
 
 /// Scans every segment in `dir` without modifying anything.
-pub fn scan_dir(dir: &Path, max_payload: u32) -> Result<Scan> {
+pub fn scan_dir(dir: &Path) -> Result<Scan> {
     let listed = list_segments(dir)?;
     let mut scan = Scan { paths: listed.iter().map(|(_, p)| p.clone()).collect(), ..Scan::default() };
     let count = listed.len();
     for (i, (name_lsn, path)) in listed.iter().enumerate() {
         let is_last = i + 1 == count;
         let expected_first = scan.segments.last().map(|s| s.last_lsn + 1);
-        match scan_segment(path, *name_lsn, expected_first, is_last, false, max_payload)? {
+        match scan_segment(path, *name_lsn, expected_first, is_last, false)? {
             Ok(seg) => scan.segments.push(seg),
             Err((offset, reason)) => {
                 scan.damage = Some(Damage { segment: i, offset, reason });
@@ -80,9 +80,9 @@ type SegmentOutcome = std::result::Result<ScannedSegment, (u64, String)>;
 
 /// Scans a damaged segment for repair: its valid prefix, with everything
 /// after it treated as a tail to discard.
-pub fn scan_prefix(path: &Path, expected_first: Option<u64>, max_payload: u32) -> Result<ScannedSegment> {
+pub fn scan_prefix(path: &Path, expected_first: Option<u64>) -> Result<ScannedSegment> {
     let name_lsn = path.file_name().and_then(|n| n.to_str()).and_then(super::segment::parse_segment_name).unwrap_or(0);
-    scan_segment(path, name_lsn, expected_first, true, true, max_payload)?.map_err(|(offset, reason)| Error::Corrupt {
+    scan_segment(path, name_lsn, expected_first, true, true)?.map_err(|(offset, reason)| Error::Corrupt {
         segment: path.to_path_buf(),
         offset,
         reason,
@@ -95,9 +95,8 @@ fn scan_segment(
     expected_first: Option<u64>,
     is_last: bool,
     discard_tail: bool,
-    max_payload: u32,
 ) -> Result<SegmentOutcome> {
-    let mut r = match SegmentReader::open(path, max_payload) {
+    let mut r = match SegmentReader::open(path) {
         Ok(r) => r,
         Err(Error::Corrupt { offset, reason, .. }) => return Ok(Err((offset, reason))),
         Err(e) => return Err(e),

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use super::error::{Error, Result};
 use super::fault::{FaultInjector, FileOp};
-use super::format::{self, Decoded, Frame, FrameError, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::format::{
+    self, Decoded, Frame, FrameError, SegmentHeader, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN,
+};
 
 /// Extension of segment files; the stem is the first LSN, zero-padded to 20 digits.
 pub const SEGMENT_EXT: &str = "wal";
@@ -194,7 +196,6 @@ pub struct SegmentReader {
     pub path: PathBuf,
     pub header: SegmentHeader,
     pub file_len: u64,
-    max_payload: u32,
     buf: Vec<u8>,
     /// File offset of `buf[0]`.
     buf_off: u64,
@@ -204,8 +205,11 @@ pub struct SegmentReader {
 
 impl SegmentReader {
     /// Opens a segment and validates its header. A bad header is reported as
-    /// [`Error::Corrupt`] at offset 0.
-    pub fn open(path: &Path, max_payload: u32) -> Result<SegmentReader> {
+    /// [`Error::Corrupt`] at offset 0. Lengths are checked against the format's
+    /// limit ([`format::MAX_PAYLOAD_LEN`]), not a writer's configured one, so a
+    /// record written under a larger `max_record_size` is never mistaken for
+    /// damage; buffers stay bounded by the file's size.
+    pub fn open(path: &Path) -> Result<SegmentReader> {
         let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io("reading metadata of", path, e))?.len();
         let mut hdr = [0u8; SEGMENT_HEADER_LEN];
@@ -220,7 +224,6 @@ impl SegmentReader {
             path: path.to_path_buf(),
             header,
             file_len,
-            max_payload,
             buf: Vec::new(),
             buf_off: SEGMENT_HEADER_LEN as u64,
             pos: 0,
@@ -263,7 +266,7 @@ impl SegmentReader {
         }
         // Header fields first (cheap), so the checksum is computed only once.
         if self.buf.len() - self.pos >= FRAME_HEADER_LEN {
-            match format::check_header(&self.buf[self.pos..], self.max_payload) {
+            match format::check_header(&self.buf[self.pos..], MAX_PAYLOAD_LEN) {
                 Ok((_, len)) => {
                     let needed = FRAME_HEADER_LEN + len as usize;
                     self.fill(needed).map_err(|e| Error::io("reading", &self.path, e))?;
@@ -272,8 +275,7 @@ impl SegmentReader {
             }
         }
         let salt = self.header.salt;
-        let max = self.max_payload;
-        match format::decode_frame(&self.buf[self.pos..], salt, max) {
+        match format::decode_frame(&self.buf[self.pos..], salt, MAX_PAYLOAD_LEN) {
             Decoded::Frame(frame) => {
                 self.pos += frame.encoded_len();
                 Ok(Step::Frame { offset, frame })
@@ -312,7 +314,7 @@ impl SegmentReader {
             let candidates = n.saturating_sub(FRAME_HEADER_LEN - 1).min(READ_CHUNK);
             for i in 0..candidates {
                 let hdr = &window[i..i + FRAME_HEADER_LEN];
-                let Ok((lsn, len)) = format::check_header(hdr, self.max_payload) else { continue };
+                let Ok((lsn, len)) = format::check_header(hdr, MAX_PAYLOAD_LEN) else { continue };
                 if lsn < min_lsn || hdr[17] & format::FLAG_SYNCED_BEFORE == 0 {
                     continue;
                 }
@@ -323,7 +325,7 @@ impl SegmentReader {
                 }
                 let mut frame = vec![0u8; total as usize];
                 self.file.read_exact_at(&mut frame, at).map_err(|e| Error::io("reading", &self.path, e))?;
-                if matches!(format::decode_frame(&frame, self.header.salt, self.max_payload), Decoded::Frame(_)) {
+                if matches!(format::decode_frame(&frame, self.header.salt, MAX_PAYLOAD_LEN), Decoded::Frame(_)) {
                     return Ok(Some(at));
                 }
             }

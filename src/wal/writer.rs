@@ -133,9 +133,7 @@ impl Wal {
             }
         }
         let started = Instant::now();
-        // Read with the format's limit: a record written under a larger
-        // `max_record_size` must not look like a torn tail.
-        let scan = scan_dir(&dir, format::MAX_PAYLOAD_LEN)?;
+        let scan = scan_dir(&dir)?;
         let (segments, active, next_lsn) = recover(&dir, &opts, &io, scan)?;
         info!(
             segments = segments.len(),
@@ -270,7 +268,7 @@ impl Wal {
         }
         let st = self.lock();
         let limit = if self.opts.sync.is_durable() { st.durable_lsn } else { st.written_lsn };
-        WalIter::new(st.segments.clone(), from, limit, format::MAX_PAYLOAD_LEN)
+        WalIter::new(st.segments.clone(), from, limit)
     }
 
     /// Deletes whole segments whose records all have LSNs below `lsn` (for
@@ -652,7 +650,7 @@ fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<Rec
             io.remove(path)?;
         } else if let Some(path) = scan.paths.get(damage.segment) {
             // Keep the good prefix of the damaged segment: rescan it as the last one.
-            let rescanned = scan_prefix(path, scan.segments.last().map(|s| s.last_lsn + 1), format::MAX_PAYLOAD_LEN)?;
+            let rescanned = scan_prefix(path, scan.segments.last().map(|s| s.last_lsn + 1))?;
             scan.segments.push(rescanned);
         }
         io.sync_dir(dir)?;
