@@ -186,6 +186,11 @@ impl WalOptions {
         self
     }
 
+    /// Whether new segments are zero-filled: only durable policies gain from it.
+    fn zero_fill(&self) -> bool {
+        self.preallocate && self.sync.is_durable()
+    }
+
     fn validate(&self) -> Result<()> {
         if self.segment_size < 4096 {
             return Err(Error::InvalidArgument(format!(

@@ -345,9 +345,6 @@ impl Wal {
             break;
         }
         let first = st.next_lsn;
-        if first.saturating_add(records.len() as u64) > format::MAX_LSN + 1 {
-            return Err(Error::InvalidArgument(format!("LSN space exhausted (the limit is {})", format::MAX_LSN)));
-        }
         // Under durable policies every write of a buffer happens after the
         // previous one was synced, so the first frame of a buffer can vouch
         // for everything before it (see `FLAG_SYNCED_BEFORE`).
@@ -368,7 +365,7 @@ impl Wal {
         if st.gathering && st.buf_units >= GATHER_TARGET {
             self.appended.notify_one();
         }
-        if self.zero_fill() && st.prealloc.is_none() && st.active.end > self.opts.segment_size / 2 {
+        if self.opts.zero_fill() && st.prealloc.is_none() && st.active.end > self.opts.segment_size / 2 {
             self.start_prealloc(&mut st);
         }
         Ok(first..first + n as u64)
@@ -470,11 +467,6 @@ impl Wal {
         for g in &self.groups {
             g.notify_all();
         }
-    }
-
-    /// Whether new segments are zero-filled: only durable policies gain from it.
-    fn zero_fill(&self) -> bool {
-        self.opts.preallocate && self.opts.sync.is_durable()
     }
 
     /// As the elected leader about to sync a lone record while the previous
@@ -612,7 +604,7 @@ impl Drop for Wal {
 
 fn new_segment_file(dir: &Path, io: &Io, opts: &WalOptions) -> Result<(File, PathBuf)> {
     let path = dir.join(NEW_SEGMENT_FILE);
-    let file = if opts.preallocate && opts.sync.is_durable() {
+    let file = if opts.zero_fill() {
         match io.preallocate(&path, opts.segment_size, &AtomicBool::new(false)) {
             Ok(f) => f,
             Err(e) => {
@@ -626,11 +618,11 @@ fn new_segment_file(dir: &Path, io: &Io, opts: &WalOptions) -> Result<(File, Pat
     Ok((file, path))
 }
 
-/// Applies the scan's verdict: repairs if allowed, discards the torn tail of
-/// the last segment, creates the first segment of an empty log.
 /// Segments, the active segment and the next LSN of a recovered log.
 type Recovered = (Vec<(Lsn, PathBuf)>, Active, Lsn);
 
+/// Applies the scan's verdict: repairs if allowed, discards the torn tail of
+/// the last segment, creates the first segment of an empty log.
 fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<Recovered> {
     // After a repair that removed every segment, the log restarts where the
     // first removed segment started, so LSNs are not handed out again.
