@@ -165,8 +165,10 @@ pub struct Received {
     pub duplicates: usize,
 }
 
-const ACTOR_FILE: &str = "actor";
-const WAL_DIR: &str = "wal";
+/// File holding a replica's actor id, inside its directory.
+pub const ACTOR_FILE: &str = "actor";
+/// The replica's write-ahead log directory, inside its directory.
+pub const WAL_DIR: &str = "wal";
 
 /// A durable replica of one document.
 ///

@@ -27,4 +27,6 @@ pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
 pub use document::{canonical_cbor, Document};
 pub use envelope::{EnvelopeError, OpEnvelope};
 pub use kv::{CausalContext, Dot, KvDoc, KvDocExt, KvOp};
-pub use machine::{Catchup, Change, Origin, Received, Replica, ReplicaError, ReplicaOptions, Result};
+pub use machine::{
+    Catchup, Change, Origin, Received, Replica, ReplicaError, ReplicaOptions, Result, ACTOR_FILE, WAL_DIR,
+};

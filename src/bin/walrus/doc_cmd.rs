@@ -11,16 +11,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
-use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaError, ReplicaOptions};
+use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaError, ReplicaOptions, ACTOR_FILE, WAL_DIR};
 use walrus::wal;
 
 use crate::DocCommand;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-/// Files a replica directory holds once opened (see docs/REPLICA.md).
-const ACTOR_FILE: &str = "actor";
-const WAL_DIR: &str = "wal";
 
 /// Log segments this tool creates. Opening a log reads the unused,
 /// preallocated rest of its last segment (to find a torn tail), so every
