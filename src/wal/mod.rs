@@ -115,8 +115,9 @@ pub enum RecoveryMode {
 pub struct WalOptions {
     /// Durability policy.
     pub sync: SyncPolicy,
-    /// Segment size: a new segment starts at the first commit boundary at or
-    /// past this many bytes. A batch is never split across segments.
+    /// Segment size: a commit unit that would take a non-empty segment past
+    /// this many bytes starts a new segment. A batch is never split across
+    /// segments; one larger than this gets a segment of its own.
     pub segment_size: u64,
     /// Fill new segments with zeros before use so `fdatasync` needs no
     /// metadata update (the next segment is prepared in the background).
