@@ -8,6 +8,9 @@
 //! - [`replica`]: durable CRDT documents on the log: local writes made
 //!   durable before they apply, per-actor causal delivery of remote
 //!   operations, catch-up answers (`ops_since`), snapshots and checkpoints.
+//! - [`sync`]: the sans-IO sync protocol: wire messages, catch-up answers,
+//!   applying gossip and answers, the anti-entropy schedule.
+//! - `net` (feature `net`, default): the libp2p node that runs it.
 //! - `testing` (feature `testing`): CRDT law checks for your own documents.
 //!
 //! ```
@@ -23,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod replica;
+pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wal;

@@ -366,6 +366,82 @@ impl<D: Document> Replica<D> {
         Ok(env)
     }
 
+    /// Writes several local operations with one wait for durability (one
+    /// group commit instead of one per operation). Each `make` sees the
+    /// state with the earlier ones applied. Returns one result per maker,
+    /// in order; operations are durable before any is visible to
+    /// subscribers and before this returns.
+    ///
+    /// ```
+    /// use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
+    /// let dir = tempfile::tempdir()?;
+    /// let mut r: Replica<KvDoc> = Replica::open(dir.path(), ReplicaOptions::default())?;
+    /// let makers = (0..3).map(|i| move |d: &KvDoc, a| d.put_op(a, &format!("k{i}"), "v"));
+    /// let done = r.update_many(makers);
+    /// assert!(done.iter().all(|r| r.is_ok()));
+    /// assert_eq!(r.clock().get(&r.actor()), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn update_many<I, F>(&mut self, makes: I) -> Vec<Result<OpEnvelope<D::Operation>>>
+    where
+        I: IntoIterator<Item = F>,
+        F: FnOnce(&D, ActorId) -> D::Operation,
+    {
+        let mut results = Vec::new();
+        let mut last_lsn = None;
+        for make in makes {
+            if let Err(e) = self.check() {
+                results.push(Err(e));
+                continue;
+            }
+            let op = make(&self.doc, self.actor);
+            let seq = self.clock.get(&self.actor) + 1;
+            let env = OpEnvelope { actor: self.actor, seq, op, auth: None };
+            if let Err(reason) = self.doc.check_op(&env.op) {
+                results.push(Err(ReplicaError::Rejected { actor: self.actor, seq, reason }));
+                continue;
+            }
+            let bytes = match self.encode_checked(&env) {
+                Ok(b) => b,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            match self.wal.append_nowait(&bytes) {
+                Ok(lsn) => {
+                    self.bytes_since_checkpoint += bytes.len() as u64;
+                    self.apply_env(env.clone(), lsn);
+                    last_lsn = Some(lsn);
+                    results.push(Ok(env));
+                }
+                Err(e) => {
+                    self.poisoned = true;
+                    results.push(Err(e.into()));
+                }
+            }
+        }
+        if let Some(lsn) = last_lsn {
+            if let Err(e) = self.wal.wait_durable(lsn) {
+                // Applied in memory but not durable: nothing may be acknowledged.
+                self.poisoned = true;
+                let mut first = Some(ReplicaError::from(e));
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(first.take().unwrap_or(ReplicaError::Poisoned));
+                }
+                return results;
+            }
+        }
+        for env in results.iter().filter_map(|r| r.as_ref().ok()) {
+            self.notify(|| Change::Op { origin: Origin::Local, op: env.clone() });
+        }
+        if let Err(e) = self.maybe_checkpoint() {
+            // The operations are committed; a failed checkpoint only delays truncation.
+            warn!(error = %e, "automatic checkpoint after a committed batch failed");
+        }
+        results
+    }
+
     /// Accepts operations from peers, in any order and with duplicates.
     /// Each is applied once its author's earlier operations are; early ones
     /// wait in a bounded buffer. Applied operations are durable when this

@@ -1,0 +1,259 @@
+//! What to send and what to do with what arrives: pure functions over a
+//! [`Replica`], no sockets. A transport (the `net` layer, or a test wiring
+//! replicas together) moves the bytes.
+
+use serde_bytes::ByteBuf;
+use tracing::debug;
+
+use super::message::{self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse};
+use crate::replica::{Catchup, Document, EnvelopeError, OpEnvelope, Received, Replica, ReplicaError};
+
+/// Why an incoming message was not (fully) applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The message itself is bad: too large, malformed, wrong document.
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// An operation inside it is malformed.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The message names another document than the one it was routed to.
+    #[error("message for document {got:?} arrived for {expected:?}")]
+    WrongDoc {
+        /// Where it was routed.
+        expected: String,
+        /// What it names.
+        got: String,
+    },
+    /// The replica refused or failed (a rejected operation, a log error).
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// The peer answered that it cannot serve the request.
+    #[error("peer cannot serve document {doc:?}: {reason}")]
+    Remote {
+        /// Document.
+        doc: String,
+        /// The peer's reason.
+        reason: String,
+    },
+}
+
+impl SyncError {
+    /// True if the message proves the sender faulty or hostile (as opposed
+    /// to a local failure or a peer that merely lacks the document).
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Message(_)
+                | SyncError::Envelope(_)
+                | SyncError::WrongDoc { .. }
+                | SyncError::Replica(ReplicaError::Rejected { .. } | ReplicaError::SnapshotRejected(_))
+        )
+    }
+}
+
+/// What applying a sync response did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Operations applied, buffered and already known.
+    pub received: Received,
+    /// A snapshot was merged.
+    pub snapshot: bool,
+    /// The peer has more: send another request (built after this one was applied).
+    pub more: bool,
+}
+
+/// The request to send to a peer that replicates `doc`.
+pub fn request<D: Document>(replica: &Replica<D>, doc: &str, budget: u64) -> SyncRequest {
+    SyncRequest { doc: doc.to_string(), clock: replica.clock().clone(), budget }
+}
+
+/// The answer to `req`, for a replica of document `doc`. Pages are at most
+/// `min(req.budget, limits.max_response / 2)` operation bytes (always at
+/// least one operation); a snapshot larger than `limits.max_response` is
+/// refused rather than sent.
+pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, limits: &Limits) -> SyncResponse {
+    if req.doc != doc {
+        return SyncResponse::UnknownDoc { doc: req.doc.clone() };
+    }
+    let budget = usize::try_from(req.budget).unwrap_or(usize::MAX).min(limits.max_response / 2).max(1);
+    let refused = |reason: String| SyncResponse::Refused { doc: doc.to_string(), reason };
+    match replica.ops_since(&req.clock, budget) {
+        Ok(Catchup::Ops { ops, more }) => {
+            let mut out = Vec::with_capacity(ops.len());
+            for env in &ops {
+                match env.encode() {
+                    Ok(b) => out.push(ByteBuf::from(b)),
+                    Err(e) => return refused(e.to_string()),
+                }
+            }
+            SyncResponse::Ops { doc: doc.to_string(), ops: out, more }
+        }
+        Ok(Catchup::Snapshot { state, clock }) => {
+            let state = message::encode(&state);
+            if state.len() > limits.max_response.saturating_sub(64 + 32 * clock.len()) {
+                return refused(format!("snapshot of {} bytes exceeds the response limit", state.len()));
+            }
+            SyncResponse::Snapshot { doc: doc.to_string(), state: ByteBuf::from(state), clock }
+        }
+        Err(e) => refused(e.to_string()),
+    }
+}
+
+fn decode_ops<D: Document>(ops: &[ByteBuf], limits: &Limits) -> Result<Vec<OpEnvelope<D::Operation>>, SyncError> {
+    let mut out = Vec::with_capacity(ops.len());
+    for bytes in ops {
+        out.push(OpEnvelope::decode(bytes, limits.max_op)?);
+    }
+    Ok(out)
+}
+
+fn expect_doc(expected: &str, got: &str) -> Result<(), SyncError> {
+    check_doc_name(got)?;
+    if expected != got {
+        return Err(SyncError::WrongDoc { expected: expected.to_string(), got: got.to_string() });
+    }
+    Ok(())
+}
+
+/// Applies a peer's answer to a request for `doc`. A malformed answer is
+/// refused as a whole before anything is applied.
+pub fn apply_response<D: Document>(
+    replica: &mut Replica<D>,
+    doc: &str,
+    resp: SyncResponse,
+    limits: &Limits,
+) -> Result<Applied, SyncError> {
+    expect_doc(doc, resp.doc())?;
+    match resp {
+        SyncResponse::Ops { ops, more, .. } => {
+            let envs = decode_ops::<D>(&ops, limits)?;
+            let received = replica.receive(envs)?;
+            debug!(doc, applied = received.applied, more, "sync page applied");
+            // An empty page that claims more would make us ask forever.
+            Ok(Applied { received, snapshot: false, more: more && !ops.is_empty() })
+        }
+        SyncResponse::Snapshot { state, clock, .. } => {
+            let state: D = message::decode(&state, limits.max_response, "snapshot")?;
+            replica.merge_snapshot(state, clock)?;
+            debug!(doc, "sync snapshot merged");
+            // Operations after the snapshot's clock may still be missing.
+            Ok(Applied { received: Received::default(), snapshot: true, more: true })
+        }
+        SyncResponse::UnknownDoc { doc } => {
+            Err(SyncError::Remote { doc, reason: "the peer does not replicate this document".into() })
+        }
+        SyncResponse::Refused { doc, reason } => Err(SyncError::Remote { doc, reason }),
+    }
+}
+
+/// Applies a gossip message that arrived on `doc`'s topic. A malformed
+/// message is refused as a whole before anything is applied.
+pub fn apply_gossip<D: Document>(
+    replica: &mut Replica<D>,
+    doc: &str,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Received, SyncError> {
+    let msg: Gossip = message::decode(bytes, limits.max_gossip, "gossip")?;
+    expect_doc(doc, &msg.doc)?;
+    let envs = decode_ops::<D>(&msg.ops, limits)?;
+    Ok(replica.receive(envs)?)
+}
+
+/// Encoded gossip messages carrying `ops` (already durable locally), split
+/// so that each is at most `max_gossip` bytes. An operation too large for a
+/// message on its own is left to anti-entropy.
+pub fn gossip_messages<O: serde::Serialize>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -> Vec<Vec<u8>> {
+    // Room for the map header, the document name and the array header.
+    let overhead = 32 + doc.len();
+    let mut out = Vec::new();
+    let mut batch: Vec<ByteBuf> = Vec::new();
+    let mut size = overhead;
+    for env in ops {
+        let Ok(bytes) = env.encode() else { continue };
+        let len = bytes.len() + 9;
+        if overhead + len > max_gossip {
+            continue;
+        }
+        if size + len > max_gossip {
+            out.push(message::encode(&Gossip { doc: doc.to_string(), ops: std::mem::take(&mut batch) }));
+            size = overhead;
+        }
+        size += len;
+        batch.push(ByteBuf::from(bytes));
+    }
+    if !batch.is_empty() {
+        out.push(message::encode(&Gossip { doc: doc.to_string(), ops: batch }));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::{KvDoc, KvDocExt, ReplicaOptions};
+
+    fn open(dir: &std::path::Path) -> Replica<KvDoc> {
+        Replica::open(dir, ReplicaOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn pull_pages_until_covered_then_nothing() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut a, mut b) = (open(da.path()), open(db.path()));
+        for i in 0..50 {
+            a.update(|d, act| d.put_op(act, &format!("k{i}"), "value")).unwrap();
+        }
+        let limits = Limits::default();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let resp = respond(&a, "d", &request(&b, "d", 300), &limits);
+            let applied = apply_response(&mut b, "d", resp, &limits).unwrap();
+            if !applied.more {
+                break;
+            }
+        }
+        assert!(rounds > 5, "a 300-byte budget must page: {rounds} rounds");
+        assert!(b.clock().covers(a.clock()));
+        assert_eq!(b.doc().values_of("k49"), vec!["value"]);
+        // A second round transfers nothing.
+        match respond(&a, "d", &request(&b, "d", 300), &limits) {
+            SyncResponse::Ops { ops, more, .. } => assert!(ops.is_empty() && !more),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_doc_and_garbage_change_nothing() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut a, mut b) = (open(da.path()), open(db.path()));
+        let env = a.update(|d, act| d.put_op(act, "k", "v")).unwrap();
+        let limits = Limits::default();
+        let msgs = gossip_messages("d", &[env], limits.max_gossip);
+        assert!(matches!(apply_gossip(&mut b, "other", &msgs[0], &limits), Err(SyncError::WrongDoc { .. })));
+        assert!(matches!(apply_gossip(&mut b, "d", b"\xff\x00garbage", &limits), Err(SyncError::Message(_))));
+        let bad = message::encode(&Gossip { doc: "d".into(), ops: vec![ByteBuf::from(vec![0xa1, 0x01])] });
+        let err = apply_gossip(&mut b, "d", &bad, &limits).unwrap_err();
+        assert!(err.is_peer_fault(), "{err}");
+        assert!(b.clock().is_empty());
+        assert_eq!(apply_gossip(&mut b, "d", &msgs[0], &limits).unwrap().applied, 1);
+        assert_eq!(respond(&a, "d", &request(&b, "x", 10), &limits), SyncResponse::UnknownDoc { doc: "x".into() });
+    }
+
+    #[test]
+    fn gossip_splits_by_size() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = open(d.path());
+        let envs: Vec<_> = (0..100).map(|i| a.update(|d, act| d.put_op(act, &format!("{i}"), "v")).unwrap()).collect();
+        let msgs = gossip_messages("d", &envs, 2000);
+        assert!(msgs.len() > 5);
+        let mut total = 0;
+        for m in &msgs {
+            assert!(m.len() <= 2000, "{}", m.len());
+            total += message::decode::<Gossip>(m, 2000, "gossip").unwrap().ops.len();
+        }
+        assert_eq!(total, 100);
+    }
+}

@@ -1,0 +1,166 @@
+//! When to pull from whom: the anti-entropy schedule of (peer, document)
+//! pairs. Time is passed in, so tests drive it without a clock.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+struct Pair {
+    in_flight: bool,
+    due: Instant,
+}
+
+/// Decides which (peer, document) pairs to send a sync request to.
+///
+/// A pair is due as soon as it is added (a new connection, or the peer
+/// announcing the document), again right after an answer that said "more",
+/// and otherwise every `interval` with ±25% jitter so that peers do not
+/// synchronise their rounds. At most one request per pair is in flight.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use walrus::sync::Schedule;
+/// let mut s = Schedule::new(Duration::from_secs(5), 1);
+/// let now = Instant::now();
+/// s.add("peer-1", "notes", now);
+/// assert_eq!(s.due(now), vec![("peer-1", "notes".to_string())]);
+/// assert!(s.due(now).is_empty()); // in flight
+/// s.completed(&"peer-1", "notes", false, now);
+/// assert!(s.due(now + Duration::from_secs(7)).len() == 1);
+/// ```
+#[derive(Debug)]
+pub struct Schedule<P> {
+    interval: Duration,
+    pairs: BTreeMap<(P, String), Pair>,
+    rng: u64,
+}
+
+impl<P: Ord + Clone> Schedule<P> {
+    /// A schedule with rounds every `interval` (jittered); `seed` drives the jitter.
+    pub fn new(interval: Duration, seed: u64) -> Schedule<P> {
+        Schedule { interval, pairs: BTreeMap::new(), rng: seed | 1 }
+    }
+
+    fn jittered(&mut self) -> Duration {
+        // xorshift64: plenty for spreading timers.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let permille = 750 + self.rng % 501; // 0.75 .. 1.25
+        self.interval.mul_f64(permille as f64 / 1000.0)
+    }
+
+    /// `peer` replicates `doc`: pull from it now.
+    pub fn add(&mut self, peer: P, doc: &str, now: Instant) {
+        self.pairs.entry((peer, doc.to_string())).or_insert(Pair { in_flight: false, due: now }).due = now;
+    }
+
+    /// Stops pulling `doc` from `peer`.
+    pub fn remove(&mut self, peer: &P, doc: &str) {
+        self.pairs.remove(&(peer.clone(), doc.to_string()));
+    }
+
+    /// Forgets every pair of `peer` (it disconnected).
+    pub fn remove_peer(&mut self, peer: &P) {
+        self.pairs.retain(|(p, _), _| p != peer);
+    }
+
+    /// Forgets every pair of `doc` (it was closed).
+    pub fn remove_doc(&mut self, doc: &str) {
+        self.pairs.retain(|(_, d), _| d != doc);
+    }
+
+    /// Pull `doc` from every peer that has it as soon as possible (for
+    /// example after gossip revealed a gap).
+    pub fn poke(&mut self, doc: &str, now: Instant) {
+        for ((_, d), pair) in self.pairs.iter_mut() {
+            if d == doc && pair.due > now {
+                pair.due = now;
+            }
+        }
+    }
+
+    /// The pairs to send a request to now; they are marked in flight.
+    pub fn due(&mut self, now: Instant) -> Vec<(P, String)> {
+        let mut out = Vec::new();
+        for (key, pair) in self.pairs.iter_mut() {
+            if !pair.in_flight && pair.due <= now {
+                pair.in_flight = true;
+                out.push(key.clone());
+            }
+        }
+        out
+    }
+
+    /// The answer for a pair arrived and was applied; `more` if the peer has more.
+    pub fn completed(&mut self, peer: &P, doc: &str, more: bool, now: Instant) {
+        let next = if more { now } else { now + self.jittered() };
+        if let Some(pair) = self.pairs.get_mut(&(peer.clone(), doc.to_string())) {
+            pair.in_flight = false;
+            pair.due = next;
+        }
+    }
+
+    /// The request for a pair failed; try again after a round.
+    pub fn failed(&mut self, peer: &P, doc: &str, now: Instant) {
+        self.completed(peer, doc, false, now);
+    }
+
+    /// The earliest time a pair not in flight becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.pairs.values().filter(|p| !p.in_flight).map(|p| p.due).min()
+    }
+
+    /// Pairs known.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// No pairs known.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(4), 7);
+        s.add(1u8, "a", t0);
+        s.add(2u8, "a", t0);
+        s.add(2u8, "b", t0);
+        assert_eq!(s.due(t0).len(), 3);
+        assert!(s.due(t0).is_empty());
+        assert_eq!(s.next_due(), None);
+        s.completed(&1, "a", true, t0);
+        assert_eq!(s.due(t0), vec![(1, "a".to_string())]);
+        s.completed(&1, "a", false, t0);
+        s.failed(&2, "a", t0);
+        s.completed(&2, "b", false, t0);
+        let next = s.next_due().unwrap();
+        assert!(next >= t0 + Duration::from_secs(3) && next <= t0 + Duration::from_secs(5));
+        assert!(s.due(t0 + Duration::from_secs(2)).is_empty());
+        s.poke("a", t0 + Duration::from_secs(2));
+        assert_eq!(s.due(t0 + Duration::from_secs(2)).len(), 2);
+        s.remove_peer(&2);
+        assert_eq!(s.len(), 1);
+        s.remove_doc("a");
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        let mut s: Schedule<u8> = Schedule::new(Duration::from_millis(1000), 99);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            let d = s.jittered().as_millis();
+            assert!((750..=1250).contains(&d), "{d}");
+            seen.insert(d / 50);
+        }
+        assert!(seen.len() > 5, "jitter must spread: {seen:?}");
+    }
+}
