@@ -25,6 +25,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "net")]
+pub mod net;
 pub mod replica;
 pub mod sync;
 #[cfg(feature = "testing")]

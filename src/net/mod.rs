@@ -1,0 +1,105 @@
+//! The libp2p node: replicates documents with peers over TCP (noise,
+//! yamux), pushing new operations with gossipsub (one topic per document)
+//! and pulling what is missing with a request-response anti-entropy
+//! protocol. docs/PROTOCOL.md is the wire format.
+//!
+//! One tokio task drives the swarm; each open document has its own thread
+//! that owns its [`Replica`](crate::replica::Replica), so log fsyncs never
+//! stall the network.
+//!
+//! ```no_run
+//! use walrus::net::{Node, NodeConfig};
+//! use walrus::replica::{KvDoc, KvDocExt};
+//! # async fn run() -> Result<(), walrus::net::NodeError> {
+//! let mut cfg = NodeConfig::new("/var/lib/myapp/walrus");
+//! cfg.docs = vec!["todos".into()];
+//! cfg.peers = vec!["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".parse().unwrap()];
+//! let (node, mut events) = Node::<KvDoc>::start(cfg).await?;
+//! node.update("todos", |doc, actor| doc.put_op(actor, "milk", "buy")).await?; // durable now
+//! while let Ok(event) = events.recv().await {
+//!     println!("{event:?}");
+//! }
+//! node.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod codec;
+mod identity;
+mod node;
+mod swarm;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{broadcast, mpsc};
+use tracing::info;
+
+pub use codec::{FrameCodec, SYNC_PROTOCOL};
+pub use identity::IDENTITY_FILE;
+pub use libp2p::{Multiaddr, PeerId};
+pub use node::{check_local_doc_name, NodeConfig, NodeError, NodeEvent, NodeHandle, PeerInfo};
+pub use swarm::{IDENTIFY_VERSION, TOPIC_PREFIX};
+
+use crate::replica::Document;
+
+/// Events buffered per subscriber before it lags.
+const EVENT_CAPACITY: usize = 4096;
+
+/// Starts nodes; see [`Node::start`].
+pub struct Node<D>(std::marker::PhantomData<D>);
+
+impl<D: Document> Node<D> {
+    /// Starts a node: loads (or creates) its identity in `cfg.data_dir`,
+    /// opens `cfg.docs`, listens on `cfg.listen` and dials `cfg.peers`.
+    /// Returns once every listener has its first address; the receiver
+    /// already holds the `Listening` events. Must be called within a tokio
+    /// runtime.
+    pub async fn start(
+        cfg: NodeConfig,
+    ) -> Result<(NodeHandle<D>, broadcast::Receiver<NodeEvent<D::Operation>>), NodeError> {
+        for doc in &cfg.docs {
+            check_local_doc_name(doc)?;
+        }
+        let dir = cfg.data_dir.clone();
+        let key = tokio::task::spawn_blocking(move || identity::load_or_create(&dir))
+            .await
+            .map_err(|e| NodeError::Transport(e.to_string()))??;
+        let peer_id = key.public().to_peer_id();
+        let mut swarm = swarm::build_swarm(&cfg, key)?;
+        let mut listeners = Vec::new();
+        for addr in &cfg.listen {
+            let id =
+                swarm.listen_on(addr.clone()).map_err(|e| NodeError::Transport(format!("listen on {addr}: {e}")))?;
+            listeners.push(id);
+        }
+        let (events, first_rx) = broadcast::channel(EVENT_CAPACITY);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (from_docs_tx, from_docs_rx) = mpsc::unbounded_channel();
+        let docs = Arc::new(Mutex::new(HashMap::new()));
+        let seed = Instant::now().elapsed().as_nanos() as u64
+            ^ u64::from_le_bytes(peer_id.to_bytes()[2..10].try_into().unwrap_or_default());
+        let mut driver = swarm::Driver::<D>::new(
+            swarm,
+            cfg.clone(),
+            docs.clone(),
+            events.clone(),
+            control_tx.clone(),
+            from_docs_tx,
+            seed,
+        );
+        // Wait for the listeners before anything else happens.
+        driver.await_listeners(&listeners).await?;
+        for addr in &cfg.peers {
+            driver.add_configured(addr.clone());
+        }
+        tokio::spawn(driver.run(control_rx, from_docs_rx));
+        let handle = NodeHandle { peer_id, control: control_tx, docs, events };
+        for doc in &cfg.docs {
+            handle.open_doc(doc).await?;
+        }
+        info!(%peer_id, "node started");
+        Ok((handle, first_rx))
+    }
+}

@@ -1,0 +1,327 @@
+//! The public face of a node: its configuration, events, errors and the
+//! cloneable handle an app drives it with.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::swarm::Control;
+use super::worker::DocCmd;
+use crate::replica::{Change, Document, OpEnvelope, Replica, ReplicaError, ReplicaOptions};
+use crate::sync::Limits;
+
+/// Configuration of a [`Node`](super::Node).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Data directory: the node's identity and one replica per document.
+    pub data_dir: PathBuf,
+    /// Addresses to listen on (default `/ip4/127.0.0.1/tcp/0`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to stay connected to: dialed at start and re-dialed with
+    /// backoff whenever the connection fails or drops. Include
+    /// `/p2p/<peer id>` to authenticate the peer.
+    pub peers: Vec<Multiaddr>,
+    /// Documents opened at start.
+    pub docs: Vec<String>,
+    /// Mean time between anti-entropy rounds with each peer (±25% jitter).
+    pub sync_interval: Duration,
+    /// Most operation bytes asked for in one sync answer.
+    pub sync_budget: u64,
+    /// Size limits of incoming messages.
+    pub limits: Limits,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Options of every document's replica.
+    pub replica: ReplicaOptions,
+    /// First delay before re-dialing a configured peer; doubles per failure.
+    pub redial_min: Duration,
+    /// Longest delay between re-dials.
+    pub redial_max: Duration,
+    /// Time a sync request may take before it is abandoned.
+    pub request_timeout: Duration,
+    /// Gossipsub heartbeat (mesh maintenance) interval.
+    pub heartbeat: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node keeping its data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr literal")],
+            peers: Vec::new(),
+            docs: Vec::new(),
+            sync_interval: Duration::from_secs(5),
+            sync_budget: 1 << 20,
+            limits: Limits::default(),
+            mdns: false,
+            replica: ReplicaOptions::default(),
+            redial_min: Duration::from_millis(200),
+            redial_max: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_millis(500),
+        }
+    }
+
+    /// The replica directory of document `doc`.
+    pub fn doc_dir(&self, doc: &str) -> PathBuf {
+        doc_dir(&self.data_dir, doc)
+    }
+}
+
+pub(crate) fn doc_dir(data_dir: &Path, doc: &str) -> PathBuf {
+    data_dir.join("docs").join(doc)
+}
+
+/// Errors of a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// File involved.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The identity file is unusable.
+    #[error("identity {path}: {reason}")]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A replica failed.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// A document name that cannot be used locally.
+    #[error("bad document name {0:?}: use 1 to 128 of A-Z a-z 0-9 . _ - (not starting with '.')")]
+    BadDocName(String),
+    /// The document is not open on this node.
+    #[error("document {0:?} is not open")]
+    UnknownDoc(String),
+    /// The document is already open.
+    #[error("document {0:?} is already open")]
+    DocOpen(String),
+    /// Listening or dialing failed.
+    #[error("network: {0}")]
+    Transport(String),
+    /// The node has shut down.
+    #[error("the node has shut down")]
+    Stopped,
+}
+
+/// Something that happened on a node.
+#[derive(Debug, Clone)]
+pub enum NodeEvent<O> {
+    /// Listening on this address (it ends with `/p2p/<peer id>`).
+    Listening {
+        /// Full address to give to peers.
+        addr: Multiaddr,
+    },
+    /// First connection to a peer established.
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+        /// Its address on this connection.
+        addr: Multiaddr,
+    },
+    /// Last connection to a peer closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A change was applied to a document (local or remote).
+    Changed {
+        /// Document name.
+        doc: String,
+        /// What changed.
+        change: Change<O>,
+    },
+    /// An anti-entropy answer brought something new.
+    Synced {
+        /// Document name.
+        doc: String,
+        /// Peer that answered.
+        peer: PeerId,
+        /// Operations applied.
+        applied: usize,
+        /// A snapshot was merged.
+        snapshot: bool,
+    },
+    /// A peer sent something invalid; it was rejected.
+    PeerFault {
+        /// The peer.
+        peer: PeerId,
+        /// The document concerned, if known.
+        doc: Option<String>,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its id.
+    pub peer: PeerId,
+    /// Addresses of the open connections.
+    pub addrs: Vec<Multiaddr>,
+    /// Documents it announced (that this node also has or not).
+    pub docs: Vec<String>,
+}
+
+pub(crate) type DocSenders<D> = Arc<Mutex<HashMap<String, mpsc::Sender<DocCmd<D>>>>>;
+
+/// A cloneable handle to a running node.
+pub struct NodeHandle<D: Document> {
+    pub(crate) peer_id: PeerId,
+    pub(crate) control: mpsc::UnboundedSender<Control<D>>,
+    pub(crate) docs: DocSenders<D>,
+    pub(crate) events: broadcast::Sender<NodeEvent<D::Operation>>,
+}
+
+impl<D: Document> Clone for NodeHandle<D> {
+    fn clone(&self) -> Self {
+        NodeHandle {
+            peer_id: self.peer_id,
+            control: self.control.clone(),
+            docs: self.docs.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+/// Checks that `name` is usable as a local document (and directory) name.
+pub fn check_local_doc_name(name: &str) -> Result<(), NodeError> {
+    let ok = !name.is_empty()
+        && name.len() <= crate::sync::MAX_DOC_NAME
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(NodeError::BadDocName(name.chars().take(160).collect()))
+    }
+}
+
+impl<D: Document> NodeHandle<D> {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Events from now on. A receiver that falls more than 4096 events
+    /// behind gets `RecvError::Lagged` and should re-read the state it shows.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent<D::Operation>> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Control<D>) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(make(tx)).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    fn sender(&self, doc: &str) -> Result<mpsc::Sender<DocCmd<D>>, NodeError> {
+        let docs = self.docs.lock().map_err(|_| NodeError::Stopped)?;
+        docs.get(doc).cloned().ok_or_else(|| NodeError::UnknownDoc(doc.to_string()))
+    }
+
+    /// Opens (creating if needed) document `doc` and starts replicating it
+    /// with every peer that has it.
+    pub async fn open_doc(&self, doc: &str) -> Result<(), NodeError> {
+        check_local_doc_name(doc)?;
+        self.ask(|reply| Control::OpenDoc { name: doc.to_string(), reply }).await?
+    }
+
+    /// Stops replicating `doc` and closes its replica (everything durable).
+    pub async fn close_doc(&self, doc: &str) -> Result<(), NodeError> {
+        self.ask(|reply| Control::CloseDoc { name: doc.to_string(), reply }).await?
+    }
+
+    /// Writes a local operation built by `make` from the current state and
+    /// this replica's actor. Returns once the operation is durable; it is
+    /// then applied and pushed to peers.
+    pub async fn update<F>(&self, doc: &str, make: F) -> Result<OpEnvelope<D::Operation>, NodeError>
+    where
+        F: FnOnce(&D, crate::replica::ActorId) -> D::Operation + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.sender(doc)?;
+        tx.send(DocCmd::Write { make: Box::new(make), reply }).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Runs `f` on the replica of `doc` (on its own thread) and returns its
+    /// result: read the document, its clock, or checkpoint it.
+    pub async fn with<R, F>(&self, doc: &str, f: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Replica<D>) -> R + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.sender(doc)?;
+        let job = Box::new(move |r: &mut Replica<D>| {
+            let _ = reply.send(f(r));
+        });
+        tx.send(DocCmd::With(job)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Dials `addr` now and keeps re-dialing it like a configured peer.
+    pub async fn connect(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.ask(|reply| Control::Connect { addr, reply }).await?
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeError> {
+        self.ask(|reply| Control::Peers { reply }).await
+    }
+
+    /// Addresses this node listens on (each ending in `/p2p/<peer id>`).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        self.ask(|reply| Control::ListenAddrs { reply }).await
+    }
+
+    /// Refuses and closes every connection with `peer` (both directions)
+    /// until [`unblock`](Self::unblock): a partition.
+    pub async fn block(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.ask(|reply| Control::Block { peer, reply }).await
+    }
+
+    /// Lifts [`block`](Self::block) and re-dials the peer if it is configured.
+    pub async fn unblock(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.ask(|reply| Control::Unblock { peer, reply }).await
+    }
+
+    /// Shuts the node down: every document closed (acknowledged operations
+    /// were already durable; the logs are synced and closed), then every
+    /// connection closed.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        self.ask(|reply| Control::Shutdown { reply }).await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_doc_names() {
+        for ok in ["default", "notes-2026", "a.b_c"] {
+            assert!(check_local_doc_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "ü", &"x".repeat(129)] {
+            assert!(check_local_doc_name(bad).is_err(), "{bad}");
+        }
+    }
+}

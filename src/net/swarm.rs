@@ -1,0 +1,754 @@
+//! The task that drives the libp2p swarm: gossip in and out, anti-entropy
+//! requests and answers, connections and re-dials. It never touches a
+//! replica; document workers do.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{allow_block_list, connection_limits, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::codec::{FrameCodec, SYNC_PROTOCOL};
+use super::node::{doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
+use super::worker::{DocCmd, FromDoc, Worker};
+use crate::replica::{Document, Replica};
+use crate::sync::{self, Schedule, SyncRequest, SyncResponse};
+
+/// Prefix of every document's gossip topic: `walrus/doc/<name>`.
+pub const TOPIC_PREFIX: &str = "walrus/doc/";
+/// Identify protocol version string.
+pub const IDENTIFY_VERSION: &str = "/walrus/1.0.0";
+/// Commands queued per document before network input is shed.
+const DOC_QUEUE: usize = 4096;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, DocTopics>,
+    sync: request_response::Behaviour<FrameCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Accepts only walrus document topics, so a peer cannot make us track
+/// arbitrary topics.
+#[derive(Default)]
+pub(crate) struct DocTopics;
+
+impl gossipsub::TopicSubscriptionFilter for DocTopics {
+    fn can_subscribe(&mut self, topic: &TopicHash) -> bool {
+        doc_of_topic(topic).is_some()
+    }
+}
+
+pub(crate) fn topic_of(doc: &str) -> IdentTopic {
+    IdentTopic::new(format!("{TOPIC_PREFIX}{doc}"))
+}
+
+fn doc_of_topic(topic: &TopicHash) -> Option<&str> {
+    let doc = topic.as_str().strip_prefix(TOPIC_PREFIX)?;
+    sync::check_doc_name(doc).ok().map(|()| doc)
+}
+
+/// Gossip message id: the first 20 bytes of the SHA-256 of the data.
+pub(crate) fn message_id(data: &[u8]) -> MessageId {
+    MessageId::from(Sha256::digest(data)[..20].to_vec())
+}
+
+pub(crate) enum Control<D: Document> {
+    OpenDoc {
+        name: String,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    CloseDoc {
+        name: String,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Connect {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Block {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    Unblock {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// A document worker started (or failed to) for an `OpenDoc`.
+    Opened {
+        name: String,
+        result: Result<std::thread::JoinHandle<()>, NodeError>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    #[doc(hidden)]
+    _Doc(std::marker::PhantomData<D>),
+}
+
+/// A peer the node keeps connected to.
+struct Configured {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    backoff: Duration,
+    next: Option<Instant>,
+}
+
+pub(crate) struct Driver<D: Document> {
+    swarm: Swarm<Behaviour>,
+    cfg: NodeConfig,
+    docs: DocSenders<D>,
+    threads: HashMap<String, std::thread::JoinHandle<()>>,
+    events: broadcast::Sender<NodeEvent<D::Operation>>,
+    control_tx: mpsc::UnboundedSender<Control<D>>,
+    from_docs_tx: mpsc::UnboundedSender<FromDoc>,
+    schedule: Schedule<PeerId>,
+    configured: Vec<Configured>,
+    /// Dials in progress to configured peers (index into `configured`).
+    dialing: HashMap<ConnectionId, usize>,
+    /// Our sync requests awaiting an answer.
+    outbound: HashMap<OutboundRequestId, (PeerId, String)>,
+    /// Peers' sync requests awaiting their document worker's answer.
+    inbound: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    next_token: u64,
+    listen_addrs: Vec<Multiaddr>,
+    blocked: BTreeSet<PeerId>,
+}
+
+pub(crate) fn build_swarm(cfg: &NodeConfig, key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, NodeError> {
+    let transport_err = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
+    let limits = cfg.limits;
+    let heartbeat = cfg.heartbeat;
+    let request_timeout = cfg.request_timeout;
+    let mdns_on = cfg.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| transport_err(&e))?
+        .with_behaviour(|key| {
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(heartbeat)
+                .heartbeat_initial_delay(heartbeat / 5)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                // Room for the signature and framing around our payload.
+                .max_transmit_size(limits.max_gossip + 4096)
+                .message_id_fn(|m| message_id(&m.data))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossip = gossipsub::Behaviour::new_with_subscription_filter(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_cfg,
+                DocTopics,
+            )?;
+            let codec = FrameCodec { max_request: limits.max_request, max_response: limits.max_response };
+            let sync = request_response::Behaviour::with_codec(
+                codec,
+                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(request_timeout),
+            );
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                blocked: Default::default(),
+                // Duplicate connections confuse gossipsub; two cover a simultaneous dial.
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default().with_max_established_per_peer(Some(2)),
+                ),
+                gossip,
+                sync,
+                identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public())),
+                ping: ping::Behaviour::default(),
+                mdns: mdns.into(),
+            })
+        })
+        .map_err(|e| transport_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    Ok(swarm)
+}
+
+/// Closes a document worker (its replica syncs and closes) and joins its thread.
+async fn close_worker<D: Document>(
+    name: String,
+    tx: Option<mpsc::Sender<DocCmd<D>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+) -> Result<(), NodeError> {
+    let Some(tx) = tx else { return Err(NodeError::UnknownDoc(name)) };
+    let (reply, rx) = oneshot::channel();
+    let result = match tx.send(DocCmd::Close { reply }).await {
+        Ok(()) => rx.await.unwrap_or(Err(NodeError::Stopped)),
+        Err(_) => Err(NodeError::Stopped),
+    };
+    if let Some(t) = thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    result
+}
+
+fn with_p2p(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.clone()
+    } else {
+        addr.clone().with(Protocol::P2p(peer))
+    }
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+impl<D: Document> Driver<D> {
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        cfg: NodeConfig,
+        docs: DocSenders<D>,
+        events: broadcast::Sender<NodeEvent<D::Operation>>,
+        control_tx: mpsc::UnboundedSender<Control<D>>,
+        from_docs_tx: mpsc::UnboundedSender<FromDoc>,
+        seed: u64,
+    ) -> Driver<D> {
+        Driver {
+            swarm,
+            schedule: Schedule::new(cfg.sync_interval, seed),
+            cfg,
+            docs,
+            threads: HashMap::new(),
+            events,
+            control_tx,
+            from_docs_tx,
+            configured: Vec::new(),
+            dialing: HashMap::new(),
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+            next_token: 0,
+            listen_addrs: Vec::new(),
+            blocked: BTreeSet::new(),
+        }
+    }
+
+    fn emit(&self, ev: NodeEvent<D::Operation>) {
+        let _ = self.events.send(ev);
+    }
+
+    fn doc_tx(&self, doc: &str) -> Option<mpsc::Sender<DocCmd<D>>> {
+        self.docs.lock().ok()?.get(doc).cloned()
+    }
+
+    fn doc_names(&self) -> Vec<String> {
+        self.docs.lock().map(|d| d.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Drives the swarm until each listener reported its first address.
+    pub async fn await_listeners(&mut self, ids: &[libp2p::core::transport::ListenerId]) -> Result<(), NodeError> {
+        let mut waiting: std::collections::HashSet<_> = ids.iter().copied().collect();
+        while !waiting.is_empty() {
+            match self.swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    waiting.remove(&listener_id);
+                    self.on_swarm(SwarmEvent::NewListenAddr { listener_id, address });
+                }
+                SwarmEvent::ListenerClosed { listener_id, reason, addresses } if waiting.contains(&listener_id) => {
+                    let why = reason.err().map_or_else(|| "closed".to_string(), |e| e.to_string());
+                    return Err(NodeError::Transport(format!("listener on {addresses:?} failed: {why}")));
+                }
+                SwarmEvent::ListenerError { listener_id, error } if waiting.contains(&listener_id) => {
+                    return Err(NodeError::Transport(format!("listener failed: {error}")));
+                }
+                other => self.on_swarm(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a configured peer (deduplicated) and dials it now.
+    pub fn add_configured(&mut self, addr: Multiaddr) {
+        let idx = match self.configured.iter().position(|c| c.addr == addr) {
+            Some(i) => i,
+            None => {
+                self.configured.push(Configured {
+                    peer: peer_of(&addr),
+                    addr,
+                    backoff: self.cfg.redial_min,
+                    next: None,
+                });
+                self.configured.len() - 1
+            }
+        };
+        self.dial(idx);
+    }
+
+    fn dial(&mut self, idx: usize) {
+        let c = &mut self.configured[idx];
+        c.next = None;
+        if let Some(p) = c.peer {
+            if self.swarm.is_connected(&p) || self.blocked.contains(&p) {
+                return;
+            }
+        }
+        let opts = match c.peer {
+            Some(p) => DialOpts::peer_id(p)
+                .addresses(vec![c.addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build(),
+            None => DialOpts::unknown_peer_id().address(c.addr.clone()).build(),
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dialing.insert(id, idx);
+            }
+            Err(e) => {
+                debug!(addr = %c.addr, error = %e, "dial not started");
+                self.retry_later(idx);
+            }
+        }
+    }
+
+    fn retry_later(&mut self, idx: usize) {
+        let max = self.cfg.redial_max;
+        let c = &mut self.configured[idx];
+        if c.next.is_none() {
+            c.next = Some(Instant::now() + c.backoff);
+            c.backoff = (c.backoff * 2).min(max);
+        }
+    }
+
+    fn redial_due(&mut self, now: Instant) {
+        for idx in 0..self.configured.len() {
+            if self.configured[idx].next.is_some_and(|t| t <= now) {
+                self.dial(idx);
+            }
+        }
+    }
+
+    fn next_wakeup(&self) -> Instant {
+        let mut t = Instant::now() + Duration::from_secs(1);
+        if let Some(d) = self.schedule.next_due() {
+            t = t.min(d);
+        }
+        for c in &self.configured {
+            if let Some(n) = c.next {
+                t = t.min(n);
+            }
+        }
+        t
+    }
+
+    /// Sends every due pull to its document worker.
+    fn pull_due(&mut self) {
+        let now = Instant::now();
+        for (peer, doc) in self.schedule.due(now) {
+            let sent = self.doc_tx(&doc).is_some_and(|tx| tx.try_send(DocCmd::Pull { peer }).is_ok());
+            if !sent {
+                self.schedule.failed(&peer, &doc, now);
+            }
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut control: mpsc::UnboundedReceiver<Control<D>>,
+        mut from_docs: mpsc::UnboundedReceiver<FromDoc>,
+    ) {
+        loop {
+            let wake = tokio::time::Instant::from_std(self.next_wakeup());
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                ctl = control.recv() => match ctl {
+                    Some(Control::Shutdown { reply }) => {
+                        let _ = reply.send(self.shutdown().await);
+                        return;
+                    }
+                    Some(c) => self.on_control(c),
+                    None => {
+                        // Every handle dropped: shut down cleanly.
+                        if let Err(e) = self.shutdown().await {
+                            warn!(error = %e, "shutdown failed");
+                        }
+                        return;
+                    }
+                },
+                Some(msg) = from_docs.recv() => self.on_doc(msg),
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            let now = Instant::now();
+            self.redial_due(now);
+            self.pull_due();
+        }
+    }
+
+    async fn shutdown(&mut self) -> Result<(), NodeError> {
+        let names = self.doc_names();
+        let mut first_err = None;
+        for name in names {
+            if let Err(e) = self.close_doc(&name).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        // Dropping the swarm (by returning) closes every connection.
+        info!("node shut down");
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn close_doc(&mut self, name: &str) -> Result<(), NodeError> {
+        let (tx, thread) = self.detach_doc(name);
+        close_worker(name.to_string(), tx, thread).await
+    }
+
+    /// Stops replicating `name`; returns its worker to close.
+    fn detach_doc(&mut self, name: &str) -> (Option<mpsc::Sender<DocCmd<D>>>, Option<std::thread::JoinHandle<()>>) {
+        let tx = self.docs.lock().ok().and_then(|mut d| d.remove(name));
+        let _ = self.swarm.behaviour_mut().gossip.unsubscribe(&topic_of(name));
+        self.schedule.remove_doc(name);
+        (tx, self.threads.remove(name))
+    }
+
+    fn on_control(&mut self, ctl: Control<D>) {
+        match ctl {
+            Control::OpenDoc { name, reply } => self.open_doc(name, reply),
+            Control::Opened { name, result, reply } => {
+                let result = result.map(|thread| {
+                    self.threads.insert(name.clone(), thread);
+                    if let Err(e) = self.swarm.behaviour_mut().gossip.subscribe(&topic_of(&name)) {
+                        warn!(doc = %name, error = %e, "subscribing failed");
+                    }
+                    // Peers already known to have the document.
+                    let topic = topic_of(&name).hash();
+                    let have: Vec<PeerId> = self
+                        .swarm
+                        .behaviour()
+                        .gossip
+                        .all_peers()
+                        .filter(|(_, topics)| topics.contains(&&topic))
+                        .map(|(p, _)| *p)
+                        .collect();
+                    let now = Instant::now();
+                    for p in have {
+                        self.schedule.add(p, &name, now);
+                    }
+                    info!(doc = %name, "document open");
+                });
+                let _ = reply.send(result);
+            }
+            Control::CloseDoc { name, reply } => {
+                // The worker may be busy: wait for it on another task.
+                let (tx, thread) = self.detach_doc(&name);
+                tokio::spawn(async move {
+                    let _ = reply.send(close_worker(name, tx, thread).await);
+                });
+            }
+            Control::Connect { addr, reply } => {
+                if addr.iter().next().is_none() {
+                    let _ = reply.send(Err(NodeError::Transport("empty address".into())));
+                    return;
+                }
+                self.add_configured(addr);
+                let _ = reply.send(Ok(()));
+            }
+            Control::Peers { reply } => {
+                let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
+                for p in self.swarm.connected_peers() {
+                    peers.insert(*p, PeerInfo { peer: *p, addrs: Vec::new(), docs: Vec::new() });
+                }
+                for (p, topics) in self.swarm.behaviour().gossip.all_peers() {
+                    if let Some(info) = peers.get_mut(p) {
+                        info.docs = topics.iter().filter_map(|t| doc_of_topic(t)).map(str::to_string).collect();
+                        info.docs.sort();
+                    }
+                }
+                let mut list: Vec<PeerInfo> = peers.into_values().collect();
+                list.sort_by_key(|p| p.peer.to_string());
+                let _ = reply.send(list);
+            }
+            Control::ListenAddrs { reply } => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Control::Block { peer, reply } => {
+                self.blocked.insert(peer);
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.schedule.remove_peer(&peer);
+                let _ = reply.send(());
+            }
+            Control::Unblock { peer, reply } => {
+                self.blocked.remove(&peer);
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                let min = self.cfg.redial_min;
+                for idx in 0..self.configured.len() {
+                    if self.configured[idx].peer == Some(peer) {
+                        self.configured[idx].backoff = min;
+                        self.dial(idx);
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Control::Shutdown { .. } | Control::_Doc(_) => {}
+        }
+    }
+
+    fn open_doc(&mut self, name: String, reply: oneshot::Sender<Result<(), NodeError>>) {
+        if self.docs.lock().map(|d| d.contains_key(&name)).unwrap_or(true) {
+            let _ = reply.send(Err(NodeError::DocOpen(name)));
+            return;
+        }
+        let (tx, rx) = mpsc::channel(DOC_QUEUE);
+        // Reserve the name so a second open fails instead of racing.
+        if let Ok(mut d) = self.docs.lock() {
+            d.insert(name.clone(), tx);
+        }
+        let dir = doc_dir(&self.cfg.data_dir, &name);
+        let opts = self.cfg.replica.clone();
+        let (to_swarm, events, limits, budget) =
+            (self.from_docs_tx.clone(), self.events.clone(), self.cfg.limits, self.cfg.sync_budget);
+        let control = self.control_tx.clone();
+        let docs = self.docs.clone();
+        let thread_name = format!("walrus-doc-{name}");
+        // Opening replays the log: do it on the document's own thread.
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), NodeError>>();
+        let worker_name = name.clone();
+        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
+            let mut replica = match Replica::<D>::open(&dir, opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let changes = replica.subscribe();
+            let _ = opened_tx.send(Ok(()));
+            Worker { name: worker_name, replica, changes, to_swarm, events, limits, budget }.run(rx);
+        });
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                if let Ok(mut d) = self.docs.lock() {
+                    d.remove(&name);
+                }
+                let _ = reply.send(Err(NodeError::Transport(format!("cannot start a thread: {e}"))));
+                return;
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let result = opened_rx.recv().unwrap_or(Err(NodeError::Stopped));
+            let result = match result {
+                Ok(()) => Ok(thread),
+                Err(e) => {
+                    if let Ok(mut d) = docs.lock() {
+                        d.remove(&name);
+                    }
+                    let _ = thread.join();
+                    Err(e)
+                }
+            };
+            let _ = control.send(Control::Opened { name, result, reply });
+        });
+    }
+
+    fn on_doc(&mut self, msg: FromDoc) {
+        match msg {
+            FromDoc::Publish { doc, data } => {
+                if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic_of(&doc), data) {
+                    // No subscriber yet, or a duplicate: anti-entropy delivers it.
+                    debug!(doc = %doc, error = %e, "gossip not published");
+                }
+            }
+            FromDoc::Validated { id, source, acceptance } => {
+                self.swarm.behaviour_mut().gossip.report_message_validation_result(&id, &source, acceptance);
+            }
+            FromDoc::Respond { token, bytes } => {
+                if let Some(ch) = self.inbound.remove(&token) {
+                    if self.swarm.behaviour_mut().sync.send_response(ch, bytes).is_err() {
+                        debug!("sync answer not sent: the requester is gone");
+                    }
+                }
+            }
+            FromDoc::Pull { peer, doc, bytes } => {
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
+                self.outbound.insert(id, (peer, doc));
+            }
+            FromDoc::Synced { peer, doc, more, ok } => {
+                let now = Instant::now();
+                if ok {
+                    self.schedule.completed(&peer, &doc, more, now);
+                } else {
+                    self.schedule.failed(&peer, &doc, now);
+                }
+            }
+            FromDoc::GapSeen { doc } => self.schedule.poke(&doc, Instant::now()),
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let addr = with_p2p(&address, *self.swarm.local_peer_id());
+                info!(%addr, "listening");
+                self.listen_addrs.push(addr.clone());
+                self.emit(NodeEvent::Listening { addr });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let addr = with_p2p(&address, *self.swarm.local_peer_id());
+                self.listen_addrs.retain(|a| a != &addr);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, connection_id, .. } => {
+                if let Some(idx) = self.dialing.remove(&connection_id) {
+                    let c = &mut self.configured[idx];
+                    c.peer.get_or_insert(peer_id);
+                    c.backoff = self.cfg.redial_min;
+                    c.next = None;
+                }
+                if num_established.get() == 1 {
+                    let addr = match &endpoint {
+                        ConnectedPoint::Dialer { address, .. } => address.clone(),
+                        ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                    };
+                    info!(peer = %peer_id, %addr, "peer connected");
+                    self.emit(NodeEvent::PeerConnected { peer: peer_id, addr });
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                info!(peer = %peer_id, "peer disconnected");
+                self.schedule.remove_peer(&peer_id);
+                self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
+                for idx in 0..self.configured.len() {
+                    if self.configured[idx].peer == Some(peer_id) {
+                        self.retry_later(idx);
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                debug!(peer = ?peer_id, error = %error, "dial failed");
+                if let Some(idx) = self.dialing.remove(&connection_id) {
+                    self.retry_later(idx);
+                }
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message }) => {
+                let Some(doc) = doc_of_topic(&message.topic).map(str::to_string) else {
+                    self.report(&message_id, &propagation_source, MessageAcceptance::Reject);
+                    return;
+                };
+                let cmd = DocCmd::Gossip { source: propagation_source, id: message_id.clone(), bytes: message.data };
+                let queued = self.doc_tx(&doc).is_some_and(|tx| tx.try_send(cmd).is_ok());
+                if !queued {
+                    // Not replicated here, or the worker is saturated: anti-entropy catches up.
+                    self.report(&message_id, &propagation_source, MessageAcceptance::Ignore);
+                }
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Subscribed { peer_id, topic }) => {
+                if let Some(doc) = doc_of_topic(&topic) {
+                    if self.doc_tx(doc).is_some() {
+                        debug!(peer = %peer_id, doc, "peer has document");
+                        self.schedule.add(peer_id, doc, Instant::now());
+                    }
+                }
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Unsubscribed { peer_id, topic }) => {
+                if let Some(doc) = doc_of_topic(&topic) {
+                    self.schedule.remove(&peer_id, doc);
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
+                request_response::Message::Request { request, channel, .. } => self.on_request(peer, &request, channel),
+                request_response::Message::Response { request_id, response } => {
+                    let Some((peer, doc)) = self.outbound.remove(&request_id) else { return };
+                    let queued = self
+                        .doc_tx(&doc)
+                        .is_some_and(|tx| tx.try_send(DocCmd::Response { peer, bytes: response }).is_ok());
+                    if !queued {
+                        self.schedule.failed(&peer, &doc, Instant::now());
+                    }
+                }
+            },
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. }) => {
+                if let Some((peer, doc)) = self.outbound.remove(&request_id) {
+                    debug!(%peer, doc, error = %error, "sync request failed");
+                    self.schedule.failed(&peer, &doc, Instant::now());
+                } else {
+                    debug!(%peer, error = %error, "sync request failed");
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::InboundFailure { peer, error, .. }) => {
+                debug!(%peer, error = %error, "sync request not answered");
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if peer != *self.swarm.local_peer_id() && !self.swarm.is_connected(&peer) {
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(vec![addr])
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        let _ = self.swarm.dial(opts);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn report(&mut self, id: &MessageId, source: &PeerId, acceptance: MessageAcceptance) {
+        self.swarm.behaviour_mut().gossip.report_message_validation_result(id, source, acceptance);
+    }
+
+    fn on_request(&mut self, peer: PeerId, bytes: &[u8], channel: ResponseChannel<Vec<u8>>) {
+        let req: SyncRequest = match sync::decode(bytes, self.cfg.limits.max_request, "sync request") {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(%peer, error = %e, "rejected sync request");
+                self.emit(NodeEvent::PeerFault { peer, doc: None, reason: format!("sync request: {e}") });
+                // Dropping the channel closes the stream without an answer.
+                return;
+            }
+        };
+        let Some(tx) = self.doc_tx(&req.doc) else {
+            let resp = SyncResponse::UnknownDoc { doc: req.doc };
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, sync::encode(&resp));
+            return;
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        let doc = req.doc.clone();
+        match tx.try_send(DocCmd::Request { token, req }) {
+            Ok(()) => {
+                self.inbound.insert(token, channel);
+            }
+            Err(_) => {
+                let resp = SyncResponse::Refused { doc, reason: "busy".into() };
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, sync::encode(&resp));
+            }
+        }
+    }
+}

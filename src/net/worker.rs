@@ -1,0 +1,184 @@
+//! One thread per open document owns its [`Replica`]: log writes and fsyncs
+//! happen here, never on the task that drives the swarm.
+
+use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
+
+use libp2p::gossipsub::{MessageAcceptance, MessageId};
+use libp2p::PeerId;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::{NodeError, NodeEvent};
+use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica};
+use crate::sync::{self, Limits, SyncError, SyncRequest, SyncResponse};
+
+/// Builds a local operation from the current state and the replica's actor.
+pub(crate) type MakeOp<D> = Box<dyn FnOnce(&D, ActorId) -> <D as Document>::Operation + Send>;
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+/// Runs on the document's thread with its replica.
+pub(crate) type Job<D> = Box<dyn FnOnce(&mut Replica<D>) + Send>;
+type PendingWrite<D> = (MakeOp<D>, Reply<OpEnvelope<<D as Document>::Operation>>);
+
+/// Most local writes committed together in one group commit.
+const MAX_WRITE_BATCH: usize = 4096;
+
+pub(crate) enum DocCmd<D: Document> {
+    Write { make: MakeOp<D>, reply: Reply<OpEnvelope<D::Operation>> },
+    With(Job<D>),
+    Gossip { source: PeerId, id: MessageId, bytes: Vec<u8> },
+    Request { token: u64, req: SyncRequest },
+    Response { peer: PeerId, bytes: Vec<u8> },
+    Pull { peer: PeerId },
+    Close { reply: Reply<()> },
+}
+
+/// What a document worker asks the swarm task to do.
+pub(crate) enum FromDoc {
+    Publish { doc: String, data: Vec<u8> },
+    Validated { id: MessageId, source: PeerId, acceptance: MessageAcceptance },
+    Respond { token: u64, bytes: Vec<u8> },
+    Pull { peer: PeerId, doc: String, bytes: Vec<u8> },
+    Synced { peer: PeerId, doc: String, more: bool, ok: bool },
+    GapSeen { doc: String },
+}
+
+pub(crate) struct Worker<D: Document> {
+    pub name: String,
+    pub replica: Replica<D>,
+    pub changes: std_mpsc::Receiver<Change<D::Operation>>,
+    pub to_swarm: mpsc::UnboundedSender<FromDoc>,
+    pub events: broadcast::Sender<NodeEvent<D::Operation>>,
+    pub limits: Limits,
+    pub budget: u64,
+}
+
+impl<D: Document> Worker<D> {
+    pub fn run(mut self, mut rx: mpsc::Receiver<DocCmd<D>>) {
+        let mut pending = None;
+        loop {
+            let cmd = match pending.take() {
+                Some(c) => c,
+                None => match rx.blocking_recv() {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            match cmd {
+                DocCmd::Write { make, reply } => {
+                    let mut batch = vec![(make, reply)];
+                    while batch.len() < MAX_WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(DocCmd::Write { make, reply }) => batch.push((make, reply)),
+                            Ok(other) => {
+                                pending = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.write(batch);
+                }
+                DocCmd::With(f) => f(&mut self.replica),
+                DocCmd::Gossip { source, id, bytes } => self.gossip(source, id, &bytes),
+                DocCmd::Request { token, req } => {
+                    let resp = sync::respond(&self.replica, &self.name, &req, &self.limits);
+                    self.send(FromDoc::Respond { token, bytes: sync::encode(&resp) });
+                }
+                DocCmd::Pull { peer } => {
+                    let req = sync::request(&self.replica, &self.name, self.budget);
+                    self.send(FromDoc::Pull { peer, doc: self.name.clone(), bytes: sync::encode(&req) });
+                }
+                DocCmd::Response { peer, bytes } => self.response(peer, &bytes),
+                DocCmd::Close { reply } => {
+                    self.forward_changes();
+                    let _ = reply.send(self.replica.close().map_err(NodeError::from));
+                    return;
+                }
+            }
+            self.forward_changes();
+        }
+        if let Err(e) = self.replica.close() {
+            warn!(doc = %self.name, error = %e, "closing the replica failed");
+        }
+    }
+
+    fn send(&self, msg: FromDoc) {
+        // The swarm task is gone only during shutdown; nothing to do then.
+        let _ = self.to_swarm.send(msg);
+    }
+
+    fn forward_changes(&self) {
+        while let Ok(change) = self.changes.try_recv() {
+            let _ = self.events.send(NodeEvent::Changed { doc: self.name.clone(), change });
+        }
+    }
+
+    fn write(&mut self, batch: Vec<PendingWrite<D>>) {
+        let (makes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let results = self.replica.update_many(makes);
+        let durable: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        for (result, reply) in results.into_iter().zip(replies) {
+            let _ = reply.send(result.map_err(NodeError::from));
+        }
+        // Offered to peers only now that they are durable.
+        for data in sync::gossip_messages(&self.name, &durable, self.limits.max_gossip) {
+            self.send(FromDoc::Publish { doc: self.name.clone(), data });
+        }
+    }
+
+    fn gossip(&mut self, source: PeerId, id: MessageId, bytes: &[u8]) {
+        let acceptance = match sync::apply_gossip(&mut self.replica, &self.name, bytes, &self.limits) {
+            Ok(received) => {
+                if received.buffered > 0 {
+                    self.send(FromDoc::GapSeen { doc: self.name.clone() });
+                }
+                MessageAcceptance::Accept
+            }
+            Err(e) => self.failed(source, "gossip", e),
+        };
+        self.send(FromDoc::Validated { id, source, acceptance });
+    }
+
+    fn response(&mut self, peer: PeerId, bytes: &[u8]) {
+        let started = Instant::now();
+        let resp: Result<SyncResponse, SyncError> =
+            sync::decode(bytes, self.limits.max_response, "sync response").map_err(SyncError::from);
+        let result = resp.and_then(|r| sync::apply_response(&mut self.replica, &self.name, r, &self.limits));
+        let (more, ok) = match result {
+            Ok(applied) => {
+                if applied.received.applied > 0 || applied.snapshot {
+                    debug!(doc = %self.name, %peer, applied = applied.received.applied, elapsed = ?started.elapsed(), "pulled");
+                    let _ = self.events.send(NodeEvent::Synced {
+                        doc: self.name.clone(),
+                        peer,
+                        applied: applied.received.applied,
+                        snapshot: applied.snapshot,
+                    });
+                }
+                (applied.more, true)
+            }
+            Err(e) => {
+                self.failed(peer, "sync response", e);
+                (false, false)
+            }
+        };
+        self.send(FromDoc::Synced { peer, doc: self.name.clone(), more, ok });
+    }
+
+    /// Reports a message that could not be applied; the verdict for gossip.
+    fn failed(&self, peer: PeerId, what: &str, e: SyncError) -> MessageAcceptance {
+        if e.is_peer_fault() {
+            warn!(doc = %self.name, %peer, error = %e, "rejected {what}");
+            let _ = self.events.send(NodeEvent::PeerFault {
+                peer,
+                doc: Some(self.name.clone()),
+                reason: format!("{what}: {e}"),
+            });
+            MessageAcceptance::Reject
+        } else {
+            debug!(doc = %self.name, %peer, error = %e, "{what} not applied");
+            MessageAcceptance::Ignore
+        }
+    }
+}
