@@ -134,6 +134,8 @@ pub(crate) struct Driver<D: Document> {
     next_token: u64,
     listen_addrs: Vec<Multiaddr>,
     blocked: BTreeSet<PeerId>,
+    /// Remote address of every open connection.
+    connections: HashMap<ConnectionId, (PeerId, Multiaddr)>,
 }
 
 pub(crate) fn build_swarm(cfg: &NodeConfig, key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, NodeError> {
@@ -251,6 +253,7 @@ impl<D: Document> Driver<D> {
             next_token: 0,
             listen_addrs: Vec::new(),
             blocked: BTreeSet::new(),
+            connections: HashMap::new(),
         }
     }
 
@@ -475,8 +478,10 @@ impl<D: Document> Driver<D> {
             }
             Control::Peers { reply } => {
                 let mut peers: HashMap<PeerId, PeerInfo> = HashMap::new();
-                for p in self.swarm.connected_peers() {
-                    peers.insert(*p, PeerInfo { peer: *p, addrs: Vec::new(), docs: Vec::new() });
+                for (p, addr) in self.connections.values() {
+                    let info =
+                        peers.entry(*p).or_insert_with(|| PeerInfo { peer: *p, addrs: Vec::new(), docs: Vec::new() });
+                    info.addrs.push(addr.clone());
                 }
                 for (p, topics) in self.swarm.behaviour().gossip.all_peers() {
                     if let Some(info) = peers.get_mut(p) {
@@ -624,16 +629,21 @@ impl<D: Document> Driver<D> {
                     c.backoff = self.cfg.redial_min;
                     c.next = None;
                 }
+                let addr = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address.clone(),
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+                };
+                self.connections.insert(connection_id, (peer_id, addr.clone()));
                 if num_established.get() == 1 {
-                    let addr = match &endpoint {
-                        ConnectedPoint::Dialer { address, .. } => address.clone(),
-                        ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
-                    };
                     info!(peer = %peer_id, %addr, "peer connected");
                     self.emit(NodeEvent::PeerConnected { peer: peer_id, addr });
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed { connection_id, num_established: 1.., .. } => {
+                self.connections.remove(&connection_id);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established: 0, .. } => {
+                self.connections.remove(&connection_id);
                 info!(peer = %peer_id, "peer disconnected");
                 self.schedule.remove_peer(&peer_id);
                 self.emit(NodeEvent::PeerDisconnected { peer: peer_id });

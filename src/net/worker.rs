@@ -148,6 +148,8 @@ impl<D: Document> Worker<D> {
         let (more, ok) = match result {
             Ok(applied) => {
                 if applied.received.applied > 0 || applied.snapshot {
+                    // Subscribers see the changes before the summary.
+                    self.forward_changes();
                     debug!(doc = %self.name, %peer, applied = applied.received.applied, elapsed = ?started.elapsed(), "pulled");
                     let _ = self.events.send(NodeEvent::Synced {
                         doc: self.name.clone(),

@@ -22,7 +22,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// preallocated rest of its last segment (to find a torn tail), so every
 /// command pays for the segment size; 4 MiB keeps that small. Replicas
 /// created with other sizes open normally.
-const SEGMENT_SIZE: u64 = 4 << 20;
+pub(crate) const SEGMENT_SIZE: u64 = 4 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Open {
@@ -76,7 +76,7 @@ fn open(dir: &Path, how: Open) -> Result<Replica<KvDoc>> {
 }
 
 /// One value as a JSON string, several (concurrent writes) as an array.
-fn json_values(values: &[String]) -> Value {
+pub(crate) fn json_values(values: &[String]) -> Value {
     match values {
         [one] => Value::String(one.clone()),
         many => Value::Array(many.iter().cloned().map(Value::String).collect()),

@@ -1,9 +1,10 @@
-//! The `walrus` command-line tool: inspect and drive write-ahead logs, and
-//! run the demo.
+//! The `walrus` command-line tool: inspect and drive write-ahead logs and
+//! replicas, run a networked node, and run the demo.
 
 mod demo;
 mod doc_cmd;
 mod log_cmd;
+mod node_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +26,30 @@ enum Command {
     /// Inspect or edit a key-value replica directory offline.
     #[command(subcommand)]
     Doc(DocCommand),
-    /// Show the log surviving SIGKILL: append, kill, recover, verify.
+    /// Run a networked replica of a key-value document: commands on
+    /// standard input, JSON-line events and answers on standard output.
+    Node {
+        /// Data directory (identity and replicas; created if missing).
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to listen on (repeatable).
+        #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+        listen: Vec<walrus::net::Multiaddr>,
+        /// Peer to stay connected to, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3… (repeatable).
+        #[arg(long)]
+        peer: Vec<walrus::net::Multiaddr>,
+        /// Document to replicate.
+        #[arg(long, default_value = "default")]
+        doc: String,
+        /// Discover peers on the local network with mDNS.
+        #[arg(long)]
+        mdns: bool,
+        /// Mean milliseconds between anti-entropy rounds with each peer.
+        #[arg(long, default_value_t = 5000)]
+        sync_interval_ms: u64,
+    },
+    /// Three nodes on loopback: concurrent writes, a partition, a crash and a
+    /// lost disk, converging each time.
     Demo,
 }
 
@@ -128,6 +152,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
         Command::Doc(cmd) => doc_cmd::run(cmd),
+        Command::Node { data, listen, peer, doc, mdns, sync_interval_ms } => {
+            node_cmd::run(node_cmd::NodeArgs { data, listen, peers: peer, doc, mdns, sync_interval_ms })
+        }
         Command::Demo => demo::run(),
     };
     match result {

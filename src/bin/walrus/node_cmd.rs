@@ -1,0 +1,217 @@
+//! `walrus node`: a replica of one key-value document on the network,
+//! driven by commands on standard input, reporting JSON lines on standard
+//! output (one object per line, flushed per line).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle};
+use walrus::replica::{Change, KvDoc, KvDocExt, KvOp, Origin, ReplicaOptions, VersionVector};
+
+use crate::doc_cmd::{json_values, SEGMENT_SIZE};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Options of `walrus node`.
+pub struct NodeArgs {
+    pub data: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub peers: Vec<Multiaddr>,
+    pub doc: String,
+    pub mdns: bool,
+    pub sync_interval_ms: u64,
+}
+
+/// Prints one JSON line. Standard output is shared by the event task and
+/// the command loop; the lock keeps lines whole.
+fn emit(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not stop the node; its state is in the log.
+    let _ = writeln!(out, "{v}").and_then(|()| out.flush());
+}
+
+fn error(message: impl std::fmt::Display) {
+    emit(&json!({"event": "error", "message": message.to_string()}));
+}
+
+fn clock_json(clock: &VersionVector) -> Value {
+    Value::Object(clock.iter().map(|(a, s)| (a.to_string(), json!(s))).collect())
+}
+
+fn event_json(ev: NodeEvent<KvOp>) -> Option<Value> {
+    Some(match ev {
+        NodeEvent::Listening { addr } => json!({"event": "listening", "addr": addr.to_string()}),
+        NodeEvent::PeerConnected { peer, addr } => {
+            json!({"event": "peer_connected", "peer": peer.to_string(), "addr": addr.to_string()})
+        }
+        NodeEvent::PeerDisconnected { peer } => json!({"event": "peer_disconnected", "peer": peer.to_string()}),
+        NodeEvent::Changed { change: Change::Op { origin: Origin::Remote, op }, .. } => {
+            let (kind, key, value) = match &op.op {
+                KvOp::Put { key, value, .. } => ("put", key, Value::String(value.clone())),
+                KvOp::Del { key, .. } => ("del", key, Value::Null),
+            };
+            json!({"event": "remote_change", "op": kind, "key": key, "value": value,
+                   "actor": op.actor.to_string(), "seq": op.seq})
+        }
+        NodeEvent::Changed { change: Change::Snapshot { clock }, .. } => {
+            json!({"event": "snapshot_merged", "clock": clock_json(&clock)})
+        }
+        NodeEvent::Changed { .. } => return None,
+        NodeEvent::Synced { peer, applied, snapshot, .. } => {
+            json!({"event": "synced", "peer": peer.to_string(), "applied": applied, "snapshot": snapshot})
+        }
+        NodeEvent::PeerFault { peer, reason, .. } => {
+            json!({"event": "peer_fault", "peer": peer.to_string(), "reason": reason})
+        }
+    })
+}
+
+pub fn run(args: NodeArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: NodeArgs) -> Result<ExitCode> {
+    walrus::net::check_local_doc_name(&args.doc)?;
+    let mut cfg = NodeConfig::new(&args.data);
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen;
+    }
+    cfg.peers = args.peers;
+    cfg.docs = vec![args.doc.clone()];
+    cfg.mdns = args.mdns;
+    cfg.sync_interval = std::time::Duration::from_millis(args.sync_interval_ms.max(10));
+    let defaults = ReplicaOptions::default();
+    cfg.replica = ReplicaOptions { wal: defaults.wal.clone().segment_size(SEGMENT_SIZE), ..defaults };
+    let (node, mut events) = Node::<KvDoc>::start(cfg).await?;
+    let printer = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(ev) => {
+                    if let Some(v) = event_json(ev) {
+                        emit(&v);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    emit(&json!({"event": "lagged", "missed": n}));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                error(format!("reading standard input: {e}"));
+                break;
+            }
+        };
+        if !command(&node, &args.doc, line.trim_end_matches('\r')).await {
+            break;
+        }
+    }
+    let result = node.shutdown().await;
+    // The printer ends once the node's event senders are gone.
+    let _ = printer.await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Splits `<key> <rest>` at the first space.
+fn key_and_rest(args: &str) -> (&str, &str) {
+    match args.split_once(' ') {
+        Some((k, rest)) => (k, rest),
+        None => (args, ""),
+    }
+}
+
+/// Runs one command line; false means stop.
+async fn command(node: &NodeHandle<KvDoc>, doc: &str, line: &str) -> bool {
+    let (cmd, args) = key_and_rest(line.trim_start());
+    match (cmd, args) {
+        ("", _) => {}
+        ("quit", "") => return false,
+        ("put", args) => {
+            let (key, value) = key_and_rest(args);
+            if key.is_empty() {
+                error("usage: put <key> <value>");
+                return true;
+            }
+            let (k, v) = (key.to_string(), value.to_string());
+            match node.update(doc, move |d, actor| d.put_op(actor, &k, &v)).await {
+                Ok(env) => emit(&json!({"event": "ok", "cmd": "put", "key": key, "value": value,
+                                        "actor": env.actor.to_string(), "seq": env.seq})),
+                Err(e) => error(e),
+            }
+        }
+        ("del", key) if !key.is_empty() && !key.contains(' ') => {
+            let k = key.to_string();
+            let present = node.with(doc, move |r| !r.doc().values_of(&k).is_empty()).await;
+            match present {
+                Ok(false) => error(format!("key {} has no value", Value::String(key.to_string()))),
+                Ok(true) => {
+                    let k = key.to_string();
+                    match node.update(doc, move |d, _| d.del_op(&k)).await {
+                        Ok(env) => emit(&json!({"event": "ok", "cmd": "del", "key": key,
+                                                "actor": env.actor.to_string(), "seq": env.seq})),
+                        Err(e) => error(e),
+                    }
+                }
+                Err(e) => error(e),
+            }
+        }
+        ("get", key) if !key.is_empty() && !key.contains(' ') => {
+            let k = key.to_string();
+            match node.with(doc, move |r| r.doc().values_of(&k)).await {
+                Ok(values) if values.is_empty() => emit(&json!({"event": "value", "key": key, "value": null})),
+                Ok(values) => emit(&json!({"event": "value", "key": key, "value": json_values(&values)})),
+                Err(e) => error(e),
+            }
+        }
+        ("dump", "") => {
+            let state = node
+                .with(doc, |r| {
+                    let entries: Map<String, Value> =
+                        r.doc().entries().iter().map(|(k, v)| (k.clone(), json_values(v))).collect();
+                    json!({"event": "dump", "entries": entries, "clock": clock_json(r.clock())})
+                })
+                .await;
+            match state {
+                Ok(v) => emit(&v),
+                Err(e) => error(e),
+            }
+        }
+        ("peers", "") => match node.peers().await {
+            Ok(peers) => {
+                let list: Vec<Value> = peers
+                    .iter()
+                    .map(|p| {
+                        let addrs: Vec<String> = p.addrs.iter().map(|a| a.to_string()).collect();
+                        json!({"peer": p.peer.to_string(), "addrs": addrs, "docs": p.docs})
+                    })
+                    .collect();
+                emit(&json!({"event": "peers", "peers": list}));
+            }
+            Err(e) => error(e),
+        },
+        ("connect", addr) if !addr.is_empty() => match addr.trim().parse::<Multiaddr>() {
+            Ok(ma) => match node.connect(ma).await {
+                Ok(()) => emit(&json!({"event": "ok", "cmd": "connect", "addr": addr.trim()})),
+                Err(e) => error(e),
+            },
+            Err(e) => error(format!("bad multiaddr {}: {e}", Value::String(addr.to_string()))),
+        },
+        _ => error(format!(
+            "unknown or malformed command {}; commands: put <key> <value>, del <key>, get <key>, dump, peers, \
+             connect <multiaddr>, quit",
+            Value::String(line.to_string())
+        )),
+    }
+    true
+}
