@@ -303,6 +303,15 @@ impl<D: Document> NodeHandle<D> {
         self.ask(|reply| Control::Unblock { peer, reply }).await
     }
 
+    /// Stops the node abruptly, as a crash of its process would as far as
+    /// peers and acknowledged writes are concerned: connections drop
+    /// without a goodbye and writes not yet acknowledged may be lost. Each
+    /// document's log is still released when its queue drains, so the data
+    /// directory can be reopened in the same process. For tests and demos.
+    pub fn abort(self) {
+        let _ = self.control.send(Control::Abort);
+    }
+
     /// Shuts the node down: every document closed (acknowledged operations
     /// were already durable; the logs are synced and closed), then every
     /// connection closed.

@@ -97,6 +97,7 @@ pub(crate) enum Control<D: Document> {
     Shutdown {
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
+    Abort,
     /// A document worker started (or failed to) for an `OpenDoc`.
     Opened {
         name: String,
@@ -390,6 +391,15 @@ impl<D: Document> Driver<D> {
                         let _ = reply.send(self.shutdown().await);
                         return;
                     }
+                    Some(Control::Abort) => {
+                        // Like a crash of the network side: no goodbye to
+                        // peers, documents left to close on their own.
+                        if let Ok(mut d) = self.docs.lock() {
+                            d.clear();
+                        }
+                        warn!("node aborted");
+                        return;
+                    }
                     Some(c) => self.on_control(c),
                     None => {
                         // Every handle dropped: shut down cleanly.
@@ -514,7 +524,7 @@ impl<D: Document> Driver<D> {
                 }
                 let _ = reply.send(());
             }
-            Control::Shutdown { .. } | Control::_Doc(_) => {}
+            Control::Shutdown { .. } | Control::Abort | Control::_Doc(_) => {}
         }
     }
 

@@ -49,8 +49,12 @@ enum Command {
         sync_interval_ms: u64,
     },
     /// Three nodes on loopback: concurrent writes, a partition, a crash and a
-    /// lost disk, converging each time.
-    Demo,
+    /// lost disk, converging each time. Exits non-zero if a check fails.
+    Demo {
+        /// Instead: a write-ahead log surviving SIGKILL under each sync policy.
+        #[arg(long)]
+        log: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,7 +159,7 @@ fn main() -> ExitCode {
         Command::Node { data, listen, peer, doc, mdns, sync_interval_ms } => {
             node_cmd::run(node_cmd::NodeArgs { data, listen, peers: peer, doc, mdns, sync_interval_ms })
         }
-        Command::Demo => demo::run(),
+        Command::Demo { log } => demo::run(log),
     };
     match result {
         Ok(code) => code,

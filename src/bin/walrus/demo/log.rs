@@ -1,4 +1,4 @@
-//! `walrus demo`: the log surviving real crashes.
+//! `walrus demo --log`: the log surviving real crashes.
 //!
 //! A child `walrus log append` process writes records under each sync
 //! policy; the demo SIGKILLs it mid-stream, recovers the directory and checks
@@ -12,24 +12,7 @@ use std::time::{Duration, Instant};
 
 use walrus::wal::{LogReader, SyncPolicy, Wal, WalOptions};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-struct Checks {
-    passed: usize,
-    failed: usize,
-}
-
-impl Checks {
-    fn check(&mut self, ok: bool, what: &str) {
-        if ok {
-            self.passed += 1;
-            println!("    [ok]   {what}");
-        } else {
-            self.failed += 1;
-            println!("    [FAIL] {what}");
-        }
-    }
-}
+use super::{Checks, Result};
 
 fn payload(round: usize, i: usize) -> String {
     format!("round {round} record {i}: {}", "x".repeat(i % 97))
@@ -78,7 +61,7 @@ fn crash_round(dir: &Path, sync: &str, round: usize, kill_after: usize) -> Resul
 pub fn run() -> Result<ExitCode> {
     let total = Instant::now();
     let tmp = tempfile::tempdir()?;
-    let mut checks = Checks { passed: 0, failed: 0 };
+    let mut checks = Checks::default();
     println!("walrus demo: a write-ahead log that survives SIGKILL");
     println!("  log directory: {}", tmp.path().display());
     let mut expected: Vec<(u64, String)> = Vec::new();
@@ -140,13 +123,7 @@ pub fn run() -> Result<ExitCode> {
     let summary = LogReader::open(tmp.path(), &WalOptions::default())?.summary();
     checks.check(summary.last_lsn == after, &format!("final verify: {summary}"));
 
-    println!(
-        "\n  {} checks passed, {} failed, {:.1} s in all",
-        checks.passed,
-        checks.failed,
-        total.elapsed().as_secs_f64()
-    );
-    Ok(if checks.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(checks.finish(total))
 }
 
 fn ms(d: Duration) -> f64 {
