@@ -27,6 +27,7 @@ mod codec;
 mod identity;
 mod node;
 mod swarm;
+mod traffic;
 mod worker;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ pub use identity::IDENTITY_FILE;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{check_local_doc_name, NodeConfig, NodeError, NodeEvent, NodeHandle, PeerInfo};
 pub use swarm::{IDENTIFY_VERSION, TOPIC_PREFIX};
+pub use traffic::Traffic;
 
 use crate::replica::Document;
 
@@ -67,7 +69,8 @@ impl<D: Document> Node<D> {
             .await
             .map_err(|e| NodeError::Transport(e.to_string()))??;
         let peer_id = key.public().to_peer_id();
-        let mut swarm = swarm::build_swarm(&cfg, key)?;
+        let counters = Arc::new(traffic::Counters::default());
+        let mut swarm = swarm::build_swarm(&cfg, key, counters.clone())?;
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
             let id =
@@ -95,7 +98,7 @@ impl<D: Document> Node<D> {
             driver.add_configured(addr.clone());
         }
         tokio::spawn(driver.run(control_rx, from_docs_rx));
-        let handle = NodeHandle { peer_id, control: control_tx, docs, events };
+        let handle = NodeHandle { peer_id, control: control_tx, docs, events, counters };
         for doc in &cfg.docs {
             handle.open_doc(doc).await?;
         }

@@ -10,6 +10,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::swarm::Control;
+use super::traffic::{Counters, Traffic};
 use super::worker::DocCmd;
 use crate::replica::{Change, Document, OpEnvelope, Replica, ReplicaError, ReplicaOptions};
 use crate::sync::Limits;
@@ -187,6 +188,7 @@ pub struct NodeHandle<D: Document> {
     pub(crate) control: mpsc::UnboundedSender<Control<D>>,
     pub(crate) docs: DocSenders<D>,
     pub(crate) events: broadcast::Sender<NodeEvent<D::Operation>>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl<D: Document> Clone for NodeHandle<D> {
@@ -196,6 +198,7 @@ impl<D: Document> Clone for NodeHandle<D> {
             control: self.control.clone(),
             docs: self.docs.clone(),
             events: self.events.clone(),
+            counters: self.counters.clone(),
         }
     }
 }
@@ -217,6 +220,12 @@ impl<D: Document> NodeHandle<D> {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Bytes sent and received on all connections since the node started
+    /// (everything on the wire: encryption, multiplexing and protocol framing).
+    pub fn traffic(&self) -> Traffic {
+        self.counters.get()
     }
 
     /// Events from now on. A receiver that falls more than 4096 events

@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::core::ConnectedPoint;
+use std::sync::Arc;
+
+use libp2p::core::{upgrade, ConnectedPoint, Transport};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
@@ -20,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{FrameCodec, SYNC_PROTOCOL};
 use super::node::{doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
+use super::traffic::{Counted, Counters};
 use super::worker::{DocCmd, FromDoc, Worker};
 use crate::replica::{Document, Replica};
 use crate::sync::{self, Schedule, SyncRequest, SyncResponse};
@@ -139,7 +142,11 @@ pub(crate) struct Driver<D: Document> {
     connections: HashMap<ConnectionId, (PeerId, Multiaddr)>,
 }
 
-pub(crate) fn build_swarm(cfg: &NodeConfig, key: libp2p::identity::Keypair) -> Result<Swarm<Behaviour>, NodeError> {
+pub(crate) fn build_swarm(
+    cfg: &NodeConfig,
+    key: libp2p::identity::Keypair,
+    counters: Arc<Counters>,
+) -> Result<Swarm<Behaviour>, NodeError> {
     let transport_err = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
     let limits = cfg.limits;
     let heartbeat = cfg.heartbeat;
@@ -147,7 +154,15 @@ pub(crate) fn build_swarm(cfg: &NodeConfig, key: libp2p::identity::Keypair) -> R
     let mdns_on = cfg.mdns;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            // TCP counted below noise and yamux, so `traffic()` is what crossed the wire.
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .map(move |inner, _| Counted { inner, counters: counters.clone() });
+            Ok(tcp
+                .upgrade(upgrade::Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default()))
+        })
         .map_err(|e| transport_err(&e))?
         .with_behaviour(|key| {
             let gossip_cfg = gossipsub::ConfigBuilder::default()
