@@ -1,6 +1,7 @@
 //! The `walrus` command-line tool: inspect and drive write-ahead logs and
 //! replicas, run a networked node, and run the demo.
 
+mod bench;
 mod demo;
 mod doc_cmd;
 mod log_cmd;
@@ -48,12 +49,33 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         sync_interval_ms: u64,
     },
+    /// Measure performance.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Three nodes on loopback: concurrent writes, a partition, a crash and a
     /// lost disk, converging each time. Exits non-zero if a check fails.
     Demo {
         /// Instead: a write-ahead log surviving SIGKILL under each sync policy.
         #[arg(long)]
         log: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Replication over loopback: convergence time, ops/s and bytes on the
+    /// wire per op; catch-up of a new node; automerge's sync on the same
+    /// catch-up (with feature `automerge`).
+    Sync {
+        /// Operations written, spread over the nodes.
+        #[arg(long, default_value_t = 100_000)]
+        ops: usize,
+        /// Operations a new node catches up on.
+        #[arg(long, default_value_t = 50_000)]
+        catchup: usize,
+        /// Cluster sizes to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "3,10")]
+        nodes: Vec<usize>,
     },
 }
 
@@ -160,6 +182,9 @@ fn main() -> ExitCode {
             node_cmd::run(node_cmd::NodeArgs { data, listen, peers: peer, doc, mdns, sync_interval_ms })
         }
         Command::Demo { log } => demo::run(log),
+        Command::Bench(BenchCommand::Sync { ops, catchup, nodes }) => {
+            bench::run_sync(bench::SyncBenchArgs { ops, catchup, nodes }).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,278 @@
+//! `walrus bench sync`: replication throughput and bytes on the wire, next
+//! to the size of the operations themselves and (with feature `automerge`)
+//! to the automerge crate's sync protocol on the same catch-up workload.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeHandle, Traffic};
+use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
+use walrus::sync::{self, Limits};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const DOC: &str = "bench";
+/// Writers per node, so that the group commit batches.
+const WRITERS: usize = 16;
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Options of `walrus bench sync`.
+pub struct SyncBenchArgs {
+    pub ops: usize,
+    pub catchup: usize,
+    pub nodes: Vec<usize>,
+}
+
+fn key(i: usize) -> String {
+    format!("item-{i:08}")
+}
+
+fn value(i: usize) -> String {
+    format!("value {i:010}")
+}
+
+fn replica_options() -> ReplicaOptions {
+    let d = ReplicaOptions::default();
+    ReplicaOptions { wal: d.wal.clone().segment_size(16 << 20), checkpoint_bytes: 0, ..d }
+}
+
+fn config(dir: &Path, peers: Vec<Multiaddr>) -> NodeConfig {
+    let mut cfg = NodeConfig::new(dir);
+    cfg.docs = vec![DOC.into()];
+    cfg.peers = peers;
+    cfg.sync_interval = Duration::from_millis(500);
+    cfg.heartbeat = Duration::from_millis(200);
+    cfg.replica = replica_options();
+    cfg
+}
+
+async fn start(dir: &Path, peers: Vec<Multiaddr>) -> Result<(NodeHandle<KvDoc>, Multiaddr)> {
+    let (node, _events) = Node::<KvDoc>::start(config(dir, peers)).await?;
+    let addr = node.listen_addrs().await?.into_iter().next().ok_or("no listening address")?;
+    Ok((node, addr))
+}
+
+fn total_traffic(nodes: &[NodeHandle<KvDoc>]) -> u64 {
+    nodes.iter().map(|n| n.traffic().sent).sum()
+}
+
+/// Waits until every node has applied `ops` operations in all.
+async fn await_total(nodes: &[NodeHandle<KvDoc>], ops: u64) -> Result<()> {
+    let mut events: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let mut done = true;
+        for n in nodes {
+            if n.with(DOC, |r| r.clock().total()).await? < ops {
+                done = false;
+                break;
+            }
+        }
+        if done {
+            return Ok(());
+        }
+        // Any event on any node is a reason to look again.
+        let waits = events.iter_mut().map(|e| Box::pin(e.recv()));
+        if tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await.is_err() {
+            return Err(format!("not converged within {TIMEOUT:?}").into());
+        }
+    }
+}
+
+/// Writes `ops` puts spread over `nodes`; returns the encoded bytes of all of them.
+async fn write_spread(nodes: &[NodeHandle<KvDoc>], ops: usize) -> Result<u64> {
+    let mut tasks = Vec::new();
+    let streams = nodes.len() * WRITERS;
+    for s in 0..streams {
+        let node = nodes[s % nodes.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut bytes = 0u64;
+            for i in (s..ops).step_by(streams) {
+                let env = node.update(DOC, move |d, a| d.put_op(a, &key(i), &value(i))).await?;
+                bytes += env.encode()?.len() as u64;
+            }
+            Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(bytes)
+        }));
+    }
+    let mut bytes = 0;
+    for t in tasks {
+        bytes += t.await?.map_err(|e| e.to_string())?;
+    }
+    Ok(bytes)
+}
+
+async fn spread(n: usize, ops: usize) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut nodes = Vec::new();
+    let mut addrs: Vec<Multiaddr> = Vec::new();
+    for i in 0..n {
+        // Each node keeps the first node and its predecessor as peers.
+        let mut peers: Vec<Multiaddr> = addrs.first().cloned().into_iter().collect();
+        if i > 1 {
+            peers.push(addrs[i - 1].clone());
+        }
+        let (node, addr) = start(&tmp.path().join(format!("n{i}")), peers).await?;
+        nodes.push(node);
+        addrs.push(addr);
+    }
+    // Let the connections settle so the traffic counted is the workload's.
+    await_total(&nodes, 0).await?;
+    let before = total_traffic(&nodes);
+    let t0 = Instant::now();
+    let op_bytes = write_spread(&nodes, ops).await?;
+    let written = t0.elapsed();
+    await_total(&nodes, ops as u64).await?;
+    let took = t0.elapsed();
+    let wire = total_traffic(&nodes) - before;
+    let per_op = op_bytes as f64 / ops as f64;
+    let deliveries = (ops * (n - 1)) as f64;
+    println!(
+        "  {n:>2} nodes, {ops} ops: written in {:.2}s, converged in {:.2}s ({:.0} ops/s)",
+        written.as_secs_f64(),
+        took.as_secs_f64(),
+        ops as f64 / took.as_secs_f64()
+    );
+    println!(
+        "           wire {:.1} MB: {:.0} B per op delivered to a peer vs {:.0} B encoded op = {:.2}x (target <= 1.5x)",
+        wire as f64 / 1e6,
+        wire as f64 / deliveries,
+        per_op,
+        wire as f64 / deliveries / per_op
+    );
+    for node in nodes {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
+
+async fn catchup_network(ops: usize) -> Result<(Duration, u64, u64)> {
+    let tmp = tempfile::tempdir()?;
+    let (a, addr) = start(&tmp.path().join("a"), vec![]).await?;
+    let op_bytes = write_spread(std::slice::from_ref(&a), ops).await?;
+    let before = a.traffic();
+    let t0 = Instant::now();
+    let (b, _) = start(&tmp.path().join("b"), vec![addr]).await?;
+    await_total(&[a.clone(), b.clone()], ops as u64).await?;
+    let took = t0.elapsed();
+    let after = a.traffic();
+    let moved = Traffic { sent: after.sent - before.sent, received: after.received - before.received };
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok((took, moved.sent + moved.received, op_bytes))
+}
+
+/// The same catch-up with the sync protocol driven in-process: message bytes only.
+fn catchup_in_process(ops: usize) -> Result<(Duration, u64)> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut a: Replica<KvDoc> = Replica::open(da.path(), replica_options())?;
+    let makers = (0..ops).map(|i| move |d: &KvDoc, act| d.put_op(act, &key(i), &value(i)));
+    for r in a.update_many(makers) {
+        r?;
+    }
+    let mut b: Replica<KvDoc> = Replica::open(db.path(), replica_options())?;
+    let limits = Limits::default();
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    loop {
+        let req = sync::encode(&sync::request(&b, DOC, 1 << 20));
+        let resp = sync::encode(&sync::respond(&a, DOC, &sync::decode(&req, limits.max_request, "request")?, &limits));
+        bytes += (req.len() + resp.len()) as u64;
+        let applied =
+            sync::apply_response(&mut b, DOC, sync::decode(&resp, limits.max_response, "response")?, &limits)?;
+        if !applied.more {
+            break;
+        }
+    }
+    Ok((t0.elapsed(), bytes))
+}
+
+#[cfg(feature = "automerge")]
+fn catchup_automerge(ops: usize) -> Result<Option<(Duration, u64)>> {
+    use automerge::sync::{Message, State, SyncDoc};
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, ROOT};
+    let mut a = Automerge::new();
+    for i in 0..ops {
+        // One change per write, as each walrus op is one write.
+        let mut tx = a.transaction();
+        tx.put(ROOT, key(i), value(i))?;
+        tx.commit();
+    }
+    let mut b = Automerge::new();
+    let (mut sa, mut sb) = (State::new(), State::new());
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    loop {
+        let mut moved = false;
+        if let Some(m) = a.generate_sync_message(&mut sa) {
+            let wire = m.encode();
+            bytes += wire.len() as u64;
+            b.receive_sync_message(&mut sb, Message::decode(&wire)?)?;
+            moved = true;
+        }
+        if let Some(m) = b.generate_sync_message(&mut sb) {
+            let wire = m.encode();
+            bytes += wire.len() as u64;
+            a.receive_sync_message(&mut sa, Message::decode(&wire)?)?;
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let took = t0.elapsed();
+    if b.get_heads() != a.get_heads() {
+        return Err("automerge replicas did not converge".into());
+    }
+    Ok(Some((took, bytes)))
+}
+
+#[cfg(not(feature = "automerge"))]
+fn catchup_automerge(_ops: usize) -> Result<Option<(Duration, u64)>> {
+    Ok(None)
+}
+
+pub fn run_sync(args: SyncBenchArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!("walrus bench sync (loopback TCP, durable writes with group commit)");
+    println!("\nspread: ops written concurrently on every node until all have all");
+    for &n in &args.nodes {
+        if n < 2 {
+            return Err("--nodes needs at least 2 nodes per run".into());
+        }
+        rt.block_on(spread(n, args.ops))?;
+    }
+    let ops = args.catchup;
+    println!("\ncatch-up: a new node pulls {ops} ops from one peer");
+    let (took, wire, op_bytes) = rt.block_on(catchup_network(ops))?;
+    println!(
+        "  walrus over TCP:     {:.2}s, {:.2} MB both ways vs {:.2} MB of ops = {:.2}x (target <= 1.3x)",
+        took.as_secs_f64(),
+        wire as f64 / 1e6,
+        op_bytes as f64 / 1e6,
+        wire as f64 / op_bytes as f64
+    );
+    let (took_p, bytes_p) = catchup_in_process(ops)?;
+    println!(
+        "  walrus in-process:   {:.2}s, {:.2} MB of sync messages = {:.2}x the ops",
+        took_p.as_secs_f64(),
+        bytes_p as f64 / 1e6,
+        bytes_p as f64 / op_bytes as f64
+    );
+    match catchup_automerge(ops)? {
+        Some((took_a, bytes_a)) => {
+            println!(
+                "  automerge in-process: {:.2}s, {:.2} MB of sync messages",
+                took_a.as_secs_f64(),
+                bytes_a as f64 / 1e6
+            );
+            println!(
+                "  walrus/automerge (in-process): bytes {:.2}x, time {:.2}x (target: both < 1)",
+                bytes_p as f64 / bytes_a as f64,
+                took_p.as_secs_f64() / took_a.as_secs_f64().max(1e-9)
+            );
+        }
+        None => println!("  automerge: not built in (rebuild with `--features automerge` to compare)"),
+    }
+    Ok(())
+}
