@@ -32,7 +32,6 @@ mod worker;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc};
 use tracing::info;
@@ -81,8 +80,13 @@ impl<D: Document> Node<D> {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (from_docs_tx, from_docs_rx) = mpsc::unbounded_channel();
         let docs = Arc::new(Mutex::new(HashMap::new()));
-        let seed = Instant::now().elapsed().as_nanos() as u64
-            ^ u64::from_le_bytes(peer_id.to_bytes()[2..10].try_into().unwrap_or_default());
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            // Random per process (std's hasher keys), so peers' rounds drift apart.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write(&peer_id.to_bytes());
+            h.finish()
+        };
         let mut driver = swarm::Driver::<D>::new(
             swarm,
             cfg.clone(),

@@ -768,6 +768,10 @@ impl<D: Document> Driver<D> {
                 return;
             }
         };
+        if let Err(e) = sync::check_doc_name(&req.doc) {
+            self.emit(NodeEvent::PeerFault { peer, doc: None, reason: format!("sync request: {e}") });
+            return;
+        }
         let Some(tx) = self.doc_tx(&req.doc) else {
             let resp = SyncResponse::UnknownDoc { doc: req.doc };
             let _ = self.swarm.behaviour_mut().sync.send_response(channel, sync::encode(&resp));

@@ -70,8 +70,8 @@ pub fn request<D: Document>(replica: &Replica<D>, doc: &str, budget: u64) -> Syn
 
 /// The answer to `req`, for a replica of document `doc`. Pages are at most
 /// `min(req.budget, limits.max_response / 2)` operation bytes (always at
-/// least one operation); a snapshot larger than `limits.max_response` is
-/// refused rather than sent.
+/// least one operation); a snapshot answer whose encoding exceeds
+/// `limits.max_response` is refused rather than sent.
 pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, limits: &Limits) -> SyncResponse {
     if req.doc != doc {
         return SyncResponse::UnknownDoc { doc: req.doc.clone() };
@@ -90,11 +90,13 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
             SyncResponse::Ops { doc: doc.to_string(), ops: out, more }
         }
         Ok(Catchup::Snapshot { state, clock }) => {
-            let state = message::encode(&state);
-            if state.len() > limits.max_response.saturating_sub(64 + 32 * clock.len()) {
-                return refused(format!("snapshot of {} bytes exceeds the response limit", state.len()));
+            let resp =
+                SyncResponse::Snapshot { doc: doc.to_string(), state: ByteBuf::from(message::encode(&state)), clock };
+            let len = message::encode(&resp).len();
+            if len > limits.max_response {
+                return refused(format!("a snapshot answer of {len} bytes exceeds the response limit"));
             }
-            SyncResponse::Snapshot { doc: doc.to_string(), state: ByteBuf::from(state), clock }
+            resp
         }
         Err(e) => refused(e.to_string()),
     }

@@ -12,8 +12,9 @@ struct Pair {
 
 /// Decides which (peer, document) pairs to send a sync request to.
 ///
-/// A pair is due as soon as it is added (a new connection, or the peer
-/// announcing the document), again right after an answer that said "more",
+/// A pair is due as soon as it is added (the node learns that a connected
+/// peer has the document: its gossip subscription arrives, or the node opens
+/// a document the peer already announced), again right after an answer that said "more",
 /// and otherwise every `interval` with ±25% jitter so that peers do not
 /// synchronise their rounds. At most one request per pair is in flight.
 ///
