@@ -173,6 +173,13 @@ pub(crate) fn build_swarm(
                 // Room for the signature and framing around our payload.
                 .max_transmit_size(limits.max_gossip + 4096)
                 .message_id_fn(|m| message_id(&m.data))
+                // A smaller mesh and no flooding: fewer duplicate copies of
+                // each message; anti-entropy covers what gossip misses.
+                .mesh_n(3)
+                .mesh_n_low(2)
+                .mesh_n_high(5)
+                .mesh_outbound_min(1)
+                .flood_publish(false)
                 .build()
                 .map_err(|e| e.to_string())?;
             let gossip = gossipsub::Behaviour::new_with_subscription_filter(
