@@ -23,12 +23,52 @@ pub struct SyncBenchArgs {
     pub nodes: Vec<usize>,
 }
 
-fn key(i: usize) -> String {
-    format!("item-{i:08}")
+/// What the written keys and values look like.
+#[derive(Clone, Copy)]
+enum Workload {
+    /// `item-00000042` = `value 0000000042`: as regular as data gets.
+    Sequential,
+    /// 13 random letters = three random 5-letter words.
+    Random,
 }
 
-fn value(i: usize) -> String {
-    format!("value {i:010}")
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Sequential => "sequential keys and values",
+            Workload::Random => "random keys and values",
+        }
+    }
+
+    fn key(self, i: usize) -> String {
+        match self {
+            Workload::Sequential => format!("item-{i:08}"),
+            Workload::Random => letters(i as u64 * 2, 13),
+        }
+    }
+
+    fn value(self, i: usize) -> String {
+        match self {
+            Workload::Sequential => format!("value {i:010}"),
+            Workload::Random => {
+                let w = letters(i as u64 * 2 + 1, 15);
+                format!("{} {} {}", &w[..5], &w[5..10], &w[10..])
+            }
+        }
+    }
+}
+
+/// `n` pseudo-random lowercase letters, a pure function of `seed`.
+fn letters(seed: u64, n: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
 }
 
 fn replica_options() -> ReplicaOptions {
@@ -80,7 +120,7 @@ async fn await_total(nodes: &[NodeHandle<KvDoc>], ops: u64) -> Result<()> {
 }
 
 /// Writes `ops` puts spread over `nodes`; returns the encoded bytes of all of them.
-async fn write_spread(nodes: &[NodeHandle<KvDoc>], ops: usize) -> Result<u64> {
+async fn write_spread(nodes: &[NodeHandle<KvDoc>], ops: usize, w: Workload) -> Result<u64> {
     let mut tasks = Vec::new();
     let streams = nodes.len() * WRITERS;
     for s in 0..streams {
@@ -88,7 +128,7 @@ async fn write_spread(nodes: &[NodeHandle<KvDoc>], ops: usize) -> Result<u64> {
         tasks.push(tokio::spawn(async move {
             let mut bytes = 0u64;
             for i in (s..ops).step_by(streams) {
-                let env = node.update(DOC, move |d, a| d.put_op(a, &key(i), &value(i))).await?;
+                let env = node.update(DOC, move |d, a| d.put_op(a, &w.key(i), &w.value(i))).await?;
                 bytes += env.encode()?.len() as u64;
             }
             Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(bytes)
@@ -119,7 +159,7 @@ async fn spread(n: usize, ops: usize) -> Result<()> {
     await_total(&nodes, 0).await?;
     let before = total_traffic(&nodes);
     let t0 = Instant::now();
-    let op_bytes = write_spread(&nodes, ops).await?;
+    let op_bytes = write_spread(&nodes, ops, Workload::Random).await?;
     let written = t0.elapsed();
     await_total(&nodes, ops as u64).await?;
     let took = t0.elapsed();
@@ -145,10 +185,10 @@ async fn spread(n: usize, ops: usize) -> Result<()> {
     Ok(())
 }
 
-async fn catchup_network(ops: usize) -> Result<(Duration, u64, u64)> {
+async fn catchup_network(ops: usize, w: Workload) -> Result<(Duration, u64, u64)> {
     let tmp = tempfile::tempdir()?;
     let (a, addr) = start(&tmp.path().join("a"), vec![]).await?;
-    let op_bytes = write_spread(std::slice::from_ref(&a), ops).await?;
+    let op_bytes = write_spread(std::slice::from_ref(&a), ops, w).await?;
     let before = a.traffic();
     let t0 = Instant::now();
     let (b, _) = start(&tmp.path().join("b"), vec![addr]).await?;
@@ -162,10 +202,10 @@ async fn catchup_network(ops: usize) -> Result<(Duration, u64, u64)> {
 }
 
 /// The same catch-up with the sync protocol driven in-process: message bytes only.
-fn catchup_in_process(ops: usize) -> Result<(Duration, u64)> {
+fn catchup_in_process(ops: usize, w: Workload) -> Result<(Duration, u64)> {
     let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let mut a: Replica<KvDoc> = Replica::open(da.path(), replica_options())?;
-    let makers = (0..ops).map(|i| move |d: &KvDoc, act| d.put_op(act, &key(i), &value(i)));
+    let makers = (0..ops).map(|i| move |d: &KvDoc, act| d.put_op(act, &w.key(i), &w.value(i)));
     for r in a.update_many(makers) {
         r?;
     }
@@ -187,7 +227,7 @@ fn catchup_in_process(ops: usize) -> Result<(Duration, u64)> {
 }
 
 #[cfg(feature = "automerge")]
-fn catchup_automerge(ops: usize) -> Result<Option<(Duration, u64)>> {
+fn catchup_automerge(ops: usize, w: Workload) -> Result<Option<(Duration, u64)>> {
     use automerge::sync::{Message, State, SyncDoc};
     use automerge::transaction::Transactable;
     use automerge::{Automerge, ROOT};
@@ -195,7 +235,7 @@ fn catchup_automerge(ops: usize) -> Result<Option<(Duration, u64)>> {
     for i in 0..ops {
         // One change per write, as each walrus op is one write.
         let mut tx = a.transaction();
-        tx.put(ROOT, key(i), value(i))?;
+        tx.put(ROOT, w.key(i), w.value(i))?;
         tx.commit();
     }
     let mut b = Automerge::new();
@@ -228,7 +268,7 @@ fn catchup_automerge(ops: usize) -> Result<Option<(Duration, u64)>> {
 }
 
 #[cfg(not(feature = "automerge"))]
-fn catchup_automerge(_ops: usize) -> Result<Option<(Duration, u64)>> {
+fn catchup_automerge(_ops: usize, _w: Workload) -> Result<Option<(Duration, u64)>> {
     Ok(None)
 }
 
@@ -242,24 +282,30 @@ pub fn run_sync(args: SyncBenchArgs) -> Result<()> {
         }
         rt.block_on(spread(n, args.ops))?;
     }
-    let ops = args.catchup;
-    println!("\ncatch-up: a new node pulls {ops} ops from one peer");
-    let (took, wire, op_bytes) = rt.block_on(catchup_network(ops))?;
+    for w in [Workload::Sequential, Workload::Random] {
+        catchup(&rt, args.catchup, w)?;
+    }
+    Ok(())
+}
+
+fn catchup(rt: &tokio::runtime::Runtime, ops: usize, w: Workload) -> Result<()> {
+    println!("\ncatch-up: a new node pulls {ops} ops from one peer ({})", w.name());
+    let (took, wire, op_bytes) = rt.block_on(catchup_network(ops, w))?;
     println!(
-        "  walrus over TCP:     {:.2}s, {:.2} MB both ways vs {:.2} MB of ops = {:.2}x (target <= 1.3x)",
+        "  walrus over TCP:      {:.2}s, {:.2} MB both ways vs {:.2} MB of ops = {:.2}x (target <= 1.3x)",
         took.as_secs_f64(),
         wire as f64 / 1e6,
         op_bytes as f64 / 1e6,
         wire as f64 / op_bytes as f64
     );
-    let (took_p, bytes_p) = catchup_in_process(ops)?;
+    let (took_p, bytes_p) = catchup_in_process(ops, w)?;
     println!(
-        "  walrus in-process:   {:.2}s, {:.2} MB of sync messages = {:.2}x the ops",
+        "  walrus in-process:    {:.2}s, {:.2} MB of sync messages = {:.2}x the ops",
         took_p.as_secs_f64(),
         bytes_p as f64 / 1e6,
         bytes_p as f64 / op_bytes as f64
     );
-    match catchup_automerge(ops)? {
+    match catchup_automerge(ops, w)? {
         Some((took_a, bytes_a)) => {
             println!(
                 "  automerge in-process: {:.2}s, {:.2} MB of sync messages",
