@@ -583,6 +583,10 @@ impl<D: Document> Replica<D> {
         let span = info_span!("replica_merge_snapshot", actors = clock.len());
         let _g = span.enter();
         self.doc.check_merge(&state).map_err(ReplicaError::SnapshotRejected)?;
+        if self.clock.covers(&clock) {
+            // A late or repeated snapshot: nothing new, no checkpoint to pay for.
+            return Ok(());
+        }
         let mut merged = self.doc.clone();
         merged.merge(state);
         let mut merged_clock = self.clock.clone();
