@@ -71,7 +71,11 @@ impl<D: Document> Node<D> {
         let counters = Arc::new(traffic::Counters::default());
         let mut swarm = swarm::build_swarm(&cfg, key, counters.clone())?;
         let mut listeners = Vec::new();
+        for addr in &cfg.peers {
+            swarm::check_dialable(addr)?;
+        }
         for addr in &cfg.listen {
+            swarm::check_port_free(addr)?;
             let id =
                 swarm.listen_on(addr.clone()).map_err(|e| NodeError::Transport(format!("listen on {addr}: {e}")))?;
             listeners.push(id);

@@ -235,6 +235,47 @@ async fn close_worker<D: Document>(
     result
 }
 
+/// Refuses addresses this node's transport (TCP) cannot dial, rather than
+/// re-dialing them forever.
+pub(crate) fn check_dialable(addr: &Multiaddr) -> Result<(), NodeError> {
+    let mut tcp = false;
+    for p in addr.iter() {
+        match p {
+            Protocol::Tcp(_) => tcp = true,
+            Protocol::Ip4(_) | Protocol::Ip6(_) | Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) => {}
+            Protocol::P2p(_) if tcp => {}
+            other => return Err(NodeError::Transport(format!("cannot dial {addr}: {other} is not supported"))),
+        }
+    }
+    if !tcp {
+        return Err(NodeError::Transport(format!(
+            "cannot dial {addr}: only TCP addresses (/ip4/…/tcp/…) are supported"
+        )));
+    }
+    Ok(())
+}
+
+/// Fails if an explicit TCP port is already taken. libp2p listens with
+/// SO_REUSEPORT, so two nodes could otherwise share a port and split its
+/// connections between them.
+pub(crate) fn check_port_free(addr: &Multiaddr) -> Result<(), NodeError> {
+    let mut ip = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(port) if port != 0 => {
+                if let Some(ip) = ip {
+                    std::net::TcpListener::bind((ip, port))
+                        .map_err(|e| NodeError::Transport(format!("listen on {addr}: {e}")))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn with_p2p(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
         addr.clone()
@@ -501,8 +542,8 @@ impl<D: Document> Driver<D> {
                 });
             }
             Control::Connect { addr, reply } => {
-                if addr.iter().next().is_none() {
-                    let _ = reply.send(Err(NodeError::Transport("empty address".into())));
+                if let Err(e) = check_dialable(&addr) {
+                    let _ = reply.send(Err(e));
                     return;
                 }
                 self.add_configured(addr);
@@ -796,5 +837,42 @@ impl<D: Document> Driver<D> {
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, sync::encode(&resp));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tcp_addresses_are_dialable() {
+        for ok in [
+            "/ip4/127.0.0.1/tcp/4001",
+            "/dns4/example.com/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        ] {
+            assert!(check_dialable(&ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for bad in ["/ip4/127.0.0.1/udp/1", "/ip4/127.0.0.1", "/ip4/127.0.0.1/udp/1/quic-v1"] {
+            assert!(check_dialable(&bad.parse().unwrap()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_taken_port_is_refused() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        assert!(matches!(check_port_free(&addr), Err(NodeError::Transport(_))));
+        drop(taken);
+        assert!(check_port_free(&addr).is_ok());
+        assert!(check_port_free(&"/ip4/127.0.0.1/tcp/0".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn topics_map_to_documents() {
+        assert_eq!(doc_of_topic(&topic_of("notes").hash()), Some("notes"));
+        assert_eq!(doc_of_topic(&TopicHash::from_raw("other/notes")), None);
+        assert_eq!(doc_of_topic(&TopicHash::from_raw("walrus/doc/")), None);
+        assert_eq!(message_id(b"abc").0.len(), 20);
     }
 }

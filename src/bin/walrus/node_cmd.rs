@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle};
 use walrus::replica::{Change, KvDoc, KvDocExt, KvOp, Origin, ReplicaOptions, VersionVector};
 
@@ -102,14 +102,27 @@ async fn serve(args: NodeArgs) -> Result<ExitCode> {
             }
         }
     });
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut input = BufReader::new(tokio::io::stdin());
+    let mut buf = Vec::new();
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
+        buf.clear();
+        match read_line(&mut input, &mut buf).await {
+            Ok(Line::End) => break,
+            Ok(Line::TooLong) => {
+                error(format!("command longer than {MAX_LINE} bytes ignored"));
+                continue;
+            }
+            Ok(Line::Complete) => {}
             Err(e) => {
                 error(format!("reading standard input: {e}"));
                 break;
+            }
+        }
+        let line = match std::str::from_utf8(&buf) {
+            Ok(line) => line,
+            Err(e) => {
+                error(format!("command is not valid UTF-8: {e}"));
+                continue;
             }
         };
         if !command(&node, &args.doc, line.trim_end_matches('\r')).await {
@@ -121,6 +134,56 @@ async fn serve(args: NodeArgs) -> Result<ExitCode> {
     let _ = printer.await;
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Longest command line accepted (a put of a large value fits).
+const MAX_LINE: usize = 16 << 20;
+
+enum Line {
+    Complete,
+    TooLong,
+    End,
+}
+
+/// Reads one line (without its newline) into `buf`, never holding more than
+/// [`MAX_LINE`] bytes of it: the rest of a longer line is skipped.
+async fn read_line<R: AsyncBufRead + Unpin>(input: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Line> {
+    let mut too_long = false;
+    loop {
+        let chunk = input.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(if too_long {
+                Line::TooLong
+            } else if buf.is_empty() {
+                Line::End
+            } else {
+                Line::Complete
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long && buf.len() + take <= MAX_LINE {
+            buf.extend_from_slice(&chunk[..take]);
+        } else {
+            too_long = true;
+            buf.clear();
+        }
+        input.consume(take + usize::from(done));
+        if done {
+            return Ok(if too_long { Line::TooLong } else { Line::Complete });
+        }
+    }
+}
+
+/// A command line shown in an error message, cut to a readable length.
+fn shown(line: &str) -> Value {
+    let mut s: String = line.chars().take(160).collect();
+    if s.len() < line.len() {
+        s.push('…');
+    }
+    Value::String(s)
 }
 
 /// Splits `<key> <rest>` at the first space.
@@ -205,12 +268,12 @@ async fn command(node: &NodeHandle<KvDoc>, doc: &str, line: &str) -> bool {
                 Ok(()) => emit(&json!({"event": "ok", "cmd": "connect", "addr": addr.trim()})),
                 Err(e) => error(e),
             },
-            Err(e) => error(format!("bad multiaddr {}: {e}", Value::String(addr.to_string()))),
+            Err(e) => error(format!("bad multiaddr {}: {e}", shown(addr))),
         },
         _ => error(format!(
             "unknown or malformed command {}; commands: put <key> <value>, del <key>, get <key>, dump, peers, \
              connect <multiaddr>, quit",
-            Value::String(line.to_string())
+            shown(line)
         )),
     }
     true
