@@ -57,7 +57,7 @@ impl SyncError {
 pub struct Applied {
     /// Operations applied, buffered and already known.
     pub received: Received,
-    /// A snapshot was merged.
+    /// A snapshot with something new was merged.
     pub snapshot: bool,
     /// The peer has more: send another request (built after this one was applied).
     pub more: bool,
@@ -137,10 +137,13 @@ pub fn apply_response<D: Document>(
         }
         SyncResponse::Snapshot { state, clock, .. } => {
             let state: D = message::decode(&state, limits.max_response, "snapshot")?;
+            // A snapshot with nothing new is not progress: no "more", or a
+            // peer repeating it would keep us pulling without pause.
+            let new = !replica.clock().covers(&clock);
             replica.merge_snapshot(state, clock)?;
-            debug!(doc, "sync snapshot merged");
+            debug!(doc, new, "sync snapshot merged");
             // Operations after the snapshot's clock may still be missing.
-            Ok(Applied { received: Received::default(), snapshot: true, more: true })
+            Ok(Applied { received: Received::default(), snapshot: new, more: new })
         }
         SyncResponse::UnknownDoc { doc } => {
             Err(SyncError::Remote { doc, reason: "the peer does not replicate this document".into() })

@@ -1,0 +1,946 @@
+//! End-to-end tests of `walrus::net`: real nodes on 127.0.0.1 replicating a
+//! `KvDoc` over libp2p, plus a hostile peer built directly on libp2p.
+//!
+//! Nothing here sleeps to synchronise: every wait is on node events (from
+//! `subscribe()` / `Node::start`), re-reading the nodes' state after each
+//! batch of events, under an overall deadline. The only timed wait is the
+//! partition test's observation window, in which a leak across the
+//! partition would have to show up as an event.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use crdts::CmRDT;
+use futures::future::join_all;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::time::Instant;
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle, PeerId};
+use walrus::replica::{ActorId, Catchup, Change, Document, KvDoc, KvDocExt, KvOp, OpEnvelope, Origin, VersionVector};
+
+const DOC: &str = "d";
+/// Hard limit on each test, whatever it waits for.
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Limit on each individual wait inside a test.
+const WAIT: Duration = Duration::from_secs(30);
+const SYNC_INTERVAL: Duration = Duration::from_millis(300);
+
+type Ev = NodeEvent<KvOp>;
+
+/// Runs a test body with an overall timeout.
+async fn within<F: Future<Output = ()>>(body: F) {
+    if tokio::time::timeout(TEST_TIMEOUT, body).await.is_err() {
+        panic!("test did not finish within {TEST_TIMEOUT:?}");
+    }
+}
+
+fn config(dir: &Path, peers: &[Multiaddr]) -> NodeConfig {
+    let mut cfg = NodeConfig::new(dir);
+    cfg.docs = vec![DOC.into()];
+    cfg.peers = peers.to_vec();
+    cfg.sync_interval = SYNC_INTERVAL;
+    cfg.heartbeat = Duration::from_millis(200);
+    cfg.redial_min = Duration::from_millis(100);
+    cfg.redial_max = Duration::from_secs(1);
+    cfg.request_timeout = Duration::from_secs(10);
+    cfg
+}
+
+/// Every event of every node of a test, tagged with the node's index.
+///
+/// It holds the nodes' broadcast receivers itself (no forwarding task), so
+/// [`drain`](Self::drain) right after a node answered a call (`with`,
+/// `peers`, …) is guaranteed to log every event the node emitted before
+/// answering.
+struct Events {
+    rxs: Vec<(usize, broadcast::Receiver<Ev>)>,
+    log: Vec<(usize, Ev)>,
+    /// Events lost by lagging receivers (they keep going).
+    lagged: u64,
+}
+
+impl Events {
+    fn new() -> Events {
+        Events { rxs: Vec::new(), log: Vec::new(), lagged: 0 }
+    }
+
+    fn attach(&mut self, idx: usize, rx: broadcast::Receiver<Ev>) {
+        self.rxs.push((idx, rx));
+    }
+
+    /// Logs every event already queued; returns how many.
+    fn drain(&mut self) -> usize {
+        let before = self.log.len();
+        let mut closed = Vec::new();
+        for (k, (idx, rx)) in self.rxs.iter_mut().enumerate() {
+            loop {
+                match rx.try_recv() {
+                    Ok(ev) => self.log.push((*idx, ev)),
+                    Err(TryRecvError::Lagged(n)) => {
+                        eprintln!("node {idx}: {n} events lost (lagged)");
+                        self.lagged += n;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Closed) => {
+                        closed.push(k);
+                        break;
+                    }
+                }
+            }
+        }
+        for k in closed.into_iter().rev() {
+            self.rxs.remove(k);
+        }
+        self.log.len() - before
+    }
+
+    /// Waits for at least one new event, then logs everything queued.
+    /// False if `deadline` passed first.
+    async fn wait(&mut self, deadline: Instant) -> bool {
+        loop {
+            if self.drain() > 0 {
+                return true;
+            }
+            if self.rxs.is_empty() {
+                tokio::time::sleep_until(deadline).await;
+                return false;
+            }
+            let next = {
+                let recvs = self.rxs.iter_mut().map(|(_, rx)| Box::pin(rx.recv()));
+                let next = tokio::time::timeout_at(deadline, futures::future::select_all(recvs)).await;
+                // Drop the other receives: they borrow the receivers.
+                next.map(|(result, k, _)| (result, k))
+            };
+            match next {
+                Err(_) => return false,
+                Ok((Ok(ev), k)) => {
+                    let idx = self.rxs[k].0;
+                    self.log.push((idx, ev));
+                    self.drain();
+                    return true;
+                }
+                // Lost or closed: `drain` counts or removes it next time round.
+                Ok((Err(RecvError::Lagged(n)), k)) => {
+                    eprintln!("node {}: {n} events lost (lagged)", self.rxs[k].0);
+                    self.lagged += n;
+                }
+                Ok((Err(RecvError::Closed), k)) => {
+                    self.rxs.remove(k);
+                }
+            }
+        }
+    }
+
+    /// Waits until `done` holds for the log; panics after `WAIT`.
+    async fn wait_for(&mut self, what: &str, mut done: impl FnMut(&[(usize, Ev)]) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        self.drain();
+        while !done(&self.log) {
+            if !self.wait(deadline).await {
+                panic!("timed out waiting for {what}; events: {:#?}", self.log);
+            }
+        }
+    }
+}
+
+/// Starts a node, its events attached as node `idx`; returns it and its address.
+async fn start(cfg: NodeConfig, events: &mut Events, idx: usize) -> (NodeHandle<KvDoc>, Multiaddr) {
+    let (node, rx) = Node::<KvDoc>::start(cfg).await.expect("node starts");
+    events.attach(idx, rx);
+    let addr = node.listen_addrs().await.expect("listen addresses").into_iter().next().expect("one listen address");
+    assert!(addr.to_string().starts_with("/ip4/127.0.0.1/tcp/"), "{addr}");
+    (node, addr)
+}
+
+async fn state(node: &NodeHandle<KvDoc>) -> (VersionVector, Vec<u8>) {
+    node.with(DOC, |r| (r.clock().clone(), r.doc().canonical())).await.expect("node answers")
+}
+
+async fn actor(node: &NodeHandle<KvDoc>) -> ActorId {
+    node.with(DOC, |r| r.actor()).await.expect("node answers")
+}
+
+async fn values(node: &NodeHandle<KvDoc>, key: &'static str) -> Vec<String> {
+    node.with(DOC, move |r| r.doc().values_of(key)).await.expect("node answers")
+}
+
+/// Waits until every node's clock is `want`, then checks that their
+/// canonical states are byte-identical; returns that state.
+async fn converge(nodes: &[&NodeHandle<KvDoc>], events: &mut Events, want: &VersionVector) -> Vec<u8> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut states = Vec::new();
+        for n in nodes {
+            states.push(state(n).await);
+        }
+        if states.iter().all(|(clock, _)| clock == want) {
+            // Everything the nodes emitted up to these answers.
+            events.drain();
+            for (i, (_, canonical)) in states.iter().enumerate() {
+                assert_eq!(canonical, &states[0].1, "node {i} has the same clock as node 0 but another state");
+            }
+            return states.swap_remove(0).1;
+        }
+        if !events.wait(deadline).await {
+            let clocks: Vec<_> = states.iter().map(|(c, _)| c).collect();
+            let mut peers = Vec::new();
+            for n in nodes {
+                peers.push(n.peers().await);
+            }
+            panic!("not converged within {WAIT:?}\nwant {want:?}\nhave {clocks:#?}\npeers {peers:#?}");
+        }
+    }
+}
+
+/// Every acknowledged write of a test.
+#[derive(Default, Clone)]
+struct Writes(Vec<OpEnvelope<KvOp>>);
+
+impl Writes {
+    fn add(&mut self, envs: impl IntoIterator<Item = OpEnvelope<KvOp>>) {
+        self.0.extend(envs);
+    }
+
+    /// These writes and `more`.
+    fn with(&self, more: &Writes) -> Writes {
+        let mut all = self.clone();
+        all.add(more.0.iter().cloned());
+        all
+    }
+
+    fn by_actor(&self) -> BTreeMap<ActorId, Vec<&OpEnvelope<KvOp>>> {
+        let mut out: BTreeMap<ActorId, Vec<&OpEnvelope<KvOp>>> = BTreeMap::new();
+        for env in &self.0 {
+            out.entry(env.actor).or_default().push(env);
+        }
+        for envs in out.values_mut() {
+            envs.sort_by_key(|e| e.seq);
+        }
+        out
+    }
+
+    /// The version vector covering exactly the acknowledged writes; checks
+    /// that each actor's acknowledged sequence numbers are 1..=n, each once.
+    fn clock(&self) -> VersionVector {
+        let mut clock = VersionVector::default();
+        for (actor, envs) in self.by_actor() {
+            let seqs: Vec<u64> = envs.iter().map(|e| e.seq).collect();
+            let want: Vec<u64> = (1..=envs.len() as u64).collect();
+            assert_eq!(seqs, want, "acknowledged sequence numbers of {actor}");
+            clock.observe(actor, envs.len() as u64);
+        }
+        assert_eq!(clock.total(), self.0.len() as u64);
+        clock
+    }
+
+    /// The canonical state of a document that applied exactly the
+    /// acknowledged writes (each actor's in order, actor after actor).
+    fn oracle(&self) -> Vec<u8> {
+        let mut doc = KvDoc::default();
+        for envs in self.by_actor().values() {
+            for env in envs {
+                doc.apply(env.op.clone());
+            }
+        }
+        doc.canonical()
+    }
+}
+
+/// splitmix64: a deterministic PRNG for workloads.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// `rounds` rounds of `per_round` concurrent random puts (70%) and deletes
+/// on keys `k0..k{keys}`; returns the acknowledged envelopes.
+async fn random_writes(
+    node: NodeHandle<KvDoc>,
+    seed: u64,
+    rounds: usize,
+    per_round: usize,
+    keys: u64,
+) -> Vec<OpEnvelope<KvOp>> {
+    let mut rng = Rng(seed);
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let mut writes = Vec::new();
+        for j in 0..per_round {
+            let key = format!("k{}", rng.below(keys));
+            let put = rng.below(10) < 7;
+            let value = format!("s{seed}-r{round}-{j}");
+            let node = node.clone();
+            writes.push(async move {
+                node.update(DOC, move |d, a| if put { d.put_op(a, &key, &value) } else { d.del_op(&key) }).await
+            });
+        }
+        for result in join_all(writes).await {
+            out.push(result.expect("write acknowledged"));
+        }
+    }
+    out
+}
+
+async fn put(node: &NodeHandle<KvDoc>, key: &'static str, value: &'static str) -> OpEnvelope<KvOp> {
+    node.update(DOC, move |d, a| d.put_op(a, key, value)).await.expect("put acknowledged")
+}
+
+async fn del(node: &NodeHandle<KvDoc>, key: &'static str) -> OpEnvelope<KvOp> {
+    node.update(DOC, move |d, _| d.del_op(key)).await.expect("delete acknowledged")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_converge() {
+    within(async {
+        let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut events = Events::new();
+        // A chain: node i keeps a connection to node i-1, so most
+        // operations cross several hops.
+        let mut nodes = Vec::new();
+        let mut prev: Option<Multiaddr> = None;
+        for (i, dir) in dirs.iter().enumerate() {
+            let peers: Vec<Multiaddr> = prev.iter().cloned().collect();
+            let (node, addr) = start(config(dir.path(), &peers), &mut events, i).await;
+            nodes.push(node);
+            prev = Some(addr);
+        }
+        // 5 nodes x 12 rounds x 5 concurrent writes on 8 shared keys.
+        let tasks: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| tokio::spawn(random_writes(n.clone(), 1000 + i as u64, 12, 5, 8)))
+            .collect();
+        let mut writes = Writes::default();
+        for t in tasks {
+            writes.add(t.await.expect("writer task"));
+        }
+        assert_eq!(writes.0.len(), 300);
+        let want = writes.clock();
+        assert_eq!(want.len(), 5, "one actor per node");
+        assert_eq!(want.total(), 300);
+        let refs: Vec<&NodeHandle<KvDoc>> = nodes.iter().collect();
+        let canonical = converge(&refs, &mut events, &want).await;
+        assert_eq!(canonical, writes.oracle(), "replicas differ from the acknowledged writes applied in order");
+        for n in &nodes {
+            let (clock, c) = state(n).await;
+            assert_eq!(clock.total(), writes.0.len() as u64);
+            assert_eq!(c, canonical);
+        }
+        // Each node applied every other node's operation exactly once, as a
+        // remote change, and only its own as local changes.
+        for (i, n) in nodes.iter().enumerate() {
+            let me = actor(n).await;
+            let mut remote = BTreeMap::new();
+            for (idx, ev) in &events.log {
+                if let (true, NodeEvent::Changed { change: Change::Op { origin, op }, .. }) = (*idx == i, ev) {
+                    assert_eq!(*origin == Origin::Local, op.actor == me, "node {i}: {ev:?}");
+                    if *origin == Origin::Remote {
+                        *remote.entry((op.actor, op.seq)).or_insert(0) += 1;
+                    }
+                }
+            }
+            assert!(remote.values().all(|&times| times == 1), "node {i} applied an operation twice");
+            if events.lagged == 0 {
+                let want: Vec<_> = writes
+                    .0
+                    .iter()
+                    .filter(|e| e.actor != me)
+                    .map(|e| (e.actor, e.seq))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let got: Vec<_> = remote.keys().copied().collect();
+                assert_eq!(got, want, "node {i}: remote changes");
+            }
+        }
+        for n in nodes {
+            n.shutdown().await.expect("clean shutdown");
+        }
+    })
+    .await;
+}
+
+/// Waits until node `isolated` has no connection and no other node is
+/// connected to it.
+async fn wait_isolated(nodes: &[&NodeHandle<KvDoc>], isolated: usize, events: &mut Events) {
+    let id = nodes[isolated].peer_id();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut links = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for p in n.peers().await.expect("peers") {
+                if i == isolated || p.peer == id {
+                    links.push((i, p.peer));
+                }
+            }
+        }
+        if links.is_empty() {
+            events.drain();
+            return;
+        }
+        if !events.wait(deadline).await {
+            panic!("node {isolated} still connected: {links:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partition_heals() {
+    within(async {
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut events = Events::new();
+        let (a, a_addr) = start(config(dirs[0].path(), &[]), &mut events, 0).await;
+        let (b, b_addr) = start(config(dirs[1].path(), std::slice::from_ref(&a_addr)), &mut events, 1).await;
+        let (c, _) = start(config(dirs[2].path(), &[a_addr.clone(), b_addr.clone()]), &mut events, 2).await;
+        let (d, _) = start(config(dirs[3].path(), &[a_addr.clone(), b_addr.clone()]), &mut events, 3).await;
+        const D: usize = 3;
+        let nodes = [&a, &b, &c, &d];
+        let mut actors = Vec::new();
+        for n in nodes {
+            actors.push(actor(n).await);
+        }
+
+        // Common history.
+        let mut writes = Writes::default();
+        writes.add([put(&a, "shared", "base").await, put(&b, "gone", "base").await, put(&d, "mine", "d0").await]);
+        converge(&nodes, &mut events, &writes.clock()).await;
+        let before = writes.clock();
+
+        // Partition: D and the rest block each other.
+        for n in &nodes[..D] {
+            d.block(n.peer_id()).await.unwrap();
+            n.block(d.peer_id()).await.unwrap();
+        }
+        wait_isolated(&nodes, D, &mut events).await;
+        let mark = events.log.len();
+
+        // Both sides write, including the same keys.
+        let mut majority = Writes::default();
+        majority.add([put(&a, "shared", "from-A").await, del(&b, "gone").await]);
+        for (i, n) in nodes[..D].iter().enumerate() {
+            majority.add(random_writes((*n).clone(), 2000 + i as u64, 2, 5, 6).await);
+        }
+        let mut minority = Writes::default();
+        minority.add([put(&d, "shared", "from-D").await, put(&d, "gone", "kept-by-D").await]);
+        minority.add(random_writes(d.clone(), 2100, 2, 5, 6).await);
+
+        let want_majority = writes.with(&majority).clock();
+        let want_minority = writes.with(&minority).clock();
+        converge(&nodes[..D], &mut events, &want_majority).await;
+        // Observation window: several anti-entropy rounds and redial
+        // attempts, in which anything crossing the partition would show up
+        // as an event.
+        let window = Instant::now() + SYNC_INTERVAL * 4;
+        while events.wait(window).await {}
+
+        let (d_clock, _) = state(&d).await;
+        assert_eq!(d_clock, want_minority, "the isolated node received operations across the partition");
+        for n in &nodes[..D] {
+            let (clock, _) = state(n).await;
+            assert_eq!(clock, want_majority, "a majority node received operations across the partition");
+            assert_eq!(clock.get(&actors[D]), before.get(&actors[D]));
+        }
+        assert_eq!(values(&d, "shared").await, vec!["from-D"]);
+        assert_eq!(values(&a, "shared").await, vec!["from-A"]);
+        assert_eq!(values(&c, "gone").await, Vec::<String>::new());
+        let d_id = d.peer_id();
+        for (idx, ev) in &events.log[mark..] {
+            let leaked = match ev {
+                NodeEvent::PeerConnected { peer, .. } => *idx == D || *peer == d_id,
+                NodeEvent::Synced { .. } => *idx == D,
+                NodeEvent::Changed { change: Change::Snapshot { .. }, .. } => *idx == D,
+                NodeEvent::Changed { change: Change::Op { origin: Origin::Remote, op }, .. } => {
+                    *idx == D || op.actor == actors[D]
+                }
+                _ => false,
+            };
+            assert!(!leaked, "node {idx} during the partition: {ev:?}");
+        }
+
+        // Heal.
+        for n in &nodes[..D] {
+            d.unblock(n.peer_id()).await.unwrap();
+            n.unblock(d.peer_id()).await.unwrap();
+        }
+        let all = writes.with(&majority).with(&minority);
+        let want = all.clock();
+        let canonical = converge(&nodes, &mut events, &want).await;
+        assert_eq!(canonical, all.oracle());
+        for n in nodes {
+            // Concurrent puts both survive; a delete loses to a concurrent put.
+            assert_eq!(values(n, "shared").await, vec!["from-A", "from-D"]);
+            assert_eq!(values(n, "gone").await, vec!["kept-by-D"]);
+            assert_eq!(values(n, "mine").await, vec!["d0"]);
+        }
+        for n in [a, b, c, d] {
+            n.shutdown().await.expect("clean shutdown");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_joiner_gets_snapshot() {
+    within(async {
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut events = Events::new();
+        let mut a_cfg = config(dirs[0].path(), &[]);
+        // Small segments, so a checkpoint can drop most of the log.
+        a_cfg.replica.wal.segment_size = 4096;
+        a_cfg.replica.wal.preallocate = false;
+        let (a, a_addr) = start(a_cfg, &mut events, 0).await;
+        let mut writes = Writes::default();
+        writes.add(random_writes(a.clone(), 3000, 6, 25, 40).await);
+        a.with(DOC, |r| r.checkpoint()).await.unwrap().expect("checkpoint");
+        // Written after the checkpoint: the joiner needs the snapshot and these.
+        writes.add(random_writes(a.clone(), 3001, 2, 10, 40).await);
+        let truncated = a
+            .with(DOC, |r| matches!(r.ops_since(&VersionVector::default(), 1 << 20), Ok(Catchup::Snapshot { .. })))
+            .await
+            .unwrap();
+        assert!(truncated, "after a checkpoint an empty replica must need a snapshot");
+
+        let (b, _) = start(config(dirs[1].path(), &[a_addr]), &mut events, 1).await;
+        let want = writes.clock();
+        assert_eq!(want.total(), 170);
+        let canonical = converge(&[&a, &b], &mut events, &want).await;
+        assert_eq!(canonical, writes.oracle());
+        let (a_id, b_id) = (a.peer_id(), b.peer_id());
+        let snapshots = events
+            .log
+            .iter()
+            .filter(|(idx, ev)| {
+                *idx == 1
+                    && matches!(ev, NodeEvent::Synced { snapshot: true, peer, doc, .. } if *peer == a_id && doc == DOC)
+            })
+            .count();
+        assert_eq!(snapshots, 1, "the joiner must merge exactly one snapshot from A: {:#?}", events.log);
+        assert!(
+            !events.log.iter().any(|(idx, ev)| *idx == 0 && matches!(ev, NodeEvent::Synced { snapshot: true, .. })),
+            "A needs no snapshot"
+        );
+
+        // The joiner's own writes flow back.
+        writes.add([put(&b, "joiner", "hello").await]);
+        converge(&[&a, &b], &mut events, &writes.clock()).await;
+        assert_eq!(values(&a, "joiner").await, vec!["hello"]);
+        assert!(events.log.iter().all(|(_, ev)| !matches!(ev, NodeEvent::PeerFault { .. })), "no peer faults");
+        assert_ne!(a_id, b_id);
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_keeps_acknowledged_writes_and_resyncs() {
+    within(async {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut events = Events::new();
+        let (a, a_addr) = start(config(dirs[0].path(), &[]), &mut events, 0).await;
+        let (b, b_addr) = start(config(dirs[1].path(), std::slice::from_ref(&a_addr)), &mut events, 1).await;
+        let c_cfg = config(dirs[2].path(), &[a_addr, b_addr]);
+        let (c, _) = start(c_cfg.clone(), &mut events, 2).await;
+        let c_id = c.peer_id();
+        let c_actor = actor(&c).await;
+
+        let mut writes = Writes::default();
+        let (wa, wb, wc) = tokio::join!(
+            random_writes(a.clone(), 4000, 2, 5, 6),
+            random_writes(b.clone(), 4001, 2, 5, 6),
+            random_writes(c.clone(), 4002, 2, 5, 6),
+        );
+        writes.add(wa.into_iter().chain(wb).chain(wc));
+        writes.add([put(&c, "c-key", "before-restart").await]);
+        converge(&[&a, &b, &c], &mut events, &writes.clock()).await;
+        let (c_clock, _) = state(&c).await;
+        c.shutdown().await.expect("clean shutdown");
+
+        // The others write while C is down.
+        let (wa, wb) = tokio::join!(random_writes(a.clone(), 4010, 3, 5, 6), random_writes(b.clone(), 4011, 3, 5, 6));
+        writes.add(wa.into_iter().chain(wb));
+        writes.add([put(&a, "while-down", "yes").await]);
+        let want = writes.clock();
+        converge(&[&a, &b], &mut events, &want).await;
+        assert_eq!(want.get(&c_actor), 11);
+
+        // Same directory, same peers: same identity, same actor, own writes kept.
+        let (c, _) = start(c_cfg, &mut events, 2).await;
+        assert_eq!(c.peer_id(), c_id, "identity kept across restarts");
+        assert_eq!(actor(&c).await, c_actor, "actor kept across restarts");
+        let (clock, _) = state(&c).await;
+        assert!(clock.covers(&c_clock), "acknowledged writes lost: {clock:?} does not cover {c_clock:?}");
+        assert_eq!(clock.get(&c_actor), 11);
+
+        let canonical = converge(&[&a, &b, &c], &mut events, &want).await;
+        assert_eq!(canonical, writes.oracle());
+        assert_eq!(values(&c, "while-down").await, vec!["yes"]);
+
+        // New writes continue the sequence (no reuse) and replicate.
+        let env = put(&c, "c-key", "after-restart").await;
+        assert_eq!(env.seq, 12);
+        writes.add([env]);
+        let canonical = converge(&[&a, &b, &c], &mut events, &writes.clock()).await;
+        assert_eq!(canonical, writes.oracle());
+        assert_eq!(values(&a, "c-key").await, vec!["after-restart"]);
+        for n in [a, b, c] {
+            n.shutdown().await.expect("clean shutdown");
+        }
+    })
+    .await;
+}
+
+/// A peer that speaks the walrus protocols with libp2p directly, and says
+/// whatever the test tells it to.
+mod hostile {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId};
+    use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+    use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+    use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId};
+    use sha2::{Digest, Sha256};
+    use tokio::sync::{mpsc, oneshot};
+    use walrus::net::{FrameCodec, IDENTIFY_VERSION, SYNC_PROTOCOL};
+
+    #[derive(NetworkBehaviour)]
+    struct Behaviour {
+        gossip: gossipsub::Behaviour,
+        sync: request_response::Behaviour<FrameCodec>,
+        identify: identify::Behaviour,
+        ping: ping::Behaviour,
+    }
+
+    type Answer<T> = oneshot::Sender<Result<T, String>>;
+
+    enum Cmd {
+        Dial(Multiaddr),
+        Subscribe(IdentTopic),
+        Publish(IdentTopic, Vec<u8>, Answer<()>),
+        Request(PeerId, Vec<u8>, Answer<Vec<u8>>),
+    }
+
+    /// What the hostile peer observed.
+    #[derive(Debug)]
+    pub enum Seen {
+        Connected(PeerId),
+        Subscribed(PeerId, String),
+        /// A peer pulled from us (the request's bytes).
+        Pulled(PeerId, Vec<u8>),
+    }
+
+    pub struct Hostile {
+        pub peer_id: PeerId,
+        cmd: mpsc::UnboundedSender<Cmd>,
+        pub seen: mpsc::UnboundedReceiver<Seen>,
+    }
+
+    impl Hostile {
+        /// Starts the peer; it answers the peers' sync requests with
+        /// `answers`, one each, then with nothing.
+        pub fn spawn(answers: Vec<Vec<u8>>) -> Hostile {
+            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+                .expect("tcp transport")
+                .with_behaviour(|key| {
+                    // As walrus nodes do (src/net/swarm.rs), but with room to send oversize messages.
+                    let cfg = gossipsub::ConfigBuilder::default()
+                        .heartbeat_interval(Duration::from_millis(200))
+                        .validation_mode(gossipsub::ValidationMode::Strict)
+                        .max_transmit_size(4 << 20)
+                        .message_id_fn(|m| MessageId::from(Sha256::digest(&m.data)[..20].to_vec()))
+                        .build()?;
+                    let gossip = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), cfg)?;
+                    let codec = FrameCodec { max_request: 8 << 20, max_response: 64 << 20 };
+                    let sync = request_response::Behaviour::with_codec(
+                        codec,
+                        [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+                    );
+                    let identify =
+                        identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public()));
+                    Ok(Behaviour { gossip, sync, identify, ping: ping::Behaviour::default() })
+                })
+                .expect("behaviour")
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+                .build();
+            let peer_id = *swarm.local_peer_id();
+            let (cmd, mut cmd_rx) = mpsc::unbounded_channel();
+            let (seen_tx, seen) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut pending: HashMap<OutboundRequestId, Answer<Vec<u8>>> = HashMap::new();
+                let mut answers = answers.into_iter();
+                loop {
+                    tokio::select! {
+                        cmd = cmd_rx.recv() => match cmd {
+                            None => return,
+                            Some(Cmd::Dial(addr)) => swarm.dial(addr).expect("dial starts"),
+                            Some(Cmd::Subscribe(topic)) => {
+                                swarm.behaviour_mut().gossip.subscribe(&topic).expect("subscribe");
+                            }
+                            Some(Cmd::Publish(topic, data, reply)) => {
+                                let r = swarm.behaviour_mut().gossip.publish(topic, data);
+                                let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                            }
+                            Some(Cmd::Request(peer, bytes, reply)) => {
+                                let id = swarm.behaviour_mut().sync.send_request(&peer, bytes);
+                                pending.insert(id, reply);
+                            }
+                        },
+                        ev = swarm.select_next_some() => match ev {
+                            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                                let _ = seen_tx.send(Seen::Connected(peer_id));
+                            }
+                            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Subscribed { peer_id, topic })) => {
+                                let _ = seen_tx.send(Seen::Subscribed(peer_id, topic.into_string()));
+                            }
+                            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. })) => {
+                                match message {
+                                    request_response::Message::Request { request, channel, .. } => {
+                                        if let Some(a) = answers.next() {
+                                            let _ = swarm.behaviour_mut().sync.send_response(channel, a);
+                                        }
+                                        let _ = seen_tx.send(Seen::Pulled(peer, request));
+                                    }
+                                    request_response::Message::Response { request_id, response } => {
+                                        if let Some(reply) = pending.remove(&request_id) {
+                                            let _ = reply.send(Ok(response));
+                                        }
+                                    }
+                                }
+                            }
+                            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { request_id, error, .. })) => {
+                                if let Some(reply) = pending.remove(&request_id) {
+                                    let _ = reply.send(Err(error.to_string()));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            });
+            Hostile { peer_id, cmd, seen }
+        }
+
+        pub fn dial(&self, addr: Multiaddr) {
+            self.cmd.send(Cmd::Dial(addr)).expect("hostile peer running");
+        }
+
+        pub fn subscribe(&self, topic: IdentTopic) {
+            self.cmd.send(Cmd::Subscribe(topic)).expect("hostile peer running");
+        }
+
+        pub async fn publish(&self, topic: IdentTopic, data: Vec<u8>) -> Result<(), String> {
+            let (tx, rx) = oneshot::channel();
+            self.cmd.send(Cmd::Publish(topic, data, tx)).expect("hostile peer running");
+            rx.await.expect("hostile peer answers")
+        }
+
+        pub async fn request(&self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+            let (tx, rx) = oneshot::channel();
+            self.cmd.send(Cmd::Request(peer, bytes, tx)).expect("hostile peer running");
+            rx.await.expect("hostile peer answers")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_messages_are_rejected() {
+    use libp2p::gossipsub::IdentTopic;
+    use serde_bytes::ByteBuf;
+    use walrus::sync::{encode, Gossip, Limits, SyncRequest, SyncResponse};
+
+    within(async {
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut events = Events::new();
+        // Small limits, so oversize messages are cheap to make.
+        let limits = Limits { max_gossip: 16 << 10, max_request: 64 << 10, ..Limits::default() };
+        let mut cfg1 = config(dirs[0].path(), &[]);
+        cfg1.limits = limits;
+        let (h1, h1_addr) = start(cfg1, &mut events, 0).await;
+        let mut cfg2 = config(dirs[1].path(), std::slice::from_ref(&h1_addr));
+        cfg2.limits = limits;
+        let (h2, _) = start(cfg2, &mut events, 1).await;
+        let mut writes = Writes::default();
+        writes.add(random_writes(h1.clone(), 5000, 2, 5, 6).await);
+        writes.add(random_writes(h2.clone(), 5001, 2, 5, 6).await);
+        converge(&[&h1, &h2], &mut events, &writes.clock()).await;
+        let (clock_before, canonical_before) = state(&h1).await;
+
+        // A well-formed operation envelope, to wrap in bad messages.
+        let forged = |seq: u64| {
+            let actor = ActorId([9; 16]);
+            let op = KvOp::Put {
+                key: "evil".into(),
+                dot: walrus::replica::Dot { actor, counter: seq },
+                value: "x".into(),
+                seen: vec![],
+            };
+            OpEnvelope { actor, seq, op, auth: None }.encode().unwrap()
+        };
+        let garbage_op = ByteBuf::from(vec![0xa1, 0x01]);
+        let mut rng = Rng(5);
+        let mut random = rng.bytes(300);
+        random[0] = 0xff; // a CBOR "break" where an item must start: never valid
+                          // The hostile peer answers H1's pulls with these, one each.
+        let answers = vec![
+            rng.bytes(100),
+            encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![garbage_op.clone()], more: true }),
+            encode(&SyncResponse::Ops { doc: "other".into(), ops: vec![ByteBuf::from(forged(1))], more: false }),
+        ];
+        let mut bad = hostile::Hostile::spawn(answers);
+        let topic = IdentTopic::new(format!("{}{DOC}", walrus::net::TOPIC_PREFIX));
+        bad.subscribe(topic.clone());
+        bad.dial(h1_addr.clone());
+        let (mut connected, mut subscribed) = (false, false);
+        let deadline = Instant::now() + WAIT;
+        while !(connected && subscribed) {
+            match tokio::time::timeout_at(deadline, bad.seen.recv()).await {
+                Ok(Some(hostile::Seen::Connected(p))) => connected |= p == h1.peer_id(),
+                Ok(Some(hostile::Seen::Subscribed(p, t))) => subscribed |= p == h1.peer_id() && t == topic.to_string(),
+                Ok(Some(hostile::Seen::Pulled(..))) => {}
+                other => panic!("hostile peer: no connection to H1 or no subscription from it: {other:?}"),
+            }
+        }
+
+        // Gossip.
+        let oversize = encode(&Gossip { doc: DOC.into(), ops: vec![ByteBuf::from(vec![7u8; 17 << 10])] });
+        assert!(oversize.len() > limits.max_gossip && oversize.len() < limits.max_gossip + 4096);
+        let bad_gossip: Vec<(&str, Vec<u8>)> = vec![
+            ("random bytes", random),
+            ("wrong document", encode(&Gossip { doc: "other".into(), ops: vec![ByteBuf::from(forged(1))] })),
+            ("garbage op", encode(&Gossip { doc: DOC.into(), ops: vec![ByteBuf::from(forged(1)), garbage_op] })),
+            ("zero seq", encode(&Gossip { doc: DOC.into(), ops: vec![ByteBuf::from(forged(0))] })),
+            ("oversize", oversize),
+        ];
+        for (what, data) in bad_gossip {
+            bad.publish(topic.clone(), data).await.unwrap_or_else(|e| panic!("publishing {what}: {e}"));
+        }
+
+        // Sync requests.
+        let h1_id = h1.peer_id();
+        let req =
+            |doc: &str| encode(&SyncRequest { doc: doc.into(), clock: VersionVector::default(), budget: 1 << 20 });
+        let garbage = bad.request(h1_id, rng.bytes(64)).await;
+        assert!(garbage.is_err(), "a garbage request must get no answer: {garbage:?}");
+        let wrong_type = bad.request(h1_id, encode(&Gossip { doc: DOC.into(), ops: vec![] })).await;
+        assert!(wrong_type.is_err(), "a request of the wrong type must get no answer: {wrong_type:?}");
+        let bad_name = bad.request(h1_id, req("")).await;
+        assert!(bad_name.is_err(), "a request with an empty document name must get no answer: {bad_name:?}");
+        let too_big = bad.request(h1_id, vec![0xa0; 100 << 10]).await;
+        assert!(too_big.is_err(), "an oversize request must get no answer: {too_big:?}");
+        let unknown = bad.request(h1_id, req("nope")).await.expect("an answer for an unknown document");
+        let unknown: SyncResponse = walrus::sync::decode(&unknown, 1 << 20, "response").unwrap();
+        assert_eq!(unknown, SyncResponse::UnknownDoc { doc: "nope".into() });
+        // And a valid request still gets the whole document.
+        let all = bad.request(h1_id, req(DOC)).await.expect("an answer");
+        match walrus::sync::decode::<SyncResponse>(&all, 64 << 20, "response").unwrap() {
+            SyncResponse::Ops { doc, ops, more } => {
+                assert_eq!(doc, DOC);
+                assert_eq!(ops.len() as u64, clock_before.total());
+                assert!(!more);
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+
+        // H1 reports each malformed message, blaming the hostile peer.
+        type Check = fn(&Option<String>, &str) -> bool;
+        let expected: Vec<(&str, Check)> = vec![
+            ("gossip: random bytes", |d, r| d.as_deref() == Some(DOC) && r.starts_with("gossip: malformed gossip")),
+            ("gossip: wrong document", |d, r| {
+                d.as_deref() == Some(DOC) && r.starts_with("gossip: message for document \"other\"")
+            }),
+            ("gossip: garbage op", |d, r| d.as_deref() == Some(DOC) && r.starts_with("gossip: malformed operation")),
+            ("gossip: zero seq", |d, r| {
+                d.as_deref() == Some(DOC) && r.starts_with("gossip: operation has sequence number 0")
+            }),
+            ("gossip: oversize", |d, r| d.as_deref() == Some(DOC) && r.starts_with("gossip: gossip of")),
+            ("request: garbage", |d, r| d.is_none() && r.starts_with("sync request: malformed sync request")),
+            ("request: bad name", |d, r| d.is_none() && r.starts_with("sync request: bad document name")),
+            ("response: garbage", |d, r| {
+                d.as_deref() == Some(DOC) && r.starts_with("sync response: malformed sync response")
+            }),
+            ("response: garbage op", |d, r| {
+                d.as_deref() == Some(DOC) && r.starts_with("sync response: malformed operation")
+            }),
+            ("response: wrong document", |d, r| {
+                d.as_deref() == Some(DOC) && r.starts_with("sync response: message for document \"other\"")
+            }),
+        ];
+        let faults = |log: &[(usize, Ev)]| -> Vec<(PeerId, Option<String>, String)> {
+            log.iter()
+                .filter_map(|(idx, ev)| match ev {
+                    NodeEvent::PeerFault { peer, doc, reason } if *idx == 0 => {
+                        Some((*peer, doc.clone(), reason.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        events
+            .wait_for("a PeerFault for each malformed message", |log| {
+                let f = faults(log);
+                expected.iter().all(|(_, check)| f.iter().any(|(_, d, r)| check(d, r)))
+            })
+            .await;
+        let f = faults(&events.log);
+        for (peer, doc, reason) in &f {
+            assert_eq!(*peer, bad.peer_id, "fault blamed on the wrong peer: {doc:?} {reason}");
+            assert!(expected.iter().any(|(_, check)| check(doc, reason)), "unexpected fault {doc:?} {reason}");
+        }
+        // H1's pulls from the hostile peer were well-formed requests for the document.
+        while let Ok(seen) = bad.seen.try_recv() {
+            if let hostile::Seen::Pulled(peer, bytes) = seen {
+                assert_eq!(peer, h1_id);
+                let r: SyncRequest = walrus::sync::decode(&bytes, 1 << 20, "request").unwrap();
+                assert_eq!(r.doc, DOC);
+            }
+        }
+
+        // A gossip frame larger than H1's gossipsub accepts at all.
+        bad.publish(topic.clone(), vec![0xa0; 64 << 10]).await.expect("publishing a huge message");
+
+        // Nothing changed H1, and it is still working.
+        let (clock, canonical) = state(&h1).await;
+        assert_eq!(clock, clock_before, "malformed messages changed the clock");
+        assert_eq!(canonical, canonical_before, "malformed messages changed the state");
+        assert!(h1.with(DOC, |r| r.buffered()).await.unwrap() == 0, "nothing forged is held");
+        writes.add([put(&h1, "after", "h1").await]);
+        // A valid write on the other honest node still reaches H1.
+        writes.add([put(&h2, "after2", "h2").await]);
+        let canonical = converge(&[&h1, &h2], &mut events, &writes.clock()).await;
+        assert_eq!(canonical, writes.oracle());
+        assert_eq!(values(&h1, "after2").await, vec!["h2"]);
+        assert_eq!(values(&h1, "evil").await, Vec::<String>::new());
+        // Rejected gossip is not forwarded: H2 never saw any of it.
+        assert!(
+            !events.log.iter().any(|(idx, ev)| *idx == 1 && matches!(ev, NodeEvent::PeerFault { .. })),
+            "H2 received malformed messages: {:#?}",
+            events.log
+        );
+        drop(bad);
+        h1.shutdown().await.unwrap();
+        h2.shutdown().await.unwrap();
+    })
+    .await;
+}
