@@ -134,7 +134,7 @@ pub(crate) struct Driver<D: Document> {
     /// Our sync requests awaiting an answer.
     outbound: HashMap<OutboundRequestId, (PeerId, String)>,
     /// Peers' sync requests awaiting their document worker's answer.
-    inbound: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    inbound: HashMap<u64, (String, ResponseChannel<Vec<u8>>)>,
     next_token: u64,
     listen_addrs: Vec<Multiaddr>,
     blocked: BTreeSet<PeerId>,
@@ -504,6 +504,9 @@ impl<D: Document> Driver<D> {
         let tx = self.docs.lock().ok().and_then(|mut d| d.remove(name));
         let _ = self.swarm.behaviour_mut().gossip.unsubscribe(&topic_of(name));
         self.schedule.remove_doc(name);
+        // Requests its worker will not answer now: dropping their channels
+        // tells the requesters at once.
+        self.inbound.retain(|_, (doc, _)| doc != name);
         (tx, self.threads.remove(name))
     }
 
@@ -661,7 +664,7 @@ impl<D: Document> Driver<D> {
                 self.swarm.behaviour_mut().gossip.report_message_validation_result(&id, &source, acceptance);
             }
             FromDoc::Respond { token, bytes } => {
-                if let Some(ch) = self.inbound.remove(&token) {
+                if let Some((_, ch)) = self.inbound.remove(&token) {
                     if self.swarm.behaviour_mut().sync.send_response(ch, bytes).is_err() {
                         debug!("sync answer not sent: the requester is gone");
                     }
@@ -830,7 +833,7 @@ impl<D: Document> Driver<D> {
         let doc = req.doc.clone();
         match tx.try_send(DocCmd::Request { token, req }) {
             Ok(()) => {
-                self.inbound.insert(token, channel);
+                self.inbound.insert(token, (doc, channel));
             }
             Err(_) => {
                 let resp = SyncResponse::Refused { doc, reason: "busy".into() };
