@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use walrus::replica::{
-    Catchup, Change, CounterDoc, Document, KvDoc, KvDocExt, Origin, Replica, ReplicaError, ReplicaOptions,
-    VersionVector,
+    ActorId, Catchup, Change, CounterDoc, Document, KvDoc, KvDocExt, OpEnvelope, Origin, Replica, ReplicaError,
+    ReplicaOptions, VersionVector,
 };
 use walrus::wal::{SyncPolicy, WalOptions};
 
@@ -203,4 +203,28 @@ fn corrupt_checkpoint_is_reported() {
     std::fs::write(&path, bytes).unwrap();
     let err = Replica::<KvDoc>::open(d.path(), opts()).err().expect("corruption must be reported");
     assert!(matches!(err, ReplicaError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn extreme_sequence_numbers_are_errors_not_panics() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = open(da.path());
+    let mut b = open(db.path());
+    // A (hostile) snapshot claiming a's last possible sequence number.
+    let mut clock = VersionVector::default();
+    clock.observe(a.actor(), u64::MAX);
+    a.merge_snapshot(KvDoc::default(), clock.clone()).unwrap();
+    assert!(matches!(a.update(|d, act| d.put_op(act, "k", "v")), Err(ReplicaError::Rejected { .. })));
+    assert!(a.update_many([|d: &KvDoc, act| d.put_op(act, "k", "v")])[0].is_err());
+    // Operations at the very end of an actor's sequence are buffered or
+    // dropped, never overflowing.
+    let x = ActorId([9; 16]);
+    let far = OpEnvelope { actor: x, seq: u64::MAX, op: b.doc().put_op(x, "k", "v"), auth: None };
+    assert_eq!(b.receive([far.clone()]).unwrap().buffered, 1);
+    let mut near = VersionVector::default();
+    near.observe(x, u64::MAX - 1);
+    b.merge_snapshot(KvDoc::default(), near).unwrap();
+    assert_eq!(b.clock().get(&x), u64::MAX);
+    assert_eq!(b.buffered(), 0);
+    assert_eq!(b.receive([far]).unwrap().duplicates, 1);
 }

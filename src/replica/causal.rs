@@ -97,18 +97,19 @@ impl<O> CausalBuffer<O> {
             return Ok(Offer::Buffered);
         }
         let actor = env.actor;
-        let mut next = env.seq + 1;
+        // None once u64::MAX is applied: everything held is then stale.
+        let mut next = env.seq.checked_add(1);
         let mut ready = vec![env];
         if let Some(queue) = self.pending.get_mut(&actor) {
             // Stale entries (at or below what is now applied) are dropped too.
             while let Some(entry) = queue.first_entry() {
-                if *entry.key() < next {
+                if next.is_none_or(|n| *entry.key() < n) {
                     entry.remove();
                     self.held -= 1;
-                } else if *entry.key() == next {
+                } else if Some(*entry.key()) == next {
                     ready.push(entry.remove());
                     self.held -= 1;
-                    next += 1;
+                    next = next.and_then(|n| n.checked_add(1));
                 } else {
                     break;
                 }
@@ -123,7 +124,7 @@ impl<O> CausalBuffer<O> {
     /// For each actor with held operations: the first missing sequence
     /// number (what to ask peers for).
     pub fn gaps(&self, applied: &VersionVector) -> Vec<(ActorId, u64)> {
-        self.pending.keys().map(|a| (*a, applied.get(a) + 1)).collect()
+        self.pending.keys().map(|a| (*a, applied.get(a).saturating_add(1))).collect()
     }
 
     /// Removes and returns everything held for `actor`, in sequence order

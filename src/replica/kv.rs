@@ -46,7 +46,8 @@ impl CausalContext {
         if dot.counter > *upto {
             extra.insert(dot.counter);
         }
-        while extra.remove(&(*upto + 1)) {
+        // Checked: hostile state may hold u64::MAX.
+        while upto.checked_add(1).is_some_and(|next| extra.remove(&next)) {
             *upto += 1;
         }
     }
@@ -64,7 +65,7 @@ impl CausalContext {
                     e.1.insert(*c);
                 }
             }
-            while e.1.remove(&(e.0 + 1)) {
+            while e.0.checked_add(1).is_some_and(|next| e.1.remove(&next)) {
                 e.0 += 1;
             }
         }
@@ -159,7 +160,7 @@ impl KvDoc {
 
 impl KvDocExt for KvDoc {
     fn put_op(&self, actor: ActorId, key: &str, value: &str) -> KvOp {
-        let dot = Dot { actor, counter: self.context.upto(&actor) + 1 };
+        let dot = Dot { actor, counter: self.context.upto(&actor).saturating_add(1) };
         KvOp::Put { key: key.to_string(), dot, value: value.to_string(), seen: self.seen(key) }
     }
 

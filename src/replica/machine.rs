@@ -334,6 +334,17 @@ impl<D: Document> Replica<D> {
         self.doc.apply(env.op);
     }
 
+    /// This replica's next sequence number (a merged hostile snapshot could
+    /// claim the last one).
+    fn next_seq(&self) -> Result<u64> {
+        let have = self.clock.get(&self.actor);
+        have.checked_add(1).ok_or(ReplicaError::Rejected {
+            actor: self.actor,
+            seq: have,
+            reason: "this actor's sequence numbers are exhausted".into(),
+        })
+    }
+
     fn encode_checked(&self, env: &OpEnvelope<D::Operation>) -> Result<Vec<u8>> {
         let bytes = env.encode()?;
         if bytes.len() > self.opts.max_op_size {
@@ -352,7 +363,7 @@ impl<D: Document> Replica<D> {
     {
         self.check()?;
         let op = make(&self.doc, self.actor);
-        let seq = self.clock.get(&self.actor) + 1;
+        let seq = self.next_seq()?;
         let env = OpEnvelope { actor: self.actor, seq, op, auth: None };
         if let Err(reason) = self.doc.check_op(&env.op) {
             return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
@@ -362,7 +373,11 @@ impl<D: Document> Replica<D> {
         self.bytes_since_checkpoint += bytes.len() as u64;
         self.apply_env(env.clone(), lsn);
         self.notify(|| Change::Op { origin: Origin::Local, op: env.clone() });
-        self.maybe_checkpoint()?;
+        if let Err(e) = self.maybe_checkpoint() {
+            // The operation is committed: report it as written. A failed
+            // checkpoint only delays truncation (and was logged).
+            warn!(error = %e, "automatic checkpoint after a committed write failed");
+        }
         Ok(env)
     }
 
@@ -395,7 +410,13 @@ impl<D: Document> Replica<D> {
                 continue;
             }
             let op = make(&self.doc, self.actor);
-            let seq = self.clock.get(&self.actor) + 1;
+            let seq = match self.next_seq() {
+                Ok(s) => s,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
             let env = OpEnvelope { actor: self.actor, seq, op, auth: None };
             if let Err(reason) = self.doc.check_op(&env.op) {
                 results.push(Err(ReplicaError::Rejected { actor: self.actor, seq, reason }));
