@@ -121,3 +121,58 @@ async fn remote_changes_reach_subscribers_after_they_are_durable() {
     assert_eq!(r.doc().values_of("k"), vec!["v"]);
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_closure_fails_only_its_own_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = start(dir.path(), &["d"], vec![]).await;
+    let panicked = node.with("d", |_| -> u32 { panic!("app bug") }).await;
+    assert!(matches!(panicked, Err(walrus::net::NodeError::Stopped)), "{panicked:?}");
+    let failed_write = node.update("d", |_, _| -> KvOp { panic!("app bug in a write") }).await;
+    assert!(failed_write.is_err());
+    // The document is still served.
+    put(&node, "d", "k", "v").await;
+    assert_eq!(values(&node, "d", "k").await, vec!["v"]);
+    assert_eq!(node.with("d", |r| r.clock().total()).await.unwrap(), 1);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    // Free a port to listen on explicitly.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    // The document's directory cannot be created: a file is in the way.
+    std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+    std::fs::write(dir.path().join("docs").join("blocked"), b"not a directory").unwrap();
+    let mut cfg = NodeConfig::new(dir.path());
+    cfg.listen = vec![listen.clone()];
+    cfg.docs = vec!["fine".into(), "blocked".into()];
+    assert!(Node::<KvDoc>::start(cfg.clone()).await.is_err());
+    // Port, identity and the document that did open are all free again.
+    cfg.docs = vec!["fine".into()];
+    let (node, _) = Node::<KvDoc>::start(cfg).await.expect("restart on the same port and directory");
+    put(&node, "fine", "k", "v").await;
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_stops_the_node() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, a_addr) = start(da.path(), &["d"], vec![]).await;
+    let (b, _) = start(db.path(), &["d"], vec![a_addr]).await;
+    let mut events = b.subscribe();
+    put(&b, "d", "k", "v").await;
+    await_value(&a, "d", "k", "v").await;
+    let a_id = a.peer_id();
+    drop(a);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await.expect("A disconnects") {
+            Ok(NodeEvent::PeerDisconnected { peer }) if peer == a_id => break,
+            _ => continue,
+        }
+    }
+    b.shutdown().await.unwrap();
+}

@@ -108,7 +108,11 @@ impl<D: Document> Node<D> {
         tokio::spawn(driver.run(control_rx, from_docs_rx));
         let handle = NodeHandle { peer_id, control: control_tx, docs, events, counters };
         for doc in &cfg.docs {
-            handle.open_doc(doc).await?;
+            if let Err(e) = handle.open_doc(doc).await {
+                // Leave nothing running behind a failed start.
+                let _ = handle.shutdown().await;
+                return Err(e);
+            }
         }
         info!(%peer_id, "node started");
         Ok((handle, first_rx))

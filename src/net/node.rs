@@ -115,8 +115,8 @@ pub enum NodeError {
     /// Listening or dialing failed.
     #[error("network: {0}")]
     Transport(String),
-    /// The node has shut down.
-    #[error("the node has shut down")]
+    /// The node has shut down, or dropped the request (its closure panicked).
+    #[error("the node has shut down or dropped the request")]
     Stopped,
 }
 
@@ -271,7 +271,9 @@ impl<D: Document> NodeHandle<D> {
     }
 
     /// Runs `f` on the replica of `doc` (on its own thread) and returns its
-    /// result: read the document, its clock, or checkpoint it.
+    /// result: read the document, its clock, or checkpoint it. `f` holds up
+    /// the document's writes and sync while it runs, and must not wait on
+    /// this node.
     pub async fn with<R, F>(&self, doc: &str, f: F) -> Result<R, NodeError>
     where
         R: Send + 'static,

@@ -33,12 +33,20 @@ pub const TOPIC_PREFIX: &str = "walrus/doc/";
 pub const IDENTIFY_VERSION: &str = "/walrus/1.0.0";
 /// Commands queued per document before network input is shed.
 const DOC_QUEUE: usize = 4096;
+/// Sync streams open at once per connection, each way.
+const MAX_SYNC_STREAMS: usize = 8;
+/// Incoming connections being set up at once.
+const MAX_PENDING_INCOMING: u32 = 64;
+/// Incoming connections at once.
+const MAX_INCOMING: u32 = 256;
+/// Document topics tracked per peer.
+const MAX_PEER_TOPICS: usize = 1024;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
-    gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, DocTopics>,
+    gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::MaxCountSubscriptionFilter<DocTopics>>,
     sync: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -104,19 +112,24 @@ pub(crate) enum Control<D: Document> {
     /// A document worker started (or failed to) for an `OpenDoc`.
     Opened {
         name: String,
+        tx: mpsc::Sender<DocCmd<D>>,
         result: Result<std::thread::JoinHandle<()>, NodeError>,
         reply: oneshot::Sender<Result<(), NodeError>>,
     },
-    #[doc(hidden)]
-    _Doc(std::marker::PhantomData<D>),
 }
 
 /// A peer the node keeps connected to.
 struct Configured {
     addr: Multiaddr,
+    /// Its peer id: given in the address (`/p2p/…`, then checked on every
+    /// dial), or learned from the last connection (not checked).
     peer: Option<PeerId>,
+    pinned: bool,
     backoff: Duration,
     next: Option<Instant>,
+    /// When our dial last succeeded: a connection must last before the
+    /// backoff resets, or a peer that accepts and drops would be hammered.
+    connected_at: Option<Instant>,
 }
 
 pub(crate) struct Driver<D: Document> {
@@ -125,7 +138,8 @@ pub(crate) struct Driver<D: Document> {
     docs: DocSenders<D>,
     threads: HashMap<String, std::thread::JoinHandle<()>>,
     events: broadcast::Sender<NodeEvent<D::Operation>>,
-    control_tx: mpsc::UnboundedSender<Control<D>>,
+    /// Weak, so that the driver stops once every handle is dropped.
+    control_tx: mpsc::WeakUnboundedSender<Control<D>>,
     from_docs_tx: mpsc::UnboundedSender<FromDoc>,
     schedule: Schedule<PeerId>,
     configured: Vec<Configured>,
@@ -185,13 +199,19 @@ pub(crate) fn build_swarm(
             let gossip = gossipsub::Behaviour::new_with_subscription_filter(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossip_cfg,
-                DocTopics,
+                gossipsub::MaxCountSubscriptionFilter {
+                    filter: DocTopics,
+                    max_subscribed_topics: MAX_PEER_TOPICS,
+                    max_subscriptions_per_request: MAX_PEER_TOPICS,
+                },
             )?;
             let codec = FrameCodec { max_request: limits.max_request, max_response: limits.max_response };
             let sync = request_response::Behaviour::with_codec(
                 codec,
                 [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(request_timeout),
+                request_response::Config::default()
+                    .with_request_timeout(request_timeout)
+                    .with_max_concurrent_streams(MAX_SYNC_STREAMS),
             );
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())?)
@@ -202,7 +222,10 @@ pub(crate) fn build_swarm(
                 blocked: Default::default(),
                 // Duplicate connections confuse gossipsub; two cover a simultaneous dial.
                 limits: connection_limits::Behaviour::new(
-                    connection_limits::ConnectionLimits::default().with_max_established_per_peer(Some(2)),
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established_per_peer(Some(2))
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established_incoming(Some(MAX_INCOMING)),
                 ),
                 gossip,
                 sync,
@@ -242,14 +265,14 @@ pub(crate) fn check_dialable(addr: &Multiaddr) -> Result<(), NodeError> {
     for p in addr.iter() {
         match p {
             Protocol::Tcp(_) => tcp = true,
-            Protocol::Ip4(_) | Protocol::Ip6(_) | Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) => {}
+            Protocol::Ip4(_) | Protocol::Ip6(_) => {}
             Protocol::P2p(_) if tcp => {}
             other => return Err(NodeError::Transport(format!("cannot dial {addr}: {other} is not supported"))),
         }
     }
     if !tcp {
         return Err(NodeError::Transport(format!(
-            "cannot dial {addr}: only TCP addresses (/ip4/…/tcp/…) are supported"
+            "cannot dial {addr}: only TCP addresses (/ip4/…/tcp/… or /ip6/…/tcp/…) are supported"
         )));
     }
     Ok(())
@@ -308,7 +331,7 @@ impl<D: Document> Driver<D> {
             docs,
             threads: HashMap::new(),
             events,
-            control_tx,
+            control_tx: control_tx.downgrade(),
             from_docs_tx,
             configured: Vec::new(),
             dialing: HashMap::new(),
@@ -360,11 +383,14 @@ impl<D: Document> Driver<D> {
         let idx = match self.configured.iter().position(|c| c.addr == addr) {
             Some(i) => i,
             None => {
+                let peer = peer_of(&addr);
                 self.configured.push(Configured {
-                    peer: peer_of(&addr),
+                    pinned: peer.is_some(),
+                    peer,
                     addr,
                     backoff: self.cfg.redial_min,
                     next: None,
+                    connected_at: None,
                 });
                 self.configured.len() - 1
             }
@@ -381,11 +407,11 @@ impl<D: Document> Driver<D> {
             }
         }
         let opts = match c.peer {
-            Some(p) => DialOpts::peer_id(p)
+            Some(p) if c.pinned => DialOpts::peer_id(p)
                 .addresses(vec![c.addr.clone()])
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build(),
-            None => DialOpts::unknown_peer_id().address(c.addr.clone()).build(),
+            _ => DialOpts::unknown_peer_id().address(c.addr.clone()).build(),
         };
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
@@ -451,7 +477,10 @@ impl<D: Document> Driver<D> {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 ctl = control.recv() => match ctl {
                     Some(Control::Shutdown { reply }) => {
-                        let _ = reply.send(self.shutdown().await);
+                        let result = self.shutdown().await;
+                        // Close every socket before reporting the shutdown done.
+                        drop(self);
+                        let _ = reply.send(result);
                         return;
                     }
                     Some(Control::Abort) => {
@@ -513,30 +542,7 @@ impl<D: Document> Driver<D> {
     fn on_control(&mut self, ctl: Control<D>) {
         match ctl {
             Control::OpenDoc { name, reply } => self.open_doc(name, reply),
-            Control::Opened { name, result, reply } => {
-                let result = result.map(|thread| {
-                    self.threads.insert(name.clone(), thread);
-                    if let Err(e) = self.swarm.behaviour_mut().gossip.subscribe(&topic_of(&name)) {
-                        warn!(doc = %name, error = %e, "subscribing failed");
-                    }
-                    // Peers already known to have the document.
-                    let topic = topic_of(&name).hash();
-                    let have: Vec<PeerId> = self
-                        .swarm
-                        .behaviour()
-                        .gossip
-                        .all_peers()
-                        .filter(|(_, topics)| topics.contains(&&topic))
-                        .map(|(p, _)| *p)
-                        .collect();
-                    let now = Instant::now();
-                    for p in have {
-                        self.schedule.add(p, &name, now);
-                    }
-                    info!(doc = %name, "document open");
-                });
-                let _ = reply.send(result);
-            }
+            Control::Opened { name, tx, result, reply } => self.opened(name, tx, result, reply),
             Control::CloseDoc { name, reply } => {
                 // The worker may be busy: wait for it on another task.
                 let (tx, thread) = self.detach_doc(&name);
@@ -590,7 +596,7 @@ impl<D: Document> Driver<D> {
                 }
                 let _ = reply.send(());
             }
-            Control::Shutdown { .. } | Control::Abort | Control::_Doc(_) => {}
+            Control::Shutdown { .. } | Control::Abort => {}
         }
     }
 
@@ -599,17 +605,19 @@ impl<D: Document> Driver<D> {
             let _ = reply.send(Err(NodeError::DocOpen(name)));
             return;
         }
+        let Some(control) = self.control_tx.upgrade() else {
+            let _ = reply.send(Err(NodeError::Stopped));
+            return;
+        };
         let (tx, rx) = mpsc::channel(DOC_QUEUE);
         // Reserve the name so a second open fails instead of racing.
         if let Ok(mut d) = self.docs.lock() {
-            d.insert(name.clone(), tx);
+            d.insert(name.clone(), tx.clone());
         }
         let dir = doc_dir(&self.cfg.data_dir, &name);
         let opts = self.cfg.replica.clone();
         let (to_swarm, events, limits, budget) =
             (self.from_docs_tx.clone(), self.events.clone(), self.cfg.limits, self.cfg.sync_budget);
-        let control = self.control_tx.clone();
-        let docs = self.docs.clone();
         let thread_name = format!("walrus-doc-{name}");
         // Opening replays the log: do it on the document's own thread.
         let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), NodeError>>();
@@ -637,19 +645,65 @@ impl<D: Document> Driver<D> {
             }
         };
         tokio::task::spawn_blocking(move || {
-            let result = opened_rx.recv().unwrap_or(Err(NodeError::Stopped));
-            let result = match result {
+            let result = match opened_rx.recv().unwrap_or(Err(NodeError::Stopped)) {
                 Ok(()) => Ok(thread),
                 Err(e) => {
-                    if let Ok(mut d) = docs.lock() {
-                        d.remove(&name);
-                    }
                     let _ = thread.join();
                     Err(e)
                 }
             };
-            let _ = control.send(Control::Opened { name, result, reply });
+            let _ = control.send(Control::Opened { name, tx, result, reply });
         });
+    }
+
+    /// A document worker finished opening its replica (or failed to).
+    fn opened(
+        &mut self,
+        name: String,
+        tx: mpsc::Sender<DocCmd<D>>,
+        result: Result<std::thread::JoinHandle<()>, NodeError>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    ) {
+        // Still ours, or was it closed (and maybe reopened) meanwhile?
+        let current = self.docs.lock().is_ok_and(|d| d.get(&name).is_some_and(|t| t.same_channel(&tx)));
+        let thread = match result {
+            Ok(thread) if current => thread,
+            Ok(thread) => {
+                tokio::spawn(async move {
+                    let _ = close_worker(name.clone(), Some(tx), Some(thread)).await;
+                    let _ = reply.send(Err(NodeError::UnknownDoc(name)));
+                });
+                return;
+            }
+            Err(e) => {
+                if current {
+                    // Pulls and answers queued to the dead worker will never come.
+                    let _ = self.detach_doc(&name);
+                }
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.threads.insert(name.clone(), thread);
+        if let Err(e) = self.swarm.behaviour_mut().gossip.subscribe(&topic_of(&name)) {
+            warn!(doc = %name, error = %e, "subscribing failed");
+        }
+        // Peers already known to have the document.
+        let topic = topic_of(&name).hash();
+        let have: Vec<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossip
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&topic))
+            .map(|(p, _)| *p)
+            .collect();
+        let now = Instant::now();
+        for p in have {
+            self.schedule.add(p, &name, now);
+        }
+        info!(doc = %name, "document open");
+        let _ = reply.send(Ok(()));
     }
 
     fn on_doc(&mut self, msg: FromDoc) {
@@ -682,7 +736,7 @@ impl<D: Document> Driver<D> {
                     self.schedule.failed(&peer, &doc, now);
                 }
             }
-            FromDoc::GapSeen { doc } => self.schedule.poke(&doc, Instant::now()),
+            FromDoc::GapSeen { doc, peer } => self.schedule.poke_peer(&peer, &doc, Instant::now()),
         }
     }
 
@@ -701,9 +755,9 @@ impl<D: Document> Driver<D> {
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, connection_id, .. } => {
                 if let Some(idx) = self.dialing.remove(&connection_id) {
                     let c = &mut self.configured[idx];
-                    c.peer.get_or_insert(peer_id);
-                    c.backoff = self.cfg.redial_min;
+                    c.peer = Some(peer_id);
                     c.next = None;
+                    c.connected_at = Some(Instant::now());
                 }
                 let addr = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address.clone(),
@@ -724,7 +778,11 @@ impl<D: Document> Driver<D> {
                 self.schedule.remove_peer(&peer_id);
                 self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
                 for idx in 0..self.configured.len() {
-                    if self.configured[idx].peer == Some(peer_id) {
+                    let c = &mut self.configured[idx];
+                    if c.peer == Some(peer_id) {
+                        if c.connected_at.take().is_some_and(|t| t.elapsed() >= self.cfg.redial_max) {
+                            c.backoff = self.cfg.redial_min;
+                        }
                         self.retry_later(idx);
                     }
                 }
@@ -849,13 +907,12 @@ mod tests {
 
     #[test]
     fn only_tcp_addresses_are_dialable() {
-        for ok in [
-            "/ip4/127.0.0.1/tcp/4001",
-            "/dns4/example.com/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
-        ] {
+        for ok in ["/ip4/127.0.0.1/tcp/4001", "/ip6/::1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"]
+        {
             assert!(check_dialable(&ok.parse().unwrap()).is_ok(), "{ok}");
         }
-        for bad in ["/ip4/127.0.0.1/udp/1", "/ip4/127.0.0.1", "/ip4/127.0.0.1/udp/1/quic-v1"] {
+        for bad in ["/ip4/127.0.0.1/udp/1", "/ip4/127.0.0.1", "/ip4/127.0.0.1/udp/1/quic-v1", "/dns4/example.com/tcp/1"]
+        {
             assert!(check_dialable(&bad.parse().unwrap()).is_err(), "{bad}");
         }
     }

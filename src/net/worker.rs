@@ -6,8 +6,10 @@ use std::time::Instant;
 
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::PeerId;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tracing::{debug, warn};
+
+use tracing::{debug, error, warn};
 
 use super::{NodeError, NodeEvent};
 use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica};
@@ -35,12 +37,35 @@ pub(crate) enum DocCmd<D: Document> {
 
 /// What a document worker asks the swarm task to do.
 pub(crate) enum FromDoc {
-    Publish { doc: String, data: Vec<u8> },
-    Validated { id: MessageId, source: PeerId, acceptance: MessageAcceptance },
-    Respond { token: u64, bytes: Vec<u8> },
-    Pull { peer: PeerId, doc: String, bytes: Vec<u8> },
-    Synced { peer: PeerId, doc: String, more: bool, ok: bool },
-    GapSeen { doc: String },
+    Publish {
+        doc: String,
+        data: Vec<u8>,
+    },
+    Validated {
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    Respond {
+        token: u64,
+        bytes: Vec<u8>,
+    },
+    Pull {
+        peer: PeerId,
+        doc: String,
+        bytes: Vec<u8>,
+    },
+    Synced {
+        peer: PeerId,
+        doc: String,
+        more: bool,
+        ok: bool,
+    },
+    /// Gossip from `peer` showed operations whose predecessors are missing.
+    GapSeen {
+        doc: String,
+        peer: PeerId,
+    },
 }
 
 pub(crate) struct Worker<D: Document> {
@@ -64,42 +89,59 @@ impl<D: Document> Worker<D> {
                     None => break,
                 },
             };
-            match cmd {
-                DocCmd::Write { make, reply } => {
-                    let mut batch = vec![(make, reply)];
-                    while batch.len() < MAX_WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(DocCmd::Write { make, reply }) => batch.push((make, reply)),
-                            Ok(other) => {
-                                pending = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.write(batch);
-                }
-                DocCmd::With(f) => f(&mut self.replica),
-                DocCmd::Gossip { source, id, bytes } => self.gossip(source, id, &bytes),
-                DocCmd::Request { token, req } => {
-                    let resp = sync::respond(&self.replica, &self.name, &req, &self.limits);
-                    self.send(FromDoc::Respond { token, bytes: sync::encode(&resp) });
-                }
-                DocCmd::Pull { peer } => {
-                    let req = sync::request(&self.replica, &self.name, self.budget);
-                    self.send(FromDoc::Pull { peer, doc: self.name.clone(), bytes: sync::encode(&req) });
-                }
-                DocCmd::Response { peer, bytes } => self.response(peer, &bytes),
-                DocCmd::Close { reply } => {
-                    self.forward_changes();
-                    let _ = reply.send(self.replica.close().map_err(NodeError::from));
-                    return;
-                }
+            if let DocCmd::Close { reply } = cmd {
+                self.forward_changes();
+                let _ = reply.send(self.replica.close().map_err(NodeError::from));
+                return;
+            }
+            // An app closure that panics must not take the document down:
+            // its caller gets an error (its reply is dropped) and the rest
+            // go on. The replica stays consistent: in a write batch a panic
+            // falls between whole operations.
+            let handled = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(cmd, &mut rx, &mut pending)));
+            if handled.is_err() {
+                error!(doc = %self.name, "a command panicked; its caller gets an error");
             }
             self.forward_changes();
         }
         if let Err(e) = self.replica.close() {
             warn!(doc = %self.name, error = %e, "closing the replica failed");
+        }
+    }
+
+    fn handle(&mut self, cmd: DocCmd<D>, rx: &mut mpsc::Receiver<DocCmd<D>>, pending: &mut Option<DocCmd<D>>) {
+        match cmd {
+            DocCmd::Write { make, reply } => {
+                let mut batch = vec![(make, reply)];
+                while batch.len() < MAX_WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(DocCmd::Write { make, reply }) => batch.push((make, reply)),
+                        Ok(other) => {
+                            *pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.write(batch);
+            }
+            DocCmd::With(f) => f(&mut self.replica),
+            DocCmd::Gossip { source, id, bytes } => self.gossip(source, id, &bytes),
+            DocCmd::Request { token, req } => {
+                let resp = sync::respond(&self.replica, &self.name, &req, &self.limits);
+                self.send(FromDoc::Respond { token, bytes: sync::encode(&resp) });
+            }
+            DocCmd::Pull { peer } => {
+                // Never ask for more than our own codec accepts.
+                let budget = self.budget.min(self.limits.max_response as u64 / 2);
+                let req = sync::request(&self.replica, &self.name, budget);
+                self.send(FromDoc::Pull { peer, doc: self.name.clone(), bytes: sync::encode(&req) });
+            }
+            DocCmd::Response { peer, bytes } => self.response(peer, &bytes),
+            // Handled by `run`, which owns the replica.
+            DocCmd::Close { reply } => {
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 
@@ -131,7 +173,7 @@ impl<D: Document> Worker<D> {
         let acceptance = match sync::apply_gossip(&mut self.replica, &self.name, bytes, &self.limits) {
             Ok(received) => {
                 if received.buffered > 0 {
-                    self.send(FromDoc::GapSeen { doc: self.name.clone() });
+                    self.send(FromDoc::GapSeen { doc: self.name.clone(), peer: source });
                 }
                 MessageAcceptance::Accept
             }

@@ -132,8 +132,10 @@ pub fn apply_response<D: Document>(
             let envs = decode_ops::<D>(&ops, limits)?;
             let received = replica.receive(envs)?;
             debug!(doc, applied = received.applied, more, "sync page applied");
-            // An empty page that claims more would make us ask forever.
-            Ok(Applied { received, snapshot: false, more: more && !ops.is_empty() })
+            // A page that brought nothing new but claims more would make us
+            // ask again and again at once.
+            let progress = received.applied + received.buffered > 0;
+            Ok(Applied { received, snapshot: false, more: more && progress })
         }
         SyncResponse::Snapshot { state, clock, .. } => {
             let state: D = message::decode(&state, limits.max_response, "snapshot")?;

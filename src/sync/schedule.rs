@@ -81,6 +81,13 @@ impl<P: Ord + Clone> Schedule<P> {
         }
     }
 
+    /// Pull `doc` from `peer` as soon as possible.
+    pub fn poke_peer(&mut self, peer: &P, doc: &str, now: Instant) {
+        if let Some(pair) = self.pairs.get_mut(&(peer.clone(), doc.to_string())) {
+            pair.due = pair.due.min(now);
+        }
+    }
+
     /// The pairs to send a request to now; they are marked in flight.
     pub fn due(&mut self, now: Instant) -> Vec<(P, String)> {
         let mut out = Vec::new();

@@ -111,10 +111,38 @@ async fn await_total(nodes: &[NodeHandle<KvDoc>], ops: u64) -> Result<()> {
         if done {
             return Ok(());
         }
-        // Any event on any node is a reason to look again.
+        // Any event on any node is a reason to look again; drain the
+        // backlog first so the check does not compete with the work.
         let waits = events.iter_mut().map(|e| Box::pin(e.recv()));
         if tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await.is_err() {
             return Err(format!("not converged within {TIMEOUT:?}").into());
+        }
+        for e in events.iter_mut() {
+            while e.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// Waits until every node has a peer that replicates the document.
+async fn await_peers(nodes: &[NodeHandle<KvDoc>]) -> Result<()> {
+    let mut events: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let mut ready = true;
+        for n in nodes {
+            if !n.peers().await?.iter().any(|p| p.docs.iter().any(|d| d == DOC)) {
+                ready = false;
+                break;
+            }
+        }
+        if ready {
+            return Ok(());
+        }
+        let waits = events.iter_mut().map(|e| Box::pin(e.recv()));
+        // Subscriptions arrive without an event of their own: look again soon.
+        let _ = tokio::time::timeout(Duration::from_millis(50), futures::future::select_all(waits)).await;
+        if tokio::time::Instant::now() > deadline {
+            return Err("peers never connected".into());
         }
     }
 }
@@ -155,8 +183,9 @@ async fn spread(n: usize, ops: usize) -> Result<()> {
         nodes.push(node);
         addrs.push(addr);
     }
-    // Let the connections settle so the traffic counted is the workload's.
-    await_total(&nodes, 0).await?;
+    // Let every node learn its peers' documents first, so the traffic
+    // counted is the workload's.
+    await_peers(&nodes).await?;
     let before = total_traffic(&nodes);
     let t0 = Instant::now();
     let op_bytes = write_spread(&nodes, ops, Workload::Random).await?;

@@ -28,9 +28,13 @@ pub struct NodeArgs {
 /// Prints one JSON line. Standard output is shared by the event task and
 /// the command loop; the lock keeps lines whole.
 fn emit(v: &Value) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout must not stop the node; its state is in the log.
-    let _ = writeln!(out, "{v}").and_then(|()| out.flush());
+    // A reader that stops reading blocks this write: let the runtime move
+    // its other work (the swarm) to another thread meanwhile.
+    tokio::task::block_in_place(|| {
+        let mut out = std::io::stdout().lock();
+        // A closed stdout must not stop the node; its state is in the log.
+        let _ = writeln!(out, "{v}").and_then(|()| out.flush());
+    });
 }
 
 fn error(message: impl std::fmt::Display) {
@@ -136,7 +140,8 @@ async fn serve(args: NodeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Longest command line accepted (a put of a large value fits).
+/// Longest command line accepted; longer ones are skipped without being
+/// held in memory (operations are limited to 1 MiB anyway).
 const MAX_LINE: usize = 16 << 20;
 
 enum Line {
