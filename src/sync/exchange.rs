@@ -52,6 +52,10 @@ impl SyncError {
     }
 }
 
+/// Most operation bytes served in one page, whatever the requester asks:
+/// bounds what one request can make the responder hold.
+pub const MAX_PAGE: usize = 4 << 20;
+
 /// What applying a sync response did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -69,14 +73,14 @@ pub fn request<D: Document>(replica: &Replica<D>, doc: &str, budget: u64) -> Syn
 }
 
 /// The answer to `req`, for a replica of document `doc`. Pages are at most
-/// `min(req.budget, limits.max_response / 2)` operation bytes (always at
+/// `min(req.budget, limits.max_response / 2, MAX_PAGE)` operation bytes (always at
 /// least one operation); a snapshot answer whose encoding exceeds
 /// `limits.max_response` is refused rather than sent.
 pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, limits: &Limits) -> SyncResponse {
     if req.doc != doc {
         return SyncResponse::UnknownDoc { doc: req.doc.clone() };
     }
-    let budget = usize::try_from(req.budget).unwrap_or(usize::MAX).min(limits.max_response / 2).max(1);
+    let budget = usize::try_from(req.budget).unwrap_or(usize::MAX).min(limits.max_response / 2).min(MAX_PAGE).max(1);
     let refused = |reason: String| SyncResponse::Refused { doc: doc.to_string(), reason };
     match replica.ops_since(&req.clock, budget) {
         Ok(Catchup::Ops { ops, more }) => {
