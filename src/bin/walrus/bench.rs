@@ -80,7 +80,7 @@ fn config(dir: &Path, peers: Vec<Multiaddr>) -> NodeConfig {
     let mut cfg = NodeConfig::new(dir);
     cfg.docs = vec![DOC.into()];
     cfg.peers = peers;
-    cfg.sync_interval = Duration::from_millis(500);
+    // The default anti-entropy interval: gossip carries the load.
     cfg.heartbeat = Duration::from_millis(200);
     cfg.replica = replica_options();
     cfg
