@@ -80,7 +80,7 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
     if req.doc != doc {
         return SyncResponse::UnknownDoc { doc: req.doc.clone() };
     }
-    let budget = usize::try_from(req.budget).unwrap_or(usize::MAX).min(limits.max_response / 2).min(MAX_PAGE).max(1);
+    let budget = usize::try_from(req.budget).unwrap_or(usize::MAX).min(limits.max_response / 2).clamp(1, MAX_PAGE);
     let refused = |reason: String| SyncResponse::Refused { doc: doc.to_string(), reason };
     match replica.ops_since(&req.clock, budget) {
         Ok(Catchup::Ops { ops, more }) => {
