@@ -550,6 +550,27 @@ impl<D: Document> Replica<D> {
     /// in an order it can apply, at most about `byte_budget` encoded bytes
     /// (always at least one operation), or a snapshot if some were truncated.
     pub fn ops_since(&self, theirs: &VersionVector, byte_budget: usize) -> Result<Catchup<D>> {
+        match self.encoded_ops_since(theirs, byte_budget)? {
+            Some((records, more)) => {
+                let mut ops = Vec::with_capacity(records.len());
+                for bytes in records {
+                    ops.push(OpEnvelope::decode(&bytes, self.opts.max_op_size)?);
+                }
+                Ok(Catchup::Ops { ops, more })
+            }
+            None => Ok(self.snapshot()),
+        }
+    }
+
+    /// Like [`ops_since`](Self::ops_since), but the operations are returned
+    /// as stored (each the encoding [`OpEnvelope::encode`] gives), ready to
+    /// send without decoding and re-encoding them; `None` means a snapshot
+    /// is needed.
+    pub fn encoded_ops_since(
+        &self,
+        theirs: &VersionVector,
+        byte_budget: usize,
+    ) -> Result<Option<(Vec<Vec<u8>>, bool)>> {
         self.check()?;
         let mut wanted = BTreeSet::new();
         for (actor, &have) in self.clock.iter() {
@@ -558,22 +579,21 @@ impl<D: Document> Replica<D> {
                 continue;
             }
             let Some((first, lsns)) = self.index.get(actor) else {
-                return Ok(self.snapshot());
+                return Ok(None);
             };
             if from < *first || first + lsns.len() as u64 <= have {
-                return Ok(self.snapshot());
+                return Ok(None);
             }
             wanted.extend(lsns.iter().skip((from - first) as usize));
         }
         let Some(&start) = wanted.first() else {
-            return Ok(Catchup::Ops { ops: Vec::new(), more: false });
+            return Ok(Some((Vec::new(), false)));
         };
         if start < self.wal.first_lsn() {
-            return Ok(self.snapshot());
+            return Ok(None);
         }
         let mut ops = Vec::new();
         let mut used = 0usize;
-        let mut taken = 0usize;
         for record in self.wal.iter_from(start)? {
             let record = record?;
             if !wanted.contains(&record.lsn) {
@@ -583,14 +603,13 @@ impl<D: Document> Replica<D> {
                 break;
             }
             used += record.payload.len();
-            ops.push(OpEnvelope::decode(&record.payload, self.opts.max_op_size)?);
-            taken += 1;
-            if taken == wanted.len() {
+            ops.push(record.payload);
+            if ops.len() == wanted.len() {
                 break;
             }
         }
-        let more = taken < wanted.len();
-        Ok(Catchup::Ops { ops, more })
+        let more = ops.len() < wanted.len();
+        Ok(Some((ops, more)))
     }
 
     fn snapshot(&self) -> Catchup<D> {

@@ -82,26 +82,27 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
     }
     let budget = usize::try_from(req.budget).unwrap_or(usize::MAX).min(limits.max_response / 2).clamp(1, MAX_PAGE);
     let refused = |reason: String| SyncResponse::Refused { doc: doc.to_string(), reason };
-    match replica.ops_since(&req.clock, budget) {
-        Ok(Catchup::Ops { ops, more }) => {
-            let mut out = Vec::with_capacity(ops.len());
-            for env in &ops {
-                match env.encode() {
-                    Ok(b) => out.push(ByteBuf::from(b)),
-                    Err(e) => return refused(e.to_string()),
+    // Operations go out as stored: no decoding and re-encoding.
+    match replica.encoded_ops_since(&req.clock, budget) {
+        Ok(Some((ops, more))) => {
+            SyncResponse::Ops { doc: doc.to_string(), ops: ops.into_iter().map(ByteBuf::from).collect(), more }
+        }
+        Ok(None) => match replica.ops_since(&req.clock, budget) {
+            Ok(Catchup::Snapshot { state, clock }) => {
+                let resp = SyncResponse::Snapshot {
+                    doc: doc.to_string(),
+                    state: ByteBuf::from(message::encode(&state)),
+                    clock,
+                };
+                let len = message::encode(&resp).len();
+                if len > limits.max_response {
+                    return refused(format!("a snapshot answer of {len} bytes exceeds the response limit"));
                 }
+                resp
             }
-            SyncResponse::Ops { doc: doc.to_string(), ops: out, more }
-        }
-        Ok(Catchup::Snapshot { state, clock }) => {
-            let resp =
-                SyncResponse::Snapshot { doc: doc.to_string(), state: ByteBuf::from(message::encode(&state)), clock };
-            let len = message::encode(&resp).len();
-            if len > limits.max_response {
-                return refused(format!("a snapshot answer of {len} bytes exceeds the response limit"));
-            }
-            resp
-        }
+            Ok(Catchup::Ops { .. }) => refused("the log changed while answering".into()),
+            Err(e) => refused(e.to_string()),
+        },
         Err(e) => refused(e.to_string()),
     }
 }
