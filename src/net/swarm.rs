@@ -146,7 +146,9 @@ pub(crate) struct Driver<D: Document> {
     /// Dials in progress to configured peers (index into `configured`).
     dialing: HashMap<ConnectionId, usize>,
     /// Our sync requests awaiting an answer.
-    outbound: HashMap<OutboundRequestId, (PeerId, String)>,
+    /// Each holds a slot in the document's queue for the answer, so a busy
+    /// queue cannot make us throw away an answer we asked for.
+    outbound: HashMap<OutboundRequestId, (PeerId, String, mpsc::OwnedPermit<DocCmd<D>>)>,
     /// Peers' sync requests awaiting their document worker's answer.
     inbound: HashMap<u64, (String, ResponseChannel<Vec<u8>>)>,
     next_token: u64,
@@ -733,8 +735,14 @@ impl<D: Document> Driver<D> {
                 }
             }
             FromDoc::Pull { peer, doc, bytes } => {
-                let id = self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
-                self.outbound.insert(id, (peer, doc));
+                match self.doc_tx(&doc).map(|tx| tx.try_reserve_owned()) {
+                    Some(Ok(slot)) => {
+                        let id = self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
+                        self.outbound.insert(id, (peer, doc, slot));
+                    }
+                    // Closed, or too busy to take the answer: try next round.
+                    _ => self.schedule.failed(&peer, &doc, Instant::now()),
+                }
             }
             FromDoc::Synced { peer, doc, more, ok } => {
                 let now = Instant::now();
@@ -836,17 +844,13 @@ impl<D: Document> Driver<D> {
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => self.on_request(peer, &request, channel),
                 request_response::Message::Response { request_id, response } => {
-                    let Some((peer, doc)) = self.outbound.remove(&request_id) else { return };
-                    let queued = self
-                        .doc_tx(&doc)
-                        .is_some_and(|tx| tx.try_send(DocCmd::Response { peer, bytes: response }).is_ok());
-                    if !queued {
-                        self.schedule.failed(&peer, &doc, Instant::now());
+                    if let Some((peer, _, slot)) = self.outbound.remove(&request_id) {
+                        slot.send(DocCmd::Response { peer, bytes: response });
                     }
                 }
             },
             BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. }) => {
-                if let Some((peer, doc)) = self.outbound.remove(&request_id) {
+                if let Some((peer, doc, _)) = self.outbound.remove(&request_id) {
                     debug!(%peer, doc, error = %error, "sync request failed");
                     self.schedule.failed(&peer, &doc, Instant::now());
                 } else {
