@@ -210,6 +210,55 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
     println!("{} ({} bytes)", path.display(), bytes.len());
 }
 
+/// Messages a peer could really send, each behind its kind byte.
+fn sync_message_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use walrus::replica::KvDocExt;
+    use walrus::sync::{self, SyncRequest, SyncResponse};
+    use walrus_fuzz::sync::{limits, replica, DOC};
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut peer = replica(&tmp.path().join("peer"));
+    let env = peer.update(|d, a| d.put_op(a, "from the peer", "hello")).expect("a write");
+    let del = peer.update(|d, _| d.del_op("key0")).expect("a delete");
+    let gossip = sync::gossip_messages(DOC, &[env, del], limits().max_gossip).remove(0);
+    let wrong_doc = sync::gossip_messages(
+        "other",
+        &peer
+            .ops_since(&Default::default(), 1 << 20)
+            .map(|c| match c {
+                walrus::replica::Catchup::Ops { ops, .. } => ops,
+                _ => Vec::new(),
+            })
+            .expect("ops"),
+        4096,
+    )
+    .remove(0);
+    let request = sync::encode(&sync::request(&peer, DOC, 300));
+    let empty_request = sync::encode(&SyncRequest { doc: DOC.into(), clock: Default::default(), budget: 1 << 20 });
+    let page = sync::encode(&sync::respond(
+        &peer,
+        DOC,
+        &SyncRequest { doc: DOC.into(), clock: Default::default(), budget: 200 },
+        &limits(),
+    ));
+    peer.checkpoint().expect("checkpoint");
+    let snapshot = sync::encode(&SyncResponse::Snapshot {
+        doc: DOC.into(),
+        state: serde_bytes::ByteBuf::from(sync::encode(peer.doc())),
+        clock: peer.clock().clone(),
+    });
+    let with_kind = |kind: u8, body: &[u8]| [&[kind][..], body].concat();
+    vec![
+        ("gossip", with_kind(0, &gossip)),
+        ("gossip-wrong-doc", with_kind(0, &wrong_doc)),
+        ("gossip-garbage", with_kind(0, b"\xa2\x63doc\x63doc\x63ops\x81\x41\x00")),
+        ("request", with_kind(1, &request)),
+        ("request-empty-clock", with_kind(1, &empty_request)),
+        ("response-page", with_kind(2, &page)),
+        ("response-snapshot", with_kind(2, &snapshot)),
+    ]
+}
+
 fn main() {
     let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
     for (name, bytes) in record_decode_seeds() {
@@ -220,5 +269,9 @@ fn main() {
         assert_eq!(Plan::parse(&bytes).to_bytes(), bytes, "seed {name} does not round-trip");
         walrus_fuzz::recover::check(&bytes);
         write(&corpus.join("recover_dir"), name, &bytes);
+    }
+    for (name, bytes) in sync_message_seeds() {
+        walrus_fuzz::sync::check(&bytes);
+        write(&corpus.join("sync_message"), name, &bytes);
     }
 }

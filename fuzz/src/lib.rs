@@ -7,6 +7,7 @@
 
 pub mod decode;
 pub mod recover;
+pub mod sync;
 
 /// Reads fuzz input front to back. Reads past the end yield zeros or
 /// shorter slices, so every input means something.

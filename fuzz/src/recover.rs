@@ -270,7 +270,7 @@ impl Plan {
 /// Where the fuzz directories go: `$WALRUS_FUZZ_TMPDIR`, else `/dev/shm` if
 /// it exists (the log syncs a lot; memory makes that free), else the
 /// system's temporary directory.
-fn temp_base() -> PathBuf {
+pub(crate) fn temp_base() -> PathBuf {
     if let Some(p) = std::env::var_os("WALRUS_FUZZ_TMPDIR") {
         return p.into();
     }

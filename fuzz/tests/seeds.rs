@@ -35,3 +35,8 @@ fn record_decode_seeds() {
 fn recover_dir_seeds() {
     replay("recover_dir", walrus_fuzz::recover::check);
 }
+
+#[test]
+fn sync_message_seeds() {
+    replay("sync_message", walrus_fuzz::sync::check);
+}
