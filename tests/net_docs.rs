@@ -134,7 +134,11 @@ async fn a_panicking_closure_fails_only_its_own_call() {
     put(&node, "d", "k", "v").await;
     assert_eq!(values(&node, "d", "k").await, vec!["v"]);
     assert_eq!(node.with("d", |r| r.clock().total()).await.unwrap(), 1);
+    let other = node.clone();
     node.shutdown().await.unwrap();
+    // A handle outliving the node says so.
+    assert!(matches!(other.with("d", |_| ()).await, Err(walrus::net::NodeError::Stopped)));
+    assert!(matches!(other.peers().await, Err(walrus::net::NodeError::Stopped)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

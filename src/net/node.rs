@@ -241,6 +241,9 @@ impl<D: Document> NodeHandle<D> {
     }
 
     fn sender(&self, doc: &str) -> Result<mpsc::Sender<DocCmd<D>>, NodeError> {
+        if self.control.is_closed() {
+            return Err(NodeError::Stopped);
+        }
         let docs = self.docs.lock().map_err(|_| NodeError::Stopped)?;
         docs.get(doc).cloned().ok_or_else(|| NodeError::UnknownDoc(doc.to_string()))
     }

@@ -439,8 +439,8 @@ impl<D: Document> Driver<D> {
         let max = self.cfg.redial_max;
         let c = &mut self.configured[idx];
         if c.next.is_none() {
-            c.next = Some(Instant::now() + c.backoff);
-            c.backoff = (c.backoff * 2).min(max);
+            c.next = Some(crate::sync::later(Instant::now(), c.backoff));
+            c.backoff = c.backoff.saturating_mul(2).min(max);
         }
     }
 

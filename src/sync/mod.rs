@@ -35,4 +35,5 @@ pub use exchange::{apply_gossip, apply_response, gossip_messages, request, respo
 pub use message::{
     check_doc_name, decode, encode, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_DOC_NAME,
 };
+pub(crate) use schedule::later;
 pub use schedule::Schedule;

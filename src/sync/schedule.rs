@@ -48,7 +48,8 @@ impl<P: Ord + Clone> Schedule<P> {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let permille = 750 + self.rng % 501; // 0.75 .. 1.25
-        self.interval.mul_f64(permille as f64 / 1000.0)
+                                             // Saturating: an absurd interval means "practically never", not a panic.
+        self.interval.checked_mul(permille as u32).map_or(Duration::MAX, |d| d / 1000)
     }
 
     /// `peer` replicates `doc`: pull from it now.
@@ -102,7 +103,7 @@ impl<P: Ord + Clone> Schedule<P> {
 
     /// The answer for a pair arrived and was applied; `more` if the peer has more.
     pub fn completed(&mut self, peer: &P, doc: &str, more: bool, now: Instant) {
-        let next = if more { now } else { now + self.jittered() };
+        let next = if more { now } else { later(now, self.jittered()) };
         if let Some(pair) = self.pairs.get_mut(&(peer.clone(), doc.to_string())) {
             pair.in_flight = false;
             pair.due = next;
@@ -128,6 +129,11 @@ impl<P: Ord + Clone> Schedule<P> {
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
     }
+}
+
+/// `now + d`, or far in the future if that overflows.
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600))).unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -158,6 +164,16 @@ mod tests {
         assert_eq!(s.len(), 1);
         s.remove_doc("a");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn absurd_intervals_do_not_panic() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::MAX, 3);
+        s.add(1u8, "a", t0);
+        assert_eq!(s.due(t0).len(), 1);
+        s.completed(&1, "a", false, t0);
+        assert!(s.next_due().unwrap() > t0 + Duration::from_secs(3600));
     }
 
     #[test]
