@@ -35,5 +35,6 @@ pub use exchange::{apply_gossip, apply_response, gossip_messages, request, respo
 pub use message::{
     check_doc_name, decode, encode, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_DOC_NAME,
 };
+#[cfg(feature = "net")]
 pub(crate) use schedule::later;
 pub use schedule::Schedule;
