@@ -481,18 +481,12 @@ impl<D: Document> Driver<D> {
         mut control: mpsc::UnboundedReceiver<Control<D>>,
         mut from_docs: mpsc::UnboundedReceiver<FromDoc>,
     ) {
-        loop {
+        let reply = loop {
             let wake = tokio::time::Instant::from_std(self.next_wakeup());
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 ctl = control.recv() => match ctl {
-                    Some(Control::Shutdown { reply }) => {
-                        let result = self.shutdown().await;
-                        // Close every socket before reporting the shutdown done.
-                        drop(self);
-                        let _ = reply.send(result);
-                        return;
-                    }
+                    Some(Control::Shutdown { reply }) => break Some(reply),
                     Some(Control::Abort) => {
                         // Like a crash of the network side: no goodbye to
                         // peers, documents left to close on their own.
@@ -503,13 +497,8 @@ impl<D: Document> Driver<D> {
                         return;
                     }
                     Some(c) => self.on_control(c),
-                    None => {
-                        // Every handle dropped: shut down cleanly.
-                        if let Err(e) = self.shutdown().await {
-                            warn!(error = %e, "shutdown failed");
-                        }
-                        return;
-                    }
+                    // Every handle dropped: shut down cleanly.
+                    None => break None,
                 },
                 Some(msg) = from_docs.recv() => self.on_doc(msg),
                 _ = tokio::time::sleep_until(wake) => {}
@@ -517,6 +506,21 @@ impl<D: Document> Driver<D> {
             let now = Instant::now();
             self.redial_due(now);
             self.pull_due();
+        };
+        let result = self.shutdown().await;
+        // Close every socket, and let handles see the node is gone, before
+        // reporting the shutdown done.
+        drop(self);
+        drop(control);
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(result);
+            }
+            None => {
+                if let Err(e) = result {
+                    warn!(error = %e, "shutdown failed");
+                }
+            }
         }
     }
 
