@@ -2,7 +2,7 @@
 //! requests and answers, connections and re-dials. It never touches a
 //! replica; document workers do.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -153,7 +153,6 @@ pub(crate) struct Driver<D: Document> {
     inbound: HashMap<u64, (String, ResponseChannel<Vec<u8>>)>,
     next_token: u64,
     listen_addrs: Vec<Multiaddr>,
-    blocked: BTreeSet<PeerId>,
     /// Remote address of every open connection.
     connections: HashMap<ConnectionId, (PeerId, Multiaddr)>,
 }
@@ -349,7 +348,6 @@ impl<D: Document> Driver<D> {
             inbound: HashMap::new(),
             next_token: 0,
             listen_addrs: Vec::new(),
-            blocked: BTreeSet::new(),
             connections: HashMap::new(),
         }
     }
@@ -412,7 +410,7 @@ impl<D: Document> Driver<D> {
         let c = &mut self.configured[idx];
         c.next = None;
         if let Some(p) = c.peer {
-            if self.swarm.is_connected(&p) || self.blocked.contains(&p) {
+            if self.swarm.is_connected(&p) || self.swarm.behaviour().blocked.blocked_peers().contains(&p) {
                 return;
             }
         }
@@ -593,13 +591,11 @@ impl<D: Document> Driver<D> {
                 let _ = reply.send(self.listen_addrs.clone());
             }
             Control::Block { peer, reply } => {
-                self.blocked.insert(peer);
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
                 self.schedule.remove_peer(&peer);
                 let _ = reply.send(());
             }
             Control::Unblock { peer, reply } => {
-                self.blocked.remove(&peer);
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                 let min = self.cfg.redial_min;
                 for idx in 0..self.configured.len() {
