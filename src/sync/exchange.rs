@@ -6,7 +6,7 @@ use serde_bytes::ByteBuf;
 use tracing::debug;
 
 use super::message::{self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse};
-use crate::replica::{Catchup, Document, EnvelopeError, OpEnvelope, Received, Replica, ReplicaError};
+use crate::replica::{Document, EnvelopeError, OpEnvelope, Received, Replica, ReplicaError};
 
 /// Why an incoming message was not (fully) applied.
 #[derive(Debug, thiserror::Error)]
@@ -87,22 +87,19 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
         Ok(Some((ops, more))) => {
             SyncResponse::Ops { doc: doc.to_string(), ops: ops.into_iter().map(ByteBuf::from).collect(), more }
         }
-        Ok(None) => match replica.ops_since(&req.clock, budget) {
-            Ok(Catchup::Snapshot { state, clock }) => {
-                let resp = SyncResponse::Snapshot {
-                    doc: doc.to_string(),
-                    state: ByteBuf::from(message::encode(&state)),
-                    clock,
-                };
-                let len = message::encode(&resp).len();
-                if len > limits.max_response {
-                    return refused(format!("a snapshot answer of {len} bytes exceeds the response limit"));
-                }
-                resp
+        Ok(None) => {
+            // Some missing operations were truncated: the whole state.
+            let resp = SyncResponse::Snapshot {
+                doc: doc.to_string(),
+                state: ByteBuf::from(message::encode(replica.doc())),
+                clock: replica.clock().clone(),
+            };
+            let len = message::encode(&resp).len();
+            if len > limits.max_response {
+                return refused(format!("a snapshot answer of {len} bytes exceeds the response limit"));
             }
-            Ok(Catchup::Ops { .. }) => refused("the log changed while answering".into()),
-            Err(e) => refused(e.to_string()),
-        },
+            resp
+        }
         Err(e) => refused(e.to_string()),
     }
 }
