@@ -752,7 +752,7 @@ impl<D: Document> Driver<D> {
                     self.schedule.failed(&peer, &doc, now);
                 }
             }
-            FromDoc::GapSeen { doc, peer } => self.schedule.poke_peer(&peer, &doc, Instant::now()),
+            FromDoc::GapSeen { doc, peer } => self.schedule.poke(&peer, &doc, Instant::now()),
         }
     }
 

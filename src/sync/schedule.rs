@@ -72,18 +72,9 @@ impl<P: Ord + Clone> Schedule<P> {
         self.pairs.retain(|(_, d), _| d != doc);
     }
 
-    /// Pull `doc` from every peer that has it as soon as possible (for
-    /// example after gossip revealed a gap).
-    pub fn poke(&mut self, doc: &str, now: Instant) {
-        for ((_, d), pair) in self.pairs.iter_mut() {
-            if d == doc && pair.due > now {
-                pair.due = now;
-            }
-        }
-    }
-
-    /// Pull `doc` from `peer` as soon as possible.
-    pub fn poke_peer(&mut self, peer: &P, doc: &str, now: Instant) {
+    /// Pull `doc` from `peer` as soon as possible (for example after its
+    /// gossip revealed a gap).
+    pub fn poke(&mut self, peer: &P, doc: &str, now: Instant) {
         if let Some(pair) = self.pairs.get_mut(&(peer.clone(), doc.to_string())) {
             pair.due = pair.due.min(now);
         }
@@ -158,8 +149,11 @@ mod tests {
         let next = s.next_due().unwrap();
         assert!(next >= t0 + Duration::from_secs(3) && next <= t0 + Duration::from_secs(5));
         assert!(s.due(t0 + Duration::from_secs(2)).is_empty());
-        s.poke("a", t0 + Duration::from_secs(2));
-        assert_eq!(s.due(t0 + Duration::from_secs(2)).len(), 2);
+        let t2 = t0 + Duration::from_secs(2);
+        s.poke(&1, "a", t2);
+        assert_eq!(s.due(t2), vec![(1, "a".to_string())]);
+        s.poke(&2, "a", t2);
+        assert_eq!(s.due(t2), vec![(2, "a".to_string())]);
         s.remove_peer(&2);
         assert_eq!(s.len(), 1);
         s.remove_doc("a");
