@@ -57,8 +57,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use crate::replica::{
-    ActorId, Catchup, CausalBuffer, CounterDoc, Document, Hlc, KvDoc, KvDocExt, Offer, OpEnvelope, RegisterDoc,
-    Replica, ReplicaOptions, SetDoc, VersionVector,
+    ActorId, ActorKey, Catchup, CausalBuffer, CounterDoc, Document, Hlc, KvDoc, KvDocExt, Offer, OpEnvelope,
+    RegisterDoc, Replica, ReplicaOptions, SetDoc, VersionVector,
 };
 use crate::wal::{SyncPolicy, WalOptions};
 
@@ -221,14 +221,14 @@ impl Case {
         out
     }
 
-    fn actor_ids(&self) -> Vec<ActorId> {
-        (0..self.actors.max(1)).map(actor_id).collect()
+    fn actor_keys(&self) -> Vec<ActorKey> {
+        (0..self.actors.max(1)).map(actor_key).collect()
     }
 }
 
-/// Actor `i` of a case: 16 bytes of `i + 1`.
-fn actor_id(i: usize) -> ActorId {
-    ActorId([i as u8 + 1; 16])
+/// The key of actor `i` of a case: the one with seed 32 bytes of `i + 1`.
+pub fn actor_key(i: usize) -> ActorKey {
+    ActorKey::from_seed([i as u8 + 1; 32])
 }
 
 impl fmt::Display for Case {
@@ -375,14 +375,15 @@ pub struct History<D: Document> {
 }
 
 /// A random history of `steps` steps by `actors` actors (actor `i` is
-/// `ActorId([i + 1; 16])`). Each step writes an operation on one actor's
+/// [`actor_key`]`(i)`, operations signed for the document id `""`). Each step writes an operation on one actor's
 /// state, or catches one actor up on another actor's own operations (in
 /// their order), or merges one actor's state into another's. Operations are
 /// checked with [`Document::check_op`] before they are applied.
 pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps: usize) -> History<D> {
     let actors = actors.max(1);
     let mut rng = Rng(seed | 1);
-    let ids: Vec<ActorId> = (0..actors).map(actor_id).collect();
+    let keys: Vec<ActorKey> = (0..actors).map(actor_key).collect();
+    let ids: Vec<ActorId> = keys.iter().map(ActorKey::actor).collect();
     let mut states = vec![D::default(); actors];
     let mut ops: Vec<Vec<OpEnvelope<D::Operation>>> = vec![Vec::new(); actors];
     let mut earlier = Vec::new();
@@ -421,7 +422,9 @@ pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps
                 }
                 states[i].apply(op.clone());
                 let seq = ops[i].len() as u64 + 1;
-                ops[i].push(OpEnvelope { actor: ids[i], seq, op, auth: None });
+                let env = OpEnvelope::signed(&keys[i], "", seq, op)
+                    .unwrap_or_else(|e| panic!("an operation could not be encoded: {e}"));
+                ops[i].push(env);
                 seen[i][i] = ops[i].len();
             }
         }
@@ -583,15 +586,17 @@ pub fn replica_opts() -> ReplicaOptions {
     ReplicaOptions { wal, checkpoint_bytes: 2048, ..ReplicaOptions::default() }
 }
 
-/// Prepares `dir` for a replica with the given actor id (writes its
-/// `actor` file), so that runs are reproducible; [`Replica::open`] then
-/// uses that id. Fails with `AlreadyExists` if `dir` already has an actor.
-pub fn create_replica_dir(dir: &Path, actor: ActorId) -> std::io::Result<()> {
-    use std::io::Write;
+/// Prepares `dir` for a replica with the given actor key (writes its
+/// [`ACTOR_FILE`](crate::replica::ACTOR_FILE)), so that runs are
+/// reproducible; [`Replica::open`] then uses that key. Fails if `dir`
+/// already has a key.
+pub fn create_replica_dir(dir: &Path, key: &ActorKey) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(dir.join("actor"))?;
-    writeln!(f, "{actor}")?;
-    f.sync_all()
+    let path = dir.join(crate::replica::ACTOR_FILE);
+    if path.exists() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+    }
+    key.store(&path).map_err(std::io::Error::other)
 }
 
 /// Brings `to` up to date with `from`: asks `from.ops_since(to.clock(),
@@ -669,8 +674,8 @@ fn reopen<D: Document>(replicas: &mut Vec<Replica<D>>, k: usize, opts: &ReplicaO
 
 fn replica_convergence<D: Document>(gen: &impl OpGen<D>, case: &Case) {
     let mut rng = Rng(case.seed.rotate_left(29) ^ 0x5851_f42d_4c95_7f2d);
-    let ids = case.actor_ids();
-    let n = ids.len();
+    let keys = case.actor_keys();
+    let n = keys.len();
     let mut opts = replica_opts();
     // Frequent automatic checkpoints truncate logs, so catch-up also goes
     // through snapshots.
@@ -679,9 +684,9 @@ fn replica_convergence<D: Document>(gen: &impl OpGen<D>, case: &Case) {
         (0..n).map(|_| tempfile::tempdir().expect("creating a temporary directory")).collect();
     let mut replicas: Vec<Replica<D>> = dirs
         .iter()
-        .zip(&ids)
-        .map(|(d, id)| {
-            create_replica_dir(d.path(), *id).expect("creating a replica directory");
+        .zip(&keys)
+        .map(|(d, key)| {
+            create_replica_dir(d.path(), key).expect("creating a replica directory");
             Replica::open(d.path(), opts.clone()).unwrap_or_else(|e| panic!("opening a replica failed: {e}"))
         })
         .collect();

@@ -55,7 +55,7 @@ fn put_get_del_dump_round_trip() {
     let dir = tmp.path().join("replica");
     let put = ok("put", &dir, &["title", "Groceries"]);
     let actor = put["actor"].as_str().unwrap().to_string();
-    assert_eq!(actor.len(), 32);
+    assert_eq!(actor.len(), 64, "an ed25519 public key in hex");
     assert_eq!(put, json!({"ok": "put", "key": "title", "actor": actor, "seq": 1}));
     assert_eq!(ok("get", &dir, &["title"]), "Groceries");
     assert_eq!(ok("put", &dir, &["title", "Shopping"])["seq"], 2);

@@ -18,7 +18,9 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle, PeerId};
-use walrus::replica::{ActorId, Catchup, Change, Document, KvDoc, KvDocExt, KvOp, OpEnvelope, Origin, VersionVector};
+use walrus::replica::{
+    ActorId, ActorKey, Catchup, Change, Document, KvDoc, KvDocExt, KvOp, OpEnvelope, Origin, VersionVector,
+};
 
 const DOC: &str = "d";
 /// Hard limit on each test, whatever it waits for.
@@ -787,16 +789,18 @@ async fn malformed_messages_are_rejected() {
         converge(&[&h1, &h2], &mut events, &writes.clock()).await;
         let (clock_before, canonical_before) = state(&h1).await;
 
-        // A well-formed operation envelope, to wrap in bad messages.
+        // A well-formed operation envelope, signed by the hostile peer's
+        // own actor key, to wrap in bad messages.
+        let evil = ActorKey::from_seed([9; 32]);
         let forged = |seq: u64| {
-            let actor = ActorId([9; 16]);
+            let actor = evil.actor();
             let op = KvOp::Put {
                 key: "evil".into(),
                 dot: walrus::replica::Dot { actor, counter: seq },
                 value: "x".into(),
                 seen: vec![],
             };
-            OpEnvelope { actor, seq, op, auth: None }.encode().unwrap()
+            OpEnvelope::signed(&evil, DOC, seq, op).unwrap().encode().unwrap()
         };
         let garbage_op = ByteBuf::from(vec![0xa1, 0x01]);
         let mut rng = Rng(5);

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use walrus::replica::{
-    ActorId, Catchup, Change, CounterDoc, Document, KvDoc, KvDocExt, OpEnvelope, Origin, Replica, ReplicaError,
+    ActorKey, Catchup, Change, CounterDoc, Document, KvDoc, KvDocExt, OpEnvelope, Origin, Replica, ReplicaError,
     ReplicaOptions, VersionVector,
 };
 use walrus::wal::{SyncPolicy, WalOptions};
@@ -213,13 +213,16 @@ fn extreme_sequence_numbers_are_errors_not_panics() {
     // A (hostile) snapshot claiming a's last possible sequence number.
     let mut clock = VersionVector::default();
     clock.observe(a.actor(), u64::MAX);
-    a.merge_snapshot(KvDoc::default(), clock.clone()).unwrap();
-    assert!(matches!(a.update(|d, act| d.put_op(act, "k", "v")), Err(ReplicaError::Rejected { .. })));
-    assert!(a.update_many([|d: &KvDoc, act| d.put_op(act, "k", "v")])[0].is_err());
+    // It is refused: only this replica writes as its actor.
+    let err = a.merge_snapshot(KvDoc::default(), clock.clone()).unwrap_err();
+    assert!(matches!(err, ReplicaError::SnapshotRejected(_)), "{err}");
+    assert_eq!(a.update(|d, act| d.put_op(act, "k", "v")).unwrap().seq, 1);
+    assert!(a.update_many([|d: &KvDoc, act| d.put_op(act, "k", "v")])[0].is_ok());
     // Operations at the very end of an actor's sequence are buffered or
     // dropped, never overflowing.
-    let x = ActorId([9; 16]);
-    let far = OpEnvelope { actor: x, seq: u64::MAX, op: b.doc().put_op(x, "k", "v"), auth: None };
+    let xkey = ActorKey::from_seed([9; 32]);
+    let x = xkey.actor();
+    let far = OpEnvelope::signed(&xkey, "", u64::MAX, b.doc().put_op(x, "k", "v")).unwrap();
     assert_eq!(b.receive([far.clone()]).unwrap().buffered, 1);
     let mut near = VersionVector::default();
     near.observe(x, u64::MAX - 1);

@@ -18,8 +18,8 @@ use std::path::Path;
 use proptest::prelude::*;
 use quickcheck::QuickCheck;
 use walrus::replica::{
-    ActorId, Catchup, CounterDoc, Document, KvDoc, OpEnvelope, RegisterDoc, Replica, ReplicaOptions, SetDoc,
-    VersionVector,
+    ActorKey, Catchup, CounterDoc, Document, KvDoc, OpEnvelope, RegisterDoc, Replica, ReplicaOptions, SetDoc,
+    VersionVector, ACTOR_FILE,
 };
 use walrus::testing::{
     check_case, check_replica_convergence, check_state_laws, create_replica_dir, history, replica_opts, Case,
@@ -94,10 +94,10 @@ fn opts(checkpoint_bytes: u64) -> ReplicaOptions {
     ReplicaOptions { checkpoint_bytes, ..replica_opts() }
 }
 
-/// Opens the replica in `dir`, creating it with actor `ActorId([actor; 16])`.
+/// Opens the replica in `dir`, creating it with the actor key of seed `[actor; 32]`.
 fn open<D: Document>(dir: &Path, actor: u8, opts: &ReplicaOptions) -> Replica<D> {
-    if !dir.join("actor").exists() {
-        create_replica_dir(dir, ActorId([actor; 16])).expect("create replica dir");
+    if !dir.join(ACTOR_FILE).exists() {
+        create_replica_dir(dir, &ActorKey::from_seed([actor; 32])).expect("create replica dir");
     }
     Replica::open(dir, opts.clone()).expect("open replica")
 }

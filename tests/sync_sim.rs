@@ -918,9 +918,9 @@ fn small_budgets_page() {
     assert_eq!(src.clock().total() as usize, total);
     let limits = Limits::default();
 
-    let (_, pages) = page_into_fresh(src, 300, &limits);
-    assert!(pages >= bytes / 300, "{pages} pages for {bytes} bytes at 300 per page");
-    assert!(pages < total, "a 300-byte page must hold several operations: {pages} pages, {total} ops");
+    let (_, pages) = page_into_fresh(src, 800, &limits);
+    assert!(pages >= bytes / 800, "{pages} pages for {bytes} bytes at 800 per page");
+    assert!(pages < total, "an 800-byte page must hold several operations: {pages} pages, {total} ops");
 
     // A budget below one operation still moves one per page.
     let (_, pages) = page_into_fresh(src, 0, &limits);

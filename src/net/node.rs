@@ -1,7 +1,7 @@
 //! The public face of a node: its configuration, events, errors and the
 //! cloneable handle an app drives it with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::swarm::Control;
 use super::traffic::{Counters, Traffic};
 use super::worker::DocCmd;
-use crate::replica::{Change, Document, OpEnvelope, Replica, ReplicaError, ReplicaOptions};
+use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica, ReplicaError, ReplicaOptions};
 use crate::sync::Limits;
 
 /// Configuration of a [`Node`](super::Node).
@@ -46,6 +46,10 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Gossipsub heartbeat (mesh maintenance) interval.
     pub heartbeat: Duration,
+    /// Peers whose snapshots are merged (a snapshot is taken on trust:
+    /// it carries no signatures). `None`: any peer allowed to connect.
+    /// Snapshots from other peers are not applied; operations still are.
+    pub snapshot_peers: Option<BTreeSet<PeerId>>,
 }
 
 impl NodeConfig {
@@ -65,6 +69,7 @@ impl NodeConfig {
             redial_max: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_millis(500),
+            snapshot_peers: None,
         }
     }
 
@@ -157,6 +162,20 @@ pub enum NodeEvent<O> {
         applied: usize,
         /// A snapshot was merged.
         snapshot: bool,
+    },
+    /// An actor signed two different operations for one sequence number.
+    /// The first one this node saw stays; the other is rejected. The
+    /// actor's key is compromised or its owner is cheating.
+    Equivocation {
+        /// Document name.
+        doc: String,
+        /// The actor whose key signed both.
+        actor: ActorId,
+        /// The sequence number.
+        seq: u64,
+        /// The peer that delivered the second one (not necessarily at fault:
+        /// it may have relayed it in good faith).
+        peer: PeerId,
     },
     /// A peer sent something invalid; it was rejected.
     PeerFault {

@@ -24,7 +24,7 @@ use super::codec::{FrameCodec, SYNC_PROTOCOL};
 use super::node::{doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::traffic::{Counted, Counters};
 use super::worker::{DocCmd, FromDoc, Worker};
-use crate::replica::{Document, Replica};
+use crate::replica::{Document, Replica, ReplicaOptions};
 use crate::sync::{self, Schedule, SyncRequest, SyncResponse};
 
 /// Prefix of every document's gossip topic: `walrus/doc/<name>`.
@@ -625,9 +625,12 @@ impl<D: Document> Driver<D> {
             d.insert(name.clone(), tx.clone());
         }
         let dir = doc_dir(&self.cfg.data_dir, &name);
-        let opts = self.cfg.replica.clone();
+        // Signatures bind the document name: an operation cannot be
+        // replayed into another document.
+        let opts = ReplicaOptions { document: Some(name.clone()), ..self.cfg.replica.clone() };
         let (to_swarm, events, limits, budget) =
             (self.from_docs_tx.clone(), self.events.clone(), self.cfg.limits, self.cfg.sync_budget);
+        let snapshot_peers = self.cfg.snapshot_peers.clone();
         let thread_name = format!("walrus-doc-{name}");
         // Opening replays the log: do it on the document's own thread.
         let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), NodeError>>();
@@ -642,7 +645,7 @@ impl<D: Document> Driver<D> {
             };
             let changes = replica.subscribe();
             let _ = opened_tx.send(Ok(()));
-            Worker { name: worker_name, replica, changes, to_swarm, events, limits, budget }.run(rx);
+            Worker { name: worker_name, replica, changes, to_swarm, events, limits, budget, snapshot_peers }.run(rx);
         });
         let thread = match spawned {
             Ok(t) => t,

@@ -1,6 +1,7 @@
 //! One thread per open document owns its [`Replica`]: log writes and fsyncs
 //! happen here, never on the task that drives the swarm.
 
+use std::collections::BTreeSet;
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use super::{NodeError, NodeEvent};
-use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica};
+use crate::replica::{ActorId, Change, Document, Equivocation, OpEnvelope, Replica};
 use crate::sync::{self, Limits, SyncError, SyncRequest, SyncResponse};
 
 /// Builds a local operation from the current state and the replica's actor.
@@ -76,6 +77,7 @@ pub(crate) struct Worker<D: Document> {
     pub events: broadcast::Sender<NodeEvent<D::Operation>>,
     pub limits: Limits,
     pub budget: u64,
+    pub snapshot_peers: Option<BTreeSet<PeerId>>,
 }
 
 impl<D: Document> Worker<D> {
@@ -175,6 +177,9 @@ impl<D: Document> Worker<D> {
                 if received.buffered > 0 {
                     self.send(FromDoc::GapSeen { doc: self.name.clone(), peer: source });
                 }
+                self.report_equivocations(source, &received.equivocations);
+                // Forwarded even with an equivocation in it: the other
+                // replicas then detect it too.
                 MessageAcceptance::Accept
             }
             Err(e) => self.failed(source, "gossip", e),
@@ -186,9 +191,20 @@ impl<D: Document> Worker<D> {
         let started = Instant::now();
         let resp: Result<SyncResponse, SyncError> =
             sync::decode(bytes, self.limits.max_response, "sync response").map_err(SyncError::from);
-        let result = resp.and_then(|r| sync::apply_response(&mut self.replica, &self.name, r, &self.limits));
+        let result = resp.and_then(|r| {
+            if matches!(r, SyncResponse::Snapshot { .. })
+                && self.snapshot_peers.as_ref().is_some_and(|trusted| !trusted.contains(&peer))
+            {
+                return Err(SyncError::Remote {
+                    doc: self.name.clone(),
+                    reason: "answered with a snapshot, which is accepted only from trusted peers".into(),
+                });
+            }
+            sync::apply_response(&mut self.replica, &self.name, r, &self.limits)
+        });
         let (more, ok) = match result {
             Ok(applied) => {
+                self.report_equivocations(peer, &applied.received.equivocations);
                 if applied.received.applied > 0 || applied.snapshot {
                     // Subscribers see the changes before the summary.
                     self.forward_changes();
@@ -208,6 +224,14 @@ impl<D: Document> Worker<D> {
             }
         };
         self.send(FromDoc::Synced { peer, doc: self.name.clone(), more, ok });
+    }
+
+    fn report_equivocations(&self, peer: PeerId, found: &[Equivocation]) {
+        for e in found {
+            warn!(doc = %self.name, actor = %e.actor, seq = e.seq, %peer, "equivocation");
+            let _ =
+                self.events.send(NodeEvent::Equivocation { doc: self.name.clone(), actor: e.actor, seq: e.seq, peer });
+        }
     }
 
     /// Reports a message that could not be applied; the verdict for gossip.

@@ -22,8 +22,9 @@ pub enum Offer<O> {
     Duplicate,
 }
 
-/// The buffer is full; the operation was not kept. Ask the peer again later
-/// (anti-entropy resends what is still missing).
+/// The buffer is full, in all or for this actor; the operation was not
+/// kept. Ask the peer again later (anti-entropy resends what is still
+/// missing).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("causal buffer full ({held} operations held, limit {limit}); dropped ({actor}, {seq})")]
 pub struct BufferFull {
@@ -31,9 +32,9 @@ pub struct BufferFull {
     pub actor: ActorId,
     /// Its sequence number.
     pub seq: u64,
-    /// Operations currently held.
+    /// Operations held (in all, or of this actor if that limit was hit).
     pub held: usize,
-    /// The configured limit.
+    /// The limit that was hit.
     pub limit: usize,
 }
 
@@ -41,8 +42,9 @@ pub struct BufferFull {
 ///
 /// ```
 /// use walrus::replica::{ActorId, CausalBuffer, Offer, OpEnvelope, VersionVector};
-/// let a = ActorId([7; 16]);
-/// let env = |seq| OpEnvelope { actor: a, seq, op: format!("op {seq}"), auth: None };
+/// let key = walrus::replica::ActorKey::from_seed([7; 32]);
+/// let a = key.actor();
+/// let env = |seq| OpEnvelope::signed(&key, "doc", seq, format!("op {seq}")).unwrap();
 /// let mut applied = VersionVector::default();
 /// let mut buf = CausalBuffer::new(100);
 /// assert_eq!(buf.offer(env(2), &applied), Ok(Offer::Buffered));
@@ -56,12 +58,24 @@ pub struct CausalBuffer<O> {
     pending: BTreeMap<ActorId, BTreeMap<u64, OpEnvelope<O>>>,
     held: usize,
     limit: usize,
+    per_actor: usize,
 }
 
 impl<O> CausalBuffer<O> {
     /// A buffer holding at most `limit` operations in all.
     pub fn new(limit: usize) -> CausalBuffer<O> {
-        CausalBuffer { pending: BTreeMap::new(), held: 0, limit }
+        CausalBuffer { pending: BTreeMap::new(), held: 0, limit, per_actor: limit }
+    }
+
+    /// Also holds at most `limit` operations of any one actor.
+    pub fn per_actor(mut self, limit: usize) -> CausalBuffer<O> {
+        self.per_actor = limit;
+        self
+    }
+
+    /// The held operation (`actor`, `seq`), if any.
+    pub fn get(&self, actor: &ActorId, seq: u64) -> Option<&OpEnvelope<O>> {
+        self.pending.get(actor)?.get(&seq)
     }
 
     /// Operations currently held.
@@ -85,12 +99,19 @@ impl<O> CausalBuffer<O> {
             if queue.contains_key(&env.seq) {
                 return Ok(Offer::Duplicate);
             }
-            if self.held >= self.limit {
+            let full = if self.held >= self.limit {
+                Some((self.held, self.limit))
+            } else if queue.len() >= self.per_actor {
+                Some((queue.len(), self.per_actor))
+            } else {
+                None
+            };
+            if let Some((held, limit)) = full {
                 let (actor, seq) = (env.actor, env.seq);
                 if queue.is_empty() {
                     self.pending.remove(&actor);
                 }
-                return Err(BufferFull { actor, seq, held: self.held, limit: self.limit });
+                return Err(BufferFull { actor, seq, held, limit });
             }
             queue.insert(env.seq, env);
             self.held += 1;
@@ -150,7 +171,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn env(actor: u8, seq: u64) -> OpEnvelope<(u8, u64)> {
-        OpEnvelope { actor: ActorId([actor; 16]), seq, op: (actor, seq), auth: None }
+        // The buffer does not check signatures: the replica does, before.
+        OpEnvelope { actor: ActorId([actor; 32]), seq, op: (actor, seq), sig: crate::replica::Signature([0; 64]) }
+    }
+
+    #[test]
+    fn one_actor_cannot_take_the_whole_buffer() {
+        let applied = VersionVector::default();
+        let mut buf = CausalBuffer::new(10).per_actor(2);
+        assert_eq!(buf.offer(env(1, 3), &applied), Ok(Offer::Buffered));
+        assert_eq!(buf.offer(env(1, 4), &applied), Ok(Offer::Buffered));
+        let err = buf.offer(env(1, 5), &applied).unwrap_err();
+        assert_eq!((err.seq, err.held, err.limit), (5, 2, 2));
+        assert_eq!(buf.offer(env(2, 3), &applied), Ok(Offer::Buffered), "other actors still have room");
+        assert_eq!(buf.get(&ActorId([1; 32]), 4).map(|e| e.seq), Some(4));
+        assert_eq!(buf.len(), 3);
     }
 
     #[test]
@@ -160,10 +195,10 @@ mod tests {
         assert_eq!(buf.offer(env(1, 3), &applied), Ok(Offer::Buffered));
         let err = buf.offer(env(2, 5), &applied).unwrap_err();
         assert_eq!((err.seq, err.held, err.limit), (5, 1, 1));
-        assert_eq!(buf.gaps(&applied), vec![(ActorId([1; 16]), 1)]);
+        assert_eq!(buf.gaps(&applied), vec![(ActorId([1; 32]), 1)]);
         // A ready operation needs no room.
         assert!(matches!(buf.offer(env(2, 1), &applied), Ok(Offer::Ready(_))));
-        assert_eq!(buf.discard_actor(&ActorId([1; 16])), 1);
+        assert_eq!(buf.discard_actor(&ActorId([1; 32])), 1);
         assert!(buf.is_empty());
     }
 

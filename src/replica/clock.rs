@@ -12,7 +12,7 @@ use super::ActorId;
 ///
 /// ```
 /// use walrus::replica::{ActorId, VersionVector};
-/// let (a, b) = (ActorId([1; 16]), ActorId([2; 16]));
+/// let (a, b) = (ActorId([1; 32]), ActorId([2; 32]));
 /// let mut mine = VersionVector::default();
 /// mine.observe(a, 3);
 /// let mut theirs = VersionVector::default();
@@ -90,7 +90,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn vv(pairs: &[(u8, u64)]) -> VersionVector {
-        pairs.iter().map(|&(a, s)| (ActorId([a; 16]), s)).collect()
+        pairs.iter().map(|&(a, s)| (ActorId([a; 32]), s)).collect()
     }
 
     #[test]

@@ -32,6 +32,22 @@ impl Document for SetDoc {
     fn check_merge(&self, _other: &SetDoc) -> Result<(), String> {
         Ok(())
     }
+
+    fn check_author(op: &Self::Operation, author: &ActorId) -> Result<(), String> {
+        match op {
+            crdts::orswot::Op::Add { dot, .. } => same_actor(&dot.actor, author),
+            crdts::orswot::Op::Rm { .. } => Ok(()),
+        }
+    }
+}
+
+/// Refuses an operation whose own actor field is not its signer.
+fn same_actor(named: &ActorId, author: &ActorId) -> Result<(), String> {
+    if named == author {
+        Ok(())
+    } else {
+        Err(format!("it names actor {named} but is signed by {author}"))
+    }
 }
 
 /// Counter that can go up and down.
@@ -39,6 +55,10 @@ pub type CounterDoc = crdts::PNCounter<ActorId>;
 
 impl Document for CounterDoc {
     type Operation = crdts::pncounter::Op<ActorId>;
+
+    fn check_author(op: &Self::Operation, author: &ActorId) -> Result<(), String> {
+        same_actor(&op.dot.actor, author)
+    }
 }
 
 /// Hybrid logical clock timestamp: wall-clock milliseconds, a logical counter
@@ -83,7 +103,7 @@ impl Hlc {
 /// use walrus::replica::{ActorId, RegisterDoc};
 /// use crdts::CmRDT;
 /// let mut reg = RegisterDoc::default();
-/// let op = reg.set_op(ActorId([1; 16]), Some("draft".into()));
+/// let op = reg.set_op(ActorId([1; 32]), Some("draft".into()));
 /// reg.apply(op);
 /// assert_eq!(reg.value.as_deref(), Some("draft"));
 /// ```
@@ -131,6 +151,10 @@ impl CvRDT for RegisterDoc {
 
 impl Document for RegisterDoc {
     type Operation = RegisterDoc;
+
+    fn check_author(op: &Self::Operation, author: &ActorId) -> Result<(), String> {
+        same_actor(&op.marker.actor, author)
+    }
 }
 
 #[cfg(test)]
@@ -139,7 +163,7 @@ mod tests {
 
     #[test]
     fn set_states_with_multi_member_adds_can_be_merged() {
-        let a = ActorId([1; 16]);
+        let a = ActorId([1; 32]);
         let mut set = SetDoc::default();
         set.apply(set.add_all(["x".to_string(), "y".to_string()], set.read_ctx().derive_add_ctx(a)));
         assert!(set.validate_merge(&set).is_err(), "crdts refuses the merge of a state with itself");
@@ -148,7 +172,7 @@ mod tests {
 
     #[test]
     fn set_canonical_tells_apart_states_with_the_same_members_and_clock() {
-        let (a, b) = (ActorId([1; 16]), ActorId([2; 16]));
+        let (a, b) = (ActorId([1; 32]), ActorId([2; 32]));
         let m = "m".to_string();
         let empty = SetDoc::default();
         let add_a = empty.add(m.clone(), empty.read_ctx().derive_add_ctx(a));
@@ -173,7 +197,7 @@ mod tests {
 
     #[test]
     fn hlc_is_monotonic_even_when_the_clock_goes_back() {
-        let a = ActorId([1; 16]);
+        let a = ActorId([1; 32]);
         let t1 = Hlc::next_at(&Hlc::default(), a, 1000);
         let t2 = Hlc::next_at(&t1, a, 900);
         let t3 = Hlc::next_at(&t2, a, 1000);

@@ -8,6 +8,8 @@ use crdts::{CmRDT, CvRDT};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::ActorId;
+
 /// A CRDT a [`Replica`](super::Replica) can hold. Implemented for the ready-made
 /// documents in this module; implement it for your own type (state and
 /// operations must be serde-serializable).
@@ -26,6 +28,15 @@ pub trait Document:
     /// own `validate_op`.
     fn check_op(&self, op: &Self::Operation) -> Result<(), String> {
         self.validate_op(op).map_err(|e| e.to_string())
+    }
+
+    /// Checks that `op`, signed by `author`, claims no other actor's
+    /// identity inside it (a write's dot or timestamp naming another
+    /// actor would let one writer forge or shadow another's writes). The
+    /// default accepts every operation; override it if operations name
+    /// their actor, as the ready-made documents do.
+    fn check_author(_op: &Self::Operation, _author: &ActorId) -> Result<(), String> {
+        Ok(())
     }
 
     /// Checks that a peer's state `other` may be merged into this one

@@ -1,23 +1,91 @@
-//! The operation envelope: one CRDT operation with its author and place in
-//! the author's sequence; CBOR-encoded as one log record.
+//! The operation envelope: one CRDT operation with its author, its place in
+//! the author's sequence and the author's signature; CBOR-encoded as one
+//! log record.
+
+use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::ActorId;
+use super::{ActorId, ActorKey};
 
 /// An operation as stored in the log and sent to peers.
+///
+/// ```
+/// use walrus::replica::{ActorKey, OpEnvelope};
+/// let key = ActorKey::generate()?;
+/// let env = OpEnvelope::signed(&key, "notes", 1, "hello".to_string())?;
+/// assert!(env.verify("notes").is_ok());
+/// assert!(env.verify("other document").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpEnvelope<O> {
-    /// Author.
+    /// Author: the public key that signed it.
     pub actor: ActorId,
     /// Position in the author's sequence: 1, 2, 3, … with no gaps.
     pub seq: u64,
     /// The CRDT operation.
     pub op: O,
-    /// Authentication tag (signature); not yet checked by this version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<Vec<u8>>,
+    /// The author's signature of [`signing_bytes`]`(document, actor, seq, op)`.
+    pub sig: Signature,
+}
+
+/// An ed25519 signature (64 bytes; a CBOR byte string on the wire).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature(pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature(")?;
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Signature, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Signature;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 64-byte signature")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Signature, E> {
+                v.try_into().map(Signature).map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+        d.deserialize_bytes(Visitor)
+    }
+}
+
+/// Domain separation: these signatures cannot be mistaken for any other
+/// use of the same key.
+const SIGNING_DOMAIN: &[u8] = b"walrus/op/v1\0";
+
+/// The bytes an operation's signature covers: a domain tag, the document
+/// id (length-prefixed), the actor, the sequence number (big-endian) and the
+/// CBOR of the operation. Binding the document and the sequence number
+/// means a signed operation cannot be replayed into another document or at
+/// another position.
+pub fn signing_bytes<O: Serialize>(doc: &str, actor: &ActorId, seq: u64, op: &O) -> Result<Vec<u8>, EnvelopeError> {
+    let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + 4 + doc.len() + 32 + 8 + 64);
+    out.extend_from_slice(SIGNING_DOMAIN);
+    let len = u32::try_from(doc.len()).map_err(|_| EnvelopeError::Encode("document id too long".into()))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(doc.as_bytes());
+    out.extend_from_slice(&actor.0);
+    out.extend_from_slice(&seq.to_be_bytes());
+    ciborium::into_writer(op, &mut out).map_err(|e| EnvelopeError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 /// Why bytes are not a valid envelope.
@@ -40,6 +108,35 @@ pub enum EnvelopeError {
     /// Sequence numbers start at 1.
     #[error("operation has sequence number 0")]
     ZeroSeq,
+    /// The signature is not the named actor's signature of this operation
+    /// in this document.
+    #[error("operation ({actor}, {seq}) has a bad signature")]
+    BadSignature {
+        /// The actor it claims.
+        actor: ActorId,
+        /// Its sequence number.
+        seq: u64,
+    },
+}
+
+impl<O: Serialize> OpEnvelope<O> {
+    /// Operation `seq` of `key`'s actor in document `doc`, signed.
+    pub fn signed(key: &ActorKey, doc: &str, seq: u64, op: O) -> Result<OpEnvelope<O>, EnvelopeError> {
+        let actor = key.actor();
+        let sig = Signature(key.sign(&signing_bytes(doc, &actor, seq, &op)?));
+        Ok(OpEnvelope { actor, seq, op, sig })
+    }
+
+    /// Checks that the signature is the actor's, over this operation at this
+    /// position in document `doc`.
+    pub fn verify(&self, doc: &str) -> Result<(), EnvelopeError> {
+        let bytes = signing_bytes(doc, &self.actor, self.seq, &self.op)?;
+        if self.actor.verify(&bytes, &self.sig.0) {
+            Ok(())
+        } else {
+            Err(EnvelopeError::BadSignature { actor: self.actor, seq: self.seq })
+        }
+    }
 }
 
 impl<O: Serialize> OpEnvelope<O> {
@@ -74,13 +171,30 @@ mod tests {
 
     #[test]
     fn round_trip_and_limits() {
-        let env = OpEnvelope { actor: ActorId([3; 16]), seq: 9, op: ("key".to_string(), 42u32), auth: None };
+        let key = ActorKey::from_seed([3; 32]);
+        let env = OpEnvelope::signed(&key, "d", 9, ("key".to_string(), 42u32)).unwrap();
         let bytes = env.encode().unwrap();
         assert_eq!(OpEnvelope::<(String, u32)>::decode(&bytes, 1024).unwrap(), env);
         assert!(matches!(OpEnvelope::<(String, u32)>::decode(&bytes, 4), Err(EnvelopeError::TooLarge { .. })));
         assert!(matches!(OpEnvelope::<u64>::decode(&bytes, 1024), Err(EnvelopeError::Malformed(_))));
         let zero = OpEnvelope { seq: 0, ..env }.encode().unwrap();
         assert!(matches!(OpEnvelope::<(String, u32)>::decode(&zero, 1024), Err(EnvelopeError::ZeroSeq)));
+    }
+
+    #[test]
+    fn signature_binds_document_actor_position_and_op() {
+        let key = ActorKey::from_seed([5; 32]);
+        let env = OpEnvelope::signed(&key, "d", 2, "op".to_string()).unwrap();
+        assert!(env.verify("d").is_ok());
+        let bad = |e: &OpEnvelope<String>, doc| matches!(e.verify(doc), Err(EnvelopeError::BadSignature { .. }));
+        assert!(bad(&env, "e"), "another document");
+        assert!(bad(&OpEnvelope { seq: 3, ..env.clone() }, "d"), "another position");
+        assert!(bad(&OpEnvelope { op: "oq".into(), ..env.clone() }, "d"), "another operation");
+        let other = ActorKey::from_seed([6; 32]).actor();
+        assert!(bad(&OpEnvelope { actor: other, ..env.clone() }, "d"), "another actor");
+        let mut sig = env.sig;
+        sig.0[40] ^= 1;
+        assert!(bad(&OpEnvelope { sig, ..env.clone() }, "d"), "a damaged signature");
     }
 
     proptest! {

@@ -107,7 +107,7 @@ pub enum KvOp {
 /// ```
 /// use walrus::replica::{ActorId, KvDoc, KvDocExt};
 /// use crdts::CmRDT;
-/// let (a, b) = (ActorId([1; 16]), ActorId([2; 16]));
+/// let (a, b) = (ActorId([1; 32]), ActorId([2; 32]));
 /// let mut phone = KvDoc::default();
 /// let mut laptop = KvDoc::default();
 /// let op1 = phone.put_op(a, "title", "Groceries");
@@ -241,6 +241,15 @@ impl CvRDT for KvDoc {
 
 impl Document for KvDoc {
     type Operation = KvOp;
+
+    fn check_author(op: &KvOp, author: &ActorId) -> Result<(), String> {
+        match op {
+            KvOp::Put { dot, .. } if dot.actor != *author => {
+                Err(format!("it writes as actor {} but is signed by {author}", dot.actor))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -249,7 +258,7 @@ mod tests {
 
     #[test]
     fn delete_loses_to_a_concurrent_put_and_late_writes_stay_dead() {
-        let (a, b) = (ActorId([1; 16]), ActorId([2; 16]));
+        let (a, b) = (ActorId([1; 32]), ActorId([2; 32]));
         let mut x = KvDoc::default();
         let put = x.put_op(a, "k", "v1");
         x.apply(put.clone());
@@ -279,7 +288,7 @@ mod tests {
 
     #[test]
     fn context_compacts() {
-        let a = ActorId([1; 16]);
+        let a = ActorId([1; 32]);
         let mut c = CausalContext::default();
         for n in [3, 1, 2, 5] {
             c.insert(Dot { actor: a, counter: n });

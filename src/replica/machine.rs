@@ -2,15 +2,15 @@
 //! causal delivery of remote operations, catch-up answers and checkpoints.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use tracing::{info, info_span, warn};
 
 use super::checkpoint::{self, Checkpoint};
-use super::{ActorId, BufferFull, CausalBuffer, Document, EnvelopeError, Offer, OpEnvelope, VersionVector};
+use super::{
+    ActorId, ActorKey, BufferFull, CausalBuffer, Document, EnvelopeError, KeyError, Offer, OpEnvelope, VersionVector,
+};
 use crate::wal::{self, Lsn, SyncPolicy, Wal, WalOptions};
 
 /// Errors of a replica.
@@ -38,9 +38,21 @@ pub enum ReplicaError {
         /// What is wrong.
         reason: String,
     },
-    /// Bytes that are not a valid operation.
+    /// Bytes that are not a valid operation, or an operation whose
+    /// signature is not its actor's.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    /// The actor key could not be read or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The operation's actor is not in [`ReplicaOptions::writers`].
+    #[error("operation ({actor}, {seq}) rejected: the actor may not write to this document")]
+    NotAWriter {
+        /// Author.
+        actor: ActorId,
+        /// Sequence number.
+        seq: u64,
+    },
     /// State or operation could not be serialized.
     #[error("cannot encode: {0}")]
     Encode(String),
@@ -93,6 +105,22 @@ pub struct ReplicaOptions {
     pub checkpoint_bytes: u64,
     /// Largest checkpoint file read back.
     pub max_checkpoint_size: u64,
+    /// Most early operations held for any one actor, so that one actor (or
+    /// a peer relaying it) cannot fill the whole buffer.
+    pub buffer_per_actor: usize,
+    /// The document id that every operation's signature binds (see
+    /// [`signing_bytes`](super::signing_bytes)). All replicas of a document
+    /// must use the same id; `walrus::net` uses the document name. It is
+    /// stored in the replica directory when the replica is created (`None`
+    /// then means `""`); opening it later with another id is an error, and
+    /// `None` means "whatever is stored".
+    pub document: Option<String>,
+    /// If set, only these actors may write: operations of any other actor
+    /// (local writes included) are rejected with
+    /// [`ReplicaError::NotAWriter`], and snapshots that include any are
+    /// refused. Give every replica of the document the same set, so that
+    /// all of them reject the same operations and still converge.
+    pub writers: Option<BTreeSet<ActorId>>,
 }
 
 impl Default for ReplicaOptions {
@@ -103,6 +131,9 @@ impl Default for ReplicaOptions {
             buffer_limit: 100_000,
             checkpoint_bytes: 64 << 20,
             max_checkpoint_size: 4 << 30,
+            buffer_per_actor: 10_000,
+            document: None,
+            writers: None,
         }
     }
 }
@@ -163,10 +194,55 @@ pub struct Received {
     pub buffered: usize,
     /// Already known.
     pub duplicates: usize,
+    /// Equivocations seen: validly signed operations for an (actor, seq)
+    /// that already has a different one here. They were not applied (the
+    /// first one stays); the actor's key signed two histories.
+    pub equivocations: Vec<Equivocation>,
 }
 
-/// File holding a replica's actor id, inside its directory.
-pub const ACTOR_FILE: &str = "actor";
+/// Proof that an actor signed two different operations for one sequence
+/// number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Equivocation {
+    /// The actor whose key signed both.
+    pub actor: ActorId,
+    /// The sequence number.
+    pub seq: u64,
+}
+
+/// File holding a replica's actor key (its ed25519 secret), inside its
+/// directory.
+pub const ACTOR_FILE: &str = "actor.key";
+
+/// File holding the document id (UTF-8), inside a replica directory.
+pub const DOCUMENT_FILE: &str = "document";
+
+/// Longest document id.
+const MAX_DOCUMENT_ID: u64 = 4096;
+
+/// The file in which replicas of earlier versions (without signatures)
+/// kept their actor id.
+const OLD_ACTOR_FILE: &str = "actor";
+
+/// Bytes of an operation's signature kept in memory to tell a repeated
+/// operation from a conflicting one (a prefix: collisions are as hard as
+/// 2^64 work).
+const SIG_PREFIX: usize = 16;
+type SigPrefix = [u8; SIG_PREFIX];
+
+fn sig_prefix<O>(env: &OpEnvelope<O>) -> SigPrefix {
+    let mut p = [0u8; SIG_PREFIX];
+    p.copy_from_slice(&env.sig.0[..SIG_PREFIX]);
+    p
+}
+
+/// What to do with a remote operation, decided before it is buffered or
+/// logged.
+enum Admit {
+    New,
+    Duplicate,
+    Equivocation,
+}
 /// The replica's write-ahead log directory, inside its directory.
 pub const WAL_DIR: &str = "wal";
 
@@ -189,11 +265,14 @@ pub struct Replica<D: Document> {
     wal: Wal,
     doc: D,
     clock: VersionVector,
+    key: ActorKey,
     actor: ActorId,
+    document: String,
     buffer: CausalBuffer<D::Operation>,
-    /// Per actor: sequence number of the first indexed op and the LSNs of
-    /// that op and its successors, as long as they are in the log.
-    index: BTreeMap<ActorId, (u64, VecDeque<Lsn>)>,
+    /// Per actor: sequence number of the first indexed op and the LSN and
+    /// signature prefix of that op and its successors, as long as they are
+    /// in the log.
+    index: BTreeMap<ActorId, (u64, VecDeque<(Lsn, SigPrefix)>)>,
     checkpoint_lsn: Lsn,
     bytes_since_checkpoint: u64,
     subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
@@ -211,7 +290,8 @@ impl<D: Document> Replica<D> {
         let _g = span.enter();
         std::fs::create_dir_all(&dir).map_err(|e| ReplicaError::Io { op: "creating", path: dir.clone(), source: e })?;
         let wal = Wal::open(dir.join(WAL_DIR), opts.wal.clone())?;
-        let actor = load_or_create_actor(&dir)?;
+        let key = load_or_create_key(&dir)?;
+        let document = load_or_create_document(&dir, opts.document.as_deref())?;
         let cp: Option<Checkpoint<D>> = checkpoint::read(&dir, opts.max_checkpoint_size)?;
         let (doc, clock, checkpoint_lsn) = match cp {
             Some(cp) => (cp.state, cp.clock, cp.lsn),
@@ -224,13 +304,15 @@ impl<D: Document> Replica<D> {
             });
         }
         let mut r = Replica {
-            buffer: CausalBuffer::new(opts.buffer_limit),
+            buffer: CausalBuffer::new(opts.buffer_limit).per_actor(opts.buffer_per_actor),
+            actor: key.actor(),
+            key,
+            document,
             dir,
             opts,
             wal,
             doc,
             clock,
-            actor,
             index: BTreeMap::new(),
             checkpoint_lsn,
             bytes_since_checkpoint: 0,
@@ -282,6 +364,12 @@ impl<D: Document> Replica<D> {
         self.actor
     }
 
+    /// The document id its operations' signatures bind
+    /// ([`ReplicaOptions::document`]).
+    pub fn document(&self) -> &str {
+        &self.document
+    }
+
     /// The document.
     pub fn doc(&self) -> &D {
         &self.doc
@@ -330,7 +418,7 @@ impl<D: Document> Replica<D> {
         if entry.0 + entry.1.len() as u64 != env.seq {
             *entry = (env.seq, VecDeque::new());
         }
-        entry.1.push_back(lsn);
+        entry.1.push_back((lsn, sig_prefix(&env)));
         self.doc.apply(env.op);
     }
 
@@ -353,6 +441,64 @@ impl<D: Document> Replica<D> {
         Ok(bytes)
     }
 
+    /// Checks a local operation and signs it as `seq` of this replica's actor.
+    fn sign_local(&self, seq: u64, op: D::Operation) -> Result<OpEnvelope<D::Operation>> {
+        self.check_writer(&self.actor, seq)?;
+        if let Err(reason) = D::check_author(&op, &self.actor) {
+            return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
+        }
+        if let Err(reason) = self.doc.check_op(&op) {
+            return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
+        }
+        Ok(OpEnvelope::signed(&self.key, &self.document, seq, op)?)
+    }
+
+    fn check_writer(&self, actor: &ActorId, seq: u64) -> Result<()> {
+        match &self.opts.writers {
+            Some(writers) if !writers.contains(actor) => Err(ReplicaError::NotAWriter { actor: *actor, seq }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The signature prefix of the applied operation (`actor`, `seq`), if it
+    /// is still in the log.
+    fn indexed_sig(&self, actor: &ActorId, seq: u64) -> Option<&SigPrefix> {
+        let (first, entries) = self.index.get(actor)?;
+        let i = usize::try_from(seq.checked_sub(*first)?).ok()?;
+        entries.get(i).map(|(_, sig)| sig)
+    }
+
+    /// Decides whether a remote operation is new, a repeat, or a second
+    /// signed operation for a taken (actor, seq); anything new or
+    /// conflicting must carry its actor's valid signature.
+    fn admit(&self, env: &OpEnvelope<D::Operation>) -> Result<Admit> {
+        self.check_writer(&env.actor, env.seq)?;
+        let known = if env.seq <= self.clock.get(&env.actor) {
+            // Applied. Without a record of it (truncated, or merged from a
+            // snapshot) a conflict cannot be told: treat it as a repeat.
+            match self.indexed_sig(&env.actor, env.seq) {
+                Some(sig) => Some(*sig == sig_prefix(env)),
+                None => Some(true),
+            }
+        } else {
+            self.buffer.get(&env.actor, env.seq).map(|held| held.sig == env.sig)
+        };
+        if known == Some(true) {
+            return Ok(Admit::Duplicate);
+        }
+        env.verify(&self.document)?;
+        if known == Some(false) {
+            return Ok(Admit::Equivocation);
+        }
+        // Signed by its actor, but it may still name another actor inside.
+        D::check_author(&env.op, &env.actor).map_err(|reason| ReplicaError::Rejected {
+            actor: env.actor,
+            seq: env.seq,
+            reason,
+        })?;
+        Ok(Admit::New)
+    }
+
     /// Writes a local operation: `make` builds it from the current state and
     /// this replica's actor. The operation is durable in the log before it
     /// is applied and before this returns; the returned envelope is what to
@@ -364,10 +510,7 @@ impl<D: Document> Replica<D> {
         self.check()?;
         let op = make(&self.doc, self.actor);
         let seq = self.next_seq()?;
-        let env = OpEnvelope { actor: self.actor, seq, op, auth: None };
-        if let Err(reason) = self.doc.check_op(&env.op) {
-            return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
-        }
+        let env = self.sign_local(seq, op)?;
         let bytes = self.encode_checked(&env)?;
         let lsn = self.wal.append(&bytes)?;
         self.bytes_since_checkpoint += bytes.len() as u64;
@@ -417,11 +560,13 @@ impl<D: Document> Replica<D> {
                     continue;
                 }
             };
-            let env = OpEnvelope { actor: self.actor, seq, op, auth: None };
-            if let Err(reason) = self.doc.check_op(&env.op) {
-                results.push(Err(ReplicaError::Rejected { actor: self.actor, seq, reason }));
-                continue;
-            }
+            let env = match self.sign_local(seq, op) {
+                Ok(env) => env,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
             let bytes = match self.encode_checked(&env) {
                 Ok(b) => b,
                 Err(e) => {
@@ -464,11 +609,17 @@ impl<D: Document> Replica<D> {
     }
 
     /// Accepts operations from peers, in any order and with duplicates.
-    /// Each is applied once its author's earlier operations are; early ones
-    /// wait in a bounded buffer. Applied operations are durable when this
-    /// returns. An operation the document rejects is reported as
-    /// [`ReplicaError::Rejected`] after the valid ones before it are applied;
-    /// the rest of that author's buffered operations are dropped.
+    /// Each must be signed by its actor for this document (checked before
+    /// it is buffered or logged), and come from an allowed writer. Each is
+    /// applied once its author's earlier operations are; early ones wait in
+    /// a bounded buffer. Applied operations are durable when this returns.
+    ///
+    /// A bad signature, a non-writer or an operation the document rejects
+    /// is reported as an error after the valid operations are applied; a
+    /// rejected operation also drops the rest of that author's buffered
+    /// operations. A validly signed operation that conflicts with one
+    /// already held for its (actor, seq) is not applied and is reported in
+    /// [`Received::equivocations`].
     pub fn receive<I>(&mut self, ops: I) -> Result<Received>
     where
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
@@ -478,6 +629,22 @@ impl<D: Document> Replica<D> {
         let mut ready = Vec::new();
         let mut first_error = None;
         for env in ops {
+            match self.admit(&env) {
+                Ok(Admit::New) => {}
+                Ok(Admit::Duplicate) => {
+                    report.duplicates += 1;
+                    continue;
+                }
+                Ok(Admit::Equivocation) => {
+                    warn!(actor = %env.actor, seq = env.seq, "equivocation: two signed operations for one sequence number");
+                    report.equivocations.push(Equivocation { actor: env.actor, seq: env.seq });
+                    continue;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            }
             match self.buffer.offer(env, &self.clock) {
                 Ok(Offer::Ready(list)) => {
                     // Apply now so later offers see the advanced clock.
@@ -584,7 +751,7 @@ impl<D: Document> Replica<D> {
             if from < *first || first + lsns.len() as u64 <= have {
                 return Ok(None);
             }
-            wanted.extend(lsns.iter().skip((from - first) as usize));
+            wanted.extend(lsns.iter().skip((from - first) as usize).map(|(lsn, _)| *lsn));
         }
         let Some(&start) = wanted.first() else {
             return Ok(Some((Vec::new(), false)));
@@ -623,6 +790,21 @@ impl<D: Document> Replica<D> {
         let span = info_span!("replica_merge_snapshot", actors = clock.len());
         let _g = span.enter();
         self.doc.check_merge(&state).map_err(ReplicaError::SnapshotRejected)?;
+        if clock.get(&self.actor) > self.clock.get(&self.actor) {
+            // Only this replica writes as its actor: a snapshot claiming more
+            // of its operations than it wrote is forged, and would make it
+            // skip sequence numbers.
+            return Err(ReplicaError::SnapshotRejected(format!(
+                "it claims {} operations of this replica's own actor, which wrote {}",
+                clock.get(&self.actor),
+                self.clock.get(&self.actor)
+            )));
+        }
+        if let Some(writers) = &self.opts.writers {
+            if let Some((actor, _)) = clock.iter().find(|(a, _)| !writers.contains(a)) {
+                return Err(ReplicaError::SnapshotRejected(format!("it includes operations of {actor}, not a writer")));
+            }
+        }
         if self.clock.covers(&clock) {
             // A late or repeated snapshot: nothing new, no checkpoint to pay for.
             return Ok(());
@@ -672,7 +854,7 @@ impl<D: Document> Replica<D> {
         let removed = self.wal.truncate_before(lsn + 1)?;
         let first = self.wal.first_lsn();
         for (seq, lsns) in self.index.values_mut() {
-            while lsns.front().is_some_and(|&l| l < first) {
+            while lsns.front().is_some_and(|&(l, _)| l < first) {
                 lsns.pop_front();
                 *seq += 1;
             }
@@ -706,24 +888,47 @@ impl<D: Document> Replica<D> {
     }
 }
 
-fn load_or_create_actor(dir: &Path) -> Result<ActorId> {
-    let path = dir.join(ACTOR_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|e: super::ParseActorIdError| ReplicaError::Corrupt { path, reason: e.to_string() }),
+fn load_or_create_document(dir: &Path, wanted: Option<&str>) -> Result<String> {
+    let path = dir.join(DOCUMENT_FILE);
+    let io = |op, p: &Path, e| ReplicaError::Io { op, path: p.to_path_buf(), source: e };
+    let corrupt = |reason: String| ReplicaError::Corrupt { path: path.clone(), reason };
+    match std::fs::metadata(&path) {
+        Ok(meta) => {
+            if meta.len() > MAX_DOCUMENT_ID {
+                return Err(corrupt(format!("{} bytes is too long for a document id", meta.len())));
+            }
+            let bytes = std::fs::read(&path).map_err(|e| io("reading", &path, e))?;
+            let stored = String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))?;
+            match wanted {
+                Some(w) if w != stored => Err(corrupt(format!(
+                    "this replica belongs to document {stored:?}, not {w:?}: operations signed for one are invalid in the other"
+                ))),
+                _ => Ok(stored),
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let actor = ActorId::random();
-            let tmp = dir.join("actor.tmp");
-            let io = |op, p: &Path, e| ReplicaError::Io { op, path: p.to_path_buf(), source: e };
-            let mut f = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
-            writeln!(f, "{actor}").map_err(|e| io("writing", &tmp, e))?;
+            let id = wanted.unwrap_or_default().to_string();
+            let tmp = dir.join("document.tmp");
+            let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
+            std::io::Write::write_all(&mut f, id.as_bytes()).map_err(|e| io("writing", &tmp, e))?;
             f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
             std::fs::rename(&tmp, &path).map_err(|e| io("renaming to", &path, e))?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing directory", dir, e))?;
-            Ok(actor)
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing directory", dir, e))?;
+            Ok(id)
         }
-        Err(e) => Err(ReplicaError::Io { op: "reading", path, source: e }),
+        Err(e) => Err(io("reading", &path, e)),
     }
+}
+
+fn load_or_create_key(dir: &Path) -> Result<ActorKey> {
+    let path = dir.join(ACTOR_FILE);
+    if !path.exists() && dir.join(OLD_ACTOR_FILE).exists() {
+        return Err(ReplicaError::Corrupt {
+            path: dir.join(OLD_ACTOR_FILE),
+            reason: "this replica was written by an earlier version without signed operations; \
+                     start a new replica directory and sync it from peers"
+                .into(),
+        });
+    }
+    Ok(ActorKey::load_or_create(&path)?)
 }

@@ -3,8 +3,10 @@
 //! A [`Replica`] holds one [`Document`] (any `crdts` CmRDT + CvRDT with
 //! serde, or one of the ready-made [`KvDoc`], [`SetDoc`], [`CounterDoc`],
 //! [`RegisterDoc`]). Every operation is wrapped in an [`OpEnvelope`]
-//! (actor, per-actor sequence number, op), written to the log and made
-//! durable before it is applied. Remote operations go through a
+//! (actor, per-actor sequence number, op, the actor's signature), written to
+//! the log and made durable before it is applied. The actor id is the
+//! public half of the replica's [`ActorKey`]; remote operations are checked
+//! against it before they are buffered or logged. Remote operations go through a
 //! [`CausalBuffer`] so each actor's operations apply in order. A
 //! [`VersionVector`] says what was applied; [`Replica::ops_since`] answers
 //! what a peer is missing, falling back to a snapshot when the log was
@@ -17,16 +19,19 @@ mod clock;
 mod docs;
 mod document;
 mod envelope;
+mod key;
 mod kv;
 mod machine;
 
-pub use actor::{ActorId, ParseActorIdError};
+pub use actor::{ActorId, ParseActorIdError, ACTOR_ID_LEN};
 pub use causal::{BufferFull, CausalBuffer, Offer};
 pub use clock::VersionVector;
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
 pub use document::{canonical_cbor, Document};
-pub use envelope::{EnvelopeError, OpEnvelope};
+pub use envelope::{signing_bytes, EnvelopeError, OpEnvelope, Signature};
+pub use key::{ActorKey, KeyError};
 pub use kv::{CausalContext, Dot, KvDoc, KvDocExt, KvOp};
 pub use machine::{
-    Catchup, Change, Origin, Received, Replica, ReplicaError, ReplicaOptions, Result, ACTOR_FILE, WAL_DIR,
+    Catchup, Change, Equivocation, Origin, Received, Replica, ReplicaError, ReplicaOptions, Result, ACTOR_FILE,
+    DOCUMENT_FILE, WAL_DIR,
 };

@@ -5,7 +5,9 @@
 use serde_bytes::ByteBuf;
 use tracing::debug;
 
-use super::message::{self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse};
+use super::message::{
+    self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_OPS_PER_MESSAGE,
+};
 use crate::replica::{Document, EnvelopeError, OpEnvelope, Received, Replica, ReplicaError};
 
 /// Why an incoming message was not (fully) applied.
@@ -47,7 +49,12 @@ impl SyncError {
             SyncError::Message(_)
                 | SyncError::Envelope(_)
                 | SyncError::WrongDoc { .. }
-                | SyncError::Replica(ReplicaError::Rejected { .. } | ReplicaError::SnapshotRejected(_))
+                | SyncError::Replica(
+                    ReplicaError::Rejected { .. }
+                        | ReplicaError::SnapshotRejected(_)
+                        | ReplicaError::Envelope(_)
+                        | ReplicaError::NotAWriter { .. }
+                )
         )
     }
 }
@@ -84,7 +91,11 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
     let refused = |reason: String| SyncResponse::Refused { doc: doc.to_string(), reason };
     // Operations go out as stored: no decoding and re-encoding.
     match replica.encoded_ops_since(&req.clock, budget) {
-        Ok(Some((ops, more))) => {
+        Ok(Some((mut ops, mut more))) => {
+            if ops.len() > MAX_OPS_PER_MESSAGE {
+                ops.truncate(MAX_OPS_PER_MESSAGE);
+                more = true;
+            }
             SyncResponse::Ops { doc: doc.to_string(), ops: ops.into_iter().map(ByteBuf::from).collect(), more }
         }
         Ok(None) => {

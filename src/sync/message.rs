@@ -10,12 +10,20 @@ use crate::replica::VersionVector;
 /// Longest document name, in bytes.
 pub const MAX_DOC_NAME: usize = 128;
 
+/// Most operations one gossip message or sync page may carry. Checked while
+/// decoding, so a message of many tiny (or empty) entries cannot make the
+/// receiver allocate far more than its size. A signed operation is at
+/// least 100 bytes, so a full page ([`MAX_PAGE`](super::MAX_PAGE)) holds
+/// fewer than this.
+pub const MAX_OPS_PER_MESSAGE: usize = 65_536;
+
 /// Newly written operations of one document, pushed over gossip.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gossip {
     /// Document name.
     pub doc: String,
     /// Encoded operation envelopes, each as in the log.
+    #[serde(deserialize_with = "bounded_ops")]
     pub ops: Vec<ByteBuf>,
 }
 
@@ -38,6 +46,7 @@ pub enum SyncResponse {
         /// Document name.
         doc: String,
         /// Encoded operation envelopes.
+        #[serde(deserialize_with = "bounded_ops")]
         ops: Vec<ByteBuf>,
         /// More are missing: ask again with the updated version vector.
         more: bool,
@@ -76,6 +85,29 @@ impl SyncResponse {
             | SyncResponse::Refused { doc, .. } => doc,
         }
     }
+}
+
+/// Decodes an array of at most [`MAX_OPS_PER_MESSAGE`] byte strings.
+fn bounded_ops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ByteBuf>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<ByteBuf>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_OPS_PER_MESSAGE} encoded operations")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<ByteBuf>, A::Error> {
+            // The announced length is the peer's claim: reserve little up front.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(op) = seq.next_element::<ByteBuf>()? {
+                if out.len() == MAX_OPS_PER_MESSAGE {
+                    return Err(serde::de::Error::invalid_length(MAX_OPS_PER_MESSAGE + 1, &self));
+                }
+                out.push(op);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Visitor)
 }
 
 /// Size limits of incoming messages. Everything larger is refused before
@@ -160,7 +192,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut clock = VersionVector::default();
-        clock.observe(ActorId([7; 16]), 42);
+        clock.observe(ActorId([7; 32]), 42);
         let req = SyncRequest { doc: "notes".into(), clock: clock.clone(), budget: 1000 };
         assert_eq!(decode::<SyncRequest>(&encode(&req), 1 << 10, "request").unwrap(), req);
         let resp = SyncResponse::Ops { doc: "notes".into(), ops: vec![ByteBuf::from(vec![1, 2, 3])], more: true };

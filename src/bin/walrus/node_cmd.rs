@@ -70,6 +70,9 @@ fn event_json(ev: NodeEvent<KvOp>) -> Option<Value> {
         NodeEvent::PeerFault { peer, reason, .. } => {
             json!({"event": "peer_fault", "peer": peer.to_string(), "reason": reason})
         }
+        NodeEvent::Equivocation { actor, seq, peer, .. } => {
+            json!({"event": "equivocation", "actor": actor.to_string(), "seq": seq, "peer": peer.to_string()})
+        }
     })
 }
 

@@ -1,0 +1,201 @@
+//! Signed operations at the replica: forged, misattributed, equivocating
+//! and unauthorised operations are refused before they are buffered or
+//! logged, and every replica refuses the same ones.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use walrus::replica::{
+    ActorKey, Catchup, Document, Dot, EnvelopeError, Equivocation, KvDoc, KvDocExt, KvOp, OpEnvelope, Replica,
+    ReplicaError, ReplicaOptions, VersionVector,
+};
+use walrus::wal::{SyncPolicy, WalOptions};
+
+const DOC: &str = "notes";
+
+fn opts() -> ReplicaOptions {
+    let mut wal = WalOptions::new(SyncPolicy::None).segment_size(4096);
+    wal.preallocate = false;
+    ReplicaOptions { wal, checkpoint_bytes: 0, document: Some(DOC.into()), ..ReplicaOptions::default() }
+}
+
+fn open_with(dir: &Path, opts: ReplicaOptions) -> Replica<KvDoc> {
+    Replica::open(dir, opts).expect("open replica")
+}
+
+fn put(key: &ActorKey, seq: u64, k: &str, v: &str) -> OpEnvelope<KvOp> {
+    let dot = Dot { actor: key.actor(), counter: seq };
+    let op = KvOp::Put { key: k.into(), dot, value: v.into(), seen: vec![] };
+    OpEnvelope::signed(key, DOC, seq, op).unwrap()
+}
+
+/// The replica has applied, buffered and logged nothing (also after a reopen).
+fn untouched(r: Replica<KvDoc>) {
+    assert!(r.clock().is_empty(), "{:?}", r.clock());
+    assert_eq!(r.buffered(), 0, "nothing unverified may be held");
+    let dir = r.dir().to_path_buf();
+    drop(r);
+    let r = open_with(&dir, opts());
+    assert!(r.clock().is_empty(), "nothing may have reached the log: {:?}", r.clock());
+}
+
+#[test]
+fn forged_and_misattributed_operations_are_refused_before_the_log() {
+    let d = tempfile::tempdir().unwrap();
+    let mut r = open_with(d.path(), opts());
+    let (alice, mallory) = (ActorKey::from_seed([1; 32]), ActorKey::from_seed([2; 32]));
+
+    // A damaged signature, now and for a future sequence number (which
+    // would otherwise wait in the causal buffer).
+    for seq in [1, 5] {
+        let mut env = put(&alice, seq, "k", "v");
+        env.sig.0[7] ^= 0x40;
+        let err = r.receive([env]).unwrap_err();
+        assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { seq: s, .. }) if s == seq), "{err}");
+    }
+    // Mallory signs an operation but names Alice as its actor.
+    let mut claimed = put(&mallory, 1, "k", "mallory");
+    claimed.actor = alice.actor();
+    assert!(matches!(r.receive([claimed]), Err(ReplicaError::Envelope(EnvelopeError::BadSignature { .. }))));
+    // Mallory signs as herself, but the write's dot names Alice.
+    let dot = Dot { actor: alice.actor(), counter: 1 };
+    let op = KvOp::Put { key: "k".into(), dot, value: "shadow".into(), seen: vec![] };
+    let shadow = OpEnvelope::signed(&mallory, DOC, 1, op).unwrap();
+    assert!(matches!(r.receive([shadow]), Err(ReplicaError::Rejected { .. })));
+    // Signed for another document.
+    let dot = Dot { actor: alice.actor(), counter: 1 };
+    let op = KvOp::Put { key: "k".into(), dot, value: "v".into(), seen: vec![] };
+    let elsewhere = OpEnvelope::signed(&alice, "other", 1, op).unwrap();
+    assert!(matches!(r.receive([elsewhere]), Err(ReplicaError::Envelope(EnvelopeError::BadSignature { .. }))));
+    untouched(r);
+}
+
+#[test]
+fn valid_operations_in_a_batch_with_forged_ones_still_apply() {
+    let d = tempfile::tempdir().unwrap();
+    let mut r = open_with(d.path(), opts());
+    let alice = ActorKey::from_seed([1; 32]);
+    let mut bad = put(&alice, 2, "k", "forged");
+    bad.sig.0[0] ^= 1;
+    let err = r.receive([put(&alice, 1, "a", "1"), bad, put(&alice, 3, "c", "3")]).unwrap_err();
+    assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { seq: 2, .. })), "{err}");
+    assert_eq!(r.clock().get(&alice.actor()), 1);
+    assert_eq!(r.buffered(), 1, "the valid (alice, 3) waits for the real (alice, 2)");
+    let got = r.receive([put(&alice, 2, "b", "2")]).unwrap();
+    assert_eq!(got.applied, 2);
+    assert_eq!(r.doc().values_of("c"), vec!["3"]);
+}
+
+#[test]
+fn equivocation_is_detected_and_the_first_operation_stays() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mallory = ActorKey::from_seed([2; 32]);
+    let (one, other) = (put(&mallory, 1, "k", "one"), put(&mallory, 1, "k", "other"));
+    let mut r = open_with(d1.path(), opts());
+    assert_eq!(r.receive([one.clone()]).unwrap().applied, 1);
+    // A repeat is a plain duplicate.
+    let again = r.receive([one.clone()]).unwrap();
+    assert_eq!((again.duplicates, again.equivocations.len()), (1, 0));
+    // A second, validly signed operation for (mallory, 1).
+    let got = r.receive([other.clone()]).unwrap();
+    assert_eq!(got.equivocations, vec![Equivocation { actor: mallory.actor(), seq: 1 }]);
+    assert_eq!(got.applied, 0);
+    assert_eq!(r.doc().values_of("k"), vec!["one"]);
+    // The conflict is also caught while the first one waits in the buffer.
+    let (two, two_b) = (put(&mallory, 3, "x", "a"), put(&mallory, 3, "x", "b"));
+    assert_eq!(r.receive([two]).unwrap().buffered, 1);
+    let got = r.receive([two_b]).unwrap();
+    assert_eq!(got.equivocations, vec![Equivocation { actor: mallory.actor(), seq: 3 }]);
+    // And after a restart (the log keeps what tells them apart).
+    drop(r);
+    let mut r = open_with(d1.path(), opts());
+    assert_eq!(r.receive([other.clone()]).unwrap().equivocations.len(), 1);
+    // A forged "equivocation" (bad signature) is a forgery, not a proof.
+    let mut fake = put(&mallory, 1, "k", "fake");
+    fake.sig.0[3] ^= 1;
+    assert!(matches!(r.receive([fake]), Err(ReplicaError::Envelope(EnvelopeError::BadSignature { .. }))));
+
+    // Another replica that got `other` first keeps `other`, and reports `one`.
+    let mut s = open_with(d2.path(), opts());
+    s.receive([other]).unwrap();
+    assert_eq!(s.receive([one]).unwrap().equivocations.len(), 1);
+    assert_eq!(s.doc().values_of("k"), vec!["other"]);
+}
+
+#[test]
+fn write_allow_list_is_enforced_identically() {
+    let (alice, bob) = (ActorKey::from_seed([1; 32]), ActorKey::from_seed([3; 32]));
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A writable replica whose own actor is on the list.
+    let d0 = dirs[0].path();
+    let own = {
+        let r = open_with(d0, opts());
+        r.actor()
+    };
+    let writers: BTreeSet<_> = [alice.actor(), own].into();
+    let restricted = ReplicaOptions { writers: Some(writers), ..opts() };
+    let mut w = open_with(d0, restricted.clone());
+    w.update(|d, a| d.put_op(a, "mine", "ok")).unwrap();
+    let mut replicas: Vec<_> = dirs[1..].iter().map(|d| open_with(d.path(), restricted.clone())).collect();
+    for r in replicas.iter_mut() {
+        // Bob is not a writer: refused, whoever relays it.
+        let err = r.receive([put(&bob, 1, "k", "bob")]).unwrap_err();
+        assert!(matches!(err, ReplicaError::NotAWriter { .. }), "{err}");
+        r.receive([put(&alice, 1, "k", "alice")]).unwrap();
+        let Catchup::Ops { ops, .. } = w.ops_since(r.clock(), 1 << 20).unwrap() else { panic!("ops") };
+        r.receive(ops).unwrap();
+        // A local write by a replica that is not on the list.
+        let err = r.update(|d, a| d.put_op(a, "k", "me")).unwrap_err();
+        assert!(matches!(err, ReplicaError::NotAWriter { .. }), "{err}");
+        // A snapshot including a non-writer's operations.
+        let mut clock = VersionVector::default();
+        clock.observe(bob.actor(), 1);
+        assert!(matches!(r.merge_snapshot(KvDoc::default(), clock), Err(ReplicaError::SnapshotRejected(_))));
+    }
+    assert_eq!(replicas[0].doc().canonical(), replicas[1].doc().canonical());
+    assert_eq!(replicas[0].clock(), replicas[1].clock());
+}
+
+#[test]
+fn operations_relayed_through_a_replica_still_verify() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = open_with(dirs[0].path(), opts());
+    let mut b = open_with(dirs[1].path(), opts());
+    let mut c = open_with(dirs[2].path(), opts());
+    for i in 0..20 {
+        a.update(|d, act| d.put_op(act, &format!("k{i}"), "v")).unwrap();
+    }
+    let Catchup::Ops { ops, .. } = a.ops_since(b.clock(), 1 << 20).unwrap() else { panic!("ops") };
+    b.receive(ops).unwrap();
+    // B serves A's operations from its own log, after a restart.
+    drop(b);
+    let b = open_with(dirs[1].path(), opts());
+    let Catchup::Ops { ops, .. } = b.ops_since(c.clock(), 1 << 20).unwrap() else { panic!("ops") };
+    assert_eq!(c.receive(ops).unwrap().applied, 20);
+    assert_eq!(c.clock(), a.clock());
+}
+
+#[test]
+fn a_replica_belongs_to_one_document() {
+    let d = tempfile::tempdir().unwrap();
+    let mut r = open_with(d.path(), opts());
+    assert_eq!(r.document(), DOC);
+    r.update(|d, a| d.put_op(a, "k", "v")).unwrap();
+    drop(r);
+    // Opening without naming the document uses the stored one.
+    let r = open_with(d.path(), ReplicaOptions { document: None, ..opts() });
+    assert_eq!(r.document(), DOC);
+    drop(r);
+    let err = Replica::<KvDoc>::open(d.path(), ReplicaOptions { document: Some("other".into()), ..opts() })
+        .err()
+        .expect("another document id must be refused");
+    assert!(matches!(err, ReplicaError::Corrupt { .. }) && err.to_string().contains("other"), "{err}");
+}
+
+#[test]
+fn a_directory_of_the_unsigned_format_is_refused_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("actor"), "0123456789abcdef0123456789abcdef\n").unwrap();
+    let err = Replica::<KvDoc>::open(d.path(), opts()).err().expect("refused");
+    assert!(err.to_string().contains("earlier version"), "{err}");
+}
