@@ -110,7 +110,7 @@ impl Timing {
 }
 
 fn bare(n: usize) -> Timing {
-    let actor = ActorId([9; 16]);
+    let actor = ActorId([9; 32]);
     let mut doc = KvDoc::default();
     let (t, ()) = Timing::measure(|| {
         for i in 0..n {
