@@ -948,3 +948,122 @@ async fn malformed_messages_are_rejected() {
     })
     .await;
 }
+
+/// Operations forged, misattributed or equivocated by a hostile peer that
+/// speaks the protocol correctly: every honest node refuses the same ones,
+/// reports the equivocation naming the actor, and they still converge
+/// without losing a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_and_equivocating_operations_are_refused() {
+    use libp2p::gossipsub::IdentTopic;
+    use serde_bytes::ByteBuf;
+    use walrus::replica::Dot;
+    use walrus::sync::{encode, Gossip, SyncResponse};
+
+    within(async {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut events = Events::new();
+        let (h1, h1_addr) = start(config(dirs[0].path(), &[]), &mut events, 0).await;
+        let (h2, _) = start(config(dirs[1].path(), std::slice::from_ref(&h1_addr)), &mut events, 1).await;
+        let (h3, _) = start(config(dirs[2].path(), std::slice::from_ref(&h1_addr)), &mut events, 2).await;
+        let nodes = [&h1, &h2, &h3];
+        let mut writes = Writes::default();
+        writes.add([put(&h2, "k", "h2").await]);
+        converge(&nodes, &mut events, &writes.clock()).await;
+        let victim = actor(&h2).await;
+
+        let evil = ActorKey::from_seed([66; 32]);
+        let put_as = |key: &ActorKey, actor: ActorId, seq: u64, value: &str| {
+            let op = KvOp::Put { key: "k".into(), dot: Dot { actor, counter: seq }, value: value.into(), seen: vec![] };
+            OpEnvelope::signed(key, DOC, seq, op).unwrap()
+        };
+        let bytes = |env: &OpEnvelope<KvOp>| ByteBuf::from(env.encode().unwrap());
+        // The victim's next operation, signed by the attacker.
+        let mut as_victim = put_as(&evil, victim, 2, "forged");
+        as_victim.actor = victim;
+        // The attacker's own operation, whose write names the victim.
+        let misattributed = put_as(&evil, victim, 1, "shadow");
+        // A damaged signature, far in the victim's future (it must not
+        // wait in a buffer).
+        let mut damaged = put_as(&evil, victim, 50, "future");
+        damaged.actor = victim;
+        damaged.sig.0[9] ^= 1;
+        // The hostile peer answers H1's first pull with a page of them.
+        let page =
+            encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![bytes(&as_victim), bytes(&damaged)], more: false });
+        let mut bad = hostile::Hostile::spawn(vec![page]);
+        let topic = IdentTopic::new(format!("{}{DOC}", walrus::net::TOPIC_PREFIX));
+        bad.subscribe(topic.clone());
+        bad.dial(h1_addr.clone());
+        let (mut connected, mut subscribed) = (false, false);
+        let deadline = Instant::now() + WAIT;
+        while !(connected && subscribed) {
+            match tokio::time::timeout_at(deadline, bad.seen.recv()).await {
+                Ok(Some(hostile::Seen::Connected(p))) => connected |= p == h1.peer_id(),
+                Ok(Some(hostile::Seen::Subscribed(p, t))) => subscribed |= p == h1.peer_id() && t == topic.to_string(),
+                Ok(Some(hostile::Seen::Pulled(..))) => {}
+                other => panic!("hostile peer: no connection to H1 or no subscription from it: {other:?}"),
+            }
+        }
+        let publish = |ops: Vec<ByteBuf>| encode(&Gossip { doc: DOC.into(), ops });
+        bad.publish(topic.clone(), publish(vec![bytes(&as_victim)])).await.unwrap();
+        bad.publish(topic.clone(), publish(vec![bytes(&misattributed)])).await.unwrap();
+        bad.publish(topic.clone(), publish(vec![bytes(&damaged)])).await.unwrap();
+        let fault = |log: &[(usize, Ev)], what: &str| {
+            log.iter().any(|(i, ev)| {
+                matches!(ev, NodeEvent::PeerFault { peer, reason, .. }
+                    if *i == 0 && *peer == bad.peer_id && reason.contains(what))
+            })
+        };
+        events
+            .wait_for("H1 refusing forged gossip and a forged page", |log| {
+                let bad_sig = log
+                    .iter()
+                    .filter(|(i, ev)| {
+                        *i == 0 && matches!(ev, NodeEvent::PeerFault { reason, .. } if reason.contains("bad signature"))
+                    })
+                    .count();
+                // Two forged gossip messages and the forged page.
+                bad_sig >= 3 && fault(log, &format!("writes as actor {victim}"))
+            })
+            .await;
+
+        // Equivocation: a valid operation of the attacker's own, then a
+        // second one for the same sequence number once everyone has the first.
+        let first = put_as(&evil, evil.actor(), 1, "first");
+        let second = put_as(&evil, evil.actor(), 1, "second");
+        bad.publish(topic.clone(), publish(vec![bytes(&first)])).await.unwrap();
+        writes.add([first.clone()]);
+        converge(&nodes, &mut events, &writes.clock()).await;
+        bad.publish(topic.clone(), publish(vec![bytes(&second)])).await.unwrap();
+        events
+            .wait_for("an equivocation naming the attacker", |log| {
+                log.iter().any(|(i, ev)| {
+                    matches!(ev, NodeEvent::Equivocation { actor, seq: 1, doc, .. }
+                        if *i == 0 && *actor == evil.actor() && doc == DOC)
+                })
+            })
+            .await;
+
+        // Honest writes keep flowing; every node holds exactly the honest
+        // writes and the attacker's first operation.
+        writes.add([put(&h1, "after", "h1").await, put(&h3, "after", "h3").await]);
+        let canonical = converge(&nodes, &mut events, &writes.clock()).await;
+        assert_eq!(canonical, writes.oracle());
+        for n in nodes {
+            assert_eq!(n.with(DOC, |r| r.buffered()).await.unwrap(), 0, "nothing forged is held");
+            assert_eq!(values(n, "k").await, vec!["first", "h2"], "the second variant must not apply anywhere");
+        }
+        // Faults are blamed on the hostile peer only, never on an honest relay.
+        for (i, ev) in &events.log {
+            if let NodeEvent::PeerFault { peer, reason, .. } = ev {
+                assert_eq!(*peer, bad.peer_id, "node {i} blamed an honest peer: {reason}");
+            }
+        }
+        drop(bad);
+        for n in [h1, h2, h3] {
+            n.shutdown().await.unwrap();
+        }
+    })
+    .await;
+}
