@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crdts::CmRDT;
 use walrus::net::{Multiaddr, Node, NodeConfig, NodeHandle, Traffic};
-use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
+use walrus::replica::{ActorId, ActorKey, KvDoc, KvDocExt, KvOp, OpEnvelope, Replica, ReplicaOptions};
 use walrus::sync::{self, Limits};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -301,9 +302,78 @@ fn catchup_automerge(_ops: usize, _w: Workload) -> Result<Option<(Duration, u64)
     Ok(None)
 }
 
+/// An envelope as it would be without a signature, for comparison.
+#[derive(serde::Serialize)]
+struct Unsigned<'a> {
+    actor: &'a ActorId,
+    seq: u64,
+    op: &'a KvOp,
+}
+
+/// What signing every operation costs: bytes per operation against an
+/// unsigned envelope and against a hash chain with one signature per run,
+/// and verification time against applying the operation.
+fn signatures(n: usize, w: Workload) -> Result<()> {
+    let key = ActorKey::from_seed([7; 32]);
+    let mut doc = KvDoc::default();
+    let mut envs = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for i in 0..n {
+        let op = doc.put_op(key.actor(), &w.key(i), &w.value(i));
+        doc.apply(op.clone());
+        envs.push(OpEnvelope::signed(&key, DOC, i as u64 + 1, op)?);
+    }
+    let sign_and_apply = t0.elapsed();
+    let (mut signed, mut unsigned) = (0usize, 0usize);
+    for env in &envs {
+        signed += env.encode()?.len();
+        let mut out = Vec::new();
+        ciborium::into_writer(&Unsigned { actor: &env.actor, seq: env.seq, op: &env.op }, &mut out)?;
+        unsigned += out.len();
+    }
+    let t0 = Instant::now();
+    for env in &envs {
+        env.verify(DOC)?;
+    }
+    let verify = t0.elapsed();
+    let mut check = KvDoc::default();
+    let t0 = Instant::now();
+    for env in &envs {
+        check.apply(env.op.clone());
+    }
+    let apply = t0.elapsed();
+    let per = |b: usize| b as f64 / n as f64;
+    let (u, sg) = (per(unsigned), per(signed));
+    println!(
+        "
+signatures: {n} ops ({})",
+        w.name()
+    );
+    println!("  envelope without signature:  {u:.1} B/op");
+    println!("  one signature per op (used): {sg:.1} B/op = {:.2}x unsigned", sg / u);
+    for run in [16, 256] {
+        let chained = u + 64.0 / run as f64;
+        println!(
+            "  hash chain, a signature per {run:>3} ops (unsigned + 64 B/run, lower bound): {chained:.1} B/op = {:.2}x",
+            chained / u
+        );
+    }
+    println!(
+        "  verify {:.1} us/op; applying the op {:.2} us/op (verify/apply {:.0}x); sign+apply {:.1} us/op",
+        verify.as_secs_f64() * 1e6 / n as f64,
+        apply.as_secs_f64() * 1e6 / n as f64,
+        verify.as_secs_f64() / apply.as_secs_f64().max(1e-9),
+        sign_and_apply.as_secs_f64() * 1e6 / n as f64,
+    );
+    Ok(())
+}
+
 pub fn run_sync(args: SyncBenchArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     println!("walrus bench sync (loopback TCP, durable writes with group commit)");
+    for w in [Workload::Sequential, Workload::Random] {
+        signatures(args.catchup.clamp(1, 20_000), w)?;
+    }
     println!("\nspread: ops written concurrently on every node until all have all");
     for &n in &args.nodes {
         if n < 2 {
