@@ -744,6 +744,23 @@ mod hostile {
             Hostile { peer_id, cmd, seen }
         }
 
+        /// Subscribes to `topic`, dials `node` at `addr`, and waits until it
+        /// is connected and `node` subscribed to `topic` too.
+        pub async fn join(&mut self, node: PeerId, addr: Multiaddr, topic: IdentTopic) {
+            self.subscribe(topic.clone());
+            self.dial(addr);
+            let (mut connected, mut subscribed) = (false, false);
+            let deadline = tokio::time::Instant::now() + super::WAIT;
+            while !(connected && subscribed) {
+                match tokio::time::timeout_at(deadline, self.seen.recv()).await {
+                    Ok(Some(Seen::Connected(p))) => connected |= p == node,
+                    Ok(Some(Seen::Subscribed(p, t))) => subscribed |= p == node && t == topic.to_string(),
+                    Ok(Some(Seen::Pulled(..))) => {}
+                    other => panic!("hostile peer: no connection to {node} or no subscription from it: {other:?}"),
+                }
+            }
+        }
+
         pub fn dial(&self, addr: Multiaddr) {
             self.cmd.send(Cmd::Dial(addr)).expect("hostile peer running");
         }
@@ -814,18 +831,7 @@ async fn malformed_messages_are_rejected() {
         ];
         let mut bad = hostile::Hostile::spawn(answers);
         let topic = IdentTopic::new(format!("{}{DOC}", walrus::net::TOPIC_PREFIX));
-        bad.subscribe(topic.clone());
-        bad.dial(h1_addr.clone());
-        let (mut connected, mut subscribed) = (false, false);
-        let deadline = Instant::now() + WAIT;
-        while !(connected && subscribed) {
-            match tokio::time::timeout_at(deadline, bad.seen.recv()).await {
-                Ok(Some(hostile::Seen::Connected(p))) => connected |= p == h1.peer_id(),
-                Ok(Some(hostile::Seen::Subscribed(p, t))) => subscribed |= p == h1.peer_id() && t == topic.to_string(),
-                Ok(Some(hostile::Seen::Pulled(..))) => {}
-                other => panic!("hostile peer: no connection to H1 or no subscription from it: {other:?}"),
-            }
-        }
+        bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
 
         // Gossip.
         let oversize = encode(&Gossip { doc: DOC.into(), ops: vec![ByteBuf::from(vec![7u8; 17 << 10])] });
@@ -993,18 +999,7 @@ async fn forged_and_equivocating_operations_are_refused() {
             encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![bytes(&as_victim), bytes(&damaged)], more: false });
         let mut bad = hostile::Hostile::spawn(vec![page]);
         let topic = IdentTopic::new(format!("{}{DOC}", walrus::net::TOPIC_PREFIX));
-        bad.subscribe(topic.clone());
-        bad.dial(h1_addr.clone());
-        let (mut connected, mut subscribed) = (false, false);
-        let deadline = Instant::now() + WAIT;
-        while !(connected && subscribed) {
-            match tokio::time::timeout_at(deadline, bad.seen.recv()).await {
-                Ok(Some(hostile::Seen::Connected(p))) => connected |= p == h1.peer_id(),
-                Ok(Some(hostile::Seen::Subscribed(p, t))) => subscribed |= p == h1.peer_id() && t == topic.to_string(),
-                Ok(Some(hostile::Seen::Pulled(..))) => {}
-                other => panic!("hostile peer: no connection to H1 or no subscription from it: {other:?}"),
-            }
-        }
+        bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
         let publish = |ops: Vec<ByteBuf>| encode(&Gossip { doc: DOC.into(), ops });
         bad.publish(topic.clone(), publish(vec![bytes(&as_victim)])).await.unwrap();
         bad.publish(topic.clone(), publish(vec![bytes(&misattributed)])).await.unwrap();
