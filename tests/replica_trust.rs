@@ -199,3 +199,24 @@ fn a_directory_of_the_unsigned_format_is_refused_clearly() {
     let err = Replica::<KvDoc>::open(d.path(), opts()).err().expect("refused");
     assert!(err.to_string().contains("earlier version"), "{err}");
 }
+
+#[test]
+fn large_batches_are_verified_as_strictly_as_small_ones() {
+    // Big enough for the multi-threaded check.
+    let d = tempfile::tempdir().unwrap();
+    let mut r = open_with(d.path(), opts());
+    let (alice, bob) = (ActorKey::from_seed([1; 32]), ActorKey::from_seed([3; 32]));
+    let mut batch: Vec<_> = (1..=200).map(|seq| put(&alice, seq, &format!("a{seq}"), "v")).collect();
+    batch.extend((1..=100).map(|seq| put(&bob, seq, &format!("b{seq}"), "v")));
+    batch[149].sig.0[1] ^= 1; // alice 150
+    let mut as_bob = put(&alice, 101, "b101", "forged");
+    as_bob.actor = bob.actor();
+    batch.push(as_bob);
+    batch.push(batch[0].clone()); // a duplicate within the batch
+    let err = r.receive(batch).unwrap_err();
+    assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { .. })), "{err}");
+    assert_eq!(r.clock().get(&alice.actor()), 149);
+    assert_eq!(r.clock().get(&bob.actor()), 100);
+    assert_eq!(r.buffered(), 50, "alice 151..=200 wait for the real 150");
+    assert_eq!(r.receive([put(&alice, 150, "a150", "v")]).unwrap().applied, 51);
+}

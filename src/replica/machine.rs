@@ -230,6 +230,12 @@ const OLD_ACTOR_FILE: &str = "actor";
 const SIG_PREFIX: usize = 16;
 type SigPrefix = [u8; SIG_PREFIX];
 
+/// Batches of remote operations at least this large are verified on
+/// several threads.
+const PARALLEL_VERIFY_MIN: usize = 64;
+/// Most threads verifying one batch.
+const MAX_VERIFY_THREADS: usize = 8;
+
 fn sig_prefix<O>(env: &OpEnvelope<O>) -> SigPrefix {
     let mut p = [0u8; SIG_PREFIX];
     p.copy_from_slice(&env.sig.0[..SIG_PREFIX]);
@@ -468,12 +474,10 @@ impl<D: Document> Replica<D> {
         entries.get(i).map(|(_, sig)| sig)
     }
 
-    /// Decides whether a remote operation is new, a repeat, or a second
-    /// signed operation for a taken (actor, seq); anything new or
-    /// conflicting must carry its actor's valid signature.
-    fn admit(&self, env: &OpEnvelope<D::Operation>) -> Result<Admit> {
-        self.check_writer(&env.actor, env.seq)?;
-        let known = if env.seq <= self.clock.get(&env.actor) {
+    /// Whether (`env.actor`, `env.seq`) is already here: `Some(true)` with
+    /// the same signature, `Some(false)` with another one, `None` if not.
+    fn known(&self, env: &OpEnvelope<D::Operation>) -> Option<bool> {
+        if env.seq <= self.clock.get(&env.actor) {
             // Applied. Without a record of it (truncated, or merged from a
             // snapshot) a conflict cannot be told: treat it as a repeat.
             match self.indexed_sig(&env.actor, env.seq) {
@@ -482,11 +486,75 @@ impl<D: Document> Replica<D> {
             }
         } else {
             self.buffer.get(&env.actor, env.seq).map(|held| held.sig == env.sig)
-        };
+        }
+    }
+
+    /// Checks the signatures of the operations in `ops` that are not
+    /// already here, on several threads if there are many: verification
+    /// costs far more than applying. `None` where it was not checked.
+    #[allow(clippy::type_complexity)]
+    fn verify_batch(&self, ops: Vec<OpEnvelope<D::Operation>>) -> Vec<(OpEnvelope<D::Operation>, Option<bool>)> {
+        let todo: Vec<bool> = ops.iter().map(|env| self.known(env) != Some(true)).collect();
+        let count = todo.iter().filter(|&&t| t).count();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_VERIFY_THREADS);
+        if count < PARALLEL_VERIFY_MIN || threads < 2 {
+            return ops.into_iter().map(|env| (env, None)).collect();
+        }
+        let doc = self.document.as_str();
+        let per_thread = ops.len().div_ceil(threads);
+        // Operations are `Send` but need not be `Sync`: each thread owns its share.
+        let mut shares = Vec::new();
+        let mut items = ops.into_iter().zip(todo);
+        loop {
+            let share: Vec<_> = items.by_ref().take(per_thread).collect();
+            if share.is_empty() {
+                break;
+            }
+            shares.push(share);
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .map(|share| {
+                    scope.spawn(move || {
+                        share
+                            .into_iter()
+                            .map(|(env, check)| {
+                                let ok = check.then(|| env.verify(doc).is_ok());
+                                (env, ok)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for h in handles {
+                // Only an operation type's `Serialize` could panic here: pass
+                // it on, as verifying on this thread would.
+                match h.join() {
+                    Ok(part) => out.extend(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            out
+        })
+    }
+
+    /// Decides whether a remote operation is new, a repeat, or a second
+    /// signed operation for a taken (actor, seq); anything new or
+    /// conflicting must carry its actor's valid signature (`verified`: the
+    /// result of checking it already, if known).
+    fn admit(&self, env: &OpEnvelope<D::Operation>, verified: Option<bool>) -> Result<Admit> {
+        self.check_writer(&env.actor, env.seq)?;
+        let known = self.known(env);
         if known == Some(true) {
             return Ok(Admit::Duplicate);
         }
-        env.verify(&self.document)?;
+        match verified {
+            Some(true) => {}
+            Some(false) => return Err(EnvelopeError::BadSignature { actor: env.actor, seq: env.seq }.into()),
+            None => env.verify(&self.document)?,
+        }
         if known == Some(false) {
             return Ok(Admit::Equivocation);
         }
@@ -628,8 +696,8 @@ impl<D: Document> Replica<D> {
         let mut report = Received::default();
         let mut ready = Vec::new();
         let mut first_error = None;
-        for env in ops {
-            match self.admit(&env) {
+        for (env, verified) in self.verify_batch(ops.into_iter().collect()) {
+            match self.admit(&env, verified) {
                 Ok(Admit::New) => {}
                 Ok(Admit::Duplicate) => {
                     report.duplicates += 1;
