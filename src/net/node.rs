@@ -1,11 +1,12 @@
 //! The public face of a node: its configuration, events, errors and the
 //! cloneable handle an app drives it with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -46,6 +47,17 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Gossipsub heartbeat (mesh maintenance) interval.
     pub heartbeat: Duration,
+    /// The only peers this node connects to, in either direction; `None`
+    /// (the default) admits any peer. A connection with any other peer is
+    /// closed as soon as its peer id is known (after the noise handshake),
+    /// and mDNS discoveries of other peers are not dialed. Every peer in
+    /// `peers` that names its id (`/p2p/…`) must be in the list.
+    pub allow: Option<BTreeSet<PeerId>>,
+    /// Pre-shared key of a private network (libp2p pnet): every connection
+    /// is encrypted with it below noise, so only nodes holding the same key
+    /// can connect at all. `None` (the default): a public network. Read the
+    /// standard `swarm.key` file with [`read_psk_file`](super::read_psk_file).
+    pub psk: Option<PreSharedKey>,
 }
 
 impl NodeConfig {
@@ -65,7 +77,18 @@ impl NodeConfig {
             redial_max: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_millis(500),
+            allow: None,
+            psk: None,
         }
+    }
+
+    /// Checks settings that would otherwise fail silently or never work: a
+    /// configured peer outside the allow-list.
+    pub(crate) fn check(&self) -> Result<(), NodeError> {
+        for addr in &self.peers {
+            check_allowed(self.allow.as_ref(), addr)?;
+        }
+        Ok(())
     }
 
     /// The replica directory of document `doc`.
@@ -76,6 +99,21 @@ impl NodeConfig {
 
 pub(crate) fn doc_dir(data_dir: &Path, doc: &str) -> PathBuf {
     data_dir.join("docs").join(doc)
+}
+
+/// Fails if `addr` names a peer (`/p2p/…`) that `allow` does not admit: the
+/// node would dial it forever and be refused each time.
+pub(crate) fn check_allowed(allow: Option<&BTreeSet<PeerId>>, addr: &Multiaddr) -> Result<(), NodeError> {
+    let named = addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    });
+    match (allow, named) {
+        (Some(allow), Some(peer)) if !allow.contains(&peer) => {
+            Err(NodeError::Config(format!("peer {addr} is not in the allow-list")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Errors of a node.
@@ -115,6 +153,17 @@ pub enum NodeError {
     /// Listening or dialing failed.
     #[error("network: {0}")]
     Transport(String),
+    /// The pre-shared key file is unusable.
+    #[error("pre-shared key file {path}: {reason}")]
+    Psk {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The configuration is inconsistent or out of range.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The node has shut down, or dropped the request (its closure panicked).
     #[error("the node has shut down or dropped the request")]
     Stopped,
@@ -292,6 +341,8 @@ impl<D: Document> NodeHandle<D> {
     }
 
     /// Dials `addr` now and keeps re-dialing it like a configured peer.
+    /// Fails with [`NodeError::Config`] if it names a peer outside the
+    /// allow-list.
     pub async fn connect(&self, addr: Multiaddr) -> Result<(), NodeError> {
         self.ask(|reply| Control::Connect { addr, reply }).await?
     }
@@ -346,5 +397,23 @@ mod tests {
         for bad in ["", ".", "..", ".hidden", "a/b", "a b", "ü", &"x".repeat(129)] {
             assert!(check_local_doc_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn configured_peers_must_be_allowed() {
+        let (listed, other) = (PeerId::random(), PeerId::random());
+        let at = |p: PeerId| -> Multiaddr { format!("/ip4/127.0.0.1/tcp/1/p2p/{p}").parse().unwrap() };
+        let anonymous: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let mut cfg = NodeConfig::new("/nonexistent");
+        cfg.peers = vec![at(listed), at(other), anonymous.clone()];
+        assert!(cfg.check().is_ok(), "no allow-list: anyone");
+        cfg.allow = Some([listed].into());
+        match cfg.check() {
+            Err(e @ NodeError::Config(_)) => assert!(e.to_string().contains(&other.to_string()), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // Without a peer id the handshake decides.
+        cfg.peers = vec![at(listed), anonymous];
+        assert!(cfg.check().is_ok());
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use libp2p::core::{upgrade, ConnectedPoint, Transport};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
 use libp2p::multiaddr::Protocol;
+use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -21,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::codec::{FrameCodec, SYNC_PROTOCOL};
-use super::node::{doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
+use super::node::{check_allowed, doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::traffic::{Counted, Counters};
 use super::worker::{DocCmd, FromDoc, Worker};
 use crate::replica::{Document, Replica};
@@ -41,9 +42,15 @@ const MAX_PENDING_INCOMING: u32 = 64;
 const MAX_INCOMING: u32 = 256;
 /// Document topics tracked per peer.
 const MAX_PEER_TOPICS: usize = 1024;
+/// Time a new connection may take to finish its handshakes (pnet, noise,
+/// yamux): one that stalls would otherwise hold a pending slot forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// The allow-list, when the node has one.
+    allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
+    /// Peers blocked by the app.
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::MaxCountSubscriptionFilter<DocTopics>>,
@@ -167,16 +174,28 @@ pub(crate) fn build_swarm(
     let heartbeat = cfg.heartbeat;
     let request_timeout = cfg.request_timeout;
     let mdns_on = cfg.mdns;
+    let psk = cfg.psk;
+    let allow = cfg.allow.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            // TCP counted below noise and yamux, so `traffic()` is what crossed the wire.
+            // TCP counted below pnet, noise and yamux, so `traffic()` is what crossed the wire.
             let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                 .map(move |inner, _| Counted { inner, counters: counters.clone() });
+            // In a private network every connection starts with the pnet
+            // handshake: nothing else (not even noise) reaches a peer
+            // without the key.
+            let tcp = tcp.and_then(move |socket, _| async move {
+                match psk {
+                    Some(psk) => PnetConfig::new(psk).handshake(socket).await.map(futures::future::Either::Left),
+                    None => Ok(futures::future::Either::Right(socket)),
+                }
+            });
             Ok(tcp
                 .upgrade(upgrade::Version::V1)
                 .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default()))
+                .multiplex(yamux::Config::default())
+                .timeout(HANDSHAKE_TIMEOUT))
         })
         .map_err(|e| transport_err(&e))?
         .with_behaviour(|key| {
@@ -227,7 +246,15 @@ pub(crate) fn build_swarm(
             } else {
                 None
             };
+            let allowed = allow.map(|peers| {
+                let mut list = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                for p in peers {
+                    list.allow_peer(p);
+                }
+                list
+            });
             Ok(Behaviour {
+                allowed: allowed.into(),
                 blocked: Default::default(),
                 // Duplicate connections confuse gossipsub; two cover a simultaneous dial.
                 limits: connection_limits::Behaviour::new(
@@ -563,7 +590,7 @@ impl<D: Document> Driver<D> {
                 });
             }
             Control::Connect { addr, reply } => {
-                if let Err(e) = check_dialable(&addr) {
+                if let Err(e) = check_dialable(&addr).and_then(|()| check_allowed(self.cfg.allow.as_ref(), &addr)) {
                     let _ = reply.send(Err(e));
                     return;
                 }
@@ -862,7 +889,8 @@ impl<D: Document> Driver<D> {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    if peer != *self.swarm.local_peer_id() && !self.swarm.is_connected(&peer) {
+                    let wanted = peer != *self.swarm.local_peer_id() && self.admits(&peer);
+                    if wanted && !self.swarm.is_connected(&peer) {
                         let opts = DialOpts::peer_id(peer)
                             .addresses(vec![addr])
                             .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -873,6 +901,14 @@ impl<D: Document> Driver<D> {
             }
             _ => {}
         }
+    }
+
+    /// Whether this node would connect to `peer` now: on the allow-list
+    /// (if there is one), and not blocked.
+    fn admits(&self, peer: &PeerId) -> bool {
+        let b = self.swarm.behaviour();
+        let allowed = b.allowed.as_ref().is_none_or(|list| list.allowed_peers().contains(peer));
+        allowed && !b.blocked.blocked_peers().contains(peer)
     }
 
     fn report(&mut self, id: &MessageId, source: &PeerId, acceptance: MessageAcceptance) {
