@@ -7,6 +7,12 @@
 //! that owns its [`Replica`](crate::replica::Replica), so log fsyncs never
 //! stall the network.
 //!
+//! Admission: [`NodeConfig::allow`] restricts the peers a node connects
+//! with, [`NodeConfig::psk`] makes a private network (libp2p pnet, below
+//! noise), and every peer's sync requests are rate limited; peers with too
+//! many faults are banned for a while ([`NodeEvent::PeerBanned`]).
+//! docs/PROTOCOL.md §12 has the rules.
+//!
 //! ```no_run
 //! use walrus::net::{Node, NodeConfig};
 //! use walrus::replica::{KvDoc, KvDocExt};
@@ -23,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod codec;
 mod identity;
 mod node;

@@ -58,6 +58,26 @@ pub struct NodeConfig {
     /// can connect at all. `None` (the default): a public network. Read the
     /// standard `swarm.key` file with [`read_psk_file`](super::read_psk_file).
     pub psk: Option<PreSharedKey>,
+    /// Sync requests each peer may send per second, on average (default
+    /// 20). Requests over the limit are refused and count as faults. This
+    /// node paces its own requests to each peer by the same rate (with half
+    /// the burst), so nodes with equal settings never exceed each other's
+    /// limit. `f64::INFINITY` disables the limit.
+    pub request_rate: f64,
+    /// Sync requests a peer may send in a burst above `request_rate`
+    /// (default 40). Honest anti-entropy has at most one request per
+    /// document in flight to each peer.
+    pub request_burst: u32,
+    /// Faults a peer may commit in a burst (malformed or oversize messages,
+    /// requests over the rate limit; each is a [`NodeEvent::PeerFault`])
+    /// before it is banned; the count decays by `max_faults` per
+    /// `fault_window`. Default 20 per minute. `u32::MAX` practically never bans.
+    pub max_faults: u32,
+    /// Time over which `max_faults` faults are forgiven (default 60 s).
+    pub fault_window: Duration,
+    /// How long a peer with too many faults stays disconnected and blocked
+    /// (default 60 s); configured peers are re-dialed when it ends.
+    pub ban_duration: Duration,
 }
 
 impl NodeConfig {
@@ -79,14 +99,31 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(500),
             allow: None,
             psk: None,
+            request_rate: 20.0,
+            request_burst: 40,
+            max_faults: 20,
+            fault_window: Duration::from_secs(60),
+            ban_duration: Duration::from_secs(60),
         }
     }
 
     /// Checks settings that would otherwise fail silently or never work: a
-    /// configured peer outside the allow-list.
+    /// configured peer outside the allow-list, or limits out of range.
     pub(crate) fn check(&self) -> Result<(), NodeError> {
         for addr in &self.peers {
             check_allowed(self.allow.as_ref(), addr)?;
+        }
+        if self.request_rate.is_nan() || self.request_rate <= 0.0 {
+            return Err(NodeError::Config(format!(
+                "request_rate must be above 0 requests per second (f64::INFINITY for no limit), not {}",
+                self.request_rate
+            )));
+        }
+        if self.request_burst == 0 {
+            return Err(NodeError::Config("request_burst must be at least 1".into()));
+        }
+        if self.fault_window.is_zero() {
+            return Err(NodeError::Config("fault_window must be longer than 0".into()));
         }
         Ok(())
     }
@@ -207,13 +244,24 @@ pub enum NodeEvent<O> {
         /// A snapshot was merged.
         snapshot: bool,
     },
-    /// A peer sent something invalid; it was rejected.
+    /// A peer sent something invalid, or a sync request over its rate
+    /// limit; it was rejected, and counts toward a ban
+    /// ([`NodeConfig::max_faults`]).
     PeerFault {
         /// The peer.
         peer: PeerId,
         /// The document concerned, if known.
         doc: Option<String>,
         /// What was wrong.
+        reason: String,
+    },
+    /// A peer committed too many faults (see [`NodeConfig::max_faults`]):
+    /// it was disconnected and its connections are refused for
+    /// [`NodeConfig::ban_duration`].
+    PeerBanned {
+        /// The peer.
+        peer: PeerId,
+        /// Why: the limit exceeded and the last fault.
         reason: String,
     },
 }
@@ -358,12 +406,14 @@ impl<D: Document> NodeHandle<D> {
     }
 
     /// Refuses and closes every connection with `peer` (both directions)
-    /// until [`unblock`](Self::unblock): a partition.
+    /// until [`unblock`](Self::unblock): a partition. A peer banned for
+    /// its faults stays blocked when its ban would have ended.
     pub async fn block(&self, peer: PeerId) -> Result<(), NodeError> {
         self.ask(|reply| Control::Block { peer, reply }).await
     }
 
-    /// Lifts [`block`](Self::block) and re-dials the peer if it is configured.
+    /// Lifts [`block`](Self::block), or a ban, and re-dials the peer if it
+    /// is configured.
     pub async fn unblock(&self, peer: PeerId) -> Result<(), NodeError> {
         self.ask(|reply| Control::Unblock { peer, reply }).await
     }
@@ -415,5 +465,30 @@ mod tests {
         // Without a peer id the handshake decides.
         cfg.peers = vec![at(listed), anonymous];
         assert!(cfg.check().is_ok());
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused() {
+        let ok = NodeConfig::new("/nonexistent");
+        assert!(ok.check().is_ok());
+        let mut unlimited = ok.clone();
+        unlimited.request_rate = f64::INFINITY;
+        assert!(unlimited.check().is_ok());
+        type Spoil = fn(&mut NodeConfig);
+        let bad: Vec<(&str, Spoil)> = vec![
+            ("request_rate", |c| c.request_rate = 0.0),
+            ("request_rate", |c| c.request_rate = -1.0),
+            ("request_rate", |c| c.request_rate = f64::NAN),
+            ("request_burst", |c| c.request_burst = 0),
+            ("fault_window", |c| c.fault_window = Duration::ZERO),
+        ];
+        for (name, spoil) in bad {
+            let mut cfg = ok.clone();
+            spoil(&mut cfg);
+            match cfg.check() {
+                Err(e @ NodeError::Config(_)) => assert!(e.to_string().contains(name), "{e}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 }

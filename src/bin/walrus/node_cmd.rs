@@ -70,6 +70,9 @@ fn event_json(ev: NodeEvent<KvOp>) -> Option<Value> {
         NodeEvent::PeerFault { peer, reason, .. } => {
             json!({"event": "peer_fault", "peer": peer.to_string(), "reason": reason})
         }
+        NodeEvent::PeerBanned { peer, reason } => {
+            json!({"event": "peer_banned", "peer": peer.to_string(), "reason": reason})
+        }
     })
 }
 
