@@ -866,3 +866,68 @@ fn second_node_on_the_same_data_fails_cleanly() {
     let status = first.wait_exit();
     first.assert_clean_exit(status);
 }
+
+#[test]
+fn allow_list_and_private_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let psk = tmp.path().join("swarm.key");
+    std::fs::write(&psk, format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", "5a".repeat(32))).unwrap();
+    let psk_s = psk.to_str().expect("UTF-8 temp path");
+    let private = ["--psk-file", psk_s];
+    let mut b = NodeProc::spawn("b", &tmp.path().join("b"), &private, None);
+    let mut c = NodeProc::spawn("c", &tmp.path().join("c"), &private, None);
+    let b_id = b.peer_id.clone();
+
+    // A configured peer outside the allow-list is refused at start.
+    let a_data = tmp.path().join("a");
+    let a_s = a_data.to_str().expect("UTF-8 temp path");
+    let err = fails_to_start(&["--data", a_s, "--allow", &b_id, "--peer", &c.addr], 1);
+    assert!(err.contains("allow-list") && err.contains(&c.addr), "{err}");
+
+    let mut a = NodeProc::spawn("a", &a_data, &["--allow", &b_id, "--psk-file", psk_s], None);
+    let a_id = a.peer_id.clone();
+    // C, not on A's list, is disconnected as soon as A knows who it is.
+    let ans = c.request(&format!("connect {}", a.addr));
+    assert_eq!(ans["event"], "ok", "{ans}");
+    c.wait_event(0, "peer_disconnected from a", |v| v["event"] == "peer_disconnected" && v["peer"] == a_id);
+    // B, on the list and holding the same key, connects and replicates.
+    let ans = b.request(&format!("connect {}", a.addr));
+    assert_eq!(ans["event"], "ok", "{ans}");
+    a.wait_connected(&[&b_id]);
+    let ans = b.request("put k from-b");
+    b.check_put(&ans, "k", "from-b");
+    a.wait_event(0, "b's change", |v| v["event"] == "remote_change" && v["key"] == "k" && v["value"] == "from-b");
+    let peers = a.request("peers");
+    let ids: Vec<&str> = peers["peers"].as_array().expect("peers").iter().filter_map(|p| p["peer"].as_str()).collect();
+    assert_eq!(ids, vec![b_id.as_str()], "{peers}");
+    let c_id = c.peer_id.clone();
+    assert!(
+        !a.events.iter().any(|v| v["event"] == "peer_connected" && v["peer"] == c_id.as_str()),
+        "A reported C\n{}",
+        a.context()
+    );
+    for n in [&mut a, &mut b, &mut c] {
+        drop(n.stdin.take());
+        let status = n.wait_exit();
+        n.assert_clean_exit(status);
+    }
+}
+
+#[test]
+fn bad_allow_and_psk_file_arguments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_s = data.to_str().expect("UTF-8 temp path");
+
+    let err = fails_to_start(&["--data", data_s, "--allow", "not-a-peer-id"], 2);
+    assert!(err.contains("--allow") && err.contains("not-a-peer-id"), "{err}");
+
+    let missing = tmp.path().join("missing.key");
+    let err = fails_to_start(&["--data", data_s, "--psk-file", missing.to_str().unwrap()], 1);
+    assert!(err.contains(missing.to_str().unwrap()), "the message must name the file: {err}");
+
+    let bad = tmp.path().join("bad.key");
+    std::fs::write(&bad, "/key/swarm/psk/1.0.0/\n/base16/\nnot hex\n").unwrap();
+    let err = fails_to_start(&["--data", data_s, "--psk-file", bad.to_str().unwrap()], 1);
+    assert!(err.contains(bad.to_str().unwrap()) && err.contains("64 hex digits"), "{err}");
+}

@@ -7,6 +7,12 @@
 //! that owns its [`Replica`](crate::replica::Replica), so log fsyncs never
 //! stall the network.
 //!
+//! Admission: [`NodeConfig::allow`] restricts the peers a node connects
+//! with, [`NodeConfig::psk`] makes a private network (libp2p pnet, below
+//! noise), and every peer's sync requests are rate limited; peers with too
+//! many faults are banned for a while ([`NodeEvent::PeerBanned`]).
+//! docs/PROTOCOL.md §12 has the rules.
+//!
 //! ```no_run
 //! use walrus::net::{Node, NodeConfig};
 //! use walrus::replica::{KvDoc, KvDocExt};
@@ -23,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod codec;
 mod identity;
 mod node;
@@ -37,7 +44,8 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::info;
 
 pub use codec::{FrameCodec, SYNC_PROTOCOL};
-pub use identity::IDENTITY_FILE;
+pub use identity::{read_psk_file, IDENTITY_FILE};
+pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{check_local_doc_name, NodeConfig, NodeError, NodeEvent, NodeHandle, PeerInfo};
 pub use swarm::{IDENTIFY_VERSION, TOPIC_PREFIX};
@@ -63,11 +71,16 @@ impl<D: Document> Node<D> {
         for doc in &cfg.docs {
             check_local_doc_name(doc)?;
         }
+        cfg.check()?;
         let dir = cfg.data_dir.clone();
         let key = tokio::task::spawn_blocking(move || identity::load_or_create(&dir))
             .await
             .map_err(|e| NodeError::Transport(e.to_string()))??;
         let peer_id = key.public().to_peer_id();
+        if let Some(psk) = &cfg.psk {
+            // The fingerprint lets operators compare keys without showing them.
+            info!(fingerprint = %psk.fingerprint(), "private network");
+        }
         let counters = Arc::new(traffic::Counters::default());
         let mut swarm = swarm::build_swarm(&cfg, key, counters.clone())?;
         let mut listeners = Vec::new();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -50,6 +51,37 @@ pub struct NodeConfig {
     /// it carries no signatures). `None`: any peer allowed to connect.
     /// Snapshots from other peers are not applied; operations still are.
     pub snapshot_peers: Option<BTreeSet<PeerId>>,
+    /// The only peers this node connects to, in either direction; `None`
+    /// (the default) admits any peer. A connection with any other peer is
+    /// closed as soon as its peer id is known (after the noise handshake),
+    /// and mDNS discoveries of other peers are not dialed. Every peer in
+    /// `peers` that names its id (`/p2p/…`) must be in the list.
+    pub allow: Option<BTreeSet<PeerId>>,
+    /// Pre-shared key of a private network (libp2p pnet): every connection
+    /// is encrypted with it below noise, so only nodes holding the same key
+    /// can connect at all. `None` (the default): a public network. Read the
+    /// standard `swarm.key` file with [`read_psk_file`](super::read_psk_file).
+    pub psk: Option<PreSharedKey>,
+    /// Sync requests each peer may send per second, on average (default
+    /// 20). Requests over the limit are refused and count as faults. This
+    /// node paces its own requests to each peer by the same rate (with half
+    /// the burst), so nodes with equal settings never exceed each other's
+    /// limit. `f64::INFINITY` disables the limit.
+    pub request_rate: f64,
+    /// Sync requests a peer may send in a burst above `request_rate`
+    /// (default 40). Honest anti-entropy has at most one request per
+    /// document in flight to each peer.
+    pub request_burst: u32,
+    /// Faults a peer may commit in a burst (malformed or oversize messages,
+    /// requests over the rate limit; each is a [`NodeEvent::PeerFault`])
+    /// before it is banned; the count decays by `max_faults` per
+    /// `fault_window`. Default 20 per minute. `u32::MAX` practically never bans.
+    pub max_faults: u32,
+    /// Time over which `max_faults` faults are forgiven (default 60 s).
+    pub fault_window: Duration,
+    /// How long a peer with too many faults stays disconnected and blocked
+    /// (default 60 s); configured peers are re-dialed when it ends.
+    pub ban_duration: Duration,
 }
 
 impl NodeConfig {
@@ -70,7 +102,35 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_millis(500),
             snapshot_peers: None,
+            allow: None,
+            psk: None,
+            request_rate: 20.0,
+            request_burst: 40,
+            max_faults: 20,
+            fault_window: Duration::from_secs(60),
+            ban_duration: Duration::from_secs(60),
         }
+    }
+
+    /// Checks settings that would otherwise fail silently or never work: a
+    /// configured peer outside the allow-list, or limits out of range.
+    pub(crate) fn check(&self) -> Result<(), NodeError> {
+        for addr in &self.peers {
+            check_allowed(self.allow.as_ref(), addr)?;
+        }
+        if self.request_rate.is_nan() || self.request_rate <= 0.0 {
+            return Err(NodeError::Config(format!(
+                "request_rate must be above 0 requests per second (f64::INFINITY for no limit), not {}",
+                self.request_rate
+            )));
+        }
+        if self.request_burst == 0 {
+            return Err(NodeError::Config("request_burst must be at least 1".into()));
+        }
+        if self.fault_window.is_zero() {
+            return Err(NodeError::Config("fault_window must be longer than 0".into()));
+        }
+        Ok(())
     }
 
     /// The replica directory of document `doc`.
@@ -81,6 +141,21 @@ impl NodeConfig {
 
 pub(crate) fn doc_dir(data_dir: &Path, doc: &str) -> PathBuf {
     data_dir.join("docs").join(doc)
+}
+
+/// Fails if `addr` names a peer (`/p2p/…`) that `allow` does not admit: the
+/// node would dial it forever and be refused each time.
+pub(crate) fn check_allowed(allow: Option<&BTreeSet<PeerId>>, addr: &Multiaddr) -> Result<(), NodeError> {
+    let named = addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    });
+    match (allow, named) {
+        (Some(allow), Some(peer)) if !allow.contains(&peer) => {
+            Err(NodeError::Config(format!("peer {addr} is not in the allow-list")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Errors of a node.
@@ -120,6 +195,17 @@ pub enum NodeError {
     /// Listening or dialing failed.
     #[error("network: {0}")]
     Transport(String),
+    /// The pre-shared key file is unusable.
+    #[error("pre-shared key file {path}: {reason}")]
+    Psk {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The configuration is inconsistent or out of range.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The node has shut down, or dropped the request (its closure panicked).
     #[error("the node has shut down or dropped the request")]
     Stopped,
@@ -177,13 +263,24 @@ pub enum NodeEvent<O> {
         /// it may have relayed it in good faith).
         peer: PeerId,
     },
-    /// A peer sent something invalid; it was rejected.
+    /// A peer sent something invalid, or a sync request over its rate
+    /// limit; it was rejected, and counts toward a ban
+    /// ([`NodeConfig::max_faults`]).
     PeerFault {
         /// The peer.
         peer: PeerId,
         /// The document concerned, if known.
         doc: Option<String>,
         /// What was wrong.
+        reason: String,
+    },
+    /// A peer committed too many faults (see [`NodeConfig::max_faults`]):
+    /// it was disconnected and its connections are refused for
+    /// [`NodeConfig::ban_duration`].
+    PeerBanned {
+        /// The peer.
+        peer: PeerId,
+        /// Why: the limit exceeded and the last fault.
         reason: String,
     },
 }
@@ -311,6 +408,8 @@ impl<D: Document> NodeHandle<D> {
     }
 
     /// Dials `addr` now and keeps re-dialing it like a configured peer.
+    /// Fails with [`NodeError::Config`] if it names a peer outside the
+    /// allow-list.
     pub async fn connect(&self, addr: Multiaddr) -> Result<(), NodeError> {
         self.ask(|reply| Control::Connect { addr, reply }).await?
     }
@@ -326,12 +425,14 @@ impl<D: Document> NodeHandle<D> {
     }
 
     /// Refuses and closes every connection with `peer` (both directions)
-    /// until [`unblock`](Self::unblock): a partition.
+    /// until [`unblock`](Self::unblock): a partition. A peer banned for
+    /// its faults stays blocked when its ban would have ended.
     pub async fn block(&self, peer: PeerId) -> Result<(), NodeError> {
         self.ask(|reply| Control::Block { peer, reply }).await
     }
 
-    /// Lifts [`block`](Self::block) and re-dials the peer if it is configured.
+    /// Lifts [`block`](Self::block), or a ban, and re-dials the peer if it
+    /// is configured.
     pub async fn unblock(&self, peer: PeerId) -> Result<(), NodeError> {
         self.ask(|reply| Control::Unblock { peer, reply }).await
     }
@@ -364,6 +465,49 @@ mod tests {
         }
         for bad in ["", ".", "..", ".hidden", "a/b", "a b", "ü", &"x".repeat(129)] {
             assert!(check_local_doc_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn configured_peers_must_be_allowed() {
+        let (listed, other) = (PeerId::random(), PeerId::random());
+        let at = |p: PeerId| -> Multiaddr { format!("/ip4/127.0.0.1/tcp/1/p2p/{p}").parse().unwrap() };
+        let anonymous: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let mut cfg = NodeConfig::new("/nonexistent");
+        cfg.peers = vec![at(listed), at(other), anonymous.clone()];
+        assert!(cfg.check().is_ok(), "no allow-list: anyone");
+        cfg.allow = Some([listed].into());
+        match cfg.check() {
+            Err(e @ NodeError::Config(_)) => assert!(e.to_string().contains(&other.to_string()), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // Without a peer id the handshake decides.
+        cfg.peers = vec![at(listed), anonymous];
+        assert!(cfg.check().is_ok());
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused() {
+        let ok = NodeConfig::new("/nonexistent");
+        assert!(ok.check().is_ok());
+        let mut unlimited = ok.clone();
+        unlimited.request_rate = f64::INFINITY;
+        assert!(unlimited.check().is_ok());
+        type Spoil = fn(&mut NodeConfig);
+        let bad: Vec<(&str, Spoil)> = vec![
+            ("request_rate", |c| c.request_rate = 0.0),
+            ("request_rate", |c| c.request_rate = -1.0),
+            ("request_rate", |c| c.request_rate = f64::NAN),
+            ("request_burst", |c| c.request_burst = 0),
+            ("fault_window", |c| c.fault_window = Duration::ZERO),
+        ];
+        for (name, spoil) in bad {
+            let mut cfg = ok.clone();
+            spoil(&mut cfg);
+            match cfg.check() {
+                Err(e @ NodeError::Config(_)) => assert!(e.to_string().contains(name), "{e}"),
+                other => panic!("{name}: {other:?}"),
+            }
         }
     }
 }

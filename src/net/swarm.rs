@@ -2,7 +2,7 @@
 //! requests and answers, connections and re-dials. It never touches a
 //! replica; document workers do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use libp2p::core::{upgrade, ConnectedPoint, Transport};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
 use libp2p::multiaddr::Protocol;
+use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -20,8 +21,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::admission::Admission;
 use super::codec::{FrameCodec, SYNC_PROTOCOL};
-use super::node::{doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
+use super::node::{check_allowed, doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::traffic::{Counted, Counters};
 use super::worker::{DocCmd, FromDoc, Worker};
 use crate::replica::{Document, Replica, ReplicaOptions};
@@ -41,9 +43,17 @@ const MAX_PENDING_INCOMING: u32 = 64;
 const MAX_INCOMING: u32 = 256;
 /// Document topics tracked per peer.
 const MAX_PEER_TOPICS: usize = 1024;
+/// Time a new connection may take to finish its handshakes (pnet, noise,
+/// yamux): one that stalls would otherwise hold a pending slot forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often state about idle peers is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// The allow-list, when the node has one.
+    allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
+    /// Peers blocked by the app, and peers banned for their faults.
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     gossip: gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::MaxCountSubscriptionFilter<DocTopics>>,
@@ -155,6 +165,18 @@ pub(crate) struct Driver<D: Document> {
     listen_addrs: Vec<Multiaddr>,
     /// Remote address of every open connection.
     connections: HashMap<ConnectionId, (PeerId, Multiaddr)>,
+    /// Request limits, fault scores and bans of peers.
+    admission: Admission,
+    /// Our sync requests held back, per peer, to keep within its rate limit.
+    deferred: HashMap<PeerId, VecDeque<DeferredPull<D>>>,
+    last_prune: Instant,
+}
+
+/// A sync request ready to send once the peer's rate allows.
+struct DeferredPull<D: Document> {
+    doc: String,
+    bytes: Vec<u8>,
+    slot: mpsc::OwnedPermit<DocCmd<D>>,
 }
 
 pub(crate) fn build_swarm(
@@ -167,16 +189,28 @@ pub(crate) fn build_swarm(
     let heartbeat = cfg.heartbeat;
     let request_timeout = cfg.request_timeout;
     let mdns_on = cfg.mdns;
+    let psk = cfg.psk;
+    let allow = cfg.allow.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            // TCP counted below noise and yamux, so `traffic()` is what crossed the wire.
+            // TCP counted below pnet, noise and yamux, so `traffic()` is what crossed the wire.
             let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                 .map(move |inner, _| Counted { inner, counters: counters.clone() });
+            // In a private network every connection starts with the pnet
+            // handshake: nothing else (not even noise) reaches a peer
+            // without the key.
+            let tcp = tcp.and_then(move |socket, _| async move {
+                match psk {
+                    Some(psk) => PnetConfig::new(psk).handshake(socket).await.map(futures::future::Either::Left),
+                    None => Ok(futures::future::Either::Right(socket)),
+                }
+            });
             Ok(tcp
                 .upgrade(upgrade::Version::V1)
                 .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default()))
+                .multiplex(yamux::Config::default())
+                .timeout(HANDSHAKE_TIMEOUT))
         })
         .map_err(|e| transport_err(&e))?
         .with_behaviour(|key| {
@@ -227,7 +261,15 @@ pub(crate) fn build_swarm(
             } else {
                 None
             };
+            let allowed = allow.map(|peers| {
+                let mut list = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                for p in peers {
+                    list.allow_peer(p);
+                }
+                list
+            });
             Ok(Behaviour {
+                allowed: allowed.into(),
                 blocked: Default::default(),
                 // Duplicate connections confuse gossipsub; two cover a simultaneous dial.
                 limits: connection_limits::Behaviour::new(
@@ -336,7 +378,6 @@ impl<D: Document> Driver<D> {
         Driver {
             swarm,
             schedule: Schedule::new(cfg.sync_interval, seed),
-            cfg,
             docs,
             threads: HashMap::new(),
             events,
@@ -349,6 +390,10 @@ impl<D: Document> Driver<D> {
             next_token: 0,
             listen_addrs: Vec::new(),
             connections: HashMap::new(),
+            admission: Admission::new(&cfg),
+            deferred: HashMap::new(),
+            last_prune: Instant::now(),
+            cfg,
         }
     }
 
@@ -460,6 +505,13 @@ impl<D: Document> Driver<D> {
                 t = t.min(n);
             }
         }
+        let now = Instant::now();
+        for peer in self.deferred.keys() {
+            t = t.min(self.admission.outbound_ready_at(peer, now));
+        }
+        if let Some(end) = self.admission.next_expiry() {
+            t = t.min(end);
+        }
         t
     }
 
@@ -502,8 +554,15 @@ impl<D: Document> Driver<D> {
                 _ = tokio::time::sleep_until(wake) => {}
             }
             let now = Instant::now();
+            self.end_bans(now);
             self.redial_due(now);
             self.pull_due();
+            self.send_deferred(now);
+            if now.duration_since(self.last_prune) >= PRUNE_EVERY {
+                self.last_prune = now;
+                let swarm = &self.swarm;
+                self.admission.prune(now, |p| swarm.is_connected(p));
+            }
         };
         let result = self.shutdown().await;
         // Close every socket, and let handles see the node is gone, before
@@ -548,6 +607,10 @@ impl<D: Document> Driver<D> {
         // Requests its worker will not answer now: dropping their channels
         // tells the requesters at once.
         self.inbound.retain(|_, (doc, _)| doc != name);
+        for queue in self.deferred.values_mut() {
+            queue.retain(|d| d.doc != name);
+        }
+        self.deferred.retain(|_, q| !q.is_empty());
         (tx, self.threads.remove(name))
     }
 
@@ -563,7 +626,7 @@ impl<D: Document> Driver<D> {
                 });
             }
             Control::Connect { addr, reply } => {
-                if let Err(e) = check_dialable(&addr) {
+                if let Err(e) = check_dialable(&addr).and_then(|()| check_allowed(self.cfg.allow.as_ref(), &addr)) {
                     let _ = reply.send(Err(e));
                     return;
                 }
@@ -591,19 +654,17 @@ impl<D: Document> Driver<D> {
                 let _ = reply.send(self.listen_addrs.clone());
             }
             Control::Block { peer, reply } => {
+                // The app's block outlasts a ban already running.
+                self.admission.forget_ban(&peer);
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
                 self.schedule.remove_peer(&peer);
+                self.deferred.remove(&peer);
                 let _ = reply.send(());
             }
             Control::Unblock { peer, reply } => {
+                self.admission.forget_ban(&peer);
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-                let min = self.cfg.redial_min;
-                for idx in 0..self.configured.len() {
-                    if self.configured[idx].peer == Some(peer) {
-                        self.configured[idx].backoff = min;
-                        self.dial(idx);
-                    }
-                }
+                self.redial_peer(peer);
                 let _ = reply.send(());
             }
             Control::Shutdown { .. } | Control::Abort => {}
@@ -739,14 +800,12 @@ impl<D: Document> Driver<D> {
             }
             FromDoc::Pull { peer, doc, bytes } => {
                 match self.doc_tx(&doc).map(|tx| tx.try_reserve_owned()) {
-                    Some(Ok(slot)) => {
-                        let id = self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
-                        self.outbound.insert(id, (peer, doc, slot));
-                    }
+                    Some(Ok(slot)) => self.pace_pull(peer, DeferredPull { doc, bytes, slot }),
                     // Closed, or too busy to take the answer: try next round.
                     _ => self.schedule.failed(&peer, &doc, Instant::now()),
                 }
             }
+            FromDoc::Fault { peer, doc, reason } => self.fault(peer, Some(doc), reason),
             FromDoc::Synced { peer, doc, more, ok } => {
                 let now = Instant::now();
                 if ok {
@@ -795,6 +854,7 @@ impl<D: Document> Driver<D> {
                 self.connections.remove(&connection_id);
                 info!(peer = %peer_id, "peer disconnected");
                 self.schedule.remove_peer(&peer_id);
+                self.deferred.remove(&peer_id);
                 self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
                 for idx in 0..self.configured.len() {
                     let c = &mut self.configured[idx];
@@ -865,7 +925,8 @@ impl<D: Document> Driver<D> {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    if peer != *self.swarm.local_peer_id() && !self.swarm.is_connected(&peer) {
+                    let wanted = peer != *self.swarm.local_peer_id() && self.admits(&peer);
+                    if wanted && !self.swarm.is_connected(&peer) {
                         let opts = DialOpts::peer_id(peer)
                             .addresses(vec![addr])
                             .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -878,22 +939,120 @@ impl<D: Document> Driver<D> {
         }
     }
 
+    /// Whether this node would connect to `peer` now: on the allow-list
+    /// (if there is one), and neither blocked nor banned.
+    fn admits(&self, peer: &PeerId) -> bool {
+        let b = self.swarm.behaviour();
+        let allowed = b.allowed.as_ref().is_none_or(|list| list.allowed_peers().contains(peer));
+        allowed && !b.blocked.blocked_peers().contains(peer)
+    }
+
+    /// Sends a sync request to `peer` now if its rate limit allows (and
+    /// none is waiting before it), else queues it.
+    fn pace_pull(&mut self, peer: PeerId, pull: DeferredPull<D>) {
+        let queue_empty = self.deferred.get(&peer).is_none_or(VecDeque::is_empty);
+        if queue_empty && self.admission.outbound_request(peer, Instant::now()) {
+            self.send_pull(peer, pull);
+        } else {
+            self.deferred.entry(peer).or_default().push_back(pull);
+        }
+    }
+
+    fn send_pull(&mut self, peer: PeerId, pull: DeferredPull<D>) {
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, pull.bytes);
+        self.outbound.insert(id, (peer, pull.doc, pull.slot));
+    }
+
+    /// Sends the queued sync requests that peers' rate limits now allow.
+    fn send_deferred(&mut self, now: Instant) {
+        let peers: Vec<PeerId> = self.deferred.keys().copied().collect();
+        for peer in peers {
+            while self.deferred.get(&peer).is_some_and(|q| !q.is_empty()) && self.admission.outbound_request(peer, now)
+            {
+                if let Some(pull) = self.deferred.get_mut(&peer).and_then(VecDeque::pop_front) {
+                    self.send_pull(peer, pull);
+                }
+            }
+        }
+        self.deferred.retain(|_, q| !q.is_empty());
+    }
+
+    /// A peer sent something invalid or too much: reports it, and bans the
+    /// peer once it has too many faults.
+    fn fault(&mut self, peer: PeerId, doc: Option<String>, reason: String) {
+        self.emit(NodeEvent::PeerFault { peer, doc, reason: reason.clone() });
+        // Faults still queued from a peer already banned or blocked by the
+        // app change nothing (and must not turn an app's block into a ban).
+        if self.swarm.behaviour().blocked.blocked_peers().contains(&peer) {
+            return;
+        }
+        if self.admission.fault(peer, Instant::now()) {
+            let reason =
+                format!("more than {} faults in {:?}; the last: {reason}", self.cfg.max_faults, self.cfg.fault_window);
+            self.ban(peer, reason);
+        }
+    }
+
+    /// Disconnects `peer` and refuses it for the ban duration.
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        warn!(%peer, %reason, duration = ?self.cfg.ban_duration, "peer banned");
+        self.admission.ban(peer, Instant::now());
+        // Closes its connections and refuses new ones, both ways.
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.schedule.remove_peer(&peer);
+        self.deferred.remove(&peer);
+        self.emit(NodeEvent::PeerBanned { peer, reason });
+    }
+
+    /// Lifts the bans that ended, and re-dials those peers if configured.
+    fn end_bans(&mut self, now: Instant) {
+        for peer in self.admission.expired(now) {
+            info!(%peer, "ban ended");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            self.redial_peer(peer);
+        }
+    }
+
+    /// Dials `peer` now, with a fresh backoff, if it is a configured peer.
+    fn redial_peer(&mut self, peer: PeerId) {
+        let min = self.cfg.redial_min;
+        for idx in 0..self.configured.len() {
+            if self.configured[idx].peer == Some(peer) {
+                self.configured[idx].backoff = min;
+                self.dial(idx);
+            }
+        }
+    }
+
     fn report(&mut self, id: &MessageId, source: &PeerId, acceptance: MessageAcceptance) {
         self.swarm.behaviour_mut().gossip.report_message_validation_result(id, source, acceptance);
     }
 
     fn on_request(&mut self, peer: PeerId, bytes: &[u8], channel: ResponseChannel<Vec<u8>>) {
+        // Every request takes a token, well-formed or not.
+        let within_rate = self.admission.inbound_request(peer, Instant::now());
         let req: SyncRequest = match sync::decode(bytes, self.cfg.limits.max_request, "sync request") {
             Ok(r) => r,
             Err(e) => {
                 warn!(%peer, error = %e, "rejected sync request");
-                self.emit(NodeEvent::PeerFault { peer, doc: None, reason: format!("sync request: {e}") });
                 // Dropping the channel closes the stream without an answer.
+                self.fault(peer, None, format!("sync request: {e}"));
                 return;
             }
         };
         if let Err(e) = sync::check_doc_name(&req.doc) {
-            self.emit(NodeEvent::PeerFault { peer, doc: None, reason: format!("sync request: {e}") });
+            self.fault(peer, None, format!("sync request: {e}"));
+            return;
+        }
+        if !within_rate {
+            warn!(%peer, doc = %req.doc, "sync request over the rate limit refused");
+            let resp = SyncResponse::Refused { doc: req.doc.clone(), reason: "rate limit exceeded".into() };
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, sync::encode(&resp));
+            let reason = format!(
+                "sync request: over the rate limit of {} per second (bursts of {})",
+                self.cfg.request_rate, self.cfg.request_burst
+            );
+            self.fault(peer, Some(req.doc), reason);
             return;
         }
         let Some(tx) = self.doc_tx(&req.doc) else {

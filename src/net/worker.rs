@@ -67,6 +67,13 @@ pub(crate) enum FromDoc {
         doc: String,
         peer: PeerId,
     },
+    /// `peer` sent something invalid: the swarm task reports it and keeps
+    /// the peer's fault score.
+    Fault {
+        peer: PeerId,
+        doc: String,
+        reason: String,
+    },
 }
 
 pub(crate) struct Worker<D: Document> {
@@ -238,11 +245,7 @@ impl<D: Document> Worker<D> {
     fn failed(&self, peer: PeerId, what: &str, e: SyncError) -> MessageAcceptance {
         if e.is_peer_fault() {
             warn!(doc = %self.name, %peer, error = %e, "rejected {what}");
-            let _ = self.events.send(NodeEvent::PeerFault {
-                peer,
-                doc: Some(self.name.clone()),
-                reason: format!("{what}: {e}"),
-            });
+            self.send(FromDoc::Fault { peer, doc: self.name.clone(), reason: format!("{what}: {e}") });
             MessageAcceptance::Reject
         } else {
             debug!(doc = %self.name, %peer, error = %e, "{what} not applied");

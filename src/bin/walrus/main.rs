@@ -48,6 +48,16 @@ enum Command {
         /// Mean milliseconds between anti-entropy rounds with each peer.
         #[arg(long, default_value_t = 5000)]
         sync_interval_ms: u64,
+        /// Connect only with this peer id, in either direction (repeatable).
+        /// Without --allow any peer may connect. Every --peer that names a
+        /// peer id (/p2p/…) must be allowed.
+        #[arg(long, value_name = "PEER_ID", value_parser = parse_peer_id)]
+        allow: Vec<walrus::net::PeerId>,
+        /// Join the private network of this pre-shared key (the standard
+        /// swarm.key file: "/key/swarm/psk/1.0.0/", "/base16/", then 64 hex
+        /// digits, one per line). Only nodes with the same key can connect.
+        #[arg(long, value_name = "PATH")]
+        psk_file: Option<PathBuf>,
     },
     /// Measure performance.
     #[command(subcommand)]
@@ -173,13 +183,27 @@ pub enum DocCommand {
     },
 }
 
+/// A peer id argument, with a hint of what one looks like when it is not.
+fn parse_peer_id(arg: &str) -> Result<walrus::net::PeerId, String> {
+    arg.parse().map_err(|e| format!("not a peer id (they look like 12D3KooW…): {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
         Command::Doc(cmd) => doc_cmd::run(cmd),
-        Command::Node { data, listen, peer, doc, mdns, sync_interval_ms } => {
-            node_cmd::run(node_cmd::NodeArgs { data, listen, peers: peer, doc, mdns, sync_interval_ms })
+        Command::Node { data, listen, peer, doc, mdns, sync_interval_ms, allow, psk_file } => {
+            node_cmd::run(node_cmd::NodeArgs {
+                data,
+                listen,
+                peers: peer,
+                doc,
+                mdns,
+                sync_interval_ms,
+                allow,
+                psk_file,
+            })
         }
         Command::Demo { log } => demo::run(log),
         Command::Bench(BenchCommand::Sync { ops, catchup, nodes }) => {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle};
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle, PeerId};
 use walrus::replica::{Change, KvDoc, KvDocExt, KvOp, Origin, ReplicaOptions, VersionVector};
 
 use crate::doc_cmd::{json_values, SEGMENT_SIZE};
@@ -23,6 +23,10 @@ pub struct NodeArgs {
     pub doc: String,
     pub mdns: bool,
     pub sync_interval_ms: u64,
+    /// Peers allowed to connect; empty: any.
+    pub allow: Vec<PeerId>,
+    /// Pre-shared key file of a private network.
+    pub psk_file: Option<PathBuf>,
 }
 
 /// Prints one JSON line. Standard output is shared by the event task and
@@ -73,6 +77,9 @@ fn event_json(ev: NodeEvent<KvOp>) -> Option<Value> {
         NodeEvent::Equivocation { actor, seq, peer, .. } => {
             json!({"event": "equivocation", "actor": actor.to_string(), "seq": seq, "peer": peer.to_string()})
         }
+        NodeEvent::PeerBanned { peer, reason } => {
+            json!({"event": "peer_banned", "peer": peer.to_string(), "reason": reason})
+        }
     })
 }
 
@@ -91,6 +98,12 @@ async fn serve(args: NodeArgs) -> Result<ExitCode> {
     cfg.docs = vec![args.doc.clone()];
     cfg.mdns = args.mdns;
     cfg.sync_interval = std::time::Duration::from_millis(args.sync_interval_ms.max(10));
+    if !args.allow.is_empty() {
+        cfg.allow = Some(args.allow.iter().copied().collect());
+    }
+    if let Some(path) = &args.psk_file {
+        cfg.psk = Some(walrus::net::read_psk_file(path)?);
+    }
     let defaults = ReplicaOptions::default();
     cfg.replica = ReplicaOptions { wal: defaults.wal.clone().segment_size(SEGMENT_SIZE), ..defaults };
     let (node, mut events) = Node::<KvDoc>::start(cfg).await?;
