@@ -113,7 +113,13 @@ fn equivocation_is_detected_and_the_first_operation_stays() {
     // A forged "equivocation" (bad signature) is a forgery, not a proof.
     let mut fake = put(&mallory, 1, "k", "fake");
     fake.sig.0[3] ^= 1;
-    assert!(matches!(r.receive([fake]), Err(ReplicaError::Envelope(EnvelopeError::BadSignature { .. }))));
+    r.take_equivocations();
+    assert!(matches!(r.receive([fake.clone()]), Err(ReplicaError::Envelope(EnvelopeError::BadSignature { .. }))));
+    assert!(r.take_equivocations().is_empty());
+    // An equivocation in a batch that fails otherwise is still reported.
+    assert!(r.receive([other.clone(), fake]).is_err());
+    assert_eq!(r.take_equivocations(), vec![Equivocation { actor: mallory.actor(), seq: 1 }]);
+    assert!(r.take_equivocations().is_empty());
 
     // Another replica that got `other` first keeps `other`, and reports `one`.
     let mut s = open_with(d2.path(), opts());

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use super::{NodeError, NodeEvent};
-use crate::replica::{ActorId, Change, Document, Equivocation, OpEnvelope, Replica};
+use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica};
 use crate::sync::{self, Limits, SyncError, SyncRequest, SyncResponse};
 
 /// Builds a local operation from the current state and the replica's actor.
@@ -184,13 +184,14 @@ impl<D: Document> Worker<D> {
                 if received.buffered > 0 {
                     self.send(FromDoc::GapSeen { doc: self.name.clone(), peer: source });
                 }
-                self.report_equivocations(source, &received.equivocations);
                 // Forwarded even with an equivocation in it: the other
                 // replicas then detect it too.
                 MessageAcceptance::Accept
             }
             Err(e) => self.failed(source, "gossip", e),
         };
+        // Also those found in a message that failed otherwise.
+        self.report_equivocations(source);
         self.send(FromDoc::Validated { id, source, acceptance });
     }
 
@@ -211,7 +212,6 @@ impl<D: Document> Worker<D> {
         });
         let (more, ok) = match result {
             Ok(applied) => {
-                self.report_equivocations(peer, &applied.received.equivocations);
                 if applied.received.applied > 0 || applied.snapshot {
                     // Subscribers see the changes before the summary.
                     self.forward_changes();
@@ -230,11 +230,12 @@ impl<D: Document> Worker<D> {
                 (false, false)
             }
         };
+        self.report_equivocations(peer);
         self.send(FromDoc::Synced { peer, doc: self.name.clone(), more, ok });
     }
 
-    fn report_equivocations(&self, peer: PeerId, found: &[Equivocation]) {
-        for e in found {
+    fn report_equivocations(&mut self, peer: PeerId) {
+        for e in self.replica.take_equivocations() {
             warn!(doc = %self.name, actor = %e.actor, seq = e.seq, %peer, "equivocation");
             let _ =
                 self.events.send(NodeEvent::Equivocation { doc: self.name.clone(), actor: e.actor, seq: e.seq, peer });

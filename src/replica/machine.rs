@@ -230,6 +230,9 @@ const OLD_ACTOR_FILE: &str = "actor";
 const SIG_PREFIX: usize = 16;
 type SigPrefix = [u8; SIG_PREFIX];
 
+/// Most equivocations kept for [`Replica::take_equivocations`].
+const MAX_HELD_EQUIVOCATIONS: usize = 1024;
+
 /// Batches of remote operations at least this large are verified on
 /// several threads.
 const PARALLEL_VERIFY_MIN: usize = 64;
@@ -282,6 +285,8 @@ pub struct Replica<D: Document> {
     checkpoint_lsn: Lsn,
     bytes_since_checkpoint: u64,
     subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
+    /// Equivocations seen and not yet taken ([`Replica::take_equivocations`]).
+    equivocations: Vec<Equivocation>,
     poisoned: bool,
     /// Test hook: stop a checkpoint after this many steps.
     checkpoint_stop: Option<u8>,
@@ -323,6 +328,7 @@ impl<D: Document> Replica<D> {
             checkpoint_lsn,
             bytes_since_checkpoint: 0,
             subscribers: Vec::new(),
+            equivocations: Vec::new(),
             poisoned: false,
             checkpoint_stop: None,
         };
@@ -394,6 +400,13 @@ impl<D: Document> Replica<D> {
     /// Operations waiting for their predecessors.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// The equivocations [`receive`](Self::receive) found since the last
+    /// call (at most 1024 are kept), including those in calls that
+    /// returned an error, whose [`Received`] report was lost.
+    pub fn take_equivocations(&mut self) -> Vec<Equivocation> {
+        std::mem::take(&mut self.equivocations)
     }
 
     /// A receiver of every change applied from now on.
@@ -705,7 +718,11 @@ impl<D: Document> Replica<D> {
                 }
                 Ok(Admit::Equivocation) => {
                     warn!(actor = %env.actor, seq = env.seq, "equivocation: two signed operations for one sequence number");
-                    report.equivocations.push(Equivocation { actor: env.actor, seq: env.seq });
+                    let found = Equivocation { actor: env.actor, seq: env.seq };
+                    if self.equivocations.len() < MAX_HELD_EQUIVOCATIONS {
+                        self.equivocations.push(found.clone());
+                    }
+                    report.equivocations.push(found);
                     continue;
                 }
                 Err(e) => {
