@@ -861,7 +861,7 @@ fn second_node_on_the_same_data_fails_cleanly() {
     let err = fails_to_start(&["--data", data.to_str().unwrap()], 1);
     assert!(err.contains("lock"), "{err}");
     // The first node is unharmed.
-    assert_eq!(first.dump(), json!({"event": "dump", "entries": {"k": "v"}, "clock": { &actor: 1 }}));
+    assert_eq!(first.dump(), json!({"event": "dump", "entries": {"k": "v"}, "clock": { &actor: 1 }, "actor": actor}));
     drop(first.stdin.take());
     let status = first.wait_exit();
     first.assert_clean_exit(status);
@@ -930,4 +930,41 @@ fn bad_allow_and_psk_file_arguments() {
     std::fs::write(&bad, "/key/swarm/psk/1.0.0/\n/base16/\nnot hex\n").unwrap();
     let err = fails_to_start(&["--data", data_s, "--psk-file", bad.to_str().unwrap()], 1);
     assert!(err.contains(bad.to_str().unwrap()) && err.contains("64 hex digits"), "{err}");
+}
+
+#[test]
+fn writer_allow_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_data, b_data) = (tmp.path().join("a"), tmp.path().join("b"));
+    // First runs, to learn each node's actor id.
+    let mut actors = Vec::new();
+    for (name, data) in [("a", &a_data), ("b", &b_data)] {
+        let mut n = NodeProc::spawn(name, data, &[], None);
+        let actor = n.dump()["actor"].as_str().expect("dump names the actor").to_string();
+        assert_eq!(actor.len(), 64, "{actor}");
+        drop(n.stdin.take());
+        let status = n.wait_exit();
+        n.assert_clean_exit(status);
+        actors.push(actor);
+    }
+    // Only A may write, on both nodes.
+    let only_a = ["--writer", actors[0].as_str()];
+    let mut a = NodeProc::spawn("a", &a_data, &only_a, None);
+    let mut args = only_a.to_vec();
+    args.extend(["--peer", a.addr.as_str()]);
+    let mut b = NodeProc::spawn("b", &b_data, &args, None);
+    a.wait_connected(&[&b.peer_id.clone()]);
+    let ans = b.request("put k from-b");
+    expect_error(&b, &ans, "put by a non-writer");
+    assert!(ans["message"].as_str().is_some_and(|m| m.contains("may not write")), "{ans}");
+    let ans = a.request("put k from-a");
+    a.check_put(&ans, "k", "from-a");
+    b.wait_event(0, "a's change", |v| v["event"] == "remote_change" && v["key"] == "k" && v["value"] == "from-a");
+    let err = fails_to_start(&["--data", tmp.path().join("c").to_str().unwrap(), "--writer", "xyz"], 2);
+    assert!(err.contains("--writer"), "{err}");
+    for n in [&mut a, &mut b] {
+        drop(n.stdin.take());
+        let status = n.wait_exit();
+        n.assert_clean_exit(status);
+    }
 }

@@ -58,6 +58,16 @@ enum Command {
         /// digits, one per line). Only nodes with the same key can connect.
         #[arg(long, value_name = "PATH")]
         psk_file: Option<PathBuf>,
+        /// Accept operations of this actor only (repeatable; 64 hex digits,
+        /// as `dump` shows a node's own). Give every node of the document
+        /// the same list, including its own actor, or its writes fail.
+        /// Without --writer anyone may write.
+        #[arg(long, value_name = "ACTOR_ID")]
+        writer: Vec<walrus::replica::ActorId>,
+        /// Merge snapshots only from this peer (repeatable). Without it,
+        /// snapshots from any connected peer are merged.
+        #[arg(long, value_name = "PEER_ID", value_parser = parse_peer_id)]
+        snapshot_peer: Vec<walrus::net::PeerId>,
     },
     /// Measure performance.
     #[command(subcommand)]
@@ -193,7 +203,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
         Command::Doc(cmd) => doc_cmd::run(cmd),
-        Command::Node { data, listen, peer, doc, mdns, sync_interval_ms, allow, psk_file } => {
+        Command::Node { data, listen, peer, doc, mdns, sync_interval_ms, allow, psk_file, writer, snapshot_peer } => {
             node_cmd::run(node_cmd::NodeArgs {
                 data,
                 listen,
@@ -203,6 +213,8 @@ fn main() -> ExitCode {
                 sync_interval_ms,
                 allow,
                 psk_file,
+                writers: writer,
+                snapshot_peers: snapshot_peer,
             })
         }
         Command::Demo { log } => demo::run(log),

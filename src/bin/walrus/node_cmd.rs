@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle, PeerId};
-use walrus::replica::{Change, KvDoc, KvDocExt, KvOp, Origin, ReplicaOptions, VersionVector};
+use walrus::replica::{ActorId, Change, KvDoc, KvDocExt, KvOp, Origin, ReplicaOptions, VersionVector};
 
 use crate::doc_cmd::{json_values, SEGMENT_SIZE};
 
@@ -27,6 +27,10 @@ pub struct NodeArgs {
     pub allow: Vec<PeerId>,
     /// Pre-shared key file of a private network.
     pub psk_file: Option<PathBuf>,
+    /// Actors that may write; empty: any.
+    pub writers: Vec<ActorId>,
+    /// Peers whose snapshots are merged; empty: any.
+    pub snapshot_peers: Vec<PeerId>,
 }
 
 /// Prints one JSON line. Standard output is shared by the event task and
@@ -104,8 +108,12 @@ async fn serve(args: NodeArgs) -> Result<ExitCode> {
     if let Some(path) = &args.psk_file {
         cfg.psk = Some(walrus::net::read_psk_file(path)?);
     }
+    if !args.snapshot_peers.is_empty() {
+        cfg.snapshot_peers = Some(args.snapshot_peers.iter().copied().collect());
+    }
     let defaults = ReplicaOptions::default();
-    cfg.replica = ReplicaOptions { wal: defaults.wal.clone().segment_size(SEGMENT_SIZE), ..defaults };
+    let writers = (!args.writers.is_empty()).then(|| args.writers.iter().copied().collect());
+    cfg.replica = ReplicaOptions { wal: defaults.wal.clone().segment_size(SEGMENT_SIZE), writers, ..defaults };
     let (node, mut events) = Node::<KvDoc>::start(cfg).await?;
     let printer = tokio::spawn(async move {
         loop {
@@ -263,7 +271,8 @@ async fn command(node: &NodeHandle<KvDoc>, doc: &str, line: &str) -> bool {
                 .with(doc, |r| {
                     let entries: Map<String, Value> =
                         r.doc().entries().iter().map(|(k, v)| (k.clone(), json_values(v))).collect();
-                    json!({"event": "dump", "entries": entries, "clock": clock_json(r.clock())})
+                    json!({"event": "dump", "entries": entries, "clock": clock_json(r.clock()),
+                           "actor": r.actor().to_string()})
                 })
                 .await;
             match state {
