@@ -68,9 +68,10 @@ impl VersionVector {
         self.0.is_empty()
     }
 
-    /// Total number of operations covered.
+    /// Total number of operations covered (saturating at `u64::MAX`).
     pub fn total(&self) -> u64 {
-        self.0.values().sum()
+        // Saturating: a peer's version vector may claim anything.
+        self.0.values().fold(0u64, |sum, &n| sum.saturating_add(n))
     }
 }
 

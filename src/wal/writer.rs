@@ -638,7 +638,13 @@ fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<Rec
         }
         if damage.offset == 0 {
             let path = &scan.paths[damage.segment];
-            restart_lsn = path.file_name().and_then(|n| n.to_str()).and_then(segment::parse_segment_name).unwrap_or(1);
+            // The name of a damaged segment may be as damaged as its
+            // contents: never restart past what a segment header can hold.
+            restart_lsn = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(segment::parse_segment_name)
+                .map_or(1, |n| n.min(format::MAX_LSN));
             io.remove(path)?;
         } else if let Some(path) = scan.paths.get(damage.segment) {
             // Keep the good prefix of the damaged segment: rescan it as the last one.
