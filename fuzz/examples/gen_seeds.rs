@@ -1,4 +1,7 @@
 //! Writes the committed seed corpus: `fuzz/corpus/<target>/seed-<name>`.
+//! (The two seeds holding a real segment file, `record_decode/seed-wal-segment`
+//! and `recover_dir/seed-raw-segment`, come out different on every run: a
+//! new segment gets a random salt.)
 //!
 //! Run from `fuzz/` with `cargo run --example gen_seeds`. Seeds are built
 //! with the crate's own encoders (and, where a real segment file is needed,
@@ -8,12 +11,21 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crdts::CmRDT;
+use serde_bytes::ByteBuf;
+use walrus::replica::{Catchup, KvDoc, KvOp, OpEnvelope, VersionVector};
+use walrus::sync::{self, Gossip, SyncRequest, SyncResponse};
 use walrus::wal::format::{
     encode_frame, SegmentHeader, FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, KIND_MORE, MAX_PAYLOAD_LEN,
 };
 use walrus::wal::{SyncPolicy, Wal, WalOptions};
 use walrus_fuzz::decode::Config;
+use walrus_fuzz::envelope::Edit;
 use walrus_fuzz::recover::{CraftedFrame, Op, Plan, SEGMENT_SIZE};
+use walrus_fuzz::sync::{
+    messages_to_bytes, seq_byte, MessageSpec, OpSpec, Setup, DOC, LOCAL_OPS, OTHER_DOC, TAMPER_ACTOR, TAMPER_DOC,
+    TAMPER_NOT_A_KEY, TAMPER_OP, TAMPER_PREV_SIG, TAMPER_SEQ, TAMPER_SIG_BIT,
+};
 
 fn frame(salt: u32, lsn: u64, kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -210,53 +222,306 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
     println!("{} ({} bytes)", path.display(), bytes.len());
 }
 
-/// Messages a peer could really send, each behind its kind byte.
-fn sync_message_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    use walrus::replica::KvDocExt;
-    use walrus::sync::{self, SyncRequest, SyncResponse};
-    use walrus_fuzz::sync::{limits, replica, DOC};
+/// A valid operation of peer `signer` (0..=2; 3 is the replica's own key).
+fn signed(signer: u8, seq: u64, key: u8, value: u8) -> OpEnvelope<KvOp> {
+    OpSpec::put(signer, seq, key, value).envelope(None)
+}
 
+fn encoded(envs: &[OpEnvelope<KvOp>]) -> Vec<ByteBuf> {
+    envs.iter().map(|e| ByteBuf::from(e.encode().expect("encoding"))).collect()
+}
+
+fn gossip(doc: &str, envs: &[OpEnvelope<KvOp>]) -> Vec<u8> {
+    sync::encode(&Gossip { doc: doc.into(), ops: encoded(envs) })
+}
+
+/// The operations the replica under test writes itself with `setup`, as
+/// its peers would have received them.
+fn own_ops(setup: Setup) -> Vec<OpEnvelope<KvOp>> {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut peer = replica(&tmp.path().join("peer"));
-    let env = peer.update(|d, a| d.put_op(a, "from the peer", "hello")).expect("a write");
-    let del = peer.update(|d, _| d.del_op("key0")).expect("a delete");
-    let gossip = sync::gossip_messages(DOC, &[env, del], limits().max_gossip).remove(0);
-    let wrong_doc = sync::gossip_messages(
-        "other",
-        &peer
-            .ops_since(&Default::default(), 1 << 20)
-            .map(|c| match c {
-                walrus::replica::Catchup::Ops { ops, .. } => ops,
-                _ => Vec::new(),
-            })
-            .expect("ops"),
-        4096,
-    )
-    .remove(0);
-    let request = sync::encode(&sync::request(&peer, DOC, 300));
-    let empty_request = sync::encode(&SyncRequest { doc: DOC.into(), clock: Default::default(), budget: 1 << 20 });
-    let page = sync::encode(&sync::respond(
-        &peer,
-        DOC,
-        &SyncRequest { doc: DOC.into(), clock: Default::default(), budget: 200 },
-        &limits(),
-    ));
-    peer.checkpoint().expect("checkpoint");
-    let snapshot = sync::encode(&SyncResponse::Snapshot {
-        doc: DOC.into(),
-        state: serde_bytes::ByteBuf::from(sync::encode(peer.doc())),
-        clock: peer.clock().clone(),
-    });
-    let with_kind = |kind: u8, body: &[u8]| [&[kind][..], body].concat();
+    let r = walrus_fuzz::sync::replica(tmp.path(), Setup { checkpoint: false, ..setup });
+    match r.ops_since(&VersionVector::default(), 1 << 20).expect("ops_since") {
+        Catchup::Ops { ops, .. } => ops,
+        Catchup::Snapshot { .. } => unreachable!("never checkpointed"),
+    }
+}
+
+/// `env` with its actor id written as an array of 32 integers instead of a
+/// byte string: another encoding of the same envelope, which still verifies.
+fn actor_as_array(env: &OpEnvelope<KvOp>) -> Vec<u8> {
+    let bytes = env.encode().expect("encoding");
+    let mut needle = b"eactor\x58\x20".to_vec();
+    needle.extend_from_slice(&env.actor.0);
+    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("the actor field");
+    let mut array = b"eactor\x98\x20".to_vec();
+    for &b in &env.actor.0 {
+        if b >= 24 {
+            array.push(0x18);
+        }
+        array.push(b);
+    }
+    [&bytes[..at], &array[..], &bytes[at + needle.len()..]].concat()
+}
+
+fn op(signer: u8, seq: u64, shape: u8, seen: u8, tamper: u8, param: u8) -> OpSpec {
+    OpSpec { signer, seq: seq_byte(seq).expect("a spec sequence number"), shape, seen, tamper, param }
+}
+
+fn msg(ops: Vec<OpSpec>) -> MessageSpec {
+    MessageSpec { ops, ..MessageSpec::default() }
+}
+
+fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let raw = |bytes: &[u8]| [&[0u8][..], bytes].concat();
+    let enc = |e: &OpEnvelope<KvOp>| e.encode().expect("encoding");
+    let first = signed(0, 1, 0, 1);
+    let del = op(1, 3, 0b0000_0101, 0b0001_0001, 0, 0).envelope(None);
+    let forged = op(0, 1, 0b0010_0010, 0, 0, 0).envelope(None);
+    let mut bad_sig = first.clone();
+    bad_sig.sig.0[40] ^= 4;
+    // Mutation mode: [1, key byte, seq byte, shape, seen, edit count, edits].
+    let mutate = |key: u8, seq: u64, shape: u8, seen: u8, edits: &[Edit]| {
+        let mut out = vec![1, key, seq_byte(seq).expect("seq"), shape, seen, edits.len() as u8];
+        for e in edits {
+            out.extend_from_slice(&e.to_bytes());
+        }
+        out
+    };
+    let edit = |kind, pos, value| Edit { kind, pos, value };
+    // Offsets in the encoding of a put by key 0x21 at sequence number 1:
+    // the map header, "actor" (6 bytes), its 34-byte value, then "seq" (4)
+    // and its value at 44.
+    let len = enc(&OpSpec::put(0, 1, 0, 0).envelope(None)).len() as u16;
     vec![
-        ("gossip", with_kind(0, &gossip)),
-        ("gossip-wrong-doc", with_kind(0, &wrong_doc)),
-        ("gossip-garbage", with_kind(0, b"\xa2\x63doc\x63doc\x63ops\x81\x41\x00")),
-        ("request", with_kind(1, &request)),
-        ("request-empty-clock", with_kind(1, &empty_request)),
-        ("response-page", with_kind(2, &page)),
-        ("response-snapshot", with_kind(2, &snapshot)),
+        ("raw-put", raw(&enc(&first))),
+        ("raw-del", raw(&enc(&del))),
+        ("raw-forged-put", raw(&enc(&forged))),
+        ("raw-bad-signature", raw(&enc(&bad_sig))),
+        ("raw-actor-as-array", raw(&actor_as_array(&signed(2, 2, 3, 7)))),
+        ("raw-garbage", raw(b"\xa4eactor\x41\x00cseq\x01bop\xf6csig\x40")),
+        ("mutate-none", mutate(0x21, 1, 0b0011_0000, 0, &[])),
+        ("mutate-none-later", mutate(0x10, 5, 0b0001_0101, 0b1000_0001, &[])),
+        ("mutate-signature", mutate(0x21, 1, 0, 0, &[edit(1, len - 3, 0x40)])),
+        ("mutate-seq", mutate(0x22, 2, 0, 0, &[edit(0, 44, 0x03)])),
+        ("mutate-value", mutate(0x23, 1, 0b0111_0000, 0, &[edit(1, len - 80, 0x01)])),
+        ("mutate-truncate", mutate(0x21, 1, 0, 0, &[edit(4, len - 1, 0)])),
+        ("mutate-insert-delete", mutate(0x21, 1, 0, 0, &[edit(2, 10, 0x00), edit(3, 10, 0)])),
+        ("mutate-swap", mutate(0x21, 3, 0, 0b0000_0011, &[edit(5, 45, 7)])),
     ]
+}
+
+fn gossip_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let plain = Setup::default();
+    let checkpointed = Setup { checkpoint: true, extra: 2 };
+    let raw = |setup: Setup, body: &[u8]| [&[0, setup.to_byte()][..], body].concat();
+    let structured =
+        |setup: Setup, msgs: &[MessageSpec]| [&[1, setup.to_byte()][..], &messages_to_bytes(msgs)[..]].concat();
+    let peer_ops = vec![signed(0, 1, 0, 1), signed(0, 2, 1, 2), signed(1, 1, 0, 3)];
+    let mut bad = signed(1, 2, 2, 4);
+    bad.sig.0[3] ^= 1;
+    let mixed = vec![signed(2, 1, 3, 5), bad, signed(2, 2, 3, 6)];
+    let own = own_ops(checkpointed);
+    vec![
+        ("raw", raw(plain, &gossip(DOC, &peer_ops))),
+        ("raw-out-of-order", raw(plain, &gossip(DOC, &[signed(0, 3, 0, 1), signed(0, 2, 0, 2)]))),
+        ("raw-mixed", raw(plain, &gossip(DOC, &mixed))),
+        ("raw-echo", raw(plain, &gossip(DOC, &own[..LOCAL_OPS]))),
+        ("raw-echo-checkpointed", raw(checkpointed, &gossip(DOC, &own))),
+        ("raw-wrong-doc", raw(plain, &gossip(OTHER_DOC, &peer_ops))),
+        ("raw-garbage", raw(plain, b"\xa2cdocbdocbops\x81\x41\x00")),
+        ("structured", structured(plain, &[msg(vec![op(0, 1, 0, 0, 0, 0), op(1, 1, 0b1000_0100, 0b1000, 0, 0)])])),
+        (
+            "structured-tampered",
+            structured(
+                plain,
+                &[
+                    msg(vec![op(0, 1, 0, 0, TAMPER_SIG_BIT, 200), op(0, 1, 0, 0, 0, 0), op(1, 1, 0, 0, TAMPER_SEQ, 0)]),
+                    msg(vec![op(1, 1, 0, 0, TAMPER_DOC, 0), op(2, 1, 0, 0, TAMPER_OP, 0)]),
+                    msg(vec![op(2, 1, 0, 0, TAMPER_ACTOR, 1), op(0, 2, 0, 0, TAMPER_PREV_SIG, 0)]),
+                    msg(vec![op(0, 2, 0, 0, TAMPER_NOT_A_KEY, 9), op(0, 2, 0b0010, 0, 0, 0)]),
+                ],
+            ),
+        ),
+        (
+            "structured-equivocation",
+            structured(
+                plain,
+                &[
+                    msg(vec![op(3, 1, 0b0100_0000, 0, 0, 0), op(3, 4, 0, 0b1000, 0, 0)]),
+                    msg(vec![op(0, 2, 0, 0, 0, 0), op(0, 2, 0b0001_0000, 0, 0, 0)]),
+                ],
+            ),
+        ),
+        (
+            "structured-buffer-full",
+            structured(
+                plain,
+                &[
+                    msg((2..=7).map(|s| op(0, s, 0, 0, 0, 0)).collect()),
+                    msg((2..=5).map(|s| op(1, s, 0, 0, 0, 0)).chain([op(1, 6, 0, 0, TAMPER_SIG_BIT, 7)]).collect()),
+                    msg(vec![op(0, 1, 0, 0, 0, 0), op(1, 1, 0, 0, 0, 0)]),
+                ],
+            ),
+        ),
+        (
+            "structured-edges",
+            structured(
+                checkpointed,
+                &[
+                    msg(vec![op(0, 0, 0, 0, 0, 0)]),
+                    msg(vec![op(1, u64::MAX, 0, 0, 0, 0), op(1, u64::MAX - 1, 1, 0, 0, 0)]),
+                    MessageSpec { wrong_doc: true, ..msg(vec![op(2, 1, 0, 0, 0, 0)]) },
+                    msg(vec![op(3, 2, 0, 0, 0, 0), op(3, 6, 0, 0, 0, 0)]),
+                ],
+            ),
+        ),
+    ]
+}
+
+fn sync_exchange_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let plain = Setup::default();
+    let checkpointed = Setup { checkpoint: true, extra: 2 };
+    let with = |kind: u8, setup: Setup, body: &[u8]| [&[kind, setup.to_byte()][..], body].concat();
+    let me = walrus_fuzz::sync::actor(3);
+    let request = |clock: VersionVector, budget| sync::encode(&SyncRequest { doc: DOC.into(), clock, budget });
+    let at = |seq: u64| -> VersionVector { [(me, seq)].into_iter().collect() };
+    let page = |envs: &[OpEnvelope<KvOp>], more| {
+        sync::encode(&SyncResponse::Ops { doc: DOC.into(), ops: encoded(envs), more })
+    };
+    let peer_ops = vec![signed(0, 1, 0, 1), signed(0, 2, 1, 2), signed(1, 1, 2, 3)];
+    let mut bad = signed(1, 2, 2, 4);
+    bad.sig.0[63] ^= 0x80;
+    let snapshot = |ops: &[OpEnvelope<KvOp>], clock: VersionVector| {
+        let mut state = KvDoc::default();
+        for e in ops {
+            state.apply(e.op.clone());
+        }
+        sync::encode(&SyncResponse::Snapshot { doc: DOC.into(), state: ByteBuf::from(sync::encode(&state)), clock })
+    };
+    let clock_of = |ops: &[OpEnvelope<KvOp>]| ops.iter().map(|e| (e.actor, e.seq)).collect::<VersionVector>();
+    let own = own_ops(plain);
+    let mut forged_clock = clock_of(&peer_ops);
+    forged_clock.observe(me, 10);
+    let structured = |msgs: &[MessageSpec]| with(2, plain, &messages_to_bytes(msgs));
+    vec![
+        ("request", with(0, plain, &request(VersionVector::default(), 300))),
+        ("request-one-per-page", with(0, plain, &request(at(1), 1))),
+        ("request-up-to-date", with(0, plain, &request(at(LOCAL_OPS as u64), 1 << 20))),
+        ("request-snapshot", with(0, checkpointed, &request(VersionVector::default(), 1 << 20))),
+        ("request-after-checkpoint", with(0, checkpointed, &request(at(LOCAL_OPS as u64), 100))),
+        (
+            "request-other-doc",
+            with(0, plain, &sync::encode(&SyncRequest { doc: OTHER_DOC.into(), clock: at(1), budget: 9 })),
+        ),
+        ("response-page", with(1, plain, &page(&peer_ops, true))),
+        ("response-page-mixed", with(1, plain, &page(&[peer_ops[0].clone(), bad, peer_ops[2].clone()], false))),
+        ("response-page-echo", with(1, checkpointed, &page(&own, false))),
+        ("response-snapshot", with(1, plain, &snapshot(&peer_ops, clock_of(&peer_ops)))),
+        (
+            "response-snapshot-with-own",
+            with(1, plain, &snapshot(&[&own[..2], &peer_ops[..]].concat(), clock_of(&own[..2]))),
+        ),
+        ("response-snapshot-forged", with(1, plain, &snapshot(&peer_ops, forged_clock))),
+        ("response-snapshot-checkpointed", with(1, checkpointed, &snapshot(&peer_ops[..1], clock_of(&peer_ops[..1])))),
+        ("response-unknown-doc", with(1, plain, &sync::encode(&SyncResponse::UnknownDoc { doc: DOC.into() }))),
+        (
+            "response-refused",
+            with(1, plain, &sync::encode(&SyncResponse::Refused { doc: DOC.into(), reason: "busy".into() })),
+        ),
+        (
+            "pages",
+            structured(&[
+                MessageSpec { more: true, ..msg(vec![op(0, 1, 0, 0, 0, 0), op(0, 3, 0, 0, 0, 0)]) },
+                MessageSpec { more: true, ..msg(vec![op(0, 2, 0, 0, TAMPER_SIG_BIT, 100), op(1, 1, 0, 0, 0, 0)]) },
+                msg(vec![op(0, 2, 0b1000, 0b0001_0001, 0, 0)]),
+            ]),
+        ),
+        (
+            "pages-refused",
+            structured(&[
+                MessageSpec { wrong_doc: true, more: true, ..msg(vec![op(0, 1, 0, 0, 0, 0)]) },
+                MessageSpec { more: true, ..msg(vec![op(0, 1, 0, 0, TAMPER_DOC, 0), op(1, 0, 0, 0, 0, 0)]) },
+            ]),
+        ),
+    ]
+}
+
+fn converge_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use walrus_fuzz::converge::{header, Step};
+    let input = |head: u8, order: u8, steps: &[(Step, u8, u8)]| {
+        let mut out = vec![head, order];
+        for (step, x, other) in steps {
+            out.extend(step.to_bytes(*x, *other));
+        }
+        out
+    };
+    vec![
+        ("direct", input(header(0, false, 0, false, false), 1, &[])),
+        ("direct-one-by-one", input(header(3, true, 2, false, true), 7, &[])),
+        (
+            "pages",
+            input(
+                header(0, false, 2, true, false),
+                5,
+                &[
+                    (Step::Deliver(3), 0, 0),
+                    (Step::Run(0x20), 0, 0),
+                    (Step::Page(0), 1, 0),
+                    (Step::Page(0), 1, 0),
+                    (Step::Checkpoint, 0, 0),
+                    (Step::Pull(1), 1, 0),
+                    (Step::Reopen, 1, 0),
+                    (Step::Gossip, 0, 0),
+                ],
+            ),
+        ),
+        (
+            "schedule",
+            input(
+                header(1, true, 1, true, false),
+                3,
+                &[
+                    (Step::Deliver(4), 0, 0),
+                    (Step::Deliver(1), 1, 0),
+                    (Step::Run(0x45), 2, 0),
+                    (Step::Damaged(0x02), 0, 0),
+                    (Step::Damaged(0x13), 1, 0),
+                    (Step::Damaged(0x24), 2, 0),
+                    (Step::Damaged(0x35), 2, 0),
+                    (Step::Page(2), 1, 0),
+                    (Step::Gossip, 0, 1),
+                    (Step::Reopen, 2, 0),
+                    (Step::Pull(40), 2, 0),
+                    (Step::Deliver(8), 1, 1),
+                ],
+            ),
+        ),
+        (
+            "snapshots",
+            input(
+                header(2, true, 1, true, true),
+                9,
+                &[
+                    (Step::Run(0xE0), 0, 0),
+                    (Step::Checkpoint, 0, 0),
+                    (Step::Deliver(7), 1, 0),
+                    (Step::Pull(0), 1, 1),
+                    (Step::Page(1), 2, 1),
+                    (Step::Gossip, 2, 0),
+                    (Step::Reopen, 1, 0),
+                    (Step::Damaged(0x33), 1, 0),
+                ],
+            ),
+        ),
+    ]
+}
+
+/// Checks each seed with its target's checks, then writes it.
+fn emit(corpus: &Path, target: &str, seeds: Vec<(&'static str, Vec<u8>)>, check: fn(&[u8])) {
+    for (name, bytes) in seeds {
+        check(&bytes);
+        write(&corpus.join(target), name, &bytes);
+    }
 }
 
 fn main() {
@@ -270,8 +535,8 @@ fn main() {
         walrus_fuzz::recover::check(&bytes);
         write(&corpus.join("recover_dir"), name, &bytes);
     }
-    for (name, bytes) in sync_message_seeds() {
-        walrus_fuzz::sync::check(&bytes);
-        write(&corpus.join("sync_message"), name, &bytes);
-    }
+    emit(&corpus, "envelope", envelope_seeds(), walrus_fuzz::envelope::check);
+    emit(&corpus, "gossip", gossip_seeds(), walrus_fuzz::gossip::check);
+    emit(&corpus, "sync_exchange", sync_exchange_seeds(), walrus_fuzz::sync_exchange::check);
+    emit(&corpus, "converge", converge_seeds(), walrus_fuzz::converge::check);
 }

@@ -5,9 +5,13 @@
 //! generator (`examples/gen_seeds.rs`) can build inputs in exactly the byte
 //! layout the targets parse.
 
+pub mod converge;
 pub mod decode;
+pub mod envelope;
+pub mod gossip;
 pub mod recover;
 pub mod sync;
+pub mod sync_exchange;
 
 /// Reads fuzz input front to back. Reads past the end yield zeros or
 /// shorter slices, so every input means something.
@@ -56,5 +60,87 @@ impl<'a> Bytes<'a> {
 
     pub fn u64(&mut self) -> u64 {
         u64::from_le_bytes(self.array())
+    }
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*), for choices an input
+/// makes through a seed rather than byte by byte.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        if self.0 == 0 {
+            // Zero is a fixed point of xorshift.
+            self.0 = 0x9e37_79b9_7f4a_7c15;
+        }
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (0 if `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    /// Shuffles `items` (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+/// A fresh temporary directory for one input, under [`recover::temp_base`].
+pub(crate) fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("walrus-fuzz-").tempdir_in(recover::temp_base()).expect("creating a temp dir")
+}
+
+/// Installs (once per process) a tracing subscriber that enables every span
+/// and event and formats their fields into nothing. Without a subscriber
+/// `tracing` never evaluates the fields, so the library's logging code
+/// (arithmetic and `Display` of hostile values included) would go unfuzzed.
+pub fn init_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // Fails only if another subscriber is installed; that one logs then.
+    ONCE.call_once(|| drop(tracing::subscriber::set_global_default(Sink)));
+}
+
+struct Sink;
+
+impl tracing::Subscriber for Sink {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        span.record(&mut Format);
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        values.record(&mut Format);
+    }
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        event.record(&mut Format);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+struct Format;
+
+impl tracing::field::Visit for Format {
+    fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::io::Write;
+        // Formatting is where a `Debug` or `Display` implementation would panic.
+        let _ = write!(std::io::sink(), "{value:?}");
     }
 }

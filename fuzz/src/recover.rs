@@ -267,6 +267,14 @@ impl Plan {
     }
 }
 
+/// `lsn`, capped at [`LSN_CEILING`]. (A no-op while the ceiling is
+/// `u64::MAX`; it stays a knob for runs that want to avoid the top of the
+/// LSN space.)
+#[allow(clippy::unnecessary_min_or_max)]
+fn capped(lsn: u64) -> u64 {
+    lsn.min(LSN_CEILING)
+}
+
 /// Where the fuzz directories go: `$WALRUS_FUZZ_TMPDIR`, else `/dev/shm` if
 /// it exists (the log syncs a lot; memory makes that free), else the
 /// system's temporary directory.
@@ -393,14 +401,15 @@ fn edit(dir: &Path, op: &Op) {
             }
         }
         Op::RawSegment { lsn, bytes } => {
-            let lsn = (*lsn).min(LSN_CEILING);
+            let lsn = capped(*lsn);
             fs::write(dir.join(segment_file_name(lsn)), bytes).expect("writing a segment");
         }
         Op::CraftedSegment { lsn, salt, frames } => {
-            let lsn = (*lsn).min(LSN_CEILING);
+            let lsn = capped(*lsn);
             let mut buf = SegmentHeader { salt: *salt, first_lsn: lsn }.encode().to_vec();
             for (i, f) in frames.iter().enumerate() {
-                let frame_lsn = lsn.wrapping_add(i as u64).wrapping_add(f.delta as i64 as u64).min(LSN_CEILING);
+                let frame_lsn = lsn.wrapping_add(i as u64).wrapping_add(f.delta as i64 as u64);
+                let frame_lsn = capped(frame_lsn);
                 encode_frame(&mut buf, *salt, frame_lsn, f.kind, f.flags, &f.payload);
             }
             fs::write(dir.join(segment_file_name(lsn)), buf).expect("writing a segment");

@@ -37,6 +37,21 @@ fn recover_dir_seeds() {
 }
 
 #[test]
-fn sync_message_seeds() {
-    replay("sync_message", walrus_fuzz::sync::check);
+fn envelope_seeds() {
+    replay("envelope", walrus_fuzz::envelope::check);
+}
+
+#[test]
+fn gossip_seeds() {
+    replay("gossip", walrus_fuzz::gossip::check);
+}
+
+#[test]
+fn sync_exchange_seeds() {
+    replay("sync_exchange", walrus_fuzz::sync_exchange::check);
+}
+
+#[test]
+fn converge_seeds() {
+    replay("converge", walrus_fuzz::converge::check);
 }

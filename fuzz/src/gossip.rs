@@ -1,0 +1,68 @@
+//! The `gossip` target: gossip messages from a hostile peer, applied by the
+//! replica under test with `sync::apply_gossip` (replica, limits and oracle:
+//! see [`crate::sync`]).
+//!
+//! Input layout:
+//!
+//! | bytes | meaning |
+//! |---|---|
+//! | 0 | mode: even = raw, odd = structured |
+//! | 1 | [`Setup`] of the replica |
+//! | 2.. | raw: one gossip message as it comes off the network; structured: up to [`MAX_MESSAGES`](crate::sync::MAX_MESSAGES) [`MessageSpec`](crate::sync::MessageSpec)s, whose operations the harness signs (and damages as told) before encoding each as a gossip message |
+//!
+//! Checks, after every message: nothing panics, and the oracle of
+//! [`crate::sync`] holds (a message refused as a whole or without a valid
+//! operation changes neither version vector, state nor buffer; a mixed one
+//! does exactly what its valid operations alone do; valid operations are
+//! not refused as a peer fault; the version vector grows by the number of
+//! operations reported applied). At the end, if anything was applied, the
+//! replica reopens to the same version vector and state.
+
+use walrus::sync::{self, Gossip};
+
+use crate::sync::{
+    check_reopen, judge_ops, limits, observe, options, parse_messages, replica, Setup, Twin, Verdict, DOC, LOCAL_SEED,
+};
+use crate::Bytes;
+
+/// Runs one input through the checks; panics on a violated invariant.
+pub fn check(data: &[u8]) {
+    crate::init_tracing();
+    let mut input = Bytes::new(data);
+    let structured = input.u8() & 1 == 1;
+    let setup = Setup::parse(input.u8());
+    let body = input.rest();
+    let limits = limits();
+    // Each message with what the oracle says of it: for structured ones
+    // known by construction, for raw ones judged by decoding and verifying.
+    let messages: Vec<(Vec<u8>, Verdict)> = if structured {
+        parse_messages(body)
+            .iter()
+            .map(|m| {
+                let (ops, verdict) = m.build();
+                let msg = sync::encode(&Gossip { doc: m.doc().to_string(), ops });
+                // Else the verdict would be wrong: the message is refused as too large.
+                assert!(msg.len() <= limits.max_gossip, "a structured message exceeds the gossip limit");
+                (msg, verdict)
+            })
+            .collect()
+    } else {
+        // A message that does not decode never reaches a replica (decoding
+        // is all there is to check): skip setting one up.
+        let Ok(msg) = sync::decode::<Gossip>(body, limits.max_gossip, "gossip") else { return };
+        vec![(body.to_vec(), judge_ops(&msg.doc, &msg.ops))]
+    };
+    let tmp = crate::temp_dir();
+    let mut r = replica(&tmp.path().join("replica"), setup);
+    let mut twin = Twin::new(tmp.path().join("twin"), setup);
+    let initial = observe(&r);
+    for (msg, verdict) in messages {
+        let before = observe(&r);
+        let result = sync::apply_gossip(&mut r, DOC, &msg, &limits);
+        twin.check(&r, &before, verdict, &result);
+    }
+    let end = observe(&r);
+    if end.clock != initial.clock || end.state != initial.state {
+        check_reopen(r, LOCAL_SEED, options());
+    }
+}
