@@ -13,7 +13,8 @@
 //! Checks, after every message: nothing panics, and the oracle of
 //! [`crate::sync`] holds (a message refused as a whole or without a valid
 //! operation changes neither version vector, state nor buffer; a mixed one
-//! does exactly what its valid operations alone do; valid operations are
+//! does exactly what its valid operations before the first bad signature
+//! do; valid operations are
 //! not refused as a peer fault; the version vector grows by the number of
 //! operations reported applied). At the end, if anything was applied, the
 //! replica reopens to the same version vector and state.

@@ -48,8 +48,9 @@
 //! - a message without any valid operation leaves all three unchanged,
 //!   whatever the result (nothing unverified is applied or buffered);
 //! - a message with valid and invalid operations has exactly the effect of
-//!   its valid operations alone: a second replica (the *twin*, same setup)
-//!   that received only the valid operations of every message so far ends
+//!   its valid operations before the first bad signature (the replica stops
+//!   there): a second replica (the *twin*, same setup) that received only
+//!   those operations of every message so far ends
 //!   in the same state, buffer included;
 //! - a message of valid operations only fails, if at all, because the
 //!   buffer is full, never as a peer fault;
@@ -586,7 +587,10 @@ impl Twin {
             assert!(!is_refusal(e), "a well-formed message was refused as a whole: {e}");
         }
         let total = ops.len();
-        let valid: Vec<_> = ops.into_iter().filter(|(_, v)| *v).map(|(e, _)| e).collect();
+        // A bad signature ends the replica's work on a message: only the
+        // operations before it count.
+        let cut = ops.iter().position(|(e, _)| e.verify(DOC).is_err()).unwrap_or(total);
+        let valid: Vec<_> = ops.into_iter().take(cut).filter(|(_, v)| *v).map(|(e, _)| e).collect();
         if valid.is_empty() {
             assert_eq!(after, *before, "a message without a valid operation changed the replica ({result:?})");
         }

@@ -184,9 +184,17 @@ impl<D: Document> Worker<D> {
                 if received.buffered > 0 {
                     self.send(FromDoc::GapSeen { doc: self.name.clone(), peer: source });
                 }
-                // Forwarded even with an equivocation in it: the other
-                // replicas then detect it too.
-                MessageAcceptance::Accept
+                if received.duplicates > 0 || received.not_writers > 0 {
+                    // Not forwarded: a repeat is not checked again (it may
+                    // be a forgery copying a real signature, which a peer
+                    // without the original would blame on us), and
+                    // operations of non-writers interest nobody.
+                    MessageAcceptance::Ignore
+                } else {
+                    // Forwarded even with an equivocation in it: the other
+                    // replicas then detect it too.
+                    MessageAcceptance::Accept
+                }
             }
             Err(e) => self.failed(source, "gossip", e),
         };

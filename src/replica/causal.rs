@@ -55,16 +55,20 @@ pub struct BufferFull {
 /// ```
 #[derive(Debug)]
 pub struct CausalBuffer<O> {
-    pending: BTreeMap<ActorId, BTreeMap<u64, OpEnvelope<O>>>,
+    /// Per actor, by sequence number: the operation and its size.
+    pending: BTreeMap<ActorId, BTreeMap<u64, (OpEnvelope<O>, usize)>>,
     held: usize,
     limit: usize,
     per_actor: usize,
+    /// Sum of the sizes given with the held operations, and its limit.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl<O> CausalBuffer<O> {
     /// A buffer holding at most `limit` operations in all.
     pub fn new(limit: usize) -> CausalBuffer<O> {
-        CausalBuffer { pending: BTreeMap::new(), held: 0, limit, per_actor: limit }
+        CausalBuffer { pending: BTreeMap::new(), held: 0, limit, per_actor: limit, bytes: 0, max_bytes: usize::MAX }
     }
 
     /// Also holds at most `limit` operations of any one actor.
@@ -73,9 +77,21 @@ impl<O> CausalBuffer<O> {
         self
     }
 
+    /// Also holds operations of at most `max` bytes in all (as given to
+    /// [`offer_sized`](Self::offer_sized)).
+    pub fn max_bytes(mut self, max: usize) -> CausalBuffer<O> {
+        self.max_bytes = max;
+        self
+    }
+
     /// The held operation (`actor`, `seq`), if any.
     pub fn get(&self, actor: &ActorId, seq: u64) -> Option<&OpEnvelope<O>> {
-        self.pending.get(actor)?.get(&seq)
+        self.pending.get(actor)?.get(&seq).map(|(env, _)| env)
+    }
+
+    /// Bytes held (the sum of the sizes given to [`offer_sized`](Self::offer_sized)).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Operations currently held.
@@ -90,6 +106,17 @@ impl<O> CausalBuffer<O> {
 
     /// Decides what to do with `env`, given the operations already applied.
     pub fn offer(&mut self, env: OpEnvelope<O>, applied: &VersionVector) -> Result<Offer<O>, BufferFull> {
+        self.offer_sized(env, applied, 0)
+    }
+
+    /// [`offer`](Self::offer) for an operation of `size` bytes, counted
+    /// against [`max_bytes`](Self::max_bytes) while it is held.
+    pub fn offer_sized(
+        &mut self,
+        env: OpEnvelope<O>,
+        applied: &VersionVector,
+        size: usize,
+    ) -> Result<Offer<O>, BufferFull> {
         let have = applied.get(&env.actor);
         if env.seq <= have {
             return Ok(Offer::Duplicate);
@@ -103,6 +130,8 @@ impl<O> CausalBuffer<O> {
                 Some((self.held, self.limit))
             } else if queue.len() >= self.per_actor {
                 Some((queue.len(), self.per_actor))
+            } else if self.bytes.saturating_add(size) > self.max_bytes {
+                Some((self.bytes, self.max_bytes))
             } else {
                 None
             };
@@ -113,8 +142,9 @@ impl<O> CausalBuffer<O> {
                 }
                 return Err(BufferFull { actor, seq, held, limit });
             }
-            queue.insert(env.seq, env);
+            queue.insert(env.seq, (env, size));
             self.held += 1;
+            self.bytes += size;
             return Ok(Offer::Buffered);
         }
         let actor = env.actor;
@@ -125,11 +155,14 @@ impl<O> CausalBuffer<O> {
             // Stale entries (at or below what is now applied) are dropped too.
             while let Some(entry) = queue.first_entry() {
                 if next.is_none_or(|n| *entry.key() < n) {
-                    entry.remove();
+                    let (_, size) = entry.remove();
                     self.held -= 1;
+                    self.bytes -= size;
                 } else if Some(*entry.key()) == next {
-                    ready.push(entry.remove());
+                    let (env, size) = entry.remove();
+                    ready.push(env);
                     self.held -= 1;
+                    self.bytes -= size;
                     next = next.and_then(|n| n.checked_add(1));
                 } else {
                     break;
@@ -153,15 +186,14 @@ impl<O> CausalBuffer<O> {
     pub fn take_actor(&mut self, actor: &ActorId) -> Vec<OpEnvelope<O>> {
         let taken: Vec<_> = self.pending.remove(actor).map(|q| q.into_values().collect()).unwrap_or_default();
         self.held -= taken.len();
-        taken
+        self.bytes -= taken.iter().map(|(_, size)| size).sum::<usize>();
+        taken.into_iter().map(|(env, _)| env).collect()
     }
 
     /// Drops everything held for `actor` (e.g. after one of its operations
     /// was rejected, its successors can never apply).
     pub fn discard_actor(&mut self, actor: &ActorId) -> usize {
-        let n = self.pending.remove(actor).map_or(0, |q| q.len());
-        self.held -= n;
-        n
+        self.take_actor(actor).len()
     }
 }
 
@@ -186,6 +218,23 @@ mod tests {
         assert_eq!(buf.offer(env(2, 3), &applied), Ok(Offer::Buffered), "other actors still have room");
         assert_eq!(buf.get(&ActorId([1; 32]), 4).map(|e| e.seq), Some(4));
         assert_eq!(buf.len(), 3);
+    }
+
+    #[test]
+    fn bytes_are_bounded_too() {
+        let applied = VersionVector::default();
+        let mut buf = CausalBuffer::new(100).max_bytes(1000);
+        assert_eq!(buf.offer_sized(env(1, 3), &applied, 600), Ok(Offer::Buffered));
+        let err = buf.offer_sized(env(2, 3), &applied, 600).unwrap_err();
+        assert_eq!((err.held, err.limit), (600, 1000));
+        assert_eq!(buf.offer_sized(env(2, 3), &applied, 400), Ok(Offer::Buffered));
+        assert_eq!(buf.bytes(), 1000);
+        // Released when applied, taken or discarded.
+        assert!(matches!(buf.offer(env(1, 2), &applied), Ok(Offer::Buffered)));
+        assert!(matches!(buf.offer(env(1, 1), &applied), Ok(Offer::Ready(ops)) if ops.len() == 3));
+        assert_eq!(buf.bytes(), 400);
+        assert_eq!(buf.take_actor(&ActorId([2; 32])).len(), 1);
+        assert_eq!((buf.bytes(), buf.len()), (0, 0));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 
 use tracing::{info, info_span, warn};
 
@@ -108,6 +108,8 @@ pub struct ReplicaOptions {
     /// Most early operations held for any one actor, so that one actor (or
     /// a peer relaying it) cannot fill the whole buffer.
     pub buffer_per_actor: usize,
+    /// Most bytes of early operations held at once (their encoded size).
+    pub buffer_bytes: usize,
     /// The document id that every operation's signature binds (see
     /// [`signing_bytes`](super::signing_bytes)). All replicas of a document
     /// must use the same id; `walrus::net` uses the document name. It is
@@ -132,6 +134,7 @@ impl Default for ReplicaOptions {
             checkpoint_bytes: 64 << 20,
             max_checkpoint_size: 4 << 30,
             buffer_per_actor: 10_000,
+            buffer_bytes: 64 << 20,
             document: None,
             writers: None,
         }
@@ -194,6 +197,10 @@ pub struct Received {
     pub buffered: usize,
     /// Already known.
     pub duplicates: usize,
+    /// Operations of actors not in [`ReplicaOptions::writers`], skipped
+    /// (every replica with the same list skips the same ones; they are not
+    /// an error, so peers whose logs still hold them are not at fault).
+    pub not_writers: usize,
     /// Equivocations seen: validly signed operations for an (actor, seq)
     /// that already has a different one here. They were not applied (the
     /// first one stays); the actor's key signed two histories.
@@ -224,11 +231,11 @@ const MAX_DOCUMENT_ID: u64 = 4096;
 /// kept their actor id.
 const OLD_ACTOR_FILE: &str = "actor";
 
-/// Bytes of an operation's signature kept in memory to tell a repeated
-/// operation from a conflicting one (a prefix: collisions are as hard as
-/// 2^64 work).
-const SIG_PREFIX: usize = 16;
-type SigPrefix = [u8; SIG_PREFIX];
+/// What is kept in memory of an applied operation's signature to tell a
+/// repeat from a conflicting one: its second half, the scalar
+/// `S = r + H(R, A, M)·a` of RFC 8032, which depends on the message even if
+/// a cheating signer reuses its nonce (`R`, the first half, need not).
+type SigDigest = [u8; 32];
 
 /// Most equivocations kept for [`Replica::take_equivocations`].
 const MAX_HELD_EQUIVOCATIONS: usize = 1024;
@@ -236,13 +243,16 @@ const MAX_HELD_EQUIVOCATIONS: usize = 1024;
 /// Batches of remote operations at least this large are verified on
 /// several threads.
 const PARALLEL_VERIFY_MIN: usize = 64;
+/// Remote operations are verified in rounds of this many, so a batch with a
+/// bad signature costs at most one more round.
+const VERIFY_ROUND: usize = 1024;
 /// Most threads verifying one batch.
 const MAX_VERIFY_THREADS: usize = 8;
 
-fn sig_prefix<O>(env: &OpEnvelope<O>) -> SigPrefix {
-    let mut p = [0u8; SIG_PREFIX];
-    p.copy_from_slice(&env.sig.0[..SIG_PREFIX]);
-    p
+fn sig_digest<O>(env: &OpEnvelope<O>) -> SigDigest {
+    let mut d = [0u8; 32];
+    d.copy_from_slice(&env.sig.0[32..]);
+    d
 }
 
 /// What to do with a remote operation, decided before it is buffered or
@@ -251,6 +261,7 @@ enum Admit {
     New,
     Duplicate,
     Equivocation,
+    NotAWriter,
 }
 /// The replica's write-ahead log directory, inside its directory.
 pub const WAL_DIR: &str = "wal";
@@ -281,7 +292,7 @@ pub struct Replica<D: Document> {
     /// Per actor: sequence number of the first indexed op and the LSN and
     /// signature prefix of that op and its successors, as long as they are
     /// in the log.
-    index: BTreeMap<ActorId, (u64, VecDeque<(Lsn, SigPrefix)>)>,
+    index: BTreeMap<ActorId, (u64, VecDeque<(Lsn, SigDigest)>)>,
     checkpoint_lsn: Lsn,
     bytes_since_checkpoint: u64,
     subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
@@ -315,7 +326,7 @@ impl<D: Document> Replica<D> {
             });
         }
         let mut r = Replica {
-            buffer: CausalBuffer::new(opts.buffer_limit).per_actor(opts.buffer_per_actor),
+            buffer: CausalBuffer::new(opts.buffer_limit).per_actor(opts.buffer_per_actor).max_bytes(opts.buffer_bytes),
             actor: key.actor(),
             key,
             document,
@@ -437,7 +448,7 @@ impl<D: Document> Replica<D> {
         if entry.0 + entry.1.len() as u64 != env.seq {
             *entry = (env.seq, VecDeque::new());
         }
-        entry.1.push_back((lsn, sig_prefix(&env)));
+        entry.1.push_back((lsn, sig_digest(&env)));
         self.doc.apply(env.op);
     }
 
@@ -481,7 +492,7 @@ impl<D: Document> Replica<D> {
 
     /// The signature prefix of the applied operation (`actor`, `seq`), if it
     /// is still in the log.
-    fn indexed_sig(&self, actor: &ActorId, seq: u64) -> Option<&SigPrefix> {
+    fn indexed_sig(&self, actor: &ActorId, seq: u64) -> Option<&SigDigest> {
         let (first, entries) = self.index.get(actor)?;
         let i = usize::try_from(seq.checked_sub(*first)?).ok()?;
         entries.get(i).map(|(_, sig)| sig)
@@ -494,7 +505,7 @@ impl<D: Document> Replica<D> {
             // Applied. Without a record of it (truncated, or merged from a
             // snapshot) a conflict cannot be told: treat it as a repeat.
             match self.indexed_sig(&env.actor, env.seq) {
-                Some(sig) => Some(*sig == sig_prefix(env)),
+                Some(sig) => Some(*sig == sig_digest(env)),
                 None => Some(true),
             }
         } else {
@@ -502,55 +513,76 @@ impl<D: Document> Replica<D> {
         }
     }
 
-    /// Checks the signatures of the operations in `ops` that are not
-    /// already here, on several threads if there are many: verification
-    /// costs far more than applying. `None` where it was not checked.
+    /// Checks the signatures of the operations in `ops` that will need it
+    /// (from a writer, not already here), on several threads if there are
+    /// many: verification costs far more than applying. `None` where it was
+    /// not checked.
     #[allow(clippy::type_complexity)]
     fn verify_batch(&self, ops: Vec<OpEnvelope<D::Operation>>) -> Vec<(OpEnvelope<D::Operation>, Option<bool>)> {
-        let todo: Vec<bool> = ops.iter().map(|env| self.known(env) != Some(true)).collect();
+        let todo: Vec<bool> = ops
+            .iter()
+            .map(|env| self.check_writer(&env.actor, env.seq).is_ok() && self.known(env) != Some(true))
+            .collect();
         let count = todo.iter().filter(|&&t| t).count();
+        if count < PARALLEL_VERIFY_MIN {
+            return ops.into_iter().map(|env| (env, None)).collect();
+        }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_VERIFY_THREADS);
-        if count < PARALLEL_VERIFY_MIN || threads < 2 {
+        if threads < 2 {
             return ops.into_iter().map(|env| (env, None)).collect();
         }
         let doc = self.document.as_str();
         let per_thread = ops.len().div_ceil(threads);
-        // Operations are `Send` but need not be `Sync`: each thread owns its share.
-        let mut shares = Vec::new();
+        // Operations are `Send` but need not be `Sync`: each thread takes
+        // its own share out of a slot.
+        type Share<O> = Vec<(OpEnvelope<O>, bool)>;
+        let mut slots: Vec<Mutex<Option<Share<D::Operation>>>> = Vec::new();
         let mut items = ops.into_iter().zip(todo);
         loop {
-            let share: Vec<_> = items.by_ref().take(per_thread).collect();
+            let share: Share<D::Operation> = items.by_ref().take(per_thread).collect();
             if share.is_empty() {
                 break;
             }
-            shares.push(share);
+            slots.push(Mutex::new(Some(share)));
         }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = shares
+        let take = |slots: &[Mutex<Option<Share<D::Operation>>>], i: usize| {
+            slots.get(i).and_then(|m| m.lock().unwrap_or_else(|p| p.into_inner()).take())
+        };
+        let verify = move |share: Share<D::Operation>| -> Vec<(OpEnvelope<D::Operation>, Option<bool>)> {
+            share
                 .into_iter()
-                .map(|share| {
-                    scope.spawn(move || {
-                        share
-                            .into_iter()
-                            .map(|(env, check)| {
-                                let ok = check.then(|| env.verify(doc).is_ok());
-                                (env, ok)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
+                .map(|(env, check)| (check.then(|| env.verify(doc).is_ok()), env))
+                .map(|(ok, env)| (env, ok))
+                .collect()
+        };
+        let results = std::thread::scope(|scope| {
+            let slots = &slots;
+            // Share 0 on this thread, the others on their own. A thread that
+            // cannot be created (resource limits) leaves its share in its
+            // slot: verified inline later, in order.
+            let handles: Vec<_> = (1..slots.len())
+                .map(|i| std::thread::Builder::new().spawn_scoped(scope, move || take(slots, i).map(verify)).ok())
                 .collect();
-            let mut out = Vec::new();
+            let mut results = vec![take(slots, 0).map(verify)];
             for h in handles {
-                // Only an operation type's `Serialize` could panic here: pass
-                // it on, as verifying on this thread would.
-                match h.join() {
-                    Ok(part) => out.extend(part),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
+                results.push(match h.map(|h| h.join()) {
+                    Some(Ok(r)) => r,
+                    // Only an operation type's `Serialize` could panic here:
+                    // pass it on, as verifying on this thread would.
+                    Some(Err(panic)) => std::panic::resume_unwind(panic),
+                    None => None,
+                });
             }
-            out
-        })
+            results
+        });
+        let mut out = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Some(part) => out.extend(part),
+                None => out.extend(take(&slots, i).into_iter().flatten().map(|(env, _)| (env, None))),
+            }
+        }
+        out
     }
 
     /// Decides whether a remote operation is new, a repeat, or a second
@@ -558,7 +590,9 @@ impl<D: Document> Replica<D> {
     /// conflicting must carry its actor's valid signature (`verified`: the
     /// result of checking it already, if known).
     fn admit(&self, env: &OpEnvelope<D::Operation>, verified: Option<bool>) -> Result<Admit> {
-        self.check_writer(&env.actor, env.seq)?;
+        if self.check_writer(&env.actor, env.seq).is_err() {
+            return Ok(Admit::NotAWriter);
+        }
         let known = self.known(env);
         if known == Some(true) {
             return Ok(Admit::Duplicate);
@@ -695,12 +729,17 @@ impl<D: Document> Replica<D> {
     /// applied once its author's earlier operations are; early ones wait in
     /// a bounded buffer. Applied operations are durable when this returns.
     ///
-    /// A bad signature, a non-writer or an operation the document rejects
-    /// is reported as an error after the valid operations are applied; a
-    /// rejected operation also drops the rest of that author's buffered
-    /// operations. A validly signed operation that conflicts with one
-    /// already held for its (actor, seq) is not applied and is reported in
-    /// [`Received::equivocations`].
+    /// Operations of actors that are not writers are skipped and counted
+    /// ([`Received::not_writers`]). A bad signature ends the call: the
+    /// operations after it are not even looked at (a sender of forged
+    /// operations gets no more work done), those before it stay applied,
+    /// and the error is returned. An operation the document rejects is
+    /// reported as an error after the other valid operations are applied,
+    /// and drops the rest of that author's buffered operations. A validly
+    /// signed operation that conflicts with one already held for its
+    /// (actor, seq) is not applied and is reported in
+    /// [`Received::equivocations`] (and kept for
+    /// [`take_equivocations`](Self::take_equivocations)).
     pub fn receive<I>(&mut self, ops: I) -> Result<Received>
     where
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
@@ -709,42 +748,16 @@ impl<D: Document> Replica<D> {
         let mut report = Received::default();
         let mut ready = Vec::new();
         let mut first_error = None;
-        for (env, verified) in self.verify_batch(ops.into_iter().collect()) {
-            match self.admit(&env, verified) {
-                Ok(Admit::New) => {}
-                Ok(Admit::Duplicate) => {
-                    report.duplicates += 1;
-                    continue;
+        let mut ops = ops.into_iter().peekable();
+        let mut forged = false;
+        while ops.peek().is_some() && !forged && !self.poisoned {
+            let round: Vec<_> = ops.by_ref().take(VERIFY_ROUND).collect();
+            for (env, verified) in self.verify_batch(round) {
+                if forged || self.poisoned {
+                    break;
                 }
-                Ok(Admit::Equivocation) => {
-                    warn!(actor = %env.actor, seq = env.seq, "equivocation: two signed operations for one sequence number");
-                    let found = Equivocation { actor: env.actor, seq: env.seq };
-                    if self.equivocations.len() < MAX_HELD_EQUIVOCATIONS {
-                        self.equivocations.push(found.clone());
-                    }
-                    report.equivocations.push(found);
-                    continue;
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                    continue;
-                }
-            }
-            match self.buffer.offer(env, &self.clock) {
-                Ok(Offer::Ready(list)) => {
-                    // Apply now so later offers see the advanced clock.
-                    if let Err(e) = self.write_remote(list, &mut ready) {
-                        first_error.get_or_insert(e);
-                    }
-                }
-                Ok(Offer::Buffered) => report.buffered += 1,
-                Ok(Offer::Duplicate) => report.duplicates += 1,
-                Err(full) => {
-                    first_error.get_or_insert(full.into());
-                }
-            }
-            if self.poisoned {
-                break;
+                self.receive_one(env, verified, &mut report, &mut ready, &mut first_error);
+                forged = matches!(first_error, Some(ReplicaError::Envelope(EnvelopeError::BadSignature { .. })));
             }
         }
         report.applied = ready.len();
@@ -762,6 +775,60 @@ impl<D: Document> Replica<D> {
         }
         self.maybe_checkpoint()?;
         Ok(report)
+    }
+
+    /// Admits, buffers or logs and applies one remote operation.
+    fn receive_one(
+        &mut self,
+        env: OpEnvelope<D::Operation>,
+        verified: Option<bool>,
+        report: &mut Received,
+        ready: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
+        first_error: &mut Option<ReplicaError>,
+    ) {
+        {
+            match self.admit(&env, verified) {
+                Ok(Admit::New) => {}
+                Ok(Admit::Duplicate) => {
+                    report.duplicates += 1;
+                    return;
+                }
+                Ok(Admit::NotAWriter) => {
+                    report.not_writers += 1;
+                    return;
+                }
+                Ok(Admit::Equivocation) => {
+                    warn!(actor = %env.actor, seq = env.seq, "equivocation: two signed operations for one sequence number");
+                    let found = Equivocation { actor: env.actor, seq: env.seq };
+                    if self.equivocations.len() < MAX_HELD_EQUIVOCATIONS {
+                        self.equivocations.push(found.clone());
+                    }
+                    report.equivocations.push(found);
+                    return;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    return;
+                }
+            }
+            // Only an operation that must wait is measured, for the
+            // buffer's byte limit.
+            let early = env.seq > self.clock.get(&env.actor).saturating_add(1);
+            let size = if early { env.encode().map_or(usize::MAX, |b| b.len()) } else { 0 };
+            match self.buffer.offer_sized(env, &self.clock, size) {
+                Ok(Offer::Ready(list)) => {
+                    // Apply now so later offers see the advanced clock.
+                    if let Err(e) = self.write_remote(list, ready) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                Ok(Offer::Buffered) => report.buffered += 1,
+                Ok(Offer::Duplicate) => report.duplicates += 1,
+                Err(full) => {
+                    first_error.get_or_insert(full.into());
+                }
+            }
+        }
     }
 
     /// Validates, logs (without waiting for durability) and applies ready
