@@ -259,3 +259,14 @@ fn large_batches_are_verified_as_strictly_as_small_ones() {
     assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { seq: 101, .. })), "{err}");
     assert_eq!((r.clock().get(&alice.actor()), r.clock().get(&bob.actor())), (200, 100));
 }
+
+#[test]
+fn document_ids_are_checked_before_they_are_stored() {
+    for bad in ["a\nb".to_string(), "x".repeat(5000)] {
+        let d = tempfile::tempdir().unwrap();
+        let err =
+            Replica::<KvDoc>::open(d.path(), ReplicaOptions { document: Some(bad), ..opts() }).err().expect("refused");
+        assert!(matches!(err, ReplicaError::InvalidDocumentId(_)), "{err}");
+        assert!(!d.path().join(walrus::replica::DOCUMENT_FILE).exists());
+    }
+}

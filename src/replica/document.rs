@@ -20,7 +20,11 @@ use super::ActorId;
 pub trait Document:
     CmRDT<Op = <Self as Document>::Operation> + CvRDT + Default + Clone + Serialize + DeserializeOwned + Send + 'static
 {
-    /// The operation type (the same as `CmRDT::Op`).
+    /// The operation type (the same as `CmRDT::Op`). Its serialization
+    /// must be deterministic, and the same on every replica: signatures
+    /// cover the CBOR of the operation as each replica re-encodes it, so a
+    /// `HashMap` inside (iteration order) or a field one version adds and
+    /// another drops makes every signature fail.
     type Operation: Clone + Debug + Serialize + DeserializeOwned + Send + 'static;
 
     /// Checks that `op` may be applied to the current state (its author's

@@ -80,6 +80,9 @@ pub enum ReplicaError {
         /// The limit.
         limit: usize,
     },
+    /// A document id over 4096 bytes or with control characters.
+    #[error("invalid document id {0:?}: at most 4096 bytes, no control characters")]
+    InvalidDocumentId(String),
     /// An earlier failure left memory ahead of disk; reopen the replica.
     #[error("replica is poisoned by an earlier failure; reopen it")]
     Poisoned,
@@ -1060,6 +1063,9 @@ fn load_or_create_document(dir: &Path, wanted: Option<&str>) -> Result<String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = wanted.unwrap_or_default().to_string();
+            if id.len() as u64 > MAX_DOCUMENT_ID || id.chars().any(char::is_control) {
+                return Err(ReplicaError::InvalidDocumentId(id.chars().take(64).collect()));
+            }
             let tmp = dir.join("document.tmp");
             let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
             std::io::Write::write_all(&mut f, id.as_bytes()).map_err(|e| io("writing", &tmp, e))?;
