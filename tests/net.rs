@@ -519,7 +519,25 @@ async fn late_joiner_gets_snapshot() {
             .unwrap();
         assert!(truncated, "after a checkpoint an empty replica must need a snapshot");
 
-        let (b, _) = start(config(dirs[1].path(), &[a_addr]), &mut events, 1).await;
+        // A node that trusts no peer's snapshot does not merge A's.
+        let c_dir = tempfile::tempdir().unwrap();
+        let mut c_cfg = config(c_dir.path(), std::slice::from_ref(&a_addr));
+        c_cfg.snapshot_peers = Some(Default::default());
+        let (c, _) = start(c_cfg, &mut events, 2).await;
+        let a_id = a.peer_id();
+        events
+            .wait_for("C refusing A's snapshot", |log| {
+                log.iter()
+                    .any(|(i, ev)| *i == 2 && matches!(ev, NodeEvent::SnapshotRefused { peer, .. } if *peer == a_id))
+            })
+            .await;
+        assert!(state(&c).await.0.is_empty(), "C merged an untrusted snapshot");
+        c.shutdown().await.unwrap();
+
+        // B trusts A's snapshots.
+        let mut b_cfg = config(dirs[1].path(), &[a_addr]);
+        b_cfg.snapshot_peers = Some([a_id].into());
+        let (b, _) = start(b_cfg, &mut events, 1).await;
         let want = writes.clock();
         assert_eq!(want.total(), 170);
         let canonical = converge(&[&a, &b], &mut events, &want).await;

@@ -249,6 +249,16 @@ pub enum NodeEvent<O> {
         /// A snapshot was merged.
         snapshot: bool,
     },
+    /// A peer answered with a snapshot, which was not merged because the
+    /// peer is not in [`NodeConfig::snapshot_peers`]. Operations after its
+    /// truncation point still come from any peer; what the snapshot covers
+    /// must come from a trusted one.
+    SnapshotRefused {
+        /// Document name.
+        doc: String,
+        /// The peer that sent it.
+        peer: PeerId,
+    },
     /// An actor signed two different operations for one sequence number.
     /// The first one this node saw stays; the other is rejected. The
     /// actor's key is compromised or its owner is cheating.

@@ -211,6 +211,7 @@ impl<D: Document> Worker<D> {
             if matches!(r, SyncResponse::Snapshot { .. })
                 && self.snapshot_peers.as_ref().is_some_and(|trusted| !trusted.contains(&peer))
             {
+                let _ = self.events.send(NodeEvent::SnapshotRefused { doc: self.name.clone(), peer });
                 return Err(SyncError::Remote {
                     doc: self.name.clone(),
                     reason: "answered with a snapshot, which is accepted only from trusted peers".into(),

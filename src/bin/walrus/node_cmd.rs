@@ -81,6 +81,7 @@ fn event_json(ev: NodeEvent<KvOp>) -> Option<Value> {
         NodeEvent::Equivocation { actor, seq, peer, .. } => {
             json!({"event": "equivocation", "actor": actor.to_string(), "seq": seq, "peer": peer.to_string()})
         }
+        NodeEvent::SnapshotRefused { peer, .. } => json!({"event": "snapshot_refused", "peer": peer.to_string()}),
         NodeEvent::PeerBanned { peer, reason } => {
             json!({"event": "peer_banned", "peer": peer.to_string(), "reason": reason})
         }
