@@ -7,154 +7,19 @@
 //! partition test's observation window, in which a leak across the
 //! partition would have to show up as an event.
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::path::Path;
-use std::time::Duration;
+mod common;
 
+use std::collections::BTreeMap;
+
+use common::client::{Client, Seen};
+use common::{config, del, put, start, values, within, Ev, Events, DOC, SYNC_INTERVAL, WAIT};
 use crdts::CmRDT;
 use futures::future::join_all;
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle, PeerId};
+use walrus::net::{Multiaddr, NodeEvent, NodeHandle, PeerId};
 use walrus::replica::{
     ActorId, ActorKey, Catchup, Change, Document, KvDoc, KvDocExt, KvOp, OpEnvelope, Origin, VersionVector,
 };
-
-const DOC: &str = "d";
-/// Hard limit on each test, whatever it waits for.
-const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Limit on each individual wait inside a test.
-const WAIT: Duration = Duration::from_secs(30);
-const SYNC_INTERVAL: Duration = Duration::from_millis(300);
-
-type Ev = NodeEvent<KvOp>;
-
-/// Runs a test body with an overall timeout.
-async fn within<F: Future<Output = ()>>(body: F) {
-    if tokio::time::timeout(TEST_TIMEOUT, body).await.is_err() {
-        panic!("test did not finish within {TEST_TIMEOUT:?}");
-    }
-}
-
-fn config(dir: &Path, peers: &[Multiaddr]) -> NodeConfig {
-    let mut cfg = NodeConfig::new(dir);
-    cfg.docs = vec![DOC.into()];
-    cfg.peers = peers.to_vec();
-    cfg.sync_interval = SYNC_INTERVAL;
-    cfg.heartbeat = Duration::from_millis(200);
-    cfg.redial_min = Duration::from_millis(100);
-    cfg.redial_max = Duration::from_secs(1);
-    cfg.request_timeout = Duration::from_secs(10);
-    cfg
-}
-
-/// Every event of every node of a test, tagged with the node's index.
-///
-/// It holds the nodes' broadcast receivers itself (no forwarding task), so
-/// [`drain`](Self::drain) right after a node answered a call (`with`,
-/// `peers`, …) is guaranteed to log every event the node emitted before
-/// answering.
-struct Events {
-    rxs: Vec<(usize, broadcast::Receiver<Ev>)>,
-    log: Vec<(usize, Ev)>,
-    /// Events lost by lagging receivers (they keep going).
-    lagged: u64,
-}
-
-impl Events {
-    fn new() -> Events {
-        Events { rxs: Vec::new(), log: Vec::new(), lagged: 0 }
-    }
-
-    fn attach(&mut self, idx: usize, rx: broadcast::Receiver<Ev>) {
-        self.rxs.push((idx, rx));
-    }
-
-    /// Logs every event already queued; returns how many.
-    fn drain(&mut self) -> usize {
-        let before = self.log.len();
-        let mut closed = Vec::new();
-        for (k, (idx, rx)) in self.rxs.iter_mut().enumerate() {
-            loop {
-                match rx.try_recv() {
-                    Ok(ev) => self.log.push((*idx, ev)),
-                    Err(TryRecvError::Lagged(n)) => {
-                        eprintln!("node {idx}: {n} events lost (lagged)");
-                        self.lagged += n;
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Closed) => {
-                        closed.push(k);
-                        break;
-                    }
-                }
-            }
-        }
-        for k in closed.into_iter().rev() {
-            self.rxs.remove(k);
-        }
-        self.log.len() - before
-    }
-
-    /// Waits for at least one new event, then logs everything queued.
-    /// False if `deadline` passed first.
-    async fn wait(&mut self, deadline: Instant) -> bool {
-        loop {
-            if self.drain() > 0 {
-                return true;
-            }
-            if self.rxs.is_empty() {
-                tokio::time::sleep_until(deadline).await;
-                return false;
-            }
-            let next = {
-                let recvs = self.rxs.iter_mut().map(|(_, rx)| Box::pin(rx.recv()));
-                let next = tokio::time::timeout_at(deadline, futures::future::select_all(recvs)).await;
-                // Drop the other receives: they borrow the receivers.
-                next.map(|(result, k, _)| (result, k))
-            };
-            match next {
-                Err(_) => return false,
-                Ok((Ok(ev), k)) => {
-                    let idx = self.rxs[k].0;
-                    self.log.push((idx, ev));
-                    self.drain();
-                    return true;
-                }
-                // Lost or closed: `drain` counts or removes it next time round.
-                Ok((Err(RecvError::Lagged(n)), k)) => {
-                    eprintln!("node {}: {n} events lost (lagged)", self.rxs[k].0);
-                    self.lagged += n;
-                }
-                Ok((Err(RecvError::Closed), k)) => {
-                    self.rxs.remove(k);
-                }
-            }
-        }
-    }
-
-    /// Waits until `done` holds for the log; panics after `WAIT`.
-    async fn wait_for(&mut self, what: &str, mut done: impl FnMut(&[(usize, Ev)]) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        self.drain();
-        while !done(&self.log) {
-            if !self.wait(deadline).await {
-                panic!("timed out waiting for {what}; events: {:#?}", self.log);
-            }
-        }
-    }
-}
-
-/// Starts a node, its events attached as node `idx`; returns it and its address.
-async fn start(cfg: NodeConfig, events: &mut Events, idx: usize) -> (NodeHandle<KvDoc>, Multiaddr) {
-    let (node, rx) = Node::<KvDoc>::start(cfg).await.expect("node starts");
-    events.attach(idx, rx);
-    let addr = node.listen_addrs().await.expect("listen addresses").into_iter().next().expect("one listen address");
-    assert!(addr.to_string().starts_with("/ip4/127.0.0.1/tcp/"), "{addr}");
-    (node, addr)
-}
 
 async fn state(node: &NodeHandle<KvDoc>) -> (VersionVector, Vec<u8>) {
     node.with(DOC, |r| (r.clock().clone(), r.doc().canonical())).await.expect("node answers")
@@ -162,10 +27,6 @@ async fn state(node: &NodeHandle<KvDoc>) -> (VersionVector, Vec<u8>) {
 
 async fn actor(node: &NodeHandle<KvDoc>) -> ActorId {
     node.with(DOC, |r| r.actor()).await.expect("node answers")
-}
-
-async fn values(node: &NodeHandle<KvDoc>, key: &'static str) -> Vec<String> {
-    node.with(DOC, move |r| r.doc().values_of(key)).await.expect("node answers")
 }
 
 /// Waits until every node's clock is `want`, then checks that their
@@ -298,14 +159,6 @@ async fn random_writes(
         }
     }
     out
-}
-
-async fn put(node: &NodeHandle<KvDoc>, key: &'static str, value: &'static str) -> OpEnvelope<KvOp> {
-    node.update(DOC, move |d, a| d.put_op(a, key, value)).await.expect("put acknowledged")
-}
-
-async fn del(node: &NodeHandle<KvDoc>, key: &'static str) -> OpEnvelope<KvOp> {
-    node.update(DOC, move |d, _| d.del_op(key)).await.expect("delete acknowledged")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -629,181 +482,8 @@ async fn restart_keeps_acknowledged_writes_and_resyncs() {
 
 /// A peer that speaks the walrus protocols with libp2p directly, and says
 /// whatever the test tells it to.
-mod hostile {
-    use std::collections::HashMap;
-    use std::time::Duration;
-
-    use futures::StreamExt;
-    use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId};
-    use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
-    use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-    use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId};
-    use sha2::{Digest, Sha256};
-    use tokio::sync::{mpsc, oneshot};
-    use walrus::net::{FrameCodec, IDENTIFY_VERSION, SYNC_PROTOCOL};
-
-    #[derive(NetworkBehaviour)]
-    struct Behaviour {
-        gossip: gossipsub::Behaviour,
-        sync: request_response::Behaviour<FrameCodec>,
-        identify: identify::Behaviour,
-        ping: ping::Behaviour,
-    }
-
-    type Answer<T> = oneshot::Sender<Result<T, String>>;
-
-    enum Cmd {
-        Dial(Multiaddr),
-        Subscribe(IdentTopic),
-        Publish(IdentTopic, Vec<u8>, Answer<()>),
-        Request(PeerId, Vec<u8>, Answer<Vec<u8>>),
-    }
-
-    /// What the hostile peer observed.
-    #[derive(Debug)]
-    pub enum Seen {
-        Connected(PeerId),
-        Subscribed(PeerId, String),
-        /// A peer pulled from us (the request's bytes).
-        Pulled(PeerId, Vec<u8>),
-    }
-
-    pub struct Hostile {
-        pub peer_id: PeerId,
-        cmd: mpsc::UnboundedSender<Cmd>,
-        pub seen: mpsc::UnboundedReceiver<Seen>,
-    }
-
-    impl Hostile {
-        /// Starts the peer; it answers the peers' sync requests with
-        /// `answers`, one each, then with nothing.
-        pub fn spawn(answers: Vec<Vec<u8>>) -> Hostile {
-            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-                .with_tokio()
-                .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-                .expect("tcp transport")
-                .with_behaviour(|key| {
-                    // As walrus nodes do (src/net/swarm.rs), but with room to send oversize messages.
-                    let cfg = gossipsub::ConfigBuilder::default()
-                        .heartbeat_interval(Duration::from_millis(200))
-                        .validation_mode(gossipsub::ValidationMode::Anonymous)
-                        .max_transmit_size(4 << 20)
-                        .message_id_fn(|m| MessageId::from(Sha256::digest(&m.data)[..20].to_vec()))
-                        .build()?;
-                    let gossip = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, cfg)?;
-                    let codec = FrameCodec { max_request: 8 << 20, max_response: 64 << 20 };
-                    let sync = request_response::Behaviour::with_codec(
-                        codec,
-                        [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-                    );
-                    let identify =
-                        identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public()));
-                    Ok(Behaviour { gossip, sync, identify, ping: ping::Behaviour::default() })
-                })
-                .expect("behaviour")
-                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-                .build();
-            let peer_id = *swarm.local_peer_id();
-            let (cmd, mut cmd_rx) = mpsc::unbounded_channel();
-            let (seen_tx, seen) = mpsc::unbounded_channel();
-            tokio::spawn(async move {
-                let mut pending: HashMap<OutboundRequestId, Answer<Vec<u8>>> = HashMap::new();
-                let mut answers = answers.into_iter();
-                loop {
-                    tokio::select! {
-                        cmd = cmd_rx.recv() => match cmd {
-                            None => return,
-                            Some(Cmd::Dial(addr)) => swarm.dial(addr).expect("dial starts"),
-                            Some(Cmd::Subscribe(topic)) => {
-                                swarm.behaviour_mut().gossip.subscribe(&topic).expect("subscribe");
-                            }
-                            Some(Cmd::Publish(topic, data, reply)) => {
-                                let r = swarm.behaviour_mut().gossip.publish(topic, data);
-                                let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
-                            }
-                            Some(Cmd::Request(peer, bytes, reply)) => {
-                                let id = swarm.behaviour_mut().sync.send_request(&peer, bytes);
-                                pending.insert(id, reply);
-                            }
-                        },
-                        ev = swarm.select_next_some() => match ev {
-                            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                                let _ = seen_tx.send(Seen::Connected(peer_id));
-                            }
-                            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Subscribed { peer_id, topic })) => {
-                                let _ = seen_tx.send(Seen::Subscribed(peer_id, topic.into_string()));
-                            }
-                            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. })) => {
-                                match message {
-                                    request_response::Message::Request { request, channel, .. } => {
-                                        if let Some(a) = answers.next() {
-                                            let _ = swarm.behaviour_mut().sync.send_response(channel, a);
-                                        }
-                                        let _ = seen_tx.send(Seen::Pulled(peer, request));
-                                    }
-                                    request_response::Message::Response { request_id, response } => {
-                                        if let Some(reply) = pending.remove(&request_id) {
-                                            let _ = reply.send(Ok(response));
-                                        }
-                                    }
-                                }
-                            }
-                            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { request_id, error, .. })) => {
-                                if let Some(reply) = pending.remove(&request_id) {
-                                    let _ = reply.send(Err(error.to_string()));
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            });
-            Hostile { peer_id, cmd, seen }
-        }
-
-        /// Subscribes to `topic`, dials `node` at `addr`, and waits until it
-        /// is connected and `node` subscribed to `topic` too.
-        pub async fn join(&mut self, node: PeerId, addr: Multiaddr, topic: IdentTopic) {
-            self.subscribe(topic.clone());
-            self.dial(addr);
-            let (mut connected, mut subscribed) = (false, false);
-            let deadline = tokio::time::Instant::now() + super::WAIT;
-            while !(connected && subscribed) {
-                match tokio::time::timeout_at(deadline, self.seen.recv()).await {
-                    Ok(Some(Seen::Connected(p))) => connected |= p == node,
-                    Ok(Some(Seen::Subscribed(p, t))) => subscribed |= p == node && t == topic.to_string(),
-                    Ok(Some(Seen::Pulled(..))) => {}
-                    other => panic!("hostile peer: no connection to {node} or no subscription from it: {other:?}"),
-                }
-            }
-        }
-
-        pub fn dial(&self, addr: Multiaddr) {
-            self.cmd.send(Cmd::Dial(addr)).expect("hostile peer running");
-        }
-
-        pub fn subscribe(&self, topic: IdentTopic) {
-            self.cmd.send(Cmd::Subscribe(topic)).expect("hostile peer running");
-        }
-
-        pub async fn publish(&self, topic: IdentTopic, data: Vec<u8>) -> Result<(), String> {
-            let (tx, rx) = oneshot::channel();
-            self.cmd.send(Cmd::Publish(topic, data, tx)).expect("hostile peer running");
-            rx.await.expect("hostile peer answers")
-        }
-
-        pub async fn request(&self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
-            let (tx, rx) = oneshot::channel();
-            self.cmd.send(Cmd::Request(peer, bytes, tx)).expect("hostile peer running");
-            rx.await.expect("hostile peer answers")
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_messages_are_rejected() {
-    use libp2p::gossipsub::IdentTopic;
     use serde_bytes::ByteBuf;
     use walrus::sync::{encode, Gossip, Limits, SyncRequest, SyncResponse};
 
@@ -811,7 +491,8 @@ async fn malformed_messages_are_rejected() {
         let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut events = Events::new();
         // Small limits, so oversize messages are cheap to make.
-        let limits = Limits { max_gossip: 16 << 10, max_request: 64 << 10, ..Limits::default() };
+        let limits =
+            Limits { max_gossip: 16 << 10, max_request: 64 << 10, max_response: 64 << 10, ..Limits::default() };
         let mut cfg1 = config(dirs[0].path(), &[]);
         cfg1.limits = limits;
         let (h1, h1_addr) = start(cfg1, &mut events, 0).await;
@@ -840,15 +521,18 @@ async fn malformed_messages_are_rejected() {
         let garbage_op = ByteBuf::from(vec![0xa1, 0x01]);
         let mut rng = Rng(5);
         let mut random = rng.bytes(300);
-        random[0] = 0xff; // a CBOR "break" where an item must start: never valid
-                          // The hostile peer answers H1's pulls with these, one each.
+        // A CBOR "break" where an item must start: never valid.
+        random[0] = 0xff;
+
+        // The hostile peer answers H1's pulls with these, one each.
         let answers = vec![
             rng.bytes(100),
             encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![garbage_op.clone()], more: true }),
             encode(&SyncResponse::Ops { doc: "other".into(), ops: vec![ByteBuf::from(forged(1))], more: false }),
+            vec![0xa0; 100 << 10],
         ];
-        let mut bad = hostile::Hostile::spawn(answers);
-        let topic = IdentTopic::new(format!("{}{DOC}", walrus::net::TOPIC_PREFIX));
+        let mut bad = Client::spawn_with(None, answers).await;
+        let topic = common::topic();
         bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
 
         // Gossip.
@@ -905,11 +589,17 @@ async fn malformed_messages_are_rejected() {
             ("gossip: oversize", |d, r| d.as_deref() == Some(DOC) && r.starts_with("gossip: gossip of")),
             ("request: garbage", |d, r| d.is_none() && r.starts_with("sync request: malformed sync request")),
             ("request: bad name", |d, r| d.is_none() && r.starts_with("sync request: bad document name")),
+            ("request: oversize", |d, r| {
+                d.is_none() && r == "sync request of 102400 bytes exceeds the limit of 65536 bytes"
+            }),
             ("response: garbage", |d, r| {
                 d.as_deref() == Some(DOC) && r.starts_with("sync response: malformed sync response")
             }),
             ("response: garbage op", |d, r| {
                 d.as_deref() == Some(DOC) && r.starts_with("sync response: malformed operation")
+            }),
+            ("response: oversize", |d, r| {
+                d.as_deref() == Some(DOC) && r == "sync response of 102400 bytes exceeds the limit of 65536 bytes"
             }),
             ("response: wrong document", |d, r| {
                 d.as_deref() == Some(DOC) && r.starts_with("sync response: message for document \"other\"")
@@ -938,7 +628,7 @@ async fn malformed_messages_are_rejected() {
         }
         // H1's pulls from the hostile peer were well-formed requests for the document.
         while let Ok(seen) = bad.seen.try_recv() {
-            if let hostile::Seen::Pulled(peer, bytes) = seen {
+            if let Seen::Pulled(peer, bytes) = seen {
                 assert_eq!(peer, h1_id);
                 let r: SyncRequest = walrus::sync::decode(&bytes, 1 << 20, "request").unwrap();
                 assert_eq!(r.doc, DOC);
@@ -979,7 +669,6 @@ async fn malformed_messages_are_rejected() {
 /// without losing a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_and_equivocating_operations_are_refused() {
-    use libp2p::gossipsub::IdentTopic;
     use serde_bytes::ByteBuf;
     use walrus::replica::Dot;
     use walrus::sync::{encode, Gossip, SyncResponse};
@@ -1015,8 +704,8 @@ async fn forged_and_equivocating_operations_are_refused() {
         // The hostile peer answers H1's first pull with a page of them.
         let page =
             encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![bytes(&as_victim), bytes(&damaged)], more: false });
-        let mut bad = hostile::Hostile::spawn(vec![page]);
-        let topic = IdentTopic::new(format!("{}{DOC}", walrus::net::TOPIC_PREFIX));
+        let mut bad = Client::spawn_with(None, vec![page]).await;
+        let topic = common::topic();
         bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
         let publish = |ops: Vec<ByteBuf>| encode(&Gossip { doc: DOC.into(), ops });
         bad.publish(topic.clone(), publish(vec![bytes(&as_victim)])).await.unwrap();

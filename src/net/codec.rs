@@ -2,6 +2,11 @@
 //! response is a 4-byte big-endian length followed by that many bytes of
 //! CBOR (a `SyncRequest` or `SyncResponse`), with a limit checked before
 //! anything is allocated.
+//!
+//! An oversize request is read as [`RequestFrame::TooLarge`] rather than as
+//! an error, so that the node sees it and counts it against the peer
+//! (libp2p reports no event for a request whose reading failed). An
+//! oversize response fails the request with a [`FrameTooLarge`] error.
 
 use std::io;
 
@@ -20,16 +25,51 @@ pub struct FrameCodec {
     pub max_response: usize,
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize, what: &str) -> io::Result<Vec<u8>> {
+/// A sync request as read off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestFrame {
+    /// Its bytes (at most the limit).
+    Bytes(Vec<u8>),
+    /// It announced more bytes than the limit; they were not read.
+    TooLarge {
+        /// The length it announced.
+        len: usize,
+        /// The limit it broke.
+        limit: usize,
+    },
+}
+
+impl From<Vec<u8>> for RequestFrame {
+    fn from(bytes: Vec<u8>) -> RequestFrame {
+        RequestFrame::Bytes(bytes)
+    }
+}
+
+/// A frame announced longer than the limit: the peer broke the protocol
+/// (an honest peer never sends more than the limits it was configured
+/// with), unlike the stream errors of a connection going away.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} of {len} bytes exceeds the limit of {limit} bytes")]
+pub struct FrameTooLarge {
+    what: &'static str,
+    len: usize,
+    limit: usize,
+}
+
+impl FrameTooLarge {
+    /// The [`FrameTooLarge`] inside `e`, if that is what `e` is.
+    pub fn of(e: &io::Error) -> Option<&FrameTooLarge> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<FrameTooLarge>())
+    }
+}
+
+async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{what} of {len} bytes exceeds the limit of {limit} bytes"),
-        ));
-    }
+    Ok(u32::from_be_bytes(len) as usize)
+}
+
+async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::Result<Vec<u8>> {
     let mut body = vec![0u8; len];
     io.read_exact(&mut body).await?;
     Ok(body)
@@ -44,15 +84,19 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> i
 
 impl libp2p::request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
+    type Request = RequestFrame;
     type Response = Vec<u8>;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        read_frame(io, self.max_request, "sync request").await
+    ) -> io::Result<RequestFrame> {
+        let len = read_len(io).await?;
+        if len > self.max_request {
+            return Ok(RequestFrame::TooLarge { len, limit: self.max_request });
+        }
+        Ok(RequestFrame::Bytes(read_body(io, len).await?))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -60,16 +104,27 @@ impl libp2p::request_response::Codec for FrameCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        read_frame(io, self.max_response, "sync response").await
+        let len = read_len(io).await?;
+        if len > self.max_response {
+            let e = FrameTooLarge { what: "sync response", len, limit: self.max_response };
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        read_body(io, len).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Vec<u8>,
+        req: RequestFrame,
     ) -> io::Result<()> {
-        write_frame(io, &req).await
+        match req {
+            RequestFrame::Bytes(bytes) => write_frame(io, &bytes).await,
+            RequestFrame::TooLarge { len, .. } => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a request of {len} bytes that was never read cannot be sent"),
+            )),
+        }
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -86,26 +141,42 @@ impl libp2p::request_response::Codec for FrameCodec {
 mod tests {
     use super::*;
     use futures::executor::block_on;
+    use futures::io::Cursor;
     use libp2p::request_response::Codec;
 
     #[test]
     fn frames_round_trip_and_limits_hold() {
         let mut codec = FrameCodec { max_request: 8, max_response: 100 };
-        let mut wire = futures::io::Cursor::new(Vec::new());
-        block_on(codec.write_request(&SYNC_PROTOCOL, &mut wire, b"hello".to_vec())).unwrap();
+        let mut wire = Cursor::new(Vec::new());
+        block_on(codec.write_request(&SYNC_PROTOCOL, &mut wire, b"hello".to_vec().into())).unwrap();
         let bytes = wire.into_inner();
         assert_eq!(bytes, b"\0\0\0\x05hello");
-        let read = block_on(codec.read_request(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(bytes.clone())));
-        assert_eq!(read.unwrap(), b"hello");
-        // Over the limit: refused from the prefix alone.
+        let read = block_on(codec.read_request(&SYNC_PROTOCOL, &mut Cursor::new(bytes.clone())));
+        assert_eq!(read.unwrap(), RequestFrame::Bytes(b"hello".to_vec()));
+
+        // A request over the limit: read as such from the prefix alone.
         let big = [&[0u8, 0, 0, 9][..], b"123456789"].concat();
-        let err = block_on(codec.read_request(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(big))).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        // A prefix that promises more than arrives.
-        let short = b"\0\0\0\x20abc".to_vec();
-        assert!(block_on(codec.read_response(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(short))).is_err());
+        let read = block_on(codec.read_request(&SYNC_PROTOCOL, &mut Cursor::new(big))).unwrap();
+        assert_eq!(read, RequestFrame::TooLarge { len: 9, limit: 8 });
+        let sent = block_on(codec.write_request(&SYNC_PROTOCOL, &mut Cursor::new(Vec::new()), read));
+        assert!(sent.is_err(), "an unread request cannot be sent on");
         // A huge claimed length allocates nothing.
         let huge = b"\xff\xff\xff\xff".to_vec();
-        assert!(block_on(codec.read_response(&SYNC_PROTOCOL, &mut futures::io::Cursor::new(huge))).is_err());
+        let read = block_on(codec.read_request(&SYNC_PROTOCOL, &mut Cursor::new(huge.clone()))).unwrap();
+        assert_eq!(read, RequestFrame::TooLarge { len: u32::MAX as usize, limit: 8 });
+
+        // A response over the limit: an error that says so.
+        let big = [&[0u8, 0, 0, 101][..], &[7u8; 101][..]].concat();
+        let err = block_on(codec.read_response(&SYNC_PROTOCOL, &mut Cursor::new(big))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(FrameTooLarge::of(&err).is_some(), "{err:?}");
+        assert_eq!(err.to_string(), "sync response of 101 bytes exceeds the limit of 100 bytes");
+        assert!(FrameTooLarge::of(&block_on(codec.read_response(&SYNC_PROTOCOL, &mut Cursor::new(huge))).unwrap_err())
+            .is_some());
+        // A prefix that promises more than arrives: not the peer's fault
+        // (a connection going away looks the same).
+        let short = b"\0\0\0\x20abc".to_vec();
+        let err = block_on(codec.read_response(&SYNC_PROTOCOL, &mut Cursor::new(short))).unwrap_err();
+        assert!(FrameTooLarge::of(&err).is_none(), "{err:?}");
     }
 }

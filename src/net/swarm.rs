@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::admission::Admission;
-use super::codec::{FrameCodec, SYNC_PROTOCOL};
+use super::codec::{FrameCodec, FrameTooLarge, RequestFrame, SYNC_PROTOCOL};
 use super::node::{check_allowed, doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::traffic::{Counted, Counters};
 use super::worker::{DocCmd, FromDoc, Worker};
@@ -905,7 +905,7 @@ impl<D: Document> Driver<D> {
                 }
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
-                request_response::Message::Request { request, channel, .. } => self.on_request(peer, &request, channel),
+                request_response::Message::Request { request, channel, .. } => self.on_request(peer, request, channel),
                 request_response::Message::Response { request_id, response } => {
                     if let Some((peer, _, slot)) = self.outbound.remove(&request_id) {
                         slot.send(DocCmd::Response { peer, bytes: response });
@@ -913,9 +913,16 @@ impl<D: Document> Driver<D> {
                 }
             },
             BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. }) => {
+                let oversize = match &error {
+                    request_response::OutboundFailure::Io(e) => FrameTooLarge::of(e).map(ToString::to_string),
+                    _ => None,
+                };
                 if let Some((peer, doc, _)) = self.outbound.remove(&request_id) {
                     debug!(%peer, doc, error = %error, "sync request failed");
                     self.schedule.failed(&peer, &doc, Instant::now());
+                    if let Some(e) = oversize {
+                        self.fault(peer, Some(doc), e);
+                    }
                 } else {
                     debug!(%peer, error = %error, "sync request failed");
                 }
@@ -959,7 +966,7 @@ impl<D: Document> Driver<D> {
     }
 
     fn send_pull(&mut self, peer: PeerId, pull: DeferredPull<D>) {
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, pull.bytes);
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, pull.bytes.into());
         self.outbound.insert(id, (peer, pull.doc, pull.slot));
     }
 
@@ -1028,10 +1035,19 @@ impl<D: Document> Driver<D> {
         self.swarm.behaviour_mut().gossip.report_message_validation_result(id, source, acceptance);
     }
 
-    fn on_request(&mut self, peer: PeerId, bytes: &[u8], channel: ResponseChannel<Vec<u8>>) {
+    fn on_request(&mut self, peer: PeerId, request: RequestFrame, channel: ResponseChannel<Vec<u8>>) {
         // Every request takes a token, well-formed or not.
         let within_rate = self.admission.inbound_request(peer, Instant::now());
-        let req: SyncRequest = match sync::decode(bytes, self.cfg.limits.max_request, "sync request") {
+        let bytes = match request {
+            RequestFrame::Bytes(bytes) => bytes,
+            RequestFrame::TooLarge { len, limit } => {
+                warn!(%peer, len, limit, "rejected oversize sync request");
+                // Its bytes were never read; dropping the channel closes the stream.
+                self.fault(peer, None, format!("sync request of {len} bytes exceeds the limit of {limit} bytes"));
+                return;
+            }
+        };
+        let req: SyncRequest = match sync::decode(&bytes, self.cfg.limits.max_request, "sync request") {
             Ok(r) => r,
             Err(e) => {
                 warn!(%peer, error = %e, "rejected sync request");
