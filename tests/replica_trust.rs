@@ -84,6 +84,18 @@ fn a_forged_operation_ends_the_batch_and_what_came_before_stays() {
     let got = r.receive([put(&alice, 2, "b", "2"), put(&alice, 3, "c", "3")]).unwrap();
     assert_eq!(got.applied, 2);
     assert_eq!(r.doc().values_of("c"), vec!["3"]);
+
+    // Also when an operation the document refuses came first: its error is
+    // the one returned, and the forgery still ends the batch.
+    let (bob, mallory) = (ActorKey::from_seed([3; 32]), ActorKey::from_seed([4; 32]));
+    let op =
+        KvOp::Put { key: "k".into(), dot: Dot { actor: bob.actor(), counter: 1 }, value: "x".into(), seen: vec![] };
+    let misattributed = OpEnvelope::signed(&mallory, DOC, 1, op).unwrap();
+    let mut bad = put(&bob, 1, "k", "forged");
+    bad.sig.0[0] ^= 1;
+    let err = r.receive([misattributed, bad, put(&bob, 1, "k", "bob")]).unwrap_err();
+    assert!(matches!(err, ReplicaError::Rejected { .. }), "{err}");
+    assert_eq!(r.clock().get(&bob.actor()), 0, "an operation after a forgery was applied");
 }
 
 #[test]

@@ -759,8 +759,7 @@ impl<D: Document> Replica<D> {
                 if forged || self.poisoned {
                     break;
                 }
-                self.receive_one(env, verified, &mut report, &mut ready, &mut first_error);
-                forged = matches!(first_error, Some(ReplicaError::Envelope(EnvelopeError::BadSignature { .. })));
+                forged = self.receive_one(env, verified, &mut report, &mut ready, &mut first_error);
             }
         }
         report.applied = ready.len();
@@ -780,7 +779,9 @@ impl<D: Document> Replica<D> {
         Ok(report)
     }
 
-    /// Admits, buffers or logs and applies one remote operation.
+    /// Admits, buffers or logs and applies one remote operation. True if
+    /// its signature is bad: the sender is forging, and the rest of what
+    /// it sent is not looked at.
     fn receive_one(
         &mut self,
         env: OpEnvelope<D::Operation>,
@@ -788,50 +789,52 @@ impl<D: Document> Replica<D> {
         report: &mut Received,
         ready: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
         first_error: &mut Option<ReplicaError>,
-    ) {
-        {
-            match self.admit(&env, verified) {
-                Ok(Admit::New) => {}
-                Ok(Admit::Duplicate) => {
-                    report.duplicates += 1;
-                    return;
-                }
-                Ok(Admit::NotAWriter) => {
-                    report.not_writers += 1;
-                    return;
-                }
-                Ok(Admit::Equivocation) => {
-                    warn!(actor = %env.actor, seq = env.seq, "equivocation: two signed operations for one sequence number");
-                    let found = Equivocation { actor: env.actor, seq: env.seq };
-                    if self.equivocations.len() < MAX_HELD_EQUIVOCATIONS {
-                        self.equivocations.push(found.clone());
-                    }
-                    report.equivocations.push(found);
-                    return;
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                    return;
-                }
+    ) -> bool {
+        match self.admit(&env, verified) {
+            Ok(Admit::New) => {}
+            Ok(Admit::Duplicate) => {
+                report.duplicates += 1;
+                return false;
             }
-            // Only an operation that must wait is measured, for the
-            // buffer's byte limit.
-            let early = env.seq > self.clock.get(&env.actor).saturating_add(1);
-            let size = if early { env.encode().map_or(usize::MAX, |b| b.len()) } else { 0 };
-            match self.buffer.offer_sized(env, &self.clock, size) {
-                Ok(Offer::Ready(list)) => {
-                    // Apply now so later offers see the advanced clock.
-                    if let Err(e) = self.write_remote(list, ready) {
-                        first_error.get_or_insert(e);
-                    }
+            Ok(Admit::NotAWriter) => {
+                report.not_writers += 1;
+                return false;
+            }
+            Ok(Admit::Equivocation) => {
+                warn!(actor = %env.actor, seq = env.seq, "equivocation: two signed operations for one sequence number");
+                let found = Equivocation { actor: env.actor, seq: env.seq };
+                if self.equivocations.len() < MAX_HELD_EQUIVOCATIONS {
+                    self.equivocations.push(found.clone());
                 }
-                Ok(Offer::Buffered) => report.buffered += 1,
-                Ok(Offer::Duplicate) => report.duplicates += 1,
-                Err(full) => {
-                    first_error.get_or_insert(full.into());
-                }
+                report.equivocations.push(found);
+                return false;
+            }
+            Err(e) => {
+                // Decided here, not from `first_error`: an earlier
+                // operation's error may already be held there.
+                let forged = matches!(e, ReplicaError::Envelope(EnvelopeError::BadSignature { .. }));
+                first_error.get_or_insert(e);
+                return forged;
             }
         }
+        // Only an operation that must wait is measured, for the
+        // buffer's byte limit.
+        let early = env.seq > self.clock.get(&env.actor).saturating_add(1);
+        let size = if early { env.encode().map_or(usize::MAX, |b| b.len()) } else { 0 };
+        match self.buffer.offer_sized(env, &self.clock, size) {
+            Ok(Offer::Ready(list)) => {
+                // Apply now so later offers see the advanced clock.
+                if let Err(e) = self.write_remote(list, ready) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            Ok(Offer::Buffered) => report.buffered += 1,
+            Ok(Offer::Duplicate) => report.duplicates += 1,
+            Err(full) => {
+                first_error.get_or_insert(full.into());
+            }
+        }
+        false
     }
 
     /// Validates, logs (without waiting for durability) and applies ready
