@@ -96,6 +96,14 @@ fn a_forged_operation_ends_the_batch_and_what_came_before_stays() {
     let err = r.receive([misattributed, bad, put(&bob, 1, "k", "bob")]).unwrap_err();
     assert!(matches!(err, ReplicaError::Rejected { .. }), "{err}");
     assert_eq!(r.clock().get(&bob.actor()), 0, "an operation after a forgery was applied");
+
+    // A damaged copy of an operation the replica already has is a forgery
+    // too, so the batch ends where it would on a replica without it.
+    let mut copy = put(&alice, 1, "a", "1");
+    copy.sig.0[3] ^= 1; // in R: the second half still matches the applied one
+    let err = r.receive([copy, put(&alice, 4, "d", "4")]).unwrap_err();
+    assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { seq: 1, .. })), "{err}");
+    assert_eq!(r.clock().get(&alice.actor()), 3, "an operation after a forged repeat was applied");
 }
 
 #[test]

@@ -517,15 +517,12 @@ impl<D: Document> Replica<D> {
     }
 
     /// Checks the signatures of the operations in `ops` that will need it
-    /// (from a writer, not already here), on several threads if there are
-    /// many: verification costs far more than applying. `None` where it was
-    /// not checked.
+    /// (those from a writer), on several threads if there are many:
+    /// verification costs far more than applying. `None` where it was not
+    /// checked.
     #[allow(clippy::type_complexity)]
     fn verify_batch(&self, ops: Vec<OpEnvelope<D::Operation>>) -> Vec<(OpEnvelope<D::Operation>, Option<bool>)> {
-        let todo: Vec<bool> = ops
-            .iter()
-            .map(|env| self.check_writer(&env.actor, env.seq).is_ok() && self.known(env) != Some(true))
-            .collect();
+        let todo: Vec<bool> = ops.iter().map(|env| self.check_writer(&env.actor, env.seq).is_ok()).collect();
         let count = todo.iter().filter(|&&t| t).count();
         if count < PARALLEL_VERIFY_MIN {
             return ops.into_iter().map(|env| (env, None)).collect();
@@ -589,24 +586,24 @@ impl<D: Document> Replica<D> {
     }
 
     /// Decides whether a remote operation is new, a repeat, or a second
-    /// signed operation for a taken (actor, seq); anything new or
-    /// conflicting must carry its actor's valid signature (`verified`: the
-    /// result of checking it already, if known).
+    /// signed operation for a taken (actor, seq). Every operation from a
+    /// writer must carry its actor's valid signature (`verified`: the result
+    /// of checking it already, if known), repeats included: so a bad
+    /// signature ends a batch at the same place on every replica, whatever
+    /// each already holds.
     fn admit(&self, env: &OpEnvelope<D::Operation>, verified: Option<bool>) -> Result<Admit> {
         if self.check_writer(&env.actor, env.seq).is_err() {
             return Ok(Admit::NotAWriter);
-        }
-        let known = self.known(env);
-        if known == Some(true) {
-            return Ok(Admit::Duplicate);
         }
         match verified {
             Some(true) => {}
             Some(false) => return Err(EnvelopeError::BadSignature { actor: env.actor, seq: env.seq }.into()),
             None => env.verify(&self.document)?,
         }
-        if known == Some(false) {
-            return Ok(Admit::Equivocation);
+        match self.known(env) {
+            Some(true) => return Ok(Admit::Duplicate),
+            Some(false) => return Ok(Admit::Equivocation),
+            None => {}
         }
         // Signed by its actor, but it may still name another actor inside.
         D::check_author(&env.op, &env.actor).map_err(|reason| ReplicaError::Rejected {
