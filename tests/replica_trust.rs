@@ -290,3 +290,38 @@ fn document_ids_are_checked_before_they_are_stored() {
         assert!(!d.path().join(walrus::replica::DOCUMENT_FILE).exists());
     }
 }
+
+/// A held operation that the document refuses once its predecessor arrives
+/// is the signing actor's doing, not the deliverer's: the delivery
+/// succeeds, and the refusal is counted. Delivered directly, the same
+/// operation is the sender's fault.
+#[test]
+fn a_held_operation_refused_later_is_not_the_delivery_s_fault() {
+    use walrus::replica::SetDoc;
+    let mallory = ActorKey::from_seed([7; 32]);
+    let add = |seq: u64, counter: u64, member: &str| {
+        let dot = crdts::Dot::new(mallory.actor(), counter);
+        let op = crdts::orswot::Op::Add { dot, members: vec![member.to_string()] };
+        OpEnvelope::signed(&mallory, DOC, seq, op).unwrap()
+    };
+    // Its dot skips counters: `Orswot` refuses it after seq 1.
+    let (first, skipping, third) = (add(1, 1, "a"), add(2, 5, "b"), add(3, 6, "c"));
+
+    let d = tempfile::tempdir().unwrap();
+    let mut r: Replica<SetDoc> = Replica::open(d.path(), opts()).unwrap();
+    let held = r.receive([skipping.clone(), third]).unwrap();
+    assert_eq!(held.buffered, 2);
+    let got = r.receive([first.clone()]).unwrap();
+    assert_eq!((got.applied, got.rejected), (1, 2), "{got:?}");
+    assert_eq!(r.buffered(), 0);
+    assert_eq!(r.clock().get(&mallory.actor()), 1);
+
+    let d2 = tempfile::tempdir().unwrap();
+    let mut r2: Replica<SetDoc> = Replica::open(d2.path(), opts()).unwrap();
+    r2.receive([first]).unwrap();
+    let err = r2.receive([skipping]).unwrap_err();
+    assert!(matches!(err, ReplicaError::Rejected { seq: 2, .. }), "{err}");
+    // Both refused the same operations.
+    assert_eq!(r.clock(), r2.clock());
+    assert_eq!(r.doc(), r2.doc());
+}

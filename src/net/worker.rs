@@ -184,11 +184,12 @@ impl<D: Document> Worker<D> {
                 if received.buffered > 0 {
                     self.send(FromDoc::GapSeen { doc: self.name.clone(), peer: source });
                 }
-                if received.duplicates > 0 || received.not_writers > 0 {
-                    // Not forwarded: a repeat is not checked again (it may
-                    // be a forgery copying a real signature, which a peer
-                    // without the original would blame on us), and
-                    // operations of non-writers interest nobody.
+                if received.duplicates + received.not_writers + received.buffered + received.rejected > 0 {
+                    // Not forwarded: peers have repeats already, operations
+                    // of non-writers interest nobody, and an operation held
+                    // for its predecessors has not been through the
+                    // document's own check yet (a peer that applies it at
+                    // once and refuses it would blame us).
                     MessageAcceptance::Ignore
                 } else {
                     // Forwarded even with an equivocation in it: the other

@@ -208,6 +208,12 @@ pub struct Received {
     /// that already has a different one here. They were not applied (the
     /// first one stays); the actor's key signed two histories.
     pub equivocations: Vec<Equivocation>,
+    /// Operations that waited for their predecessors, then were refused by
+    /// the document once those arrived (`Document::check_op`), with the
+    /// actor's later operations held behind them. Not an error: the peer
+    /// that delivered the predecessor is not at fault (every replica
+    /// refuses the same ones; their signing actor is).
+    pub rejected: usize,
 }
 
 /// Proof that an actor signed two different operations for one sequence
@@ -821,7 +827,7 @@ impl<D: Document> Replica<D> {
         match self.buffer.offer_sized(env, &self.clock, size) {
             Ok(Offer::Ready(list)) => {
                 // Apply now so later offers see the advanced clock.
-                if let Err(e) = self.write_remote(list, ready) {
+                if let Err(e) = self.write_remote(list, ready, report) {
                     first_error.get_or_insert(e);
                 }
             }
@@ -837,21 +843,33 @@ impl<D: Document> Replica<D> {
     /// Validates, logs (without waiting for durability) and applies ready
     /// remote operations. The caller waits for durability before anything
     /// is published; `&mut self` keeps the state unobserved meanwhile.
+    ///
+    /// `list` is the delivered operation followed by held successors it
+    /// unblocked. The delivered one refused is an error (its sender's
+    /// fault); a successor refused is counted in `report.rejected`, and it
+    /// and the rest of its actor's held operations are dropped.
     fn write_remote(
         &mut self,
         list: Vec<OpEnvelope<D::Operation>>,
         done: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
+        report: &mut Received,
     ) -> Result<()> {
-        for env in list {
-            if let Err(reason) = self.doc.check_op(&env.op) {
-                self.buffer.discard_actor(&env.actor);
-                return Err(ReplicaError::Rejected { actor: env.actor, seq: env.seq, reason });
-            }
-            let bytes = match self.encode_checked(&env) {
+        let count = list.len();
+        for (i, env) in list.into_iter().enumerate() {
+            let checked = match self.doc.check_op(&env.op) {
+                Ok(()) => self.encode_checked(&env),
+                Err(reason) => Err(ReplicaError::Rejected { actor: env.actor, seq: env.seq, reason }),
+            };
+            let bytes = match checked {
                 Ok(b) => b,
                 Err(e) => {
-                    self.buffer.discard_actor(&env.actor);
-                    return Err(e);
+                    let dropped = self.buffer.discard_actor(&env.actor);
+                    if i == 0 {
+                        return Err(e);
+                    }
+                    warn!(actor = %env.actor, seq = env.seq, error = %e, "a held operation was refused once its predecessors arrived");
+                    report.rejected += count - i + dropped;
+                    return Ok(());
                 }
             };
             let lsn = match self.wal.append_nowait(&bytes) {
@@ -983,7 +1001,15 @@ impl<D: Document> Replica<D> {
             released.extend(self.buffer.take_actor(&actor));
         }
         if !released.is_empty() {
-            self.receive(released)?;
+            match self.receive(released) {
+                Ok(_) => {}
+                // Their actor's doing, not the snapshot's: the snapshot
+                // stays merged, and the refused operations are dropped.
+                Err(e @ (ReplicaError::Rejected { .. } | ReplicaError::TooLarge { .. })) => {
+                    warn!(error = %e, "an operation held until a snapshot was refused");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
