@@ -69,9 +69,19 @@ async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> 
     Ok(u32::from_be_bytes(len) as usize)
 }
 
+/// Memory committed to a body before its bytes arrive: a peer that
+/// announces a large frame must send it to make the reader allocate it.
+const INITIAL_BODY_CAPACITY: usize = 64 << 10;
+
 async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::Result<Vec<u8>> {
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await?;
+    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
+    io.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the stream ended after {} of {len} announced bytes", body.len()),
+        ));
+    }
     Ok(body)
 }
 

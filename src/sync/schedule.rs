@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 struct Pair {
     in_flight: bool,
     due: Instant,
+    /// False once removed while a request was in flight: the pair is kept
+    /// until that request ends, so that adding it back (a peer that
+    /// unsubscribes and subscribes again) does not start a second one.
+    active: bool,
 }
 
 /// Decides which (peer, document) pairs to send a sync request to.
@@ -16,7 +20,8 @@ struct Pair {
 /// peer has the document: its gossip subscription arrives, or the node opens
 /// a document the peer already announced), again right after an answer that said "more",
 /// and otherwise every `interval` with ±25% jitter so that peers do not
-/// synchronise their rounds. At most one request per pair is in flight.
+/// synchronise their rounds. At most one request per pair is in flight,
+/// also when the pair is removed and added again meanwhile.
 ///
 /// ```
 /// use std::time::{Duration, Instant};
@@ -54,17 +59,33 @@ impl<P: Ord + Clone> Schedule<P> {
 
     /// `peer` replicates `doc`: pull from it now.
     pub fn add(&mut self, peer: P, doc: &str, now: Instant) {
-        self.pairs.entry((peer, doc.to_string())).or_insert(Pair { in_flight: false, due: now }).due = now;
+        let pair =
+            self.pairs.entry((peer, doc.to_string())).or_insert(Pair { in_flight: false, due: now, active: true });
+        pair.due = now;
+        pair.active = true;
     }
 
     /// Stops pulling `doc` from `peer`.
     pub fn remove(&mut self, peer: &P, doc: &str) {
-        self.pairs.remove(&(peer.clone(), doc.to_string()));
+        let key = (peer.clone(), doc.to_string());
+        if let Some(pair) = self.pairs.get_mut(&key) {
+            if pair.in_flight {
+                pair.active = false;
+            } else {
+                self.pairs.remove(&key);
+            }
+        }
     }
 
-    /// Forgets every pair of `peer` (it disconnected).
+    /// Stops pulling anything from `peer` (it disconnected).
     pub fn remove_peer(&mut self, peer: &P) {
-        self.pairs.retain(|(p, _), _| p != peer);
+        self.pairs.retain(|(p, _), pair| {
+            if p != peer {
+                return true;
+            }
+            pair.active = false;
+            pair.in_flight
+        });
     }
 
     /// Forgets every pair of `doc` (it was closed).
@@ -84,7 +105,7 @@ impl<P: Ord + Clone> Schedule<P> {
     pub fn due(&mut self, now: Instant) -> Vec<(P, String)> {
         let mut out = Vec::new();
         for (key, pair) in self.pairs.iter_mut() {
-            if !pair.in_flight && pair.due <= now {
+            if pair.active && !pair.in_flight && pair.due <= now {
                 pair.in_flight = true;
                 out.push(key.clone());
             }
@@ -95,7 +116,12 @@ impl<P: Ord + Clone> Schedule<P> {
     /// The answer for a pair arrived and was applied; `more` if the peer has more.
     pub fn completed(&mut self, peer: &P, doc: &str, more: bool, now: Instant) {
         let next = if more { now } else { later(now, self.jittered()) };
-        if let Some(pair) = self.pairs.get_mut(&(peer.clone(), doc.to_string())) {
+        let key = (peer.clone(), doc.to_string());
+        if let Some(pair) = self.pairs.get_mut(&key) {
+            if !pair.active {
+                self.pairs.remove(&key);
+                return;
+            }
             pair.in_flight = false;
             pair.due = next;
         }
@@ -108,17 +134,17 @@ impl<P: Ord + Clone> Schedule<P> {
 
     /// The earliest time a pair not in flight becomes due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.pairs.values().filter(|p| !p.in_flight).map(|p| p.due).min()
+        self.pairs.values().filter(|p| p.active && !p.in_flight).map(|p| p.due).min()
     }
 
-    /// Pairs known.
+    /// Pairs known (not counting removed ones whose request is still in flight).
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.pairs.values().filter(|p| p.active).count()
     }
 
     /// No pairs known.
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.len() == 0
     }
 }
 
@@ -158,6 +184,37 @@ mod tests {
         assert_eq!(s.len(), 1);
         s.remove_doc("a");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn removing_and_adding_back_never_doubles_a_request() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Duration::from_secs(4), 7);
+        s.add(1u8, "a", t0);
+        assert_eq!(s.due(t0).len(), 1);
+        // A peer unsubscribing and subscribing again, over and over, while
+        // the request is in flight: no second request.
+        for _ in 0..100 {
+            s.remove(&1, "a");
+            assert!(s.is_empty());
+            s.add(1, "a", t0);
+            assert!(s.due(t0).is_empty(), "a second request while one is in flight");
+        }
+        // Added back: kept after the answer, due a round later.
+        s.completed(&1, "a", false, t0);
+        assert!(s.due(t0).is_empty());
+        assert_eq!(s.due(t0 + Duration::from_secs(5)).len(), 1);
+        // Removed for good while in flight: gone when the request ends.
+        s.remove(&1, "a");
+        s.failed(&1, "a", t0);
+        s.add(2, "a", t0);
+        assert_eq!(s.due(t0 + Duration::from_secs(60)), vec![(2, "a".to_string())]);
+        // The same across a reconnection.
+        s.remove_peer(&2);
+        s.add(2, "a", t0);
+        assert!(s.due(t0).is_empty());
+        s.failed(&2, "a", t0);
+        assert_eq!(s.len(), 1);
     }
 
     #[test]
