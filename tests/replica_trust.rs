@@ -192,10 +192,13 @@ fn write_allow_list_is_enforced_identically() {
         // A local write by a replica that is not on the list.
         let err = r.update(|d, a| d.put_op(a, "k", "me")).unwrap_err();
         assert!(matches!(err, ReplicaError::NotAWriter { .. }), "{err}");
-        // A snapshot including a non-writer's operations.
+        // A snapshot including a non-writer's operations: refused, but no
+        // peer fault (an honest peer's state may predate the list).
         let mut clock = VersionVector::default();
         clock.observe(bob.actor(), 1);
-        assert!(matches!(r.merge_snapshot(KvDoc::default(), clock), Err(ReplicaError::SnapshotRejected(_))));
+        let err = r.merge_snapshot(KvDoc::default(), clock).unwrap_err();
+        assert!(matches!(err, ReplicaError::NotAWriter { seq: 1, .. }), "{err}");
+        assert!(!walrus::sync::SyncError::Replica(err).is_peer_fault());
     }
     assert_eq!(replicas[0].doc().canonical(), replicas[1].doc().canonical());
     assert_eq!(replicas[0].clock(), replicas[1].clock());

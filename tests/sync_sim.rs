@@ -958,3 +958,38 @@ fn small_budgets_page() {
     assert_eq!(moved.len() + half.len(), total);
     assert!(partial.r.doc().canonical() == src.doc().canonical());
 }
+
+/// A version vector of many actors makes a request larger than a peer
+/// with the same limits accepts: it is not built for sending, and the
+/// error is a local one (no peer is at fault).
+#[test]
+fn a_request_too_large_for_the_limit_is_not_sent() {
+    use walrus::replica::ActorKey;
+    use walrus::sync::{encode_request, SyncError};
+    let dir = tempfile::tempdir().unwrap();
+    let mut r: Replica<KvDoc> = Replica::open(dir.path(), opts()).unwrap();
+    let limits = Limits { max_request: 400, ..Limits::default() };
+    let sizes = |r: &Replica<KvDoc>| encode(&request(r, DOC, 1 << 20)).len();
+    assert!(encode_request(&r, DOC, 1 << 20, &limits).is_ok());
+    let mut actors = 0;
+    while sizes(&r) <= limits.max_request {
+        actors += 1;
+        let key = ActorKey::from_seed([actors; 32]);
+        let dot = walrus::replica::Dot { actor: key.actor(), counter: 1 };
+        let op = KvOp::Put { key: "k".into(), dot, value: "v".into(), seen: vec![] };
+        r.receive([OpEnvelope::signed(&key, "", 1, op).unwrap()]).unwrap();
+    }
+    let err = encode_request(&r, DOC, 1 << 20, &limits).unwrap_err();
+    match &err {
+        SyncError::RequestTooLarge { len, limit, actors: n, .. } => {
+            assert_eq!((*len, *limit, *n), (sizes(&r), 400, usize::from(actors)));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(!err.is_peer_fault(), "{err}");
+    // The same request at a larger limit goes out.
+    let roomy = Limits { max_request: sizes(&r), ..limits };
+    let bytes = encode_request(&r, DOC, 1 << 20, &roomy).unwrap();
+    let req: SyncRequest = decode(&bytes, roomy.max_request, "request").unwrap();
+    assert_eq!(&req.clock, r.clock());
+}

@@ -143,8 +143,13 @@ impl<D: Document> Worker<D> {
             DocCmd::Pull { peer } => {
                 // Never ask for more than our own codec accepts.
                 let budget = self.budget.min(self.limits.max_response as u64 / 2);
-                let req = sync::request(&self.replica, &self.name, budget);
-                self.send(FromDoc::Pull { peer, doc: self.name.clone(), bytes: sync::encode(&req) });
+                match sync::encode_request(&self.replica, &self.name, budget, &self.limits) {
+                    Ok(bytes) => self.send(FromDoc::Pull { peer, doc: self.name.clone(), bytes }),
+                    Err(e) => {
+                        warn!(doc = %self.name, %peer, error = %e, "cannot pull");
+                        self.send(FromDoc::Synced { peer, doc: self.name.clone(), more: false, ok: false });
+                    }
+                }
             }
             DocCmd::Response { peer, bytes } => self.response(peer, &bytes),
             // Handled by `run`, which owns the replica.

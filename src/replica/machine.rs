@@ -974,8 +974,10 @@ impl<D: Document> Replica<D> {
             )));
         }
         if let Some(writers) = &self.opts.writers {
-            if let Some((actor, _)) = clock.iter().find(|(a, _)| !writers.contains(a)) {
-                return Err(ReplicaError::SnapshotRejected(format!("it includes operations of {actor}, not a writer")));
+            // Not `SnapshotRejected`: an honest peer's state may hold them
+            // (written before the list changed), so it is no fault.
+            if let Some((actor, seq)) = clock.iter().find(|(a, _)| !writers.contains(a)) {
+                return Err(ReplicaError::NotAWriter { actor: *actor, seq: *seq });
             }
         }
         if self.clock.covers(&clock) {

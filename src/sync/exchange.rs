@@ -30,6 +30,20 @@ pub enum SyncError {
     /// The replica refused or failed (a rejected operation, a log error).
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// A request of this replica would exceed the request size limit (its
+    /// version vector names too many actors): a peer with the same limit
+    /// would refuse it, so it is not sent.
+    #[error("sync request for {doc:?} of {len} bytes ({actors} actors) exceeds the limit of {limit} bytes")]
+    RequestTooLarge {
+        /// Document.
+        doc: String,
+        /// Encoded length.
+        len: usize,
+        /// `Limits::max_request`.
+        limit: usize,
+        /// Actors in the version vector.
+        actors: usize,
+    },
     /// The peer answered that it cannot serve the request.
     #[error("peer cannot serve document {doc:?}: {reason}")]
     Remote {
@@ -50,10 +64,7 @@ impl SyncError {
                 | SyncError::Envelope(_)
                 | SyncError::WrongDoc { .. }
                 | SyncError::Replica(
-                    ReplicaError::Rejected { .. }
-                        | ReplicaError::SnapshotRejected(_)
-                        | ReplicaError::Envelope(_)
-                        | ReplicaError::NotAWriter { .. }
+                    ReplicaError::Rejected { .. } | ReplicaError::SnapshotRejected(_) | ReplicaError::Envelope(_)
                 )
         )
     }
@@ -77,6 +88,26 @@ pub struct Applied {
 /// The request to send to a peer that replicates `doc`.
 pub fn request<D: Document>(replica: &Replica<D>, doc: &str, budget: u64) -> SyncRequest {
     SyncRequest { doc: doc.to_string(), clock: replica.clock().clone(), budget }
+}
+
+/// [`request`], encoded, if it is within `limits.max_request` (the limit a
+/// peer with the same settings holds requests to).
+pub fn encode_request<D: Document>(
+    replica: &Replica<D>,
+    doc: &str,
+    budget: u64,
+    limits: &Limits,
+) -> Result<Vec<u8>, SyncError> {
+    let bytes = message::encode(&request(replica, doc, budget));
+    if bytes.len() > limits.max_request {
+        return Err(SyncError::RequestTooLarge {
+            doc: doc.to_string(),
+            len: bytes.len(),
+            limit: limits.max_request,
+            actors: replica.clock().len(),
+        });
+    }
+    Ok(bytes)
 }
 
 /// The answer to `req`, for a replica of document `doc`. Pages are at most

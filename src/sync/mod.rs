@@ -31,7 +31,9 @@ mod exchange;
 mod message;
 mod schedule;
 
-pub use exchange::{apply_gossip, apply_response, gossip_messages, request, respond, Applied, SyncError, MAX_PAGE};
+pub use exchange::{
+    apply_gossip, apply_response, encode_request, gossip_messages, request, respond, Applied, SyncError, MAX_PAGE,
+};
 pub use message::{
     check_doc_name, decode, encode, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_DOC_NAME,
     MAX_OPS_PER_MESSAGE,
