@@ -33,6 +33,7 @@ mod admission;
 mod codec;
 mod identity;
 mod node;
+mod queued;
 mod swarm;
 mod traffic;
 mod worker;

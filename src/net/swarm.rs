@@ -24,8 +24,9 @@ use tracing::{debug, info, warn};
 use super::admission::Admission;
 use super::codec::{FrameCodec, FrameTooLarge, RequestFrame, SYNC_PROTOCOL};
 use super::node::{check_allowed, doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
+use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
 use super::traffic::{Counted, Counters};
-use super::worker::{DocCmd, FromDoc, Worker};
+use super::worker::{Blocked, DocCmd, FromDoc, Worker};
 use crate::replica::{Document, Replica, ReplicaOptions};
 use crate::sync::{self, Schedule, SyncRequest, SyncResponse};
 
@@ -146,6 +147,10 @@ pub(crate) struct Driver<D: Document> {
     swarm: Swarm<Behaviour>,
     cfg: NodeConfig,
     docs: DocSenders<D>,
+    /// Bytes of gossip waiting in the documents' queues.
+    queued_gossip: QueueBudget,
+    /// Peers blocked or banned, as the document workers see them.
+    blocked: Blocked,
     threads: HashMap<String, std::thread::JoinHandle<()>>,
     events: broadcast::Sender<NodeEvent<D::Operation>>,
     /// Weak, so that the driver stops once every handle is dropped.
@@ -379,6 +384,8 @@ impl<D: Document> Driver<D> {
             swarm,
             schedule: Schedule::new(cfg.sync_interval, seed),
             docs,
+            queued_gossip: QueueBudget::new(MAX_QUEUED_GOSSIP),
+            blocked: Blocked::default(),
             threads: HashMap::new(),
             events,
             control_tx: control_tx.downgrade(),
@@ -656,14 +663,14 @@ impl<D: Document> Driver<D> {
             Control::Block { peer, reply } => {
                 // The app's block outlasts a ban already running.
                 self.admission.forget_ban(&peer);
-                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.block(peer);
                 self.schedule.remove_peer(&peer);
                 self.deferred.remove(&peer);
                 let _ = reply.send(());
             }
             Control::Unblock { peer, reply } => {
                 self.admission.forget_ban(&peer);
-                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                self.unblock(peer);
                 self.redial_peer(peer);
                 let _ = reply.send(());
             }
@@ -692,6 +699,7 @@ impl<D: Document> Driver<D> {
         let (to_swarm, events, limits, budget) =
             (self.from_docs_tx.clone(), self.events.clone(), self.cfg.limits, self.cfg.sync_budget);
         let snapshot_peers = self.cfg.snapshot_peers.clone();
+        let blocked = Arc::clone(&self.blocked);
         let thread_name = format!("walrus-doc-{name}");
         // Opening replays the log: do it on the document's own thread.
         let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), NodeError>>();
@@ -706,7 +714,8 @@ impl<D: Document> Driver<D> {
             };
             let changes = replica.subscribe();
             let _ = opened_tx.send(Ok(()));
-            Worker { name: worker_name, replica, changes, to_swarm, events, limits, budget, snapshot_peers }.run(rx);
+            Worker { name: worker_name, replica, changes, to_swarm, events, limits, budget, snapshot_peers, blocked }
+                .run(rx);
         });
         let thread = match spawned {
             Ok(t) => t,
@@ -884,10 +893,13 @@ impl<D: Document> Driver<D> {
                     self.report(&message_id, &propagation_source, MessageAcceptance::Reject);
                     return;
                 };
-                let cmd = DocCmd::Gossip { source: propagation_source, id: message_id.clone(), bytes: message.data };
-                let queued = self.doc_tx(&doc).is_some_and(|tx| tx.try_send(cmd).is_ok());
+                let queued = self.doc_tx(&doc).is_some_and(|tx| {
+                    let Ok(bytes) = self.queued_gossip.admit(message.data) else { return false };
+                    tx.try_send(DocCmd::Gossip { source: propagation_source, id: message_id.clone(), bytes }).is_ok()
+                });
                 if !queued {
-                    // Not replicated here, or the worker is saturated: anti-entropy catches up.
+                    // Not replicated here, or the workers are saturated
+                    // (in messages or bytes): anti-entropy catches up.
                     self.report(&message_id, &propagation_source, MessageAcceptance::Ignore);
                 }
             }
@@ -1005,17 +1017,33 @@ impl<D: Document> Driver<D> {
         warn!(%peer, %reason, duration = ?self.cfg.ban_duration, "peer banned");
         self.admission.ban(peer, Instant::now());
         // Closes its connections and refuses new ones, both ways.
-        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.block(peer);
         self.schedule.remove_peer(&peer);
         self.deferred.remove(&peer);
         self.emit(NodeEvent::PeerBanned { peer, reason });
+    }
+
+    /// Closes `peer`'s connections and refuses new ones, both ways; what it
+    /// sent that is still queued is dropped unread.
+    fn block(&mut self, peer: PeerId) {
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        if let Ok(mut set) = self.blocked.write() {
+            set.insert(peer);
+        }
+    }
+
+    fn unblock(&mut self, peer: PeerId) {
+        self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        if let Ok(mut set) = self.blocked.write() {
+            set.remove(&peer);
+        }
     }
 
     /// Lifts the bans that ended, and re-dials those peers if configured.
     fn end_bans(&mut self, now: Instant) {
         for peer in self.admission.expired(now) {
             info!(%peer, "ban ended");
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            self.unblock(peer);
             self.redial_peer(peer);
         }
     }

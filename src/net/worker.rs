@@ -1,8 +1,9 @@
 //! One thread per open document owns its [`Replica`]: log writes and fsyncs
 //! happen here, never on the task that drives the swarm.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
@@ -12,6 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use tracing::{debug, error, warn};
 
+use super::queued::Queued;
 use super::{NodeError, NodeEvent};
 use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica};
 use crate::sync::{self, Limits, SyncError, SyncRequest, SyncResponse};
@@ -29,7 +31,7 @@ const MAX_WRITE_BATCH: usize = 4096;
 pub(crate) enum DocCmd<D: Document> {
     Write { make: MakeOp<D>, reply: Reply<OpEnvelope<D::Operation>> },
     With(Job<D>),
-    Gossip { source: PeerId, id: MessageId, bytes: Vec<u8> },
+    Gossip { source: PeerId, id: MessageId, bytes: Queued },
     Request { token: u64, req: SyncRequest },
     Response { peer: PeerId, bytes: Vec<u8> },
     Pull { peer: PeerId },
@@ -85,7 +87,13 @@ pub(crate) struct Worker<D: Document> {
     pub limits: Limits,
     pub budget: u64,
     pub snapshot_peers: Option<BTreeSet<PeerId>>,
+    /// Peers blocked by the app or banned: their queued messages are dropped.
+    pub blocked: Blocked,
 }
+
+/// Peers blocked or banned, shared by the swarm task (which writes it) and
+/// the document workers.
+pub(crate) type Blocked = Arc<RwLock<HashSet<PeerId>>>;
 
 impl<D: Document> Worker<D> {
     pub fn run(mut self, mut rx: mpsc::Receiver<DocCmd<D>>) {
@@ -135,6 +143,9 @@ impl<D: Document> Worker<D> {
                 self.write(batch);
             }
             DocCmd::With(f) => f(&mut self.replica),
+            DocCmd::Gossip { source, id, .. } if self.is_blocked(&source) => {
+                self.send(FromDoc::Validated { id, source, acceptance: MessageAcceptance::Ignore });
+            }
             DocCmd::Gossip { source, id, bytes } => self.gossip(source, id, &bytes),
             DocCmd::Request { token, req } => {
                 let resp = sync::respond(&self.replica, &self.name, &req, &self.limits);
@@ -151,12 +162,19 @@ impl<D: Document> Worker<D> {
                     }
                 }
             }
+            DocCmd::Response { peer, .. } if self.is_blocked(&peer) => {
+                self.send(FromDoc::Synced { peer, doc: self.name.clone(), more: false, ok: false });
+            }
             DocCmd::Response { peer, bytes } => self.response(peer, &bytes),
             // Handled by `run`, which owns the replica.
             DocCmd::Close { reply } => {
                 let _ = reply.send(Ok(()));
             }
         }
+    }
+
+    fn is_blocked(&self, peer: &PeerId) -> bool {
+        self.blocked.read().is_ok_and(|set| set.contains(peer))
     }
 
     fn send(&self, msg: FromDoc) {
