@@ -315,3 +315,38 @@ async fn garbage_gets_a_peer_banned_until_the_ban_ends() {
     })
     .await;
 }
+
+/// A pull waiting for the pacing bucket when its peer is cut off (blocked
+/// here; disconnects and bans take the same path) ends as a failed pull:
+/// once the peer is back it is pulled again.
+///
+/// Reaching "a pull is waiting" has no event to await: the test lets the
+/// next pull fall due (300 ms after the first failed) well inside the 2 s
+/// a token takes. On a machine too slow for that the pull is sent instead,
+/// and the test checks less, but cannot fail wrongly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_cut_off_with_a_pull_waiting_is_pulled_again() {
+    within(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = Events::new();
+        let mut cfg = config(dir.path(), &[]);
+        // One pull token per 2 s, and room for one.
+        cfg.request_rate = 0.5;
+        cfg.request_burst = 2;
+        let (a, _) = start(cfg, &mut events, 0).await;
+        let a_id = a.peer_id();
+        // It answers no pull: each fails at once.
+        let mut c = Client::spawn(None).await;
+        c.subscribe(common::topic());
+        a.connect(c.addr.clone()).await.unwrap();
+        c.wait("the first pull", |s| matches!(s, client::Seen::Pulled(p, _) if *p == a_id)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        a.block(c.peer_id).await.unwrap();
+        c.wait("the disconnection", |s| matches!(s, client::Seen::Disconnected(p) if *p == a_id)).await;
+        a.unblock(c.peer_id).await.unwrap();
+        c.wait("the reconnection", |s| matches!(s, client::Seen::Connected(p) if *p == a_id)).await;
+        c.wait("a pull after the unblock", |s| matches!(s, client::Seen::Pulled(p, _) if *p == a_id)).await;
+        a.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -6,7 +6,8 @@
 //! An oversize request is read as [`RequestFrame::TooLarge`] rather than as
 //! an error, so that the node sees it and counts it against the peer
 //! (libp2p reports no event for a request whose reading failed). An
-//! oversize response fails the request with a [`FrameTooLarge`] error.
+//! oversize response fails the request with a [`FrameTooLarge`] error (not
+//! a fault: a responder sizes answers by its own limits).
 
 use std::io;
 
@@ -45,9 +46,8 @@ impl From<Vec<u8>> for RequestFrame {
     }
 }
 
-/// A frame announced longer than the limit: the peer broke the protocol
-/// (an honest peer never sends more than the limits it was configured
-/// with), unlike the stream errors of a connection going away.
+/// A response announced longer than the limit (unlike the stream errors of
+/// a connection going away).
 #[derive(Debug, thiserror::Error)]
 #[error("{what} of {len} bytes exceeds the limit of {limit} bytes")]
 pub struct FrameTooLarge {

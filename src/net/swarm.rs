@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::admission::Admission;
-use super::codec::{FrameCodec, FrameTooLarge, RequestFrame, SYNC_PROTOCOL};
+use super::codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL};
 use super::node::{check_allowed, doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
 use super::traffic::{Counted, Counters};
@@ -665,7 +665,7 @@ impl<D: Document> Driver<D> {
                 self.admission.forget_ban(&peer);
                 self.block(peer);
                 self.schedule.remove_peer(&peer);
-                self.deferred.remove(&peer);
+                self.drop_deferred(&peer);
                 let _ = reply.send(());
             }
             Control::Unblock { peer, reply } => {
@@ -863,7 +863,7 @@ impl<D: Document> Driver<D> {
                 self.connections.remove(&connection_id);
                 info!(peer = %peer_id, "peer disconnected");
                 self.schedule.remove_peer(&peer_id);
-                self.deferred.remove(&peer_id);
+                self.drop_deferred(&peer_id);
                 self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
                 for idx in 0..self.configured.len() {
                     let c = &mut self.configured[idx];
@@ -925,16 +925,11 @@ impl<D: Document> Driver<D> {
                 }
             },
             BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. }) => {
-                let oversize = match &error {
-                    request_response::OutboundFailure::Io(e) => FrameTooLarge::of(e).map(ToString::to_string),
-                    _ => None,
-                };
                 if let Some((peer, doc, _)) = self.outbound.remove(&request_id) {
+                    // An answer over our `max_response` too: not counted as
+                    // a fault, since a peer sizes answers by its own limits.
                     debug!(%peer, doc, error = %error, "sync request failed");
                     self.schedule.failed(&peer, &doc, Instant::now());
-                    if let Some(e) = oversize {
-                        self.fault(peer, Some(doc), e);
-                    }
                 } else {
                     debug!(%peer, error = %error, "sync request failed");
                 }
@@ -982,6 +977,15 @@ impl<D: Document> Driver<D> {
         self.outbound.insert(id, (peer, pull.doc, pull.slot));
     }
 
+    /// Drops the sync requests waiting to be sent to `peer` (it is gone):
+    /// each ends as a failed pull, so its pair is not left in flight.
+    fn drop_deferred(&mut self, peer: &PeerId) {
+        let now = Instant::now();
+        for pull in self.deferred.remove(peer).unwrap_or_default() {
+            self.schedule.failed(peer, &pull.doc, now);
+        }
+    }
+
     /// Sends the queued sync requests that peers' rate limits now allow.
     fn send_deferred(&mut self, now: Instant) {
         let peers: Vec<PeerId> = self.deferred.keys().copied().collect();
@@ -1019,7 +1023,7 @@ impl<D: Document> Driver<D> {
         // Closes its connections and refuses new ones, both ways.
         self.block(peer);
         self.schedule.remove_peer(&peer);
-        self.deferred.remove(&peer);
+        self.drop_deferred(&peer);
         self.emit(NodeEvent::PeerBanned { peer, reason });
     }
 

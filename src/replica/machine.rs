@@ -1006,7 +1006,8 @@ impl<D: Document> Replica<D> {
             match self.receive(released) {
                 Ok(_) => {}
                 // Their actor's doing, not the snapshot's: the snapshot
-                // stays merged, and the refused operations are dropped.
+                // stays merged; a refused operation is dropped, and its
+                // actor's later ones wait for it again.
                 Err(e @ (ReplicaError::Rejected { .. } | ReplicaError::TooLarge { .. })) => {
                     warn!(error = %e, "an operation held until a snapshot was refused");
                 }

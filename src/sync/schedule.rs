@@ -12,6 +12,8 @@ struct Pair {
     /// until that request ends, so that adding it back (a peer that
     /// unsubscribes and subscribes again) does not start a second one.
     active: bool,
+    /// Added (again) while a request was in flight: due as soon as it ends.
+    again: bool,
 }
 
 /// Decides which (peer, document) pairs to send a sync request to.
@@ -59,10 +61,15 @@ impl<P: Ord + Clone> Schedule<P> {
 
     /// `peer` replicates `doc`: pull from it now.
     pub fn add(&mut self, peer: P, doc: &str, now: Instant) {
-        let pair =
-            self.pairs.entry((peer, doc.to_string())).or_insert(Pair { in_flight: false, due: now, active: true });
+        let pair = self.pairs.entry((peer, doc.to_string())).or_insert(Pair {
+            in_flight: false,
+            due: now,
+            active: true,
+            again: false,
+        });
         pair.due = now;
         pair.active = true;
+        pair.again = pair.in_flight;
     }
 
     /// Stops pulling `doc` from `peer`.
@@ -123,7 +130,7 @@ impl<P: Ord + Clone> Schedule<P> {
                 return;
             }
             pair.in_flight = false;
-            pair.due = next;
+            pair.due = if std::mem::take(&mut pair.again) { now } else { next };
         }
     }
 
@@ -200,10 +207,11 @@ mod tests {
             s.add(1, "a", t0);
             assert!(s.due(t0).is_empty(), "a second request while one is in flight");
         }
-        // Added back: kept after the answer, due a round later.
+        // Added back: due as soon as the request ends, then as usual.
+        s.completed(&1, "a", false, t0);
+        assert_eq!(s.due(t0).len(), 1);
         s.completed(&1, "a", false, t0);
         assert!(s.due(t0).is_empty());
-        assert_eq!(s.due(t0 + Duration::from_secs(5)).len(), 1);
         // Removed for good while in flight: gone when the request ends.
         s.remove(&1, "a");
         s.failed(&1, "a", t0);
