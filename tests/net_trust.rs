@@ -303,6 +303,22 @@ async fn garbage_gets_a_peer_banned_until_the_ban_ends() {
         events.drain();
         let mark = events.log.len();
         misbehave_until_banned(&h, &a, &mut events, 0, 3).await;
+        // G's second ban, soon after its first, lasts twice as long; H's
+        // first one the configured time.
+        let bans = |peer: PeerId, log: &[(usize, Ev)]| -> Vec<String> {
+            log.iter()
+                .filter_map(|(_, ev)| match ev {
+                    NodeEvent::PeerBanned { peer: p, reason } if *p == peer => Some(reason.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let g_bans = bans(g.peer_id, &events.log);
+        assert_eq!(g_bans.len(), 2, "{g_bans:?}");
+        assert!(g_bans[0].ends_with("; banned for 1.5s"), "{g_bans:?}");
+        assert!(g_bans[1].ends_with("; banned for 3s"), "{g_bans:?}");
+        let h_bans = bans(h.peer_id, &events.log);
+        assert!(h_bans.len() == 1 && h_bans[0].ends_with("; banned for 1.5s"), "{h_bans:?}");
         let h_gone = events.wait_event("H disconnected", mark, 0, disconnected(h.peer_id)).await;
         events.wait_event("H reconnected", h_gone, 0, connected(h.peer_id)).await;
         assert!(!events.any(mark, 0, connected(g.peer_id)), "the app's block was lifted: {:#?}", &events.log[mark..]);

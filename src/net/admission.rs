@@ -1,6 +1,7 @@
 //! How much each peer may ask of this node, and what happens when it
 //! misbehaves: token buckets for sync requests (inbound, and our own
-//! outbound pacing), a decaying fault score, and timed bans.
+//! outbound pacing), a decaying fault score, and timed bans that double
+//! for a peer banned again soon after its last ban.
 //!
 //! Pure bookkeeping: time is passed in and nothing here touches the swarm,
 //! so tests drive it without a clock. The swarm driver acts on its answers
@@ -13,6 +14,15 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use super::node::NodeConfig;
+
+/// A repeat offender's ban is at most this many times the configured one.
+const MAX_BAN_FACTOR: u32 = 64;
+/// A peer's bans are remembered for this many of its last ban's durations
+/// after that ban ends: banned again within that time, its ban doubles.
+const BAN_MEMORY_FACTOR: u32 = 4;
+/// Peers whose past bans are remembered at most (the oldest are forgotten
+/// first): peer ids cost nothing to make, so the record must stay bounded.
+const MAX_REMEMBERED_OFFENDERS: usize = 10_000;
 
 /// Slack for floating-point rounding: a token due "now" by [`Bucket::ready_at`]
 /// must be there when asked for at that instant.
@@ -114,6 +124,9 @@ pub(crate) struct Admission {
     peers: HashMap<PeerId, PeerState>,
     /// Banned peers and when their ban ends.
     bans: HashMap<PeerId, Instant>,
+    /// Peers banned before: the length of their last ban, and until when a
+    /// new ban counts as a repeat.
+    offenders: HashMap<PeerId, (Duration, Instant)>,
 }
 
 impl Admission {
@@ -134,6 +147,7 @@ impl Admission {
             ban_duration: cfg.ban_duration,
             peers: HashMap::new(),
             bans: HashMap::new(),
+            offenders: HashMap::new(),
         }
     }
 
@@ -170,11 +184,29 @@ impl Admission {
         !self.state(peer, now).faults.take(limit, now)
     }
 
-    /// Bans `peer` from now for the configured duration, forgetting its
-    /// limits and score: it starts afresh when the ban ends.
-    pub fn ban(&mut self, peer: PeerId, now: Instant) {
+    /// Bans `peer` from now, forgetting its limits and score (it starts
+    /// afresh when the ban ends); returns for how long. That is the
+    /// configured duration, doubled for each earlier ban the peer had not
+    /// yet lived down (up to [`MAX_BAN_FACTOR`] times).
+    pub fn ban(&mut self, peer: PeerId, now: Instant) -> Duration {
         self.peers.remove(&peer);
-        self.bans.insert(peer, crate::sync::later(now, self.ban_duration));
+        let duration = match self.offenders.get(&peer) {
+            Some(&(last, until)) if now < until => {
+                last.saturating_mul(2).min(self.ban_duration.saturating_mul(MAX_BAN_FACTOR)).max(self.ban_duration)
+            }
+            _ => self.ban_duration,
+        };
+        let ends = crate::sync::later(now, duration);
+        self.bans.insert(peer, ends);
+        let memory = crate::sync::later(ends, duration.saturating_mul(BAN_MEMORY_FACTOR));
+        if self.offenders.len() >= MAX_REMEMBERED_OFFENDERS && !self.offenders.contains_key(&peer) {
+            let oldest = self.offenders.iter().min_by_key(|(_, (_, until))| *until).map(|(p, _)| *p);
+            if let Some(p) = oldest {
+                self.offenders.remove(&p);
+            }
+        }
+        self.offenders.insert(peer, (duration, memory));
+        duration
     }
 
     /// Whether `peer` is banned (by this bookkeeping; not blocked by the app).
@@ -207,6 +239,7 @@ impl Admission {
     /// again: keeping them would change nothing, and the map stays bounded
     /// by the peers seen recently.
     pub fn prune(&mut self, now: Instant, connected: impl Fn(&PeerId) -> bool) {
+        self.offenders.retain(|_, (_, until)| *until > now);
         let (requests, pulls, faults) = (self.requests, self.pulls, self.faults);
         self.peers.retain(|p, s| {
             connected(p)
@@ -342,6 +375,47 @@ mod tests {
         assert!(!a.forget_ban(&q));
         assert!(a.expired(t0 + Duration::from_secs(3600)).is_empty());
         assert_eq!(a.next_expiry(), None);
+    }
+
+    #[test]
+    fn repeat_offenders_are_banned_for_longer() {
+        let mut a = Admission::new(&cfg(20.0, 40, 0));
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        let min = Duration::from_secs(60);
+        assert_eq!(a.ban(p, t0), min);
+        // Banned again soon after each ban ends: the ban doubles, up to 64×.
+        let mut now = t0;
+        let mut want = min;
+        for _ in 0..8 {
+            now += want + Duration::from_secs(1);
+            assert_eq!(a.expired(now), vec![p]);
+            want = (want * 2).min(min * 64);
+            assert_eq!(a.ban(p, now), want);
+        }
+        assert_eq!(want, min * 64);
+        // Lived down: four times the last ban after it ended, back to the start.
+        now += want * 5;
+        assert_eq!(a.expired(now), vec![p]);
+        a.prune(now, |_| false);
+        assert_eq!(a.ban(p, now), min);
+        // Others are unaffected.
+        assert_eq!(a.ban(q, now), min);
+    }
+
+    #[test]
+    fn the_record_of_offenders_stays_bounded() {
+        let mut a = Admission::new(&cfg(20.0, 40, 0));
+        let t0 = Instant::now();
+        let first = PeerId::random();
+        a.ban(first, t0);
+        for i in 0..MAX_REMEMBERED_OFFENDERS {
+            a.ban(PeerId::random(), t0 + Duration::from_millis(1 + i as u64));
+        }
+        assert_eq!(a.offenders.len(), MAX_REMEMBERED_OFFENDERS);
+        // The oldest was forgotten: its next ban is a first one.
+        a.forget_ban(&first);
+        assert_eq!(a.ban(first, t0 + Duration::from_secs(61)), Duration::from_secs(60));
     }
 
     #[test]

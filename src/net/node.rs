@@ -80,7 +80,9 @@ pub struct NodeConfig {
     /// Time over which `max_faults` faults are forgiven (default 60 s).
     pub fault_window: Duration,
     /// How long a peer with too many faults stays disconnected and blocked
-    /// (default 60 s); configured peers are re-dialed when it ends.
+    /// (default 60 s); configured peers are re-dialed when it ends. A peer
+    /// banned again within four times its last ban's length after that ban
+    /// ended is banned for twice as long as before, up to 64 times this.
     pub ban_duration: Duration,
 }
 
@@ -286,11 +288,11 @@ pub enum NodeEvent<O> {
     },
     /// A peer committed too many faults (see [`NodeConfig::max_faults`]):
     /// it was disconnected and its connections are refused for
-    /// [`NodeConfig::ban_duration`].
+    /// [`NodeConfig::ban_duration`] (longer for a repeat offender).
     PeerBanned {
         /// The peer.
         peer: PeerId,
-        /// Why: the limit exceeded and the last fault.
+        /// Why: the limit exceeded, the last fault, and for how long.
         reason: String,
     },
 }

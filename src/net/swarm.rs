@@ -1016,10 +1016,12 @@ impl<D: Document> Driver<D> {
         }
     }
 
-    /// Disconnects `peer` and refuses it for the ban duration.
+    /// Disconnects `peer` and refuses it for the ban duration (longer for
+    /// a repeat offender).
     fn ban(&mut self, peer: PeerId, reason: String) {
-        warn!(%peer, %reason, duration = ?self.cfg.ban_duration, "peer banned");
-        self.admission.ban(peer, Instant::now());
+        let duration = self.admission.ban(peer, Instant::now());
+        warn!(%peer, %reason, ?duration, "peer banned");
+        let reason = format!("{reason}; banned for {duration:?}");
         // Closes its connections and refuses new ones, both ways.
         self.block(peer);
         self.schedule.remove_peer(&peer);
