@@ -6,8 +6,8 @@
 //! An oversize request is read as [`RequestFrame::TooLarge`] rather than as
 //! an error, so that the node sees it and counts it against the peer
 //! (libp2p reports no event for a request whose reading failed). An
-//! oversize response fails the request with a [`FrameTooLarge`] error (not
-//! a fault: a responder sizes answers by its own limits).
+//! oversize response fails the request with an `InvalidData` error (not a
+//! fault: a responder sizes answers by its own limits).
 
 use std::io;
 
@@ -43,23 +43,6 @@ pub enum RequestFrame {
 impl From<Vec<u8>> for RequestFrame {
     fn from(bytes: Vec<u8>) -> RequestFrame {
         RequestFrame::Bytes(bytes)
-    }
-}
-
-/// A response announced longer than the limit (unlike the stream errors of
-/// a connection going away).
-#[derive(Debug, thiserror::Error)]
-#[error("{what} of {len} bytes exceeds the limit of {limit} bytes")]
-pub struct FrameTooLarge {
-    what: &'static str,
-    len: usize,
-    limit: usize,
-}
-
-impl FrameTooLarge {
-    /// The [`FrameTooLarge`] inside `e`, if that is what `e` is.
-    pub fn of(e: &io::Error) -> Option<&FrameTooLarge> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<FrameTooLarge>())
     }
 }
 
@@ -116,7 +99,8 @@ impl libp2p::request_response::Codec for FrameCodec {
     ) -> io::Result<Vec<u8>> {
         let len = read_len(io).await?;
         if len > self.max_response {
-            let e = FrameTooLarge { what: "sync response", len, limit: self.max_response };
+            let limit = self.max_response;
+            let e = format!("sync response of {len} bytes exceeds the limit of {limit} bytes");
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
         read_body(io, len).await
@@ -179,14 +163,13 @@ mod tests {
         let big = [&[0u8, 0, 0, 101][..], &[7u8; 101][..]].concat();
         let err = block_on(codec.read_response(&SYNC_PROTOCOL, &mut Cursor::new(big))).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(FrameTooLarge::of(&err).is_some(), "{err:?}");
         assert_eq!(err.to_string(), "sync response of 101 bytes exceeds the limit of 100 bytes");
-        assert!(FrameTooLarge::of(&block_on(codec.read_response(&SYNC_PROTOCOL, &mut Cursor::new(huge))).unwrap_err())
-            .is_some());
+        let err = block_on(codec.read_response(&SYNC_PROTOCOL, &mut Cursor::new(huge))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err:?}");
         // A prefix that promises more than arrives: not the peer's fault
         // (a connection going away looks the same).
         let short = b"\0\0\0\x20abc".to_vec();
         let err = block_on(codec.read_response(&SYNC_PROTOCOL, &mut Cursor::new(short))).unwrap_err();
-        assert!(FrameTooLarge::of(&err).is_none(), "{err:?}");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err:?}");
     }
 }

@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tracing::info;
 
-pub use codec::{FrameCodec, FrameTooLarge, RequestFrame, SYNC_PROTOCOL};
+pub use codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL};
 pub use identity::{read_psk_file, IDENTITY_FILE};
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
