@@ -16,6 +16,14 @@ struct Pair {
     again: bool,
 }
 
+impl Pair {
+    /// Stops the pair; true if it must still be kept, until its request ends.
+    fn retire(&mut self) -> bool {
+        self.active = false;
+        self.in_flight
+    }
+}
+
 /// Decides which (peer, document) pairs to send a sync request to.
 ///
 /// A pair is due as soon as it is added (the node learns that a connected
@@ -75,24 +83,14 @@ impl<P: Ord + Clone> Schedule<P> {
     /// Stops pulling `doc` from `peer`.
     pub fn remove(&mut self, peer: &P, doc: &str) {
         let key = (peer.clone(), doc.to_string());
-        if let Some(pair) = self.pairs.get_mut(&key) {
-            if pair.in_flight {
-                pair.active = false;
-            } else {
-                self.pairs.remove(&key);
-            }
+        if self.pairs.get_mut(&key).is_some_and(|pair| !pair.retire()) {
+            self.pairs.remove(&key);
         }
     }
 
     /// Stops pulling anything from `peer` (it disconnected).
     pub fn remove_peer(&mut self, peer: &P) {
-        self.pairs.retain(|(p, _), pair| {
-            if p != peer {
-                return true;
-            }
-            pair.active = false;
-            pair.in_flight
-        });
+        self.pairs.retain(|(p, _), pair| p != peer || pair.retire());
     }
 
     /// Forgets every pair of `doc` (it was closed).
