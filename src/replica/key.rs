@@ -90,14 +90,19 @@ impl ActorKey {
     }
 
     /// Reads the key in `path`, or creates one there (owner-only
-    /// permissions, written to a temporary file, synced and renamed, so a
-    /// crash leaves either no key or the whole key).
+    /// permissions, written to a temporary file, synced and linked into
+    /// place, so a crash leaves either no key or the whole key, and of
+    /// several processes creating it at once all end up with the same key).
     pub fn load_or_create(path: &Path) -> Result<ActorKey, KeyError> {
         match ActorKey::load(path) {
             Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 let key = ActorKey::generate()?;
-                key.store(path)?;
-                Ok(key)
+                let files = crate::wal::durable::Files::default();
+                if files.create_new(path, &key.seed(), true).map_err(|e| wal_to_key(path, e))? {
+                    Ok(key)
+                } else {
+                    ActorKey::load(path) // another process created it first
+                }
             }
             other => other,
         }
@@ -135,6 +140,15 @@ impl ActorKey {
         f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| io("renaming to", path, e))?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing directory", dir, e))
+    }
+}
+
+fn wal_to_key(path: &Path, e: crate::wal::Error) -> KeyError {
+    match e {
+        crate::wal::Error::Io { op, path, source } => KeyError::Io { op, path, source },
+        other => {
+            KeyError::Io { op: "creating", path: path.to_path_buf(), source: std::io::Error::other(other.to_string()) }
+        }
     }
 }
 

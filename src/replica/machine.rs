@@ -11,6 +11,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::{
     ActorId, ActorKey, BufferFull, CausalBuffer, Document, EnvelopeError, KeyError, Offer, OpEnvelope, VersionVector,
 };
+use crate::wal::durable::{self, Files};
 use crate::wal::{self, Lsn, SyncPolicy, Wal, WalOptions};
 
 /// Errors of a replica.
@@ -319,10 +320,13 @@ impl<D: Document> Replica<D> {
         let dir = dir.as_ref().to_path_buf();
         let span = info_span!("replica_open", dir = %dir.display());
         let _g = span.enter();
-        std::fs::create_dir_all(&dir).map_err(|e| ReplicaError::Io { op: "creating", path: dir.clone(), source: e })?;
+        let files = Files::new(opts.wal.faults.clone());
+        files.create_dir_all(&dir)?;
         let wal = Wal::open(dir.join(WAL_DIR), opts.wal.clone())?;
+        // A checkpoint interrupted by a crash leaves its temporary file.
+        durable::remove_stale(&files, &dir.join(checkpoint::CHECKPOINT_FILE))?;
         let key = load_or_create_key(&dir)?;
-        let document = load_or_create_document(&dir, opts.document.as_deref())?;
+        let document = load_or_create_document(&files, &dir, opts.document.as_deref())?;
         let cp: Option<Checkpoint<D>> = checkpoint::read(&dir, opts.max_checkpoint_size)?;
         let (doc, clock, checkpoint_lsn) = match cp {
             Some(cp) => (cp.state, cp.clock, cp.lsn),
@@ -1072,16 +1076,11 @@ impl<D: Document> Replica<D> {
     }
 }
 
-fn load_or_create_document(dir: &Path, wanted: Option<&str>) -> Result<String> {
+fn load_or_create_document(files: &Files, dir: &Path, wanted: Option<&str>) -> Result<String> {
     let path = dir.join(DOCUMENT_FILE);
-    let io = |op, p: &Path, e| ReplicaError::Io { op, path: p.to_path_buf(), source: e };
     let corrupt = |reason: String| ReplicaError::Corrupt { path: path.clone(), reason };
-    match std::fs::metadata(&path) {
-        Ok(meta) => {
-            if meta.len() > MAX_DOCUMENT_ID {
-                return Err(corrupt(format!("{} bytes is too long for a document id", meta.len())));
-            }
-            let bytes = std::fs::read(&path).map_err(|e| io("reading", &path, e))?;
+    match durable::read_bounded(&path, MAX_DOCUMENT_ID) {
+        Ok(Some(bytes)) => {
             let stored = String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))?;
             match wanted {
                 Some(w) if w != stored => Err(corrupt(format!(
@@ -1090,20 +1089,16 @@ fn load_or_create_document(dir: &Path, wanted: Option<&str>) -> Result<String> {
                 _ => Ok(stored),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Ok(None) => {
             let id = wanted.unwrap_or_default().to_string();
             if id.len() as u64 > MAX_DOCUMENT_ID || id.chars().any(char::is_control) {
                 return Err(ReplicaError::InvalidDocumentId(id.chars().take(64).collect()));
             }
-            let tmp = dir.join("document.tmp");
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
-            std::io::Write::write_all(&mut f, id.as_bytes()).map_err(|e| io("writing", &tmp, e))?;
-            f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io("renaming to", &path, e))?;
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing directory", dir, e))?;
+            files.write_atomic(&path, id.as_bytes(), false)?;
             Ok(id)
         }
-        Err(e) => Err(io("reading", &path, e)),
+        Err(wal::Error::Corrupt { reason, .. }) => Err(corrupt(format!("too long for a document id: {reason}"))),
+        Err(e) => Err(e.into()),
     }
 }
 

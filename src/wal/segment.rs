@@ -78,6 +78,12 @@ impl Io {
         }
     }
 
+    /// Asks the injector about an operation this module does not perform
+    /// itself (linking, creating a directory).
+    pub fn check_op(&self, op: FileOp, path: &Path) -> io::Result<()> {
+        self.check(op, path, 0).map_err(|(_, e)| e)
+    }
+
     /// Writes all of `buf` at `offset`.
     pub fn write_at(&self, file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
         if let Err((written, e)) = self.check(FileOp::Write, path, buf.len()) {

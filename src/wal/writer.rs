@@ -111,7 +111,7 @@ impl Wal {
         let span = info_span!("wal_open", dir = %dir.display());
         let _g = span.enter();
         opts.validate()?;
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+        super::durable::Files::new(opts.faults.clone()).create_dir_all(&dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .read(true)
