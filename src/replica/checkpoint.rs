@@ -101,3 +101,12 @@ pub fn read<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<Option<Checkp
     let cp = ciborium::de::from_reader_with_recursion_limit(body, 256).map_err(|e| corrupt(e.to_string()))?;
     Ok(Some(cp))
 }
+
+/// The LSN up to which the newest intact checkpoint of the replica in `dir`
+/// covers its log (`None` without one): records up to it are redundant, so
+/// a repair of the log may drop them. Reads the checkpoint whole (to verify
+/// its checksum) but decodes no document state.
+pub fn checkpointed_lsn(dir: &Path) -> Result<Option<Lsn>, ReplicaError> {
+    let cp: Option<Checkpoint<serde::de::IgnoredAny>> = read(dir, u64::MAX)?;
+    Ok(cp.map(|cp| cp.lsn))
+}

@@ -25,6 +25,7 @@ mod machine;
 
 pub use actor::{ActorId, ParseActorIdError, ACTOR_ID_LEN};
 pub use causal::{BufferFull, CausalBuffer, Offer};
+pub use checkpoint::checkpointed_lsn;
 pub use clock::VersionVector;
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
 pub use document::{canonical_cbor, Document};
