@@ -176,18 +176,81 @@ fn deleting_or_reading_a_missing_key_fails_and_writes_nothing() {
 }
 
 #[test]
-fn a_replica_open_elsewhere_is_reported_as_in_use() {
+fn a_replica_open_elsewhere_is_in_use_for_writes_and_readable() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("replica");
     ok("put", &dir, &["k", "v"]);
-    let held: Replica<KvDoc> = Replica::open(&dir, ReplicaOptions::default()).unwrap();
-    for (sub, rest) in [("get", &["k"][..]), ("dump", &[]), ("put", &["k", "w"]), ("del", &["k"]), ("checkpoint", &[])]
-    {
+    let mut held: Replica<KvDoc> = Replica::open(&dir, ReplicaOptions::default()).unwrap();
+    for (sub, rest) in [("put", &["k", "w"][..]), ("del", &["k"]), ("checkpoint", &[])] {
         let err = fails(sub, &dir, rest);
         assert!(err.contains("is in use by another process"), "{sub}: {err}");
     }
+    // Reads take no lock: they see what the holder made durable.
+    held.update(|d, a| d.put_op(a, "k", "from the holder")).unwrap();
+    assert_eq!(ok("get", &dir, &["k"]), "from the holder");
+    let dump = ok("dump", &dir, NONE);
+    assert_eq!(dump["actor"], held.actor().to_string());
+    assert_eq!(dump["clock"][held.actor().to_string()], 2);
     held.close().unwrap();
-    assert_eq!(ok("get", &dir, &["k"]), "v");
+    assert_eq!(ok("get", &dir, &["k"]), "from the holder");
+}
+
+/// Everything in `dir`, recursively: names, sizes and modification times.
+fn tree(dir: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        out.push((entry.path(), meta.len(), meta.modified().unwrap()));
+        if meta.is_dir() {
+            out.extend(tree(&entry.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn reads_modify_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("replica");
+    ok("put", &dir, &["k", "v"]);
+    ok("checkpoint", &dir, NONE);
+    ok("put", &dir, &["k2", "v2"]);
+    let before = tree(&dir);
+    assert_eq!(ok("get", &dir, &["k2"]), "v2");
+    assert_eq!(ok("dump", &dir, NONE)["entries"], json!({"k": "v", "k2": "v2"}));
+    assert_eq!(tree(&dir), before, "a read changed the directory");
+}
+
+#[test]
+fn a_damaged_checkpoint_is_survived_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("replica");
+    ok("put", &dir, &["a", "1"]);
+    ok("checkpoint", &dir, NONE);
+    ok("put", &dir, &["b", "2"]);
+    ok("checkpoint", &dir, NONE);
+    ok("put", &dir, &["c", "3"]);
+    let cp = dir.join("checkpoint");
+    let mut bytes = std::fs::read(&cp).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x08;
+    std::fs::write(&cp, bytes).unwrap();
+    // A read reports the damage and leaves the file where it is.
+    let out = walrus("dump", &dir, NONE);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("checkpoint") && stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert_eq!(json_of(&out)["entries"], json!({"a": "1", "b": "2", "c": "3"}));
+    assert!(cp.exists());
+    // A write reports it too and moves the damaged file aside.
+    let out = walrus("put", &dir, &["d", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("moved to"), "{}", stderr(&out));
+    assert!(dir.join("checkpoint.damaged").exists());
+    assert_eq!(ok("dump", &dir, NONE)["entries"], json!({"a": "1", "b": "2", "c": "3", "d": "4"}));
+    let out = walrus("get", &dir, &["d"]);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
 }
 
 #[test]

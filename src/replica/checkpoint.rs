@@ -1,17 +1,18 @@
 //! Checkpoint files: document state + version vector + the last LSN they
 //! cover, written atomically (temp file, fsync, rename, directory fsync).
+//! Two generations are kept: `checkpoint` and `checkpoint.prev`; the log
+//! holds every record after the older one, so either restores the replica.
 //!
 //! Layout: magic `WALRUSCP` (8 bytes) | version u32 LE (1) | crc32 of body
 //! u32 LE | body length u64 LE | body: CBOR map `{lsn, clock, state}`.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{ReplicaError, VersionVector};
+use crate::wal::durable::{self, Files};
 use crate::wal::Lsn;
 
 const MAGIC: &[u8; 8] = b"WALRUSCP";
@@ -19,7 +20,11 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = 24;
 /// File name of the checkpoint inside a replica directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
-const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+/// The generation before it.
+pub const PREVIOUS_FILE: &str = "checkpoint.prev";
+/// Where a damaged checkpoint is moved on open, for inspection, so the
+/// next checkpoint does not take it for a generation.
+pub const DAMAGED_FILE: &str = "checkpoint.damaged";
 
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,59 +37,36 @@ pub struct Checkpoint<D> {
     pub state: D,
 }
 
-fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> ReplicaError {
-    ReplicaError::Io { op, path: path.to_path_buf(), source: e }
-}
-
-/// Writes `cp` atomically as `dir/checkpoint`. `stop_after` (tests only)
-/// stops after that many steps to simulate a crash part-way.
-pub fn write<D: Serialize>(dir: &Path, cp: &Checkpoint<D>, stop_after: Option<u8>) -> Result<(), ReplicaError> {
-    let stop = |step: u8| stop_after.is_some_and(|s| step >= s);
+/// Writes `cp` as the newest generation (`dir/checkpoint`), keeping the
+/// one before as `dir/checkpoint.prev`. `crash_after` (tests only) stops
+/// part-way as if the process died (see [`Files::write_generation`]).
+pub fn write<D: Serialize>(
+    files: &Files,
+    dir: &Path,
+    cp: &Checkpoint<D>,
+    crash_after: Option<u8>,
+) -> Result<(), ReplicaError> {
     let mut body = Vec::new();
     ciborium::into_writer(cp, &mut body).map_err(|e| ReplicaError::Encode(e.to_string()))?;
-    let mut header = Vec::with_capacity(HEADER_LEN);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    let tmp = dir.join(CHECKPOINT_TMP);
-    let mut f = File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
-    f.write_all(&header).map_err(|e| io_err("writing", &tmp, e))?;
-    if stop(1) {
-        return Ok(());
-    }
-    f.write_all(&body).map_err(|e| io_err("writing", &tmp, e))?;
-    if stop(2) {
-        return Ok(());
-    }
-    f.sync_all().map_err(|e| io_err("syncing", &tmp, e))?;
-    if stop(3) {
-        return Ok(());
-    }
-    let path = dir.join(CHECKPOINT_FILE);
-    std::fs::rename(&tmp, &path).map_err(|e| io_err("renaming to", &path, e))?;
-    if stop(4) {
-        return Ok(());
-    }
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("syncing directory", dir, e))
+    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    files.write_generation(&dir.join(CHECKPOINT_FILE), &dir.join(PREVIOUS_FILE), &bytes, crash_after)?;
+    Ok(())
 }
 
-/// Reads `dir/checkpoint` if it exists, refusing files over `limit` bytes.
-/// A leftover temp file is ignored (and removed by the next write).
-pub fn read<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<Option<Checkpoint<D>>, ReplicaError> {
-    let path = dir.join(CHECKPOINT_FILE);
-    let mut f = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("opening", &path, e)),
+/// Reads one checkpoint file; `Ok(None)` if it does not exist.
+pub fn read_file<D: DeserializeOwned>(path: &Path, limit: u64) -> Result<Option<Checkpoint<D>>, ReplicaError> {
+    let corrupt = |reason: String| ReplicaError::Corrupt { path: path.to_path_buf(), reason };
+    let bytes = match durable::read_bounded(path, limit) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err(crate::wal::Error::Corrupt { reason, .. }) => return Err(corrupt(format!("checkpoint of {reason}"))),
+        Err(e) => return Err(e.into()),
     };
-    let corrupt = |reason: String| ReplicaError::Corrupt { path: path.clone(), reason };
-    let len = f.metadata().map_err(|e| io_err("reading metadata of", &path, e))?.len();
-    if len > limit {
-        return Err(corrupt(format!("checkpoint of {len} bytes exceeds the limit of {limit}")));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    f.read_to_end(&mut bytes).map_err(|e| io_err("reading", &path, e))?;
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err(corrupt("not a walrus checkpoint".into()));
     }
@@ -102,11 +84,45 @@ pub fn read<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<Option<Checkp
     Ok(Some(cp))
 }
 
+/// The checkpoint generations of a replica directory, as found on open.
+pub struct Generations<D> {
+    /// The newest intact checkpoint (`None` if there is none).
+    pub newest: Option<Checkpoint<D>>,
+    /// LSN of the intact generation before it (0 if none): the log is kept
+    /// from just after it, so either generation can restore the replica.
+    pub older_lsn: Lsn,
+    /// Generations that exist but are damaged, with the error: the newest
+    /// one first.
+    pub damaged: Vec<(PathBuf, ReplicaError)>,
+}
+
+/// Reads both generations. A damaged file is reported in `damaged`, not
+/// as an error; the caller decides whether what is left suffices.
+pub fn read_generations<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<Generations<D>, ReplicaError> {
+    let mut found = Vec::new();
+    let mut damaged = Vec::new();
+    for name in [CHECKPOINT_FILE, PREVIOUS_FILE] {
+        let path = dir.join(name);
+        match read_file::<D>(&path, limit) {
+            Ok(Some(cp)) => found.push(cp),
+            Ok(None) => {}
+            Err(e @ ReplicaError::Corrupt { .. }) => damaged.push((path, e)),
+            Err(e) => return Err(e),
+        }
+    }
+    // Newest first by what they cover, whatever their names say.
+    found.sort_by_key(|cp| std::cmp::Reverse(cp.lsn));
+    let mut found = found.into_iter();
+    let newest = found.next();
+    let older_lsn = found.next().map_or(0, |cp| cp.lsn);
+    Ok(Generations { newest, older_lsn, damaged })
+}
+
 /// The LSN up to which the newest intact checkpoint of the replica in `dir`
 /// covers its log (`None` without one): records up to it are redundant, so
 /// a repair of the log may drop them. Reads the checkpoint whole (to verify
 /// its checksum) but decodes no document state.
 pub fn checkpointed_lsn(dir: &Path) -> Result<Option<Lsn>, ReplicaError> {
-    let cp: Option<Checkpoint<serde::de::IgnoredAny>> = read(dir, u64::MAX)?;
-    Ok(cp.map(|cp| cp.lsn))
+    let gens = read_generations::<serde::de::IgnoredAny>(dir, u64::MAX)?;
+    Ok(gens.newest.map(|cp| cp.lsn))
 }

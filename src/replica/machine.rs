@@ -8,6 +8,7 @@ use std::sync::{mpsc, Mutex};
 use tracing::{info, info_span, warn};
 
 use super::checkpoint::{self, Checkpoint};
+use super::load::{load_base, replay_step, Recovered, Step};
 use super::{
     ActorId, ActorKey, BufferFull, CausalBuffer, Document, EnvelopeError, KeyError, Offer, OpEnvelope, VersionVector,
 };
@@ -235,7 +236,7 @@ pub const ACTOR_FILE: &str = "actor.key";
 pub const DOCUMENT_FILE: &str = "document";
 
 /// Longest document id.
-const MAX_DOCUMENT_ID: u64 = 4096;
+pub(crate) const MAX_DOCUMENT_ID: u64 = 4096;
 
 /// The file in which replicas of earlier versions (without signatures)
 /// kept their actor id.
@@ -304,6 +305,15 @@ pub struct Replica<D: Document> {
     /// in the log.
     index: BTreeMap<ActorId, (u64, VecDeque<(Lsn, SigDigest)>)>,
     checkpoint_lsn: Lsn,
+    /// LSN of the checkpoint generation before the newest (0 if none): the
+    /// log is truncated only up to it, so either generation can restore.
+    older_checkpoint_lsn: Lsn,
+    /// Opened from an older generation: operations whose predecessors only
+    /// the lost generation held are skipped on replay (peers send them again).
+    tolerant_replay: bool,
+    /// What was found wrong and worked around on open.
+    recovered: Vec<Recovered>,
+    files: Files,
     bytes_since_checkpoint: u64,
     subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
     /// Equivocations seen and not yet taken ([`Replica::take_equivocations`]).
@@ -327,17 +337,20 @@ impl<D: Document> Replica<D> {
         durable::remove_stale(&files, &dir.join(checkpoint::CHECKPOINT_FILE))?;
         let key = load_or_create_key(&dir)?;
         let document = load_or_create_document(&files, &dir, opts.document.as_deref())?;
-        let cp: Option<Checkpoint<D>> = checkpoint::read(&dir, opts.max_checkpoint_size)?;
-        let (doc, clock, checkpoint_lsn) = match cp {
-            Some(cp) => (cp.state, cp.clock, cp.lsn),
-            None => (D::default(), VersionVector::default(), 0),
-        };
-        if checkpoint_lsn > wal.last_lsn() {
-            return Err(ReplicaError::Corrupt {
-                path: dir.join(checkpoint::CHECKPOINT_FILE),
-                reason: format!("checkpoint covers LSN {checkpoint_lsn} but the log ends at {}", wal.last_lsn()),
-            });
+        let base = load_base::<D>(&dir, &opts, wal.first_lsn(), wal.last_lsn())?;
+        // A damaged generation is moved aside (kept for inspection), so the
+        // next checkpoint does not take it for one.
+        let mut recovered = base.recovered;
+        for note in &mut recovered {
+            let Recovered::DamagedCheckpoint { path, moved_to, .. } = note;
+            let to = dir.join(checkpoint::DAMAGED_FILE);
+            files.rename(path, &to)?;
+            *moved_to = Some(to);
         }
+        for note in &recovered {
+            warn!("{note}");
+        }
+        let (doc, clock, checkpoint_lsn) = (base.doc, base.clock, base.lsn);
         let mut r = Replica {
             buffer: CausalBuffer::new(opts.buffer_limit).per_actor(opts.buffer_per_actor).max_bytes(opts.buffer_bytes),
             actor: key.actor(),
@@ -350,6 +363,10 @@ impl<D: Document> Replica<D> {
             clock,
             index: BTreeMap::new(),
             checkpoint_lsn,
+            older_checkpoint_lsn: base.older_lsn,
+            tolerant_replay: !recovered.is_empty(),
+            recovered,
+            files,
             bytes_since_checkpoint: 0,
             subscribers: Vec::new(),
             equivocations: Vec::new(),
@@ -363,36 +380,24 @@ impl<D: Document> Replica<D> {
 
     fn replay(&mut self) -> Result<()> {
         let from = self.checkpoint_lsn + 1;
-        if from < self.wal.first_lsn() && from <= self.wal.last_lsn() {
-            return Err(ReplicaError::Corrupt {
-                path: self.dir.join(WAL_DIR),
-                reason: format!("log starts at LSN {} but the checkpoint ends at {}", self.wal.first_lsn(), from - 1),
-            });
-        }
         for record in self.wal.iter_from(from)? {
             let record = record?;
             let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
-            let have = self.clock.get(&env.actor);
-            if env.seq <= have {
-                continue; // also covered by a merged snapshot
+            match replay_step(&self.clock, &env, record.lsn, self.tolerant_replay, &self.dir)? {
+                Step::Apply => {
+                    self.bytes_since_checkpoint += record.payload.len() as u64;
+                    self.apply_env(env, record.lsn);
+                }
+                Step::Skip => {}
             }
-            if env.seq != have + 1 {
-                return Err(ReplicaError::Corrupt {
-                    path: self.dir.join(WAL_DIR),
-                    reason: format!(
-                        "LSN {} holds ({}, {}) but ({}, {}) was expected",
-                        record.lsn,
-                        env.actor,
-                        env.seq,
-                        env.actor,
-                        have + 1
-                    ),
-                });
-            }
-            self.bytes_since_checkpoint += record.payload.len() as u64;
-            self.apply_env(env, record.lsn);
         }
         Ok(())
+    }
+
+    /// What was found wrong, and worked around, when the replica was
+    /// opened (a damaged checkpoint generation, say). Empty normally.
+    pub fn recovered(&self) -> &[Recovered] {
+        &self.recovered
     }
 
     /// This replica's actor id.
@@ -994,7 +999,7 @@ impl<D: Document> Replica<D> {
         merged_clock.merge(&clock);
         let lsn = self.wal.sync()?;
         let cp = Checkpoint { lsn, clock: merged_clock, state: merged };
-        checkpoint::write(&self.dir, &cp, None)?;
+        checkpoint::write(&self.files, &self.dir, &cp, None)?;
         self.doc = cp.state;
         self.clock = cp.clock;
         self.after_checkpoint(lsn)?;
@@ -1029,7 +1034,7 @@ impl<D: Document> Replica<D> {
         let _g = span.enter();
         let lsn = self.wal.sync()?;
         let cp = Checkpoint { lsn, clock: self.clock.clone(), state: self.doc.clone() };
-        checkpoint::write(&self.dir, &cp, self.checkpoint_stop)?;
+        checkpoint::write(&self.files, &self.dir, &cp, self.checkpoint_stop)?;
         if self.checkpoint_stop.is_some() {
             return Ok(());
         }
@@ -1037,9 +1042,14 @@ impl<D: Document> Replica<D> {
     }
 
     fn after_checkpoint(&mut self, lsn: Lsn) -> Result<()> {
+        // The generation that was newest is now the older one: the log is
+        // kept from just after it, so a damaged newest checkpoint still
+        // leaves a way back to every acknowledged write.
+        self.older_checkpoint_lsn = self.checkpoint_lsn;
         self.checkpoint_lsn = lsn;
+        self.tolerant_replay = false;
         self.bytes_since_checkpoint = 0;
-        let removed = self.wal.truncate_before(lsn + 1)?;
+        let removed = self.wal.truncate_before(self.older_checkpoint_lsn + 1)?;
         let first = self.wal.first_lsn();
         for (seq, lsns) in self.index.values_mut() {
             while lsns.front().is_some_and(|&(l, _)| l < first) {

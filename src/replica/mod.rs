@@ -21,7 +21,9 @@ mod document;
 mod envelope;
 mod key;
 mod kv;
+mod load;
 mod machine;
+mod view;
 
 pub use actor::{ActorId, ParseActorIdError, ACTOR_ID_LEN};
 pub use causal::{BufferFull, CausalBuffer, Offer};
@@ -32,7 +34,9 @@ pub use document::{canonical_cbor, Document};
 pub use envelope::{signing_bytes, EnvelopeError, OpEnvelope, Signature};
 pub use key::{ActorKey, KeyError};
 pub use kv::{CausalContext, Dot, KvDoc, KvDocExt, KvOp};
+pub use load::Recovered;
 pub use machine::{
     Catchup, Change, Equivocation, Origin, Received, Replica, ReplicaError, ReplicaOptions, Result, ACTOR_FILE,
     DOCUMENT_FILE, WAL_DIR,
 };
+pub use view::ReplicaView;

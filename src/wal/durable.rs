@@ -51,6 +51,52 @@ impl Files {
         result
     }
 
+    /// Like [`write_atomic`](Self::write_atomic), but the version `path`
+    /// held before is kept as `previous` (replacing what that held), so two
+    /// generations exist at every moment: the old `path` is renamed to
+    /// `previous` and the directory synced before the new file is renamed
+    /// into place. After a crash at any step, `path` or `previous` holds the
+    /// newest complete version that was ever synced. `crash_after` (tests)
+    /// stops after that many steps as if the process died there: 1 part
+    /// written, 2 all written, 3 synced, 4 old version moved to `previous`,
+    /// 5 new version renamed in (directory not yet synced).
+    pub fn write_generation(&self, path: &Path, previous: &Path, bytes: &[u8], crash_after: Option<u8>) -> Result<()> {
+        let stop = |step: u8| crash_after.is_some_and(|s| step >= s);
+        let tmp = tmp_path(path, "");
+        let file = self.create_tmp(&tmp, false)?;
+        let half = bytes.len() / 2;
+        self.io.write_at(&file, &tmp, &bytes[..half], 0)?;
+        if stop(1) {
+            return Ok(());
+        }
+        self.io.write_at(&file, &tmp, &bytes[half..], half as u64)?;
+        if stop(2) {
+            return Ok(());
+        }
+        self.io.sync_data(&file, &tmp)?;
+        if stop(3) {
+            return Ok(());
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            self.io.rename(path, previous)?;
+            self.io.sync_dir(parent(path))?;
+        }
+        if stop(4) {
+            return Ok(());
+        }
+        self.io.rename(&tmp, path)?;
+        if stop(5) {
+            return Ok(());
+        }
+        self.io.sync_dir(parent(path))
+    }
+
+    /// Renames `from` to `to` (replacing it) and syncs the directory.
+    pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        self.io.rename(from, to)?;
+        self.io.sync_dir(parent(to))
+    }
+
     /// Creates `path` holding `bytes`, durably, unless it exists: then
     /// nothing is written and `false` is returned. Safe against concurrent
     /// creators (each writes its own temporary file and links it into

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
-use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaError, ReplicaOptions, ACTOR_FILE, WAL_DIR};
+use walrus::replica::{
+    KvDoc, KvDocExt, Recovered, Replica, ReplicaError, ReplicaOptions, ReplicaView, ACTOR_FILE, WAL_DIR,
+};
 use walrus::wal;
 
 use crate::DocCommand;
@@ -61,9 +63,51 @@ fn open(dir: &Path, how: Open) -> Result<Replica<KvDoc>> {
         }
         Err(e) => return Err(format!("{shown}: {e}").into()),
     }
+    let r = Replica::open(dir, options()).map_err(|e| explain(dir, e))?;
+    warn_recovered(r.recovered());
+    Ok(r)
+}
+
+fn options() -> ReplicaOptions {
     let defaults = ReplicaOptions::default();
-    let opts = ReplicaOptions { wal: defaults.wal.clone().segment_size(SEGMENT_SIZE), ..defaults };
-    Replica::open(dir, opts).map_err(|e| match e {
+    ReplicaOptions { wal: defaults.wal.clone().segment_size(SEGMENT_SIZE), ..defaults }
+}
+
+/// What was repaired on open goes to standard error: the command's output
+/// stays JSON, and the user learns that something needs a look.
+fn warn_recovered(notes: &[Recovered]) {
+    for note in notes {
+        eprintln!("walrus: warning: {note}");
+    }
+}
+
+/// Reads the replica in `dir` without writing to it or locking it: works on
+/// a read-only directory and while another process has it open.
+fn view(dir: &Path) -> Result<ReplicaView<KvDoc>> {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() && looks_like_replica(dir) => {}
+        Ok(meta) if !meta.is_dir() => {
+            return Err(format!("{shown} is not a replica directory (it is not a directory)").into())
+        }
+        Ok(_) => {
+            return Err(
+                format!("{shown} is not a replica directory (no `{ACTOR_FILE}` file or `{WAL_DIR}/` inside)").into()
+            )
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!("{shown} is not a replica directory (it does not exist)").into())
+        }
+        Err(e) => return Err(format!("{shown}: {e}").into()),
+    }
+    let v = ReplicaView::open(dir, &options()).map_err(|e| explain(dir, e))?;
+    warn_recovered(v.recovered());
+    Ok(v)
+}
+
+fn explain(dir: &Path, e: ReplicaError) -> Box<dyn std::error::Error> {
+    let shown = dir.display();
+    match e {
         ReplicaError::Wal(wal::Error::Locked { .. }) => {
             format!("replica directory {shown} is in use by another process (its log is locked)").into()
         }
@@ -72,7 +116,7 @@ fn open(dir: &Path, how: Open) -> Result<Replica<KvDoc>> {
             format!("{e} (inspect it with `walrus log verify {}`)", log.display()).into()
         }
         e => e.into(),
-    })
+    }
 }
 
 /// One value as a JSON string, several (concurrent writes) as an array.
@@ -129,7 +173,7 @@ pub fn run(cmd: DocCommand) -> Result<ExitCode> {
             r.close()?;
         }
         DocCommand::Get { dir, key } => {
-            let r = open(&dir, Open::Existing)?;
+            let r = view(&dir)?;
             let values = r.doc().values_of(&key);
             if values.is_empty() {
                 return not_found(&key);
@@ -137,11 +181,11 @@ pub fn run(cmd: DocCommand) -> Result<ExitCode> {
             return print_read(&json_values(&values));
         }
         DocCommand::Dump { dir } => {
-            let r = open(&dir, Open::Existing)?;
+            let r = view(&dir)?;
             let entries: Map<String, Value> =
                 r.doc().entries().iter().map(|(k, v)| (k.clone(), json_values(v))).collect();
             let clock: Map<String, Value> = r.clock().iter().map(|(a, s)| (a.to_string(), json!(s))).collect();
-            return print_read(&json!({"entries": entries, "clock": clock, "actor": r.actor().to_string()}));
+            return print_read(&json!({"entries": entries, "clock": clock, "actor": r.actor().map(|a| a.to_string())}));
         }
         DocCommand::Import { dir } => import(&dir)?,
         DocCommand::Checkpoint { dir } => {

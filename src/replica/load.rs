@@ -1,0 +1,150 @@
+//! Loading a replica's state on open: the checkpoint generation to start
+//! from, and the rule for each log record replayed after it. Shared by the
+//! writable [`Replica`](super::Replica) and the read-only
+//! [`ReplicaView`](super::ReplicaView).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::{self, CHECKPOINT_FILE};
+use super::{Document, OpEnvelope, ReplicaError, ReplicaOptions, Result, VersionVector, WAL_DIR};
+use crate::wal::Lsn;
+
+/// Something found wrong, and worked around, when a replica was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recovered {
+    /// A checkpoint generation was damaged (bit rot, a torn write). The
+    /// replica opened from the older intact generation (or from the start
+    /// of the log) and replayed the log after it: every operation written
+    /// through this replica is back; operations of others that only the
+    /// damaged generation held come back from peers.
+    DamagedCheckpoint {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// Where it was moved for inspection (`None` when opened read-only).
+        moved_to: Option<PathBuf>,
+        /// LSN covered by the generation used instead (0: none, the whole
+        /// log was replayed).
+        used_lsn: Lsn,
+    },
+}
+
+impl fmt::Display for Recovered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Recovered::DamagedCheckpoint { path, reason, moved_to, used_lsn } => {
+                write!(f, "checkpoint {} is damaged ({reason}); ", path.display())?;
+                if *used_lsn > 0 {
+                    write!(f, "opened from the older checkpoint (up to LSN {used_lsn}) and the log after it")?;
+                } else {
+                    write!(f, "opened from the whole log")?;
+                }
+                if let Some(to) = moved_to {
+                    write!(f, "; the damaged file was moved to {}", to.display())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The state to replay the log onto.
+pub(crate) struct Base<D> {
+    pub doc: D,
+    pub clock: VersionVector,
+    /// Last LSN the state includes.
+    pub lsn: Lsn,
+    /// LSN of the generation before it (0 if none).
+    pub older_lsn: Lsn,
+    pub recovered: Vec<Recovered>,
+}
+
+/// Picks the newest checkpoint generation that is intact and that the log
+/// continues (`first_lsn..=last_lsn` is what the log holds), reporting
+/// damaged generations. Fails, naming the file, when no intact generation
+/// (nor the log from LSN 1) can restore the replica.
+pub(crate) fn load_base<D: Document>(
+    dir: &Path,
+    opts: &ReplicaOptions,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+) -> Result<Base<D>> {
+    let gens = checkpoint::read_generations::<D>(dir, opts.max_checkpoint_size)?;
+    let (doc, clock, lsn) = match gens.newest {
+        Some(cp) => (cp.state, cp.clock, cp.lsn),
+        None => (D::default(), VersionVector::default(), 0),
+    };
+    let path = dir.join(CHECKPOINT_FILE);
+    if lsn > last_lsn {
+        return Err(ReplicaError::Corrupt {
+            path,
+            reason: format!("checkpoint covers LSN {lsn} but the log ends at {last_lsn}"),
+        });
+    }
+    // The log must continue the state: hold every record after `lsn`.
+    if lsn + 1 < first_lsn && lsn < last_lsn {
+        let reason = match gens.damaged.first() {
+            Some((_, e)) => {
+                let older = if lsn == 0 { "none".to_string() } else { format!("one up to LSN {lsn}") };
+                format!(
+                    "{e}; the log starts at LSN {first_lsn} and no intact older checkpoint continues it \
+                     (intact: {older}): rebuild the replica from its peers (see the README's recovery section)"
+                )
+            }
+            None => format!("log starts at LSN {first_lsn} but the checkpoint ends at {lsn}"),
+        };
+        let path = gens.damaged.first().map_or_else(|| dir.join(WAL_DIR), |(p, _)| p.clone());
+        return Err(ReplicaError::Corrupt { path, reason });
+    }
+    let recovered = gens
+        .damaged
+        .into_iter()
+        .map(|(path, e)| {
+            let reason = match e {
+                ReplicaError::Corrupt { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            Recovered::DamagedCheckpoint { path, reason, moved_to: None, used_lsn: lsn }
+        })
+        .collect();
+    Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, recovered })
+}
+
+/// What replay does with one logged operation.
+pub(crate) enum Step {
+    Apply,
+    Skip,
+}
+
+/// The replay rule: an operation already covered by the state is skipped;
+/// the next one of its actor is applied; one further ahead means the log
+/// and the state disagree — an error, unless the replica opened from an
+/// older generation (`tolerant`): then the state lacks what the newer one
+/// had merged from a peer's snapshot, and the operation is skipped (peers
+/// send it again; it is never one of this replica's own, which the log
+/// holds in full after the older generation).
+pub(crate) fn replay_step<O>(
+    clock: &VersionVector,
+    env: &OpEnvelope<O>,
+    lsn: Lsn,
+    tolerant: bool,
+    dir: &Path,
+) -> Result<Step> {
+    let have = clock.get(&env.actor);
+    if env.seq <= have {
+        return Ok(Step::Skip);
+    }
+    if env.seq == have + 1 {
+        return Ok(Step::Apply);
+    }
+    if tolerant {
+        return Ok(Step::Skip);
+    }
+    Err(ReplicaError::Corrupt {
+        path: dir.join(WAL_DIR),
+        reason: format!("LSN {lsn} holds ({}, {}) but ({}, {}) was expected", env.actor, env.seq, env.actor, have + 1),
+    })
+}
