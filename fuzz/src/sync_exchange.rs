@@ -135,7 +135,7 @@ fn check_request(r: &Replica<KvDoc>, setup: Setup, req: &SyncRequest) {
                 assert!(theirs.covers(r.clock()), "the last page leaves the requester missing operations");
             }
         }
-        SyncResponse::Snapshot { doc, state, clock } => {
+        SyncResponse::Snapshot { doc, state, clock, .. } => {
             assert!(setup.checkpoint, "a snapshot answer from a log that was never truncated");
             assert_eq!(doc, DOC);
             assert_eq!(&clock, r.clock(), "a snapshot's version vector is not the replica's");
@@ -177,7 +177,7 @@ fn check_answer(r: &mut Replica<KvDoc>, twin: &mut Twin, resp: SyncResponse, ver
 /// A snapshot answer, against a model of `Replica::merge_snapshot`.
 fn check_snapshot(r: &mut Replica<KvDoc>, resp: SyncResponse) {
     let limits = limits();
-    let SyncResponse::Snapshot { doc, state, clock } = &resp else { unreachable!("called with a snapshot") };
+    let SyncResponse::Snapshot { doc, state, clock, .. } = &resp else { unreachable!("called with a snapshot") };
     let before = observe(r);
     let before_doc = r.doc().clone();
     let own = r.actor();

@@ -204,7 +204,13 @@ mod tests {
 
     fn env(actor: u8, seq: u64) -> OpEnvelope<(u8, u64)> {
         // The buffer does not check signatures: the replica does, before.
-        OpEnvelope { actor: ActorId([actor; 32]), seq, op: (actor, seq), sig: crate::replica::Signature([0; 64]) }
+        OpEnvelope {
+            actor: ActorId([actor; 32]),
+            seq,
+            op: (actor, seq),
+            sig: crate::replica::Signature([0; 64]),
+            succeeds: None,
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ReplicaError, VersionVector};
+use super::{ReplicaError, Succession, VersionVector};
 use crate::wal::durable::{self, Files};
 use crate::wal::Lsn;
 
@@ -35,6 +35,10 @@ pub struct Checkpoint<D> {
     pub clock: VersionVector,
     /// The document.
     pub state: D,
+    /// Successions known (see [`Succession`]): who may write as a retired
+    /// writer's successor. Absent in checkpoints of earlier versions.
+    #[serde(default)]
+    pub successions: Vec<Succession>,
 }
 
 /// Writes `cp` as the newest generation (`dir/checkpoint`), keeping the
@@ -116,6 +120,24 @@ pub fn read_generations<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<G
     let newest = found.next();
     let older_lsn = found.next().map_or(0, |cp| cp.lsn);
     Ok(Generations { newest, older_lsn, damaged })
+}
+
+/// The newest intact generation that covers only records before `lsn`
+/// (a state without what was logged from `lsn` on), if any.
+pub fn read_generations_below<D: DeserializeOwned>(
+    dir: &Path,
+    limit: u64,
+    lsn: Lsn,
+) -> Result<Option<Checkpoint<D>>, ReplicaError> {
+    let mut best: Option<Checkpoint<D>> = None;
+    for name in [CHECKPOINT_FILE, PREVIOUS_FILE] {
+        if let Ok(Some(cp)) = read_file::<D>(&dir.join(name), limit) {
+            if cp.lsn < lsn && best.as_ref().is_none_or(|b| b.lsn < cp.lsn) {
+                best = Some(cp);
+            }
+        }
+    }
+    Ok(best)
 }
 
 /// The LSN up to which the newest intact checkpoint of the replica in `dir`

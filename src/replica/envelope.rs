@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ActorId, ActorKey};
+use super::{ActorId, ActorKey, Succession};
 
 /// An operation as stored in the log and sent to peers.
 ///
@@ -29,6 +29,13 @@ pub struct OpEnvelope<O> {
     pub op: O,
     /// The author's signature of [`signing_bytes`]`(document, actor, seq, op)`.
     pub sig: Signature,
+    /// On the first operation of an actor that replaced a retired one: the
+    /// retired actor's certificate naming it (see
+    /// [`Succession`]). Not covered by `sig`: it carries its own signature.
+    /// Absent from the encoding when `None`, so envelopes without it are
+    /// byte for byte what they were before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeds: Option<Box<Succession>>,
 }
 
 /// An ed25519 signature (64 bytes; a CBOR byte string on the wire).
@@ -108,6 +115,15 @@ pub enum EnvelopeError {
     /// Sequence numbers start at 1.
     #[error("operation has sequence number 0")]
     ZeroSeq,
+    /// A succession certificate that is not `from`'s signature naming `to`
+    /// in this document, or that is not on the first operation of `to`.
+    #[error("succession of {to} from {from} is not validly signed for this document and position")]
+    BadSuccession {
+        /// The actor it says retired.
+        from: ActorId,
+        /// The actor it names.
+        to: ActorId,
+    },
     /// The signature is not the named actor's signature of this operation
     /// in this document.
     #[error("operation ({actor}, {seq}) has a bad signature")]
@@ -124,7 +140,7 @@ impl<O: Serialize> OpEnvelope<O> {
     pub fn signed(key: &ActorKey, doc: &str, seq: u64, op: O) -> Result<OpEnvelope<O>, EnvelopeError> {
         let actor = key.actor();
         let sig = Signature(key.sign(&signing_bytes(doc, &actor, seq, &op)?));
-        Ok(OpEnvelope { actor, seq, op, sig })
+        Ok(OpEnvelope { actor, seq, op, sig, succeeds: None })
     }
 
     /// Checks that the signature is the actor's, over this operation at this

@@ -242,6 +242,15 @@ impl CvRDT for KvDoc {
 impl Document for KvDoc {
     type Operation = KvOp;
 
+    /// A put is put again (the value), a delete deletes again (what the
+    /// key holds now).
+    fn reissue(&self, op: &KvOp, actor: ActorId) -> Option<KvOp> {
+        Some(match op {
+            KvOp::Put { key, value, .. } => self.put_op(actor, key, value),
+            KvOp::Del { key, .. } => self.del_op(key),
+        })
+    }
+
     fn check_author(op: &KvOp, author: &ActorId) -> Result<(), String> {
         match op {
             KvOp::Put { dot, .. } if dot.actor != *author => {

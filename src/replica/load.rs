@@ -7,7 +7,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, CHECKPOINT_FILE};
-use super::{Document, OpEnvelope, ReplicaError, ReplicaOptions, Result, VersionVector, WAL_DIR};
+use super::{
+    ActorId, Document, OpEnvelope, ReplicaError, ReplicaOptions, Result, RetireReason, VersionVector, WAL_DIR,
+};
 use crate::wal::Lsn;
 
 /// Something found wrong, and worked around, when a replica was opened.
@@ -30,6 +32,17 @@ pub enum Recovered {
         /// log was replayed).
         used_lsn: Lsn,
     },
+    /// The replica stopped writing under its actor and goes on under a new
+    /// one, certified by the old (see [`Succession`](super::Succession)),
+    /// because peers may hold operations of the old actor that it lacks.
+    ActorRetired {
+        /// The retired actor.
+        old: ActorId,
+        /// The actor it writes under now.
+        new: ActorId,
+        /// Why.
+        reason: RetireReason,
+    },
 }
 
 impl fmt::Display for Recovered {
@@ -47,6 +60,9 @@ impl fmt::Display for Recovered {
                 }
                 Ok(())
             }
+            Recovered::ActorRetired { old, new, reason } => {
+                write!(f, "actor {old} retired ({reason}); this replica now writes as {new}")
+            }
         }
     }
 }
@@ -59,6 +75,7 @@ pub(crate) struct Base<D> {
     pub lsn: Lsn,
     /// LSN of the generation before it (0 if none).
     pub older_lsn: Lsn,
+    pub successions: Vec<super::Succession>,
     pub recovered: Vec<Recovered>,
 }
 
@@ -73,9 +90,9 @@ pub(crate) fn load_base<D: Document>(
     last_lsn: Lsn,
 ) -> Result<Base<D>> {
     let gens = checkpoint::read_generations::<D>(dir, opts.max_checkpoint_size)?;
-    let (doc, clock, lsn) = match gens.newest {
-        Some(cp) => (cp.state, cp.clock, cp.lsn),
-        None => (D::default(), VersionVector::default(), 0),
+    let (doc, clock, lsn, successions) = match gens.newest {
+        Some(cp) => (cp.state, cp.clock, cp.lsn, cp.successions),
+        None => (D::default(), VersionVector::default(), 0, Vec::new()),
     };
     let path = dir.join(CHECKPOINT_FILE);
     if lsn > last_lsn {
@@ -110,7 +127,7 @@ pub(crate) fn load_base<D: Document>(
             Recovered::DamagedCheckpoint { path, reason, moved_to: None, used_lsn: lsn }
         })
         .collect();
-    Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, recovered })
+    Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, successions, recovered })
 }
 
 /// What replay does with one logged operation.

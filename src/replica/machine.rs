@@ -9,6 +9,7 @@ use tracing::{info, info_span, warn};
 
 use super::checkpoint::{self, Checkpoint};
 use super::load::{load_base, replay_step, Recovered, Step};
+use super::succession::{self, RetireReason, Succession};
 use super::{
     ActorId, ActorKey, BufferFull, CausalBuffer, Document, EnvelopeError, KeyError, Offer, OpEnvelope, VersionVector,
 };
@@ -248,6 +249,18 @@ const OLD_ACTOR_FILE: &str = "actor";
 /// a cheating signer reuses its nonce (`R`, the first half, need not).
 type SigDigest = [u8; 32];
 
+/// Longest chain of successions followed to find a writer.
+const MAX_SUCCESSION_CHAIN: usize = 64;
+
+/// A retirement of this replica's actor that is due.
+struct PendingRetire {
+    reason: RetireReason,
+    /// Own operations that peers hold other versions of: from this
+    /// sequence number up to the last one this replica wrote before it
+    /// found out. They are written again under the new actor.
+    forked: Option<(u64, u64)>,
+}
+
 /// Most equivocations kept for [`Replica::take_equivocations`].
 const MAX_HELD_EQUIVOCATIONS: usize = 1024;
 
@@ -314,6 +327,18 @@ pub struct Replica<D: Document> {
     /// What was found wrong and worked around on open.
     recovered: Vec<Recovered>,
     files: Files,
+    /// The certificate of this replica's actor, if it succeeds a retired one
+    /// (carried by its first operation).
+    cert: Option<Succession>,
+    /// Known successions, by new actor: who may write because a writer
+    /// named it its successor.
+    successions: BTreeMap<ActorId, Succession>,
+    /// This replica found itself behind its own actor's history: the actor
+    /// is retired before anything else is written.
+    retire: Option<PendingRetire>,
+    /// Operations of its actor this replica held when it was opened: those
+    /// it wrote since are the ones a rollback before the open could fork.
+    own_at_open: u64,
     bytes_since_checkpoint: u64,
     subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
     /// Equivocations seen and not yet taken ([`Replica::take_equivocations`]).
@@ -342,15 +367,21 @@ impl<D: Document> Replica<D> {
         // next checkpoint does not take it for one.
         let mut recovered = base.recovered;
         for note in &mut recovered {
-            let Recovered::DamagedCheckpoint { path, moved_to, .. } = note;
-            let to = dir.join(checkpoint::DAMAGED_FILE);
-            files.rename(path, &to)?;
-            *moved_to = Some(to);
+            if let Recovered::DamagedCheckpoint { path, moved_to, .. } = note {
+                let to = dir.join(checkpoint::DAMAGED_FILE);
+                files.rename(path, &to)?;
+                *moved_to = Some(to);
+            }
         }
         for note in &recovered {
             warn!("{note}");
         }
         let (doc, clock, checkpoint_lsn) = (base.doc, base.clock, base.lsn);
+        let cert = succession::load_cert(&dir, &key, &document);
+        let mut successions: BTreeMap<ActorId, Succession> = base.successions.into_iter().map(|c| (c.to, c)).collect();
+        if let Some(c) = cert {
+            successions.insert(c.to, c);
+        }
         let mut r = Replica {
             buffer: CausalBuffer::new(opts.buffer_limit).per_actor(opts.buffer_per_actor).max_bytes(opts.buffer_bytes),
             actor: key.actor(),
@@ -367,6 +398,10 @@ impl<D: Document> Replica<D> {
             tolerant_replay: !recovered.is_empty(),
             recovered,
             files,
+            cert,
+            successions,
+            retire: None,
+            own_at_open: 0,
             bytes_since_checkpoint: 0,
             subscribers: Vec::new(),
             equivocations: Vec::new(),
@@ -374,6 +409,16 @@ impl<D: Document> Replica<D> {
             checkpoint_stop: None,
         };
         r.replay()?;
+        r.own_at_open = r.clock.get(&r.actor);
+        // A directory whose key file is not the one the actor was made in
+        // was copied or restored: peers may hold operations of the actor
+        // that it lacks, so it goes on under a new one.
+        let key_file = r.dir.join(ACTOR_FILE);
+        match succession::at_home(&r.dir, &key_file) {
+            Some(true) => {}
+            None => succession::record_home(&r.files, &r.dir, &key_file)?,
+            Some(false) => r.retire_actor_for(RetireReason::Moved)?,
+        }
         info!(actor = %r.actor, ops = r.clock.total(), "replica opened");
         Ok(r)
     }
@@ -383,6 +428,11 @@ impl<D: Document> Replica<D> {
         for record in self.wal.iter_from(from)? {
             let record = record?;
             let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
+            if let Some(c) =
+                env.succeeds.as_deref().copied().filter(|c| c.to == env.actor && c.verify(&self.document).is_ok())
+            {
+                self.successions.insert(c.to, c);
+            }
             match replay_step(&self.clock, &env, record.lsn, self.tolerant_replay, &self.dir)? {
                 Step::Apply => {
                     self.bytes_since_checkpoint += record.payload.len() as u64;
@@ -498,14 +548,28 @@ impl<D: Document> Replica<D> {
         if let Err(reason) = self.doc.check_op(&op) {
             return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
         }
-        Ok(OpEnvelope::signed(&self.key, &self.document, seq, op)?)
+        let mut env = OpEnvelope::signed(&self.key, &self.document, seq, op)?;
+        if seq == 1 {
+            env.succeeds = self.cert.map(Box::new);
+        }
+        Ok(env)
     }
 
     fn check_writer(&self, actor: &ActorId, seq: u64) -> Result<()> {
-        match &self.opts.writers {
-            Some(writers) if !writers.contains(actor) => Err(ReplicaError::NotAWriter { actor: *actor, seq }),
-            _ => Ok(()),
+        let Some(writers) = &self.opts.writers else { return Ok(()) };
+        // A writer's successor may write too, however many times it was
+        // retired (bounded: a cycle or a long chain ends the search).
+        let mut at = *actor;
+        for _ in 0..=MAX_SUCCESSION_CHAIN {
+            if writers.contains(&at) {
+                return Ok(());
+            }
+            match self.successions.get(&at) {
+                Some(c) => at = c.from,
+                None => break,
+            }
         }
+        Err(ReplicaError::NotAWriter { actor: *actor, seq })
     }
 
     /// The signature prefix of the applied operation (`actor`, `seq`), if it
@@ -606,7 +670,16 @@ impl<D: Document> Replica<D> {
     /// of checking it already, if known), repeats included: so a bad
     /// signature ends a batch at the same place on every replica, whatever
     /// each already holds.
-    fn admit(&self, env: &OpEnvelope<D::Operation>, verified: Option<bool>) -> Result<Admit> {
+    fn admit(&mut self, env: &OpEnvelope<D::Operation>, verified: Option<bool>) -> Result<Admit> {
+        if let Some(c) = &env.succeeds {
+            if env.seq != 1 || c.to != env.actor {
+                return Err(EnvelopeError::BadSuccession { from: c.from, to: c.to }.into());
+            }
+            if !self.successions.contains_key(&c.to) {
+                c.verify(&self.document)?;
+                self.successions.insert(c.to, **c);
+            }
+        }
         if self.check_writer(&env.actor, env.seq).is_err() {
             return Ok(Admit::NotAWriter);
         }
@@ -638,6 +711,9 @@ impl<D: Document> Replica<D> {
         F: FnOnce(&D, ActorId) -> D::Operation,
     {
         self.check()?;
+        if self.retire.is_some() {
+            self.complete_retire()?;
+        }
         let op = make(&self.doc, self.actor);
         let seq = self.next_seq()?;
         let env = self.sign_local(seq, op)?;
@@ -677,6 +753,12 @@ impl<D: Document> Replica<D> {
     {
         let mut results = Vec::new();
         let mut last_lsn = None;
+        if self.retire.is_some() {
+            if let Err(e) = self.complete_retire() {
+                results.push(Err(e));
+                return results;
+            }
+        }
         for make in makes {
             if let Err(e) = self.check() {
                 results.push(Err(e));
@@ -784,6 +866,9 @@ impl<D: Document> Replica<D> {
         for (_, env) in ready {
             self.notify(|| Change::Op { origin: Origin::Remote, op: env });
         }
+        if self.retire.is_some() {
+            self.complete_retire()?;
+        }
         if let Some(e) = first_error {
             return Err(e);
         }
@@ -802,7 +887,11 @@ impl<D: Document> Replica<D> {
         ready: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
         first_error: &mut Option<ReplicaError>,
     ) -> bool {
-        match self.admit(&env, verified) {
+        let admitted = self.admit(&env, verified);
+        if env.actor == self.actor {
+            self.note_own(&env, &admitted);
+        }
+        match admitted {
             Ok(Admit::New) => {}
             Ok(Admit::Duplicate) => {
                 report.duplicates += 1;
@@ -810,6 +899,13 @@ impl<D: Document> Replica<D> {
             }
             Ok(Admit::NotAWriter) => {
                 report.not_writers += 1;
+                return false;
+            }
+            // This replica's own actor: a restored or rolled-back copy wrote
+            // too; the actor is being retired (`note_own`), which is the
+            // remedy, not an offence of the peer's or the actor's.
+            Ok(Admit::Equivocation) if env.actor == self.actor => {
+                report.duplicates += 1;
                 return false;
             }
             Ok(Admit::Equivocation) => {
@@ -973,14 +1069,14 @@ impl<D: Document> Replica<D> {
         let _g = span.enter();
         self.doc.check_merge(&state).map_err(ReplicaError::SnapshotRejected)?;
         if clock.get(&self.actor) > self.clock.get(&self.actor) {
-            // Only this replica writes as its actor: a snapshot claiming more
-            // of its operations than it wrote is forged, and would make it
-            // skip sequence numbers.
-            return Err(ReplicaError::SnapshotRejected(format!(
-                "it claims {} operations of this replica's own actor, which wrote {}",
-                clock.get(&self.actor),
-                self.clock.get(&self.actor)
-            )));
+            // A peer holds more of this replica's actor than it does: the
+            // replica was restored or rolled back (or the snapshot lies,
+            // which costs us only a new actor). Never write under it again.
+            // What it wrote since it opened is rewritten first, so the merge
+            // does not take those operations for ones the peer deleted.
+            let (had, seen) = (self.clock.get(&self.actor), clock.get(&self.actor));
+            self.behind_own(RetireReason::Behind { had, seen }, had);
+            self.complete_retire()?;
         }
         if let Some(writers) = &self.opts.writers {
             // Not `SnapshotRejected`: an honest peer's state may hold them
@@ -998,7 +1094,7 @@ impl<D: Document> Replica<D> {
         let mut merged_clock = self.clock.clone();
         merged_clock.merge(&clock);
         let lsn = self.wal.sync()?;
-        let cp = Checkpoint { lsn, clock: merged_clock, state: merged };
+        let cp = Checkpoint { lsn, clock: merged_clock, state: merged, successions: self.succession_list() };
         checkpoint::write(&self.files, &self.dir, &cp, None)?;
         self.doc = cp.state;
         self.clock = cp.clock;
@@ -1033,7 +1129,8 @@ impl<D: Document> Replica<D> {
         let span = info_span!("replica_checkpoint");
         let _g = span.enter();
         let lsn = self.wal.sync()?;
-        let cp = Checkpoint { lsn, clock: self.clock.clone(), state: self.doc.clone() };
+        let cp =
+            Checkpoint { lsn, clock: self.clock.clone(), state: self.doc.clone(), successions: self.succession_list() };
         checkpoint::write(&self.files, &self.dir, &cp, self.checkpoint_stop)?;
         if self.checkpoint_stop.is_some() {
             return Ok(());
@@ -1077,6 +1174,195 @@ impl<D: Document> Replica<D> {
     #[doc(hidden)]
     pub fn set_checkpoint_crash_point(&mut self, step: Option<u8>) {
         self.checkpoint_stop = step;
+    }
+
+    /// Retires this replica's actor now: a new key, certified by the old
+    /// one, signs everything written from here on. Call it after restoring
+    /// the directory by means that keep its files (a filesystem snapshot, a
+    /// VM rollback) or after discarding damaged log records, when peers
+    /// may hold operations of the actor that this replica lacks. (A copied
+    /// or restored directory is noticed on open, and a peer holding more of
+    /// the actor as soon as its operations arrive.)
+    pub fn retire_actor(&mut self) -> Result<ActorId> {
+        self.check()?;
+        self.retire.get_or_insert(PendingRetire { reason: RetireReason::Requested, forked: None });
+        self.complete_retire()?;
+        Ok(self.actor)
+    }
+
+    fn retire_actor_for(&mut self, reason: RetireReason) -> Result<()> {
+        self.retire.get_or_insert(PendingRetire { reason, forked: None });
+        self.complete_retire()
+    }
+
+    /// The successions this replica knows (the certificates that let
+    /// retired writers' successors write), for a snapshot's receiver.
+    pub fn successions(&self) -> Vec<Succession> {
+        self.succession_list()
+    }
+
+    fn succession_list(&self) -> Vec<Succession> {
+        self.successions.values().copied().collect()
+    }
+
+    /// Learns successions from a peer (sent with a snapshot, whose version
+    /// vector may name successors of writers). Each is checked; a bad one
+    /// is an error and none after it is learned.
+    pub fn learn_successions(&mut self, certs: &[Succession]) -> Result<usize> {
+        let mut learned = 0;
+        for c in certs {
+            if self.successions.contains_key(&c.to) {
+                continue;
+            }
+            c.verify(&self.document)?;
+            self.successions.insert(c.to, *c);
+            learned += 1;
+        }
+        Ok(learned)
+    }
+
+    /// A peer sent an operation of this replica's own actor: one beyond
+    /// what it holds means it is behind its own history; another version
+    /// of one it wrote means two copies of it wrote.
+    fn note_own(&mut self, env: &OpEnvelope<D::Operation>, admitted: &Result<Admit>) {
+        let had = self.clock.get(&self.actor);
+        let reason = match admitted {
+            Ok(Admit::New) if env.seq > had => RetireReason::Behind { had, seen: env.seq },
+            Ok(Admit::Equivocation) if env.seq <= had => RetireReason::Forked { seq: env.seq },
+            _ => return,
+        };
+        self.behind_own(reason, had);
+    }
+
+    /// Schedules the retirement of the actor, whose history peers hold
+    /// more of than this replica (`had` operations).
+    fn behind_own(&mut self, reason: RetireReason, had: u64) {
+        warn!(actor = %self.actor, %reason, "this replica is behind its own actor's history; retiring the actor");
+        // What it wrote since it was opened may have been forked: the peer
+        // holds operations for those numbers too, the same or (after a
+        // rollback before the open) others. Without asking, treat them as
+        // forked: written again under the new actor, nothing is lost.
+        let suspect = match reason {
+            RetireReason::Forked { seq } => Some((seq.min(self.own_at_open + 1), had)),
+            _ if had > self.own_at_open => Some((self.own_at_open + 1, had)),
+            _ => None,
+        };
+        let pending = self.retire.get_or_insert(PendingRetire { reason: reason.clone(), forked: None });
+        if let Some((from, to)) = suspect {
+            pending.forked = Some(match pending.forked {
+                Some((f, t)) => (f.min(from), t.max(to)),
+                None => (from, to),
+            });
+            pending.reason = reason;
+        }
+    }
+
+    /// Retires the actor (see [`retire_actor`](Self::retire_actor)). If
+    /// this replica wrote operations that peers hold other versions of,
+    /// its state is rebuilt without them (from a checkpoint generation
+    /// older than they are) and each is written again under the new actor,
+    /// where the document can ([`Document::reissue`]).
+    fn complete_retire(&mut self) -> Result<()> {
+        let Some(pending) = self.retire.take() else { return Ok(()) };
+        let old = self.actor;
+        let key_file = self.dir.join(ACTOR_FILE);
+        let current = match succession::rotate(&self.files, &self.dir, &key_file, &self.key, &self.document) {
+            Ok(c) => c,
+            Err(e) => {
+                self.retire = Some(pending);
+                return Err(e.into());
+            }
+        };
+        self.key = current.key;
+        self.actor = self.key.actor();
+        self.cert = current.cert;
+        if let Some(c) = current.cert {
+            self.successions.insert(c.to, c);
+        }
+        warn!(old = %old, new = %self.actor, reason = %pending.reason, "actor retired");
+        self.recovered.push(Recovered::ActorRetired { old, new: self.actor, reason: pending.reason.clone() });
+        if let Some((from, to)) = pending.forked {
+            self.rewrite_fork(old, from, to)?;
+        }
+        Ok(())
+    }
+
+    /// Own operations (`old`, `from..=to`) were forked: peers hold other
+    /// operations for those numbers. Rebuilds the state without `old`'s
+    /// operations from `from` on (peers send theirs again) and writes the
+    /// forked ones again under the current actor.
+    fn rewrite_fork(&mut self, old: ActorId, from: u64, to: u64) -> Result<()> {
+        let lsns: Vec<Lsn> = (from..=to)
+            .filter_map(|seq| {
+                let (first, entries) = self.index.get(&old)?;
+                let i = usize::try_from(seq.checked_sub(*first)?).ok()?;
+                entries.get(i).map(|(lsn, _)| *lsn)
+            })
+            .collect();
+        let Some(&fork_lsn) = lsns.first() else {
+            warn!(actor = %old, from, to, "the forked operations are no longer in the log; they stay as they are");
+            return Ok(());
+        };
+        let mut forked = Vec::new();
+        for record in self.wal.iter_from(fork_lsn)? {
+            let record = record?;
+            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
+            if env.actor == old && (from..=to).contains(&env.seq) {
+                forked.push(env);
+            }
+        }
+        let below = checkpoint::read_generations_below::<D>(&self.dir, self.opts.max_checkpoint_size, fork_lsn)?;
+        let base = match below {
+            Some(cp) => (cp.state, cp.clock, cp.lsn),
+            // The whole log is there: replay it from the start.
+            None if self.wal.first_lsn() <= 1 => (D::default(), VersionVector::default(), 0),
+            None => {
+                warn!(actor = %old, from, to, "no state predates the forked operations; they stay in this replica's state");
+                return self.reissue(forked);
+            }
+        };
+        // Replay onto the older state, leaving out `old` from `from` on.
+        let (mut doc, mut clock, base_lsn) = base;
+        let mut index: BTreeMap<ActorId, (u64, VecDeque<(Lsn, SigDigest)>)> = BTreeMap::new();
+        for record in self.wal.iter_from(base_lsn + 1)? {
+            let record = record?;
+            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
+            if env.actor == old && env.seq >= from {
+                continue;
+            }
+            if let Step::Apply = replay_step(&clock, &env, record.lsn, true, &self.dir)? {
+                clock.observe(env.actor, env.seq);
+                let entry = index.entry(env.actor).or_insert_with(|| (env.seq, VecDeque::new()));
+                if entry.0 + entry.1.len() as u64 != env.seq {
+                    *entry = (env.seq, VecDeque::new());
+                }
+                entry.1.push_back((record.lsn, sig_digest(&env)));
+                doc.apply(env.op);
+            }
+        }
+        self.doc = doc;
+        self.clock = clock;
+        self.index = index;
+        // Until the next checkpoint, reopening must replay the same way.
+        self.checkpoint()?;
+        let clock = self.clock.clone();
+        self.notify(|| Change::Snapshot { clock });
+        self.reissue(forked)
+    }
+
+    /// Writes forked operations again under the current actor.
+    fn reissue(&mut self, forked: Vec<OpEnvelope<D::Operation>>) -> Result<()> {
+        for env in forked {
+            match self.doc.reissue(&env.op, self.actor) {
+                Some(op) => {
+                    self.update(|_, _| op)?;
+                }
+                None => {
+                    warn!(actor = %env.actor, seq = env.seq, "a forked operation cannot be written again by this document type")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes everything durable and closes the log.

@@ -23,6 +23,7 @@ mod key;
 mod kv;
 mod load;
 mod machine;
+mod succession;
 mod view;
 
 pub use actor::{ActorId, ParseActorIdError, ACTOR_ID_LEN};
@@ -39,4 +40,5 @@ pub use machine::{
     Catchup, Change, Equivocation, Origin, Received, Replica, ReplicaError, ReplicaOptions, Result, ACTOR_FILE,
     DOCUMENT_FILE, WAL_DIR,
 };
+pub use succession::{RetireReason, Succession};
 pub use view::ReplicaView;

@@ -135,6 +135,7 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
                 doc: doc.to_string(),
                 state: ByteBuf::from(message::encode(replica.doc())),
                 clock: replica.clock().clone(),
+                successions: replica.successions(),
             };
             let len = message::encode(&resp).len();
             if len > limits.max_response {
@@ -181,8 +182,9 @@ pub fn apply_response<D: Document>(
             let progress = received.applied + received.buffered > 0;
             Ok(Applied { received, snapshot: false, more: more && progress })
         }
-        SyncResponse::Snapshot { state, clock, .. } => {
+        SyncResponse::Snapshot { state, clock, successions, .. } => {
             let state: D = message::decode(&state, limits.max_response, "snapshot")?;
+            replica.learn_successions(&successions)?;
             // A snapshot with nothing new is not progress: no "more", or a
             // peer repeating it would keep us pulling without pause.
             let new = !replica.clock().covers(&clock);

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::replica::VersionVector;
+use crate::replica::{Succession, VersionVector};
 
 /// Longest document name, in bytes.
 pub const MAX_DOC_NAME: usize = 128;
@@ -60,6 +60,10 @@ pub enum SyncResponse {
         state: ByteBuf,
         /// Operations the state includes.
         clock: VersionVector,
+        /// Successions the responder knows (writers' certified successors,
+        /// who may appear in `clock`). Omitted when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "bounded_successions")]
+        successions: Vec<Succession>,
     },
     /// The responder does not replicate this document.
     UnknownDoc {
@@ -103,6 +107,31 @@ fn bounded_ops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ByteBuf>, D
                     return Err(serde::de::Error::invalid_length(MAX_OPS_PER_MESSAGE + 1, &self));
                 }
                 out.push(op);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Visitor)
+}
+
+/// Most successions one snapshot answer may carry.
+pub const MAX_SUCCESSIONS: usize = 4096;
+
+/// Decodes an array of at most [`MAX_SUCCESSIONS`] successions.
+fn bounded_successions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Succession>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<Succession>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_SUCCESSIONS} successions")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Succession>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+            while let Some(c) = seq.next_element::<Succession>()? {
+                if out.len() == MAX_SUCCESSIONS {
+                    return Err(serde::de::Error::invalid_length(MAX_SUCCESSIONS + 1, &self));
+                }
+                out.push(c);
             }
             Ok(out)
         }
@@ -197,7 +226,12 @@ mod tests {
         assert_eq!(decode::<SyncRequest>(&encode(&req), 1 << 10, "request").unwrap(), req);
         let resp = SyncResponse::Ops { doc: "notes".into(), ops: vec![ByteBuf::from(vec![1, 2, 3])], more: true };
         assert_eq!(decode::<SyncResponse>(&encode(&resp), 1 << 10, "response").unwrap(), resp);
-        let snap = SyncResponse::Snapshot { doc: "n".into(), state: ByteBuf::from(vec![0xa0]), clock };
+        let snap = SyncResponse::Snapshot {
+            doc: "n".into(),
+            state: ByteBuf::from(vec![0xa0]),
+            clock,
+            successions: Vec::new(),
+        };
         assert_eq!(decode::<SyncResponse>(&encode(&snap), 1 << 10, "response").unwrap(), snap);
         let g = Gossip { doc: "n".into(), ops: vec![ByteBuf::from(vec![9; 40])] };
         let bytes = encode(&g);

@@ -1,0 +1,185 @@
+//! Actor succession: how a replica stops writing under an actor whose
+//! history it may no longer hold, and goes on under a new one that is
+//! allowed wherever the old one was.
+//!
+//! A replica directory restored from a backup, copied, rolled back, or
+//! repaired by discarding records may be behind its own actor's history:
+//! peers may hold operations of that actor it no longer has. Writing the
+//! next sequence number then signs a second operation for a number already
+//! taken (an equivocation), and that write is lost. So the replica
+//! retires the actor instead: it makes a new key, and the old key signs a
+//! [`Succession`] naming the new actor. The new actor's first operation
+//! carries it, so a replica whose writer list names the old actor accepts
+//! the new one too.
+//!
+//! On disk (all written through [`Files`], so tests can fail each step):
+//! `actor.key` holds the current secret; `actor.cert` the succession that
+//! certifies it (absent for a first actor); `actor.key.retired-<id>` each
+//! retired secret (kept, never used to sign operations again); and
+//! `actor.home` the inode number and change time of `actor.key` when it was
+//! made, which a copied or restored directory does not keep.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ActorId, ActorKey, EnvelopeError, Signature};
+use crate::wal::durable::{self, Files};
+
+/// File with the succession certificate of the current actor.
+pub const CERT_FILE: &str = "actor.cert";
+/// File with the inode number and change time `actor.key` had when it was written.
+pub const HOME_FILE: &str = "actor.home";
+/// Prefix of the files keeping retired actor keys.
+pub const RETIRED_PREFIX: &str = "actor.key.retired-";
+
+/// Domain separation for succession signatures.
+const SUCCESSION_DOMAIN: &[u8] = b"walrus/succession/v1\0";
+
+/// A statement, signed by actor `from`, that actor `to` succeeds it in one
+/// document: `to` may write wherever `from` may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Succession {
+    /// The retired actor, whose key signed this.
+    pub from: ActorId,
+    /// The new actor.
+    pub to: ActorId,
+    /// `from`'s signature of [`Succession::signing_bytes`].
+    pub sig: Signature,
+}
+
+impl Succession {
+    /// The bytes the signature covers: a domain tag, the document id
+    /// (length-prefixed, big-endian u32), `from` and `to`.
+    pub fn signing_bytes(doc: &str, from: &ActorId, to: &ActorId) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SUCCESSION_DOMAIN.len() + 4 + doc.len() + 64);
+        out.extend_from_slice(SUCCESSION_DOMAIN);
+        out.extend_from_slice(&(doc.len() as u32).to_be_bytes());
+        out.extend_from_slice(doc.as_bytes());
+        out.extend_from_slice(&from.0);
+        out.extend_from_slice(&to.0);
+        out
+    }
+
+    /// `key` names `to` as its successor in document `doc`.
+    pub fn sign(key: &ActorKey, doc: &str, to: ActorId) -> Succession {
+        let from = key.actor();
+        Succession { from, to, sig: Signature(key.sign(&Self::signing_bytes(doc, &from, &to))) }
+    }
+
+    /// Checks the signature for document `doc`.
+    pub fn verify(&self, doc: &str) -> Result<(), EnvelopeError> {
+        if self.from == self.to || !self.from.verify(&Self::signing_bytes(doc, &self.from, &self.to), &self.sig.0) {
+            return Err(EnvelopeError::BadSuccession { from: self.from, to: self.to });
+        }
+        Ok(())
+    }
+}
+
+/// Why a replica retires its actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetireReason {
+    /// The directory is not where the actor's key was made: it was copied
+    /// or restored from a backup (its `actor.key` has another inode).
+    Moved,
+    /// A peer holds operations of this actor that the replica does not
+    /// (it is behind its own history: restored, rolled back or repaired).
+    Behind {
+        /// The last sequence number the replica had of its actor.
+        had: u64,
+        /// One the peer had beyond it.
+        seen: u64,
+    },
+    /// A peer holds a different operation of this actor for a sequence
+    /// number this replica also wrote: they were written on two copies.
+    Forked {
+        /// The sequence number.
+        seq: u64,
+    },
+    /// Asked for ([`Replica::retire_actor`](super::Replica::retire_actor)),
+    /// e.g. after discarding damaged log records.
+    Requested,
+}
+
+impl std::fmt::Display for RetireReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetireReason::Moved => write!(f, "the replica directory was copied or restored"),
+            RetireReason::Behind { had, seen } => {
+                write!(f, "a peer holds operation {seen} of this actor, which this replica does not (it had {had})")
+            }
+            RetireReason::Forked { seq } => {
+                write!(f, "a peer holds another operation {seq} of this actor: two copies of the replica wrote")
+            }
+            RetireReason::Requested => write!(f, "asked for"),
+        }
+    }
+}
+
+/// The current actor of a replica directory and its certificate, if any.
+pub(crate) struct Current {
+    pub key: ActorKey,
+    pub cert: Option<Succession>,
+}
+
+/// Loads the actor's certificate; one that does not certify `key` (a
+/// rotation interrupted before the new key was in place) is ignored.
+pub(crate) fn load_cert(dir: &Path, key: &ActorKey, doc: &str) -> Option<Succession> {
+    let bytes = durable::read_bounded(&dir.join(CERT_FILE), 4096).ok().flatten()?;
+    let cert: Succession = ciborium::from_reader(bytes.as_slice()).ok()?;
+    (cert.to == key.actor() && cert.verify(doc).is_ok()).then_some(cert)
+}
+
+/// Whether the directory's `actor.key` is the file the actor was made in.
+/// `None` when that was never recorded (replicas of earlier versions).
+pub(crate) fn at_home(dir: &Path, key_file: &Path) -> Option<bool> {
+    let recorded = durable::read_bounded(&dir.join(HOME_FILE), 64).ok().flatten()?;
+    let recorded = std::str::from_utf8(&recorded).ok()?.trim().to_string();
+    Some(inode(key_file).is_some_and(|id| id == recorded))
+}
+
+/// Records where `actor.key` lives now.
+pub(crate) fn record_home(files: &Files, dir: &Path, key_file: &Path) -> crate::wal::Result<()> {
+    match inode(key_file) {
+        Some(id) => files.write_atomic(&dir.join(HOME_FILE), id.as_bytes(), false),
+        None => Ok(()),
+    }
+}
+
+/// The file's identity: inode number and inode change time. A copy or a
+/// restore makes a new inode (whose number a file system may reuse, but
+/// not at the same nanosecond); a rollback of the file system keeps both.
+#[cfg(unix)]
+fn inode(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| format!("{} {}.{:09}", m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+#[cfg(not(unix))]
+fn inode(_path: &Path) -> Option<String> {
+    None
+}
+
+/// Retires `old`: keeps its secret aside, makes a new key certified by it,
+/// and puts the new key in place. Each step is durable before the next; a
+/// crash part-way leaves either the old actor current (the next open
+/// retires it again) or the new one with its certificate.
+pub(crate) fn rotate(
+    files: &Files,
+    dir: &Path,
+    key_file: &Path,
+    old: &ActorKey,
+    doc: &str,
+) -> crate::wal::Result<Current> {
+    let new = ActorKey::generate().map_err(|e| crate::wal::Error::InvalidArgument(e.to_string()))?;
+    let retired = dir.join(format!("{RETIRED_PREFIX}{}", old.actor()));
+    files.create_new(&retired, &old.seed(), true)?;
+    let cert = Succession::sign(old, doc, new.actor());
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&cert, &mut bytes).map_err(|e| crate::wal::Error::InvalidArgument(e.to_string()))?;
+    files.write_atomic(&dir.join(CERT_FILE), &bytes, false)?;
+    files.write_atomic(key_file, &new.seed(), true)?;
+    record_home(files, dir, key_file)?;
+    Ok(Current { key: new, cert: Some(cert) })
+}
