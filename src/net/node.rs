@@ -182,6 +182,20 @@ pub enum NodeError {
         /// What is wrong.
         reason: String,
     },
+    /// A file of the data directory could not be created, written or read.
+    #[error(transparent)]
+    Storage(#[from] crate::wal::Error),
+    /// Another node holds the data directory (its lock file,
+    /// [`LOCK_FILE`](super::LOCK_FILE)): a data directory is one node's,
+    /// since two nodes on it would share one peer id.
+    #[error("data directory {} is locked by another node{}", dir.display(), holder(*pid))]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The process id the holder wrote in the lock file, if readable:
+        /// for display only, it may be stale.
+        pid: Option<u32>,
+    },
     /// A replica failed.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
@@ -211,6 +225,10 @@ pub enum NodeError {
     /// The node has shut down, or dropped the request (its closure panicked).
     #[error("the node has shut down or dropped the request")]
     Stopped,
+}
+
+fn holder(pid: Option<u32>) -> String {
+    pid.map_or_else(|| " (its process id is unknown)".to_string(), |p| format!(" (process {p})"))
 }
 
 /// Something that happened on a node.

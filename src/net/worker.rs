@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use tracing::{debug, error, warn};
 
+use super::lock::DirLock;
 use super::queued::Queued;
 use super::{NodeError, NodeEvent};
 use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica};
@@ -89,6 +90,8 @@ pub(crate) struct Worker<D: Document> {
     pub snapshot_peers: Option<BTreeSet<PeerId>>,
     /// Peers blocked by the app or banned: their queued messages are dropped.
     pub blocked: Blocked,
+    /// The data directory stays locked while any worker runs.
+    pub _lock: DirLock,
 }
 
 /// Peers blocked or banned, shared by the swarm task (which writes it) and
