@@ -27,7 +27,7 @@ use super::lock::DirLock;
 use super::node::{check_allowed, doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
 use super::traffic::{Counted, Counters};
-use super::worker::{Blocked, DocCmd, FromDoc, Worker};
+use super::worker::{Blocked, DocCmd, FromDoc, Worker, REOPEN_MIN};
 use crate::replica::{Document, Replica, ReplicaOptions};
 use crate::sync::{self, Schedule, SyncRequest, SyncResponse};
 
@@ -717,7 +717,7 @@ impl<D: Document> Driver<D> {
         let worker_name = name.clone();
         let lock = self.lock.clone();
         let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
-            let mut replica = match Replica::<D>::open(&dir, opts) {
+            let mut replica = match Replica::<D>::open(&dir, opts.clone()) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = opened_tx.send(Err(e.into()));
@@ -728,7 +728,8 @@ impl<D: Document> Driver<D> {
             let _ = opened_tx.send(Ok(()));
             let worker = Worker {
                 name: worker_name,
-                replica,
+                dir,
+                opts,
                 changes,
                 to_swarm,
                 events,
@@ -737,8 +738,10 @@ impl<D: Document> Driver<D> {
                 snapshot_peers,
                 blocked,
                 _lock: lock,
+                last_error: None,
+                backoff: REOPEN_MIN,
             };
-            worker.run(rx);
+            worker.run(replica, rx);
         });
         let thread = match spawned {
             Ok(t) => t,
