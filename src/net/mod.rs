@@ -13,6 +13,11 @@
 //! many faults are banned for a while ([`NodeEvent::PeerBanned`]).
 //! docs/PROTOCOL.md §12 has the rules.
 //!
+//! A data directory serves one node at a time: a node holds a lock on
+//! [`LOCK_FILE`] in it while it runs ([`NodeError::Locked`] for another).
+//! A document whose log cannot be written (a full disk) is reopened by the
+//! node itself, with backoff ([`NodeEvent::DocumentFailed`]).
+//!
 //! ```no_run
 //! use walrus::net::{Node, NodeConfig};
 //! use walrus::replica::{KvDoc, KvDocExt};
