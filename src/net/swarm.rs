@@ -740,6 +740,7 @@ impl<D: Document> Driver<D> {
                 _lock: lock,
                 last_error: None,
                 backoff: REOPEN_MIN,
+                reopened_at: None,
             };
             worker.run(replica, rx);
         });

@@ -32,7 +32,8 @@ type PendingWrite<D> = (MakeOp<D>, Reply<OpEnvelope<<D as Document>::Operation>>
 /// Most local writes committed together in one group commit.
 const MAX_WRITE_BATCH: usize = 4096;
 /// First wait before reopening a failed replica; it doubles per failure
-/// (until a write succeeds again) up to [`REOPEN_MAX`].
+/// up to [`REOPEN_MAX`], and starts afresh once a write succeeds again or
+/// the replica stayed up for `REOPEN_MAX`.
 pub(crate) const REOPEN_MIN: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
 /// How often a document that is down looks at its queue: this thread has
@@ -109,6 +110,8 @@ pub(crate) struct Worker<D: Document> {
     pub last_error: Option<String>,
     /// Wait before the next reopen after a failure.
     pub backoff: Duration,
+    /// When the replica was last reopened after a failure.
+    pub reopened_at: Option<Instant>,
 }
 
 /// Peers blocked or banned, shared by the swarm task (which writes it) and
@@ -198,6 +201,10 @@ impl<D: Document> Worker<D> {
         drop(health);
         let reason =
             self.last_error.take().unwrap_or_else(|| "the replica was poisoned by an earlier failure".to_string());
+        if self.reopened_at.is_some_and(|t| t.elapsed() >= REOPEN_MAX) {
+            // Healthy for a good while since the last failure: start afresh.
+            self.backoff = REOPEN_MIN;
+        }
         error!(doc = %self.name, error = %reason, retry_in = ?self.backoff, "document failed; reopening it");
         let _ = self.events.send(NodeEvent::DocumentFailed { doc: self.name.clone(), error: reason.clone() });
         let retry_at = Instant::now() + self.backoff;
@@ -213,6 +220,7 @@ impl<D: Document> Worker<D> {
             Ok(mut replica) => {
                 self.changes = replica.subscribe();
                 self.last_error = None;
+                self.reopened_at = Some(Instant::now());
                 info!(doc = %self.name, "document reopened");
                 let _ = self.events.send(NodeEvent::DocumentReopened { doc: self.name.clone() });
                 Health::Up(Box::new(replica))
