@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle};
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeError, NodeEvent, NodeHandle};
 use walrus::replica::{KvDoc, KvDocExt, KvOp};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -178,5 +178,38 @@ async fn dropping_every_handle_stops_the_node() {
             _ => continue,
         }
     }
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_serves_one_node_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = start(dir.path(), &["one"], vec![]).await;
+    put(&a, "one", "k", "v").await;
+    // Whatever its documents, a second node would share the first's peer id.
+    for docs in [vec!["two".to_string()], vec!["one".to_string()], vec![]] {
+        let mut cfg = NodeConfig::new(dir.path());
+        cfg.docs = docs.clone();
+        let err = match Node::<KvDoc>::start(cfg).await {
+            Err(e) => e,
+            Ok(_) => panic!("{docs:?}: a second node started on a locked data directory"),
+        };
+        match &err {
+            NodeError::Locked { dir: locked, pid } => {
+                assert_eq!(locked, dir.path(), "{docs:?}");
+                assert_eq!(*pid, Some(std::process::id()), "{docs:?}");
+            }
+            other => panic!("{docs:?}: {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(&dir.path().display().to_string()) && msg.contains("locked"), "{msg}");
+    }
+    assert!(!dir.path().join("docs").join("two").exists(), "the refused node created its document");
+    assert_eq!(values(&a, "one", "k").await, ["v"]);
+    let peer_id = a.peer_id();
+    a.shutdown().await.unwrap();
+    // Released by the shutdown.
+    let (b, _) = start(dir.path(), &["two"], vec![]).await;
+    assert_eq!(b.peer_id(), peer_id, "the same identity");
     b.shutdown().await.unwrap();
 }

@@ -855,16 +855,114 @@ fn bad_arguments() {
 fn second_node_on_the_same_data_fails_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("n");
-    let mut first = NodeProc::spawn("first", &data, &[], None);
+    let data_s = data.to_str().expect("UTF-8 temp path");
+    let mut first = NodeProc::spawn("first", &data, &["--doc", "one"], None);
     let ans = first.request("put k v");
     let (actor, _) = first.check_put(&ans, "k", "v");
-    let err = fails_to_start(&["--data", data.to_str().unwrap()], 1);
-    assert!(err.contains("lock"), "{err}");
+    // Another document on the same data directory would share the peer id:
+    // refused, naming the directory and the process holding it.
+    for doc in ["two", "one"] {
+        let err = fails_to_start(&["--data", data_s, "--doc", doc], 1);
+        assert!(err.contains("locked by another node"), "{err}");
+        assert!(err.contains(data_s), "the message must name the directory: {err}");
+        assert!(err.contains(&format!("process {}", first.child.id())), "the message must name the holder: {err}");
+    }
+    assert!(!data.join("docs").join("two").exists(), "the refused node touched the data directory");
     // The first node is unharmed.
     assert_eq!(first.dump(), json!({"event": "dump", "entries": {"k": "v"}, "clock": { &actor: 1 }, "actor": actor}));
+    let ans = first.request("put k2 v2");
+    first.check_put(&ans, "k2", "v2");
     drop(first.stdin.take());
     let status = first.wait_exit();
     first.assert_clean_exit(status);
+    // Released at exit: the directory can be used again.
+    let mut again = NodeProc::spawn("again", &data, &["--doc", "two"], None);
+    assert_eq!(again.peer_id, first.peer_id, "the identity persists");
+    drop(again.stdin.take());
+    let status = again.wait_exit();
+    again.assert_clean_exit(status);
+}
+
+/// Nodes started all at once on one empty data directory: exactly one
+/// runs; every other one fails with the lock error (never a half-created
+/// identity or any other file error).
+#[test]
+fn nodes_started_at_once_on_an_empty_directory() {
+    const NODES: usize = 5;
+    for round in 0..3 {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("fresh");
+        let mut children: Vec<Child> = (0..NODES)
+            .map(|i| {
+                Command::new(EXE)
+                    .arg("node")
+                    .arg("--data")
+                    .arg(&data)
+                    .args(["--doc", &format!("doc{i}")])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn walrus node")
+            })
+            .collect();
+        // Each child's first line, or None if it exited without one.
+        let (tx, firsts) = mpsc::channel();
+        for (i, child) in children.iter_mut().enumerate() {
+            let stdout = child.stdout.take().expect("piped stdout");
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stdout);
+                let mut line = String::new();
+                let first = match reader.read_line(&mut line) {
+                    Ok(1..) => Some(line),
+                    _ => None,
+                };
+                let _ = tx.send((i, first, reader));
+            });
+        }
+        let mut running = Vec::new();
+        for _ in 0..NODES {
+            let (i, first, reader) = firsts.recv_timeout(PATIENCE).expect("every node starts or exits");
+            match first {
+                Some(line) => {
+                    let v: Value = serde_json::from_str(&line).expect("a JSON line");
+                    assert_eq!(v["event"], "listening", "round {round}, node {i}: {line}");
+                    running.push((i, reader));
+                }
+                None => {
+                    let mut err = String::new();
+                    let mut pipe = children[i].stderr.take().expect("piped stderr");
+                    pipe.read_to_string(&mut err).expect("read stderr");
+                    let status = children[i].wait().expect("wait for walrus node");
+                    assert_eq!(status.code(), Some(1), "round {round}, node {i}: {status:?}\n{err}");
+                    assert!(err.contains("locked by another node"), "round {round}, node {i}: {err}");
+                    assert!(!err.contains("panicked"), "round {round}, node {i}: {err}");
+                }
+            }
+        }
+        assert_eq!(running.len(), 1, "round {round}: exactly one node runs");
+        let (i, mut reader) = running.pop().expect("one");
+        let stdin = children[i].stdin.as_mut().expect("piped stdin");
+        stdin.write_all(b"put k v\nquit\n").expect("write to the running node");
+        let answer = loop {
+            let mut line = String::new();
+            assert!(reader.read_line(&mut line).expect("read the answer") > 0, "round {round}: no answer to put");
+            let v: Value = serde_json::from_str(&line).expect("a JSON line");
+            if v["event"] == "ok" || v["event"] == "error" {
+                break v;
+            }
+        };
+        assert_eq!((&answer["cmd"], &answer["key"]), (&json!("put"), &json!("k")), "round {round}: {answer}");
+        drop(children[i].stdin.take());
+        let status = children[i].wait().expect("wait for the running node");
+        assert_eq!(status.code(), Some(0), "round {round}");
+        // One identity, nothing half-made left behind.
+        let mut names: Vec<String> =
+            std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["LOCK", "docs", "identity.key"], "round {round}");
+    }
 }
 
 #[test]

@@ -2,14 +2,15 @@
 //! data directory, readable by the owner only), and reading a private
 //! network's pre-shared key.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use libp2p::identity::Keypair;
 use libp2p::pnet::{KeyParseError, PreSharedKey};
 
 use super::NodeError;
+use crate::wal::durable::{self, Files};
 
 /// File holding the node's keypair (libp2p protobuf encoding) in its data dir.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -17,38 +18,39 @@ pub const IDENTITY_FILE: &str = "identity.key";
 /// Largest identity file read.
 const MAX_IDENTITY_LEN: u64 = 4096;
 
-/// Loads the keypair of the node in `dir`, creating it on first use.
-pub fn load_or_create(dir: &Path) -> Result<Keypair, NodeError> {
+/// Loads the keypair of the node in `dir`, creating it (owner-only) on
+/// first use. Safe against a concurrent creator: every caller ends up with
+/// the key that was written first.
+pub fn load_or_create(files: &Files, dir: &Path) -> Result<Keypair, NodeError> {
     let path = dir.join(IDENTITY_FILE);
-    let io = |op: &'static str, p: &Path, e| NodeError::Io { op, path: p.to_path_buf(), source: e };
-    match fs::metadata(&path) {
-        Ok(meta) => {
-            if meta.len() > MAX_IDENTITY_LEN {
-                return Err(NodeError::Identity { path, reason: format!("{} bytes is not a keypair", meta.len()) });
-            }
-            let bytes = fs::read(&path).map_err(|e| io("reading", &path, e))?;
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Identity { path, reason: e.to_string() })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
-            let key = Keypair::generate_ed25519();
-            let bytes = key
-                .to_protobuf_encoding()
-                .map_err(|e| NodeError::Identity { path: path.clone(), reason: e.to_string() })?;
-            let tmp = dir.join("identity.key.tmp");
-            let mut opts = OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp).map_err(|e| io("creating", &tmp, e))?;
-            f.write_all(&bytes).map_err(|e| io("writing", &tmp, e))?;
-            f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
-            fs::rename(&tmp, &path).map_err(|e| io("renaming to", &path, e))?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing directory", dir, e))?;
-            Ok(key)
-        }
-        Err(e) => Err(io("reading", &path, e)),
+    if let Some(bytes) = read(&path)? {
+        return decode(&path, &bytes);
     }
+    files.create_dir_all(dir)?;
+    let key = Keypair::generate_ed25519();
+    let bytes =
+        key.to_protobuf_encoding().map_err(|e| NodeError::Identity { path: path.clone(), reason: e.to_string() })?;
+    // Whoever links first wins; the others read back the winner's key.
+    files.create_new(&path, &bytes, true)?;
+    match read(&path)? {
+        Some(bytes) => decode(&path, &bytes),
+        None => Err(NodeError::Identity { path, reason: "disappeared right after it was created".into() }),
+    }
+}
+
+fn read(path: &Path) -> Result<Option<Vec<u8>>, NodeError> {
+    match durable::read_bounded(path, MAX_IDENTITY_LEN) {
+        Ok(bytes) => Ok(bytes),
+        Err(crate::wal::Error::Corrupt { reason, .. }) => {
+            Err(NodeError::Identity { path: path.to_path_buf(), reason: format!("not a keypair: {reason}") })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<Keypair, NodeError> {
+    Keypair::from_protobuf_encoding(bytes)
+        .map_err(|e| NodeError::Identity { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Largest pre-shared key file read (the standard format is 84 bytes).
@@ -106,6 +108,7 @@ fn psk_problem(e: &KeyParseError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn psk_files_are_read_and_checked() {
@@ -150,8 +153,9 @@ mod tests {
     #[test]
     fn stable_private_and_validated() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_or_create(dir.path()).unwrap();
-        let b = load_or_create(dir.path()).unwrap();
+        let files = Files::default();
+        let a = load_or_create(&files, dir.path()).unwrap();
+        let b = load_or_create(&files, dir.path()).unwrap();
         assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
         #[cfg(unix)]
         {
@@ -160,6 +164,37 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "identity must be owner-only, mode {mode:o}");
         }
         fs::write(dir.path().join(IDENTITY_FILE), b"garbage").unwrap();
-        assert!(matches!(load_or_create(dir.path()), Err(NodeError::Identity { .. })));
+        assert!(matches!(load_or_create(&files, dir.path()), Err(NodeError::Identity { .. })));
+        fs::write(dir.path().join(IDENTITY_FILE), vec![0u8; MAX_IDENTITY_LEN as usize + 1]).unwrap();
+        match load_or_create(&files, dir.path()) {
+            Err(e @ NodeError::Identity { .. }) => assert!(e.to_string().contains(IDENTITY_FILE), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn concurrent_creators_get_the_same_identity() {
+        for _ in 0..20 {
+            let tmp = tempfile::tempdir().unwrap();
+            // Not created yet: the racers create it too.
+            let dir = tmp.path().join("data");
+            let barrier = std::sync::Barrier::new(4);
+            let ids: Vec<_> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (dir, barrier) = (&dir, &barrier);
+                        s.spawn(move || {
+                            barrier.wait();
+                            load_or_create(&Files::default(), dir).unwrap().public().to_peer_id()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+            assert_eq!(load_or_create(&Files::default(), &dir).unwrap().public().to_peer_id(), ids[0]);
+            let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(names, [IDENTITY_FILE], "temporary files left behind");
+        }
     }
 }

@@ -13,6 +13,11 @@
 //! many faults are banned for a while ([`NodeEvent::PeerBanned`]).
 //! docs/PROTOCOL.md §12 has the rules.
 //!
+//! A data directory serves one node at a time: a node holds a lock on
+//! [`LOCK_FILE`] in it while it runs ([`NodeError::Locked`] for another).
+//! A document whose log cannot be written (a full disk) is reopened by the
+//! node itself, with backoff ([`NodeEvent::DocumentFailed`]).
+//!
 //! ```no_run
 //! use walrus::net::{Node, NodeConfig};
 //! use walrus::replica::{KvDoc, KvDocExt};
@@ -32,6 +37,7 @@
 mod admission;
 mod codec;
 mod identity;
+mod lock;
 mod node;
 mod queued;
 mod swarm;
@@ -48,11 +54,13 @@ pub use codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL};
 pub use identity::{read_psk_file, IDENTITY_FILE};
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
+pub use lock::LOCK_FILE;
 pub use node::{check_local_doc_name, NodeConfig, NodeError, NodeEvent, NodeHandle, PeerInfo};
 pub use swarm::{IDENTIFY_VERSION, TOPIC_PREFIX};
 pub use traffic::Traffic;
 
 use crate::replica::Document;
+use crate::wal::durable::{self, Files};
 
 /// Events buffered per subscriber before it lags.
 const EVENT_CAPACITY: usize = 4096;
@@ -61,7 +69,9 @@ const EVENT_CAPACITY: usize = 4096;
 pub struct Node<D>(std::marker::PhantomData<D>);
 
 impl<D: Document> Node<D> {
-    /// Starts a node: loads (or creates) its identity in `cfg.data_dir`,
+    /// Starts a node: locks `cfg.data_dir` for as long as the node runs
+    /// (failing with [`NodeError::Locked`] if another node holds it),
+    /// loads (or creates) its identity there,
     /// opens `cfg.docs`, listens on `cfg.listen` and dials `cfg.peers`.
     /// Returns once every listener has its first address; the receiver
     /// already holds the `Listening` events. Must be called within a tokio
@@ -74,9 +84,20 @@ impl<D: Document> Node<D> {
         }
         cfg.check()?;
         let dir = cfg.data_dir.clone();
-        let key = tokio::task::spawn_blocking(move || identity::load_or_create(&dir))
-            .await
-            .map_err(|e| NodeError::Transport(e.to_string()))??;
+        let faults = cfg.replica.wal.faults.clone();
+        // The lock comes first: nothing else in the directory is touched
+        // unless it is this node's. Held until the driver and every document
+        // worker are gone.
+        let (lock, key) = tokio::task::spawn_blocking(move || {
+            let files = Files::new(faults.clone());
+            let lock = lock::lock_data_dir(&dir, faults)?;
+            // Left by a creator that crashed; no other creator runs now.
+            durable::remove_stale(&files, &dir.join(IDENTITY_FILE))?;
+            let key = identity::load_or_create(&files, &dir)?;
+            Ok::<_, NodeError>((lock, key))
+        })
+        .await
+        .map_err(|e| NodeError::Transport(e.to_string()))??;
         let peer_id = key.public().to_peer_id();
         if let Some(psk) = &cfg.psk {
             // The fingerprint lets operators compare keys without showing them.
@@ -98,13 +119,6 @@ impl<D: Document> Node<D> {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (from_docs_tx, from_docs_rx) = mpsc::unbounded_channel();
         let docs = Arc::new(Mutex::new(HashMap::new()));
-        let seed = {
-            use std::hash::{BuildHasher, Hasher};
-            // Random per process (std's hasher keys), so peers' rounds drift apart.
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write(&peer_id.to_bytes());
-            h.finish()
-        };
         let mut driver = swarm::Driver::<D>::new(
             swarm,
             cfg.clone(),
@@ -112,7 +126,7 @@ impl<D: Document> Node<D> {
             events.clone(),
             control_tx.clone(),
             from_docs_tx,
-            seed,
+            lock,
         );
         // Wait for the listeners before anything else happens.
         driver.await_listeners(&listeners).await?;

@@ -182,9 +182,34 @@ pub enum NodeError {
         /// What is wrong.
         reason: String,
     },
+    /// A file of the data directory could not be created, written or read.
+    #[error(transparent)]
+    Storage(#[from] crate::wal::Error),
+    /// Another node holds the data directory (its lock file,
+    /// [`LOCK_FILE`](super::LOCK_FILE)): a data directory is one node's,
+    /// since two nodes on it would share one peer id.
+    #[error("data directory {} is locked by another node{}", dir.display(), holder(*pid))]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The process id the holder wrote in the lock file, if readable:
+        /// for display only, it may be stale.
+        pid: Option<u32>,
+    },
     /// A replica failed.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// The document's replica failed (its log could not be written, for
+    /// example on a full disk) and is being reopened
+    /// ([`NodeEvent::DocumentFailed`]); try again after
+    /// [`NodeEvent::DocumentReopened`].
+    #[error("document {doc:?} is unavailable until it is reopened: {reason}")]
+    DocUnavailable {
+        /// The document.
+        doc: String,
+        /// The failure that took it down.
+        reason: String,
+    },
     /// A document name that cannot be used locally.
     #[error("bad document name {0:?}: use 1 to 128 of A-Z a-z 0-9 . _ - (not starting with '.')")]
     BadDocName(String),
@@ -211,6 +236,10 @@ pub enum NodeError {
     /// The node has shut down, or dropped the request (its closure panicked).
     #[error("the node has shut down or dropped the request")]
     Stopped,
+}
+
+fn holder(pid: Option<u32>) -> String {
+    pid.map_or_else(|| " (its process id is unknown)".to_string(), |p| format!(" (process {p})"))
 }
 
 /// Something that happened on a node.
@@ -285,6 +314,25 @@ pub enum NodeEvent<O> {
         doc: Option<String>,
         /// What was wrong.
         reason: String,
+    },
+    /// A document's replica failed: its log could not be written (a full
+    /// disk, an I/O error) and it refuses every write since, with nothing
+    /// unacknowledged reported as written. The node drops the replica and
+    /// reopens it (recovery decides what survived) with a backoff from
+    /// 100 ms doubling to 30 s; meanwhile `update` and `with` on the document
+    /// fail with [`NodeError::DocUnavailable`] and its sync is paused.
+    DocumentFailed {
+        /// Document name.
+        doc: String,
+        /// What failed.
+        error: String,
+    },
+    /// A document that failed ([`NodeEvent::DocumentFailed`]) was reopened
+    /// and takes writes again. If the cause persists (the disk is still
+    /// full), the next write fails it again.
+    DocumentReopened {
+        /// Document name.
+        doc: String,
     },
     /// A peer committed too many faults (see [`NodeConfig::max_faults`]):
     /// it was disconnected and its connections are refused for
@@ -390,7 +438,9 @@ impl<D: Document> NodeHandle<D> {
 
     /// Writes a local operation built by `make` from the current state and
     /// this replica's actor. Returns once the operation is durable; it is
-    /// then applied and pushed to peers.
+    /// then applied and pushed to peers. Fails with
+    /// [`NodeError::DocUnavailable`] while the document is being reopened
+    /// after a failure ([`NodeEvent::DocumentFailed`]).
     pub async fn update<F>(&self, doc: &str, make: F) -> Result<OpEnvelope<D::Operation>, NodeError>
     where
         F: FnOnce(&D, crate::replica::ActorId) -> D::Operation + Send + 'static,
@@ -404,7 +454,8 @@ impl<D: Document> NodeHandle<D> {
     /// Runs `f` on the replica of `doc` (on its own thread) and returns its
     /// result: read the document, its clock, or checkpoint it. `f` holds up
     /// the document's writes and sync while it runs, and must not wait on
-    /// this node.
+    /// this node. Fails with [`NodeError::DocUnavailable`] while the
+    /// document is being reopened after a failure.
     pub async fn with<R, F>(&self, doc: &str, f: F) -> Result<R, NodeError>
     where
         R: Send + 'static,
@@ -412,11 +463,11 @@ impl<D: Document> NodeHandle<D> {
     {
         let (reply, rx) = oneshot::channel();
         let tx = self.sender(doc)?;
-        let job = Box::new(move |r: &mut Replica<D>| {
-            let _ = reply.send(f(r));
+        let job = Box::new(move |r: Result<&mut Replica<D>, NodeError>| {
+            let _ = reply.send(r.map(f));
         });
         tx.send(DocCmd::With(job)).await.map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        rx.await.map_err(|_| NodeError::Stopped)?
     }
 
     /// Dials `addr` now and keeps re-dialing it like a configured peer.

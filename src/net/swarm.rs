@@ -23,10 +23,11 @@ use tracing::{debug, info, warn};
 
 use super::admission::Admission;
 use super::codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL};
+use super::lock::DirLock;
 use super::node::{check_allowed, doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
 use super::traffic::{Counted, Counters};
-use super::worker::{Blocked, DocCmd, FromDoc, Worker};
+use super::worker::{Blocked, DocCmd, FromDoc, Worker, REOPEN_MIN};
 use crate::replica::{Document, Replica, ReplicaOptions};
 use crate::sync::{self, Schedule, SyncRequest, SyncResponse};
 
@@ -175,6 +176,8 @@ pub(crate) struct Driver<D: Document> {
     /// Our sync requests held back, per peer, to keep within its rate limit.
     deferred: HashMap<PeerId, VecDeque<DeferredPull<D>>>,
     last_prune: Instant,
+    /// The data directory's lock; every document worker holds a clone.
+    lock: DirLock,
 }
 
 /// A sync request ready to send once the peer's rate allows.
@@ -378,9 +381,17 @@ impl<D: Document> Driver<D> {
         events: broadcast::Sender<NodeEvent<D::Operation>>,
         control_tx: mpsc::UnboundedSender<Control<D>>,
         from_docs_tx: mpsc::UnboundedSender<FromDoc>,
-        seed: u64,
+        lock: DirLock,
     ) -> Driver<D> {
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            // Random per process (std's hasher keys), so peers' rounds drift apart.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write(&swarm.local_peer_id().to_bytes());
+            h.finish()
+        };
         Driver {
+            lock,
             swarm,
             schedule: Schedule::new(cfg.sync_interval, seed),
             docs,
@@ -704,8 +715,9 @@ impl<D: Document> Driver<D> {
         // Opening replays the log: do it on the document's own thread.
         let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), NodeError>>();
         let worker_name = name.clone();
+        let lock = self.lock.clone();
         let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
-            let mut replica = match Replica::<D>::open(&dir, opts) {
+            let mut replica = match Replica::<D>::open(&dir, opts.clone()) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = opened_tx.send(Err(e.into()));
@@ -714,8 +726,23 @@ impl<D: Document> Driver<D> {
             };
             let changes = replica.subscribe();
             let _ = opened_tx.send(Ok(()));
-            Worker { name: worker_name, replica, changes, to_swarm, events, limits, budget, snapshot_peers, blocked }
-                .run(rx);
+            let worker = Worker {
+                name: worker_name,
+                dir,
+                opts,
+                changes,
+                to_swarm,
+                events,
+                limits,
+                budget,
+                snapshot_peers,
+                blocked,
+                _lock: lock,
+                last_error: None,
+                backoff: REOPEN_MIN,
+                reopened_at: None,
+            };
+            worker.run(replica, rx);
         });
         let thread = match spawned {
             Ok(t) => t,

@@ -1,32 +1,44 @@
 //! One thread per open document owns its [`Replica`]: log writes and fsyncs
-//! happen here, never on the task that drives the swarm.
+//! happen here, never on the task that drives the swarm. A replica that a
+//! failed write poisoned is dropped and reopened here too, with backoff.
 
 use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::PeerId;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
+use super::lock::DirLock;
 use super::queued::Queued;
 use super::{NodeError, NodeEvent};
-use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica};
+use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica, ReplicaOptions};
 use crate::sync::{self, Limits, SyncError, SyncRequest, SyncResponse};
 
 /// Builds a local operation from the current state and the replica's actor.
 pub(crate) type MakeOp<D> = Box<dyn FnOnce(&D, ActorId) -> <D as Document>::Operation + Send>;
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
-/// Runs on the document's thread with its replica.
-pub(crate) type Job<D> = Box<dyn FnOnce(&mut Replica<D>) + Send>;
+/// Runs on the document's thread with its replica, or with the reason the
+/// document is unavailable.
+pub(crate) type Job<D> = Box<dyn FnOnce(Result<&mut Replica<D>, NodeError>) + Send>;
 type PendingWrite<D> = (MakeOp<D>, Reply<OpEnvelope<<D as Document>::Operation>>);
 
 /// Most local writes committed together in one group commit.
 const MAX_WRITE_BATCH: usize = 4096;
+/// First wait before reopening a failed replica; it doubles per failure
+/// up to [`REOPEN_MAX`], and starts afresh once a write succeeds again or
+/// the replica stayed up for `REOPEN_MAX`.
+pub(crate) const REOPEN_MIN: Duration = Duration::from_millis(100);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+/// How often a document that is down looks at its queue: this thread has
+/// no timer to wait on the queue with a deadline.
+const DOWN_POLL: Duration = Duration::from_millis(20);
 
 pub(crate) enum DocCmd<D: Document> {
     Write { make: MakeOp<D>, reply: Reply<OpEnvelope<D::Operation>> },
@@ -80,7 +92,9 @@ pub(crate) enum FromDoc {
 
 pub(crate) struct Worker<D: Document> {
     pub name: String,
-    pub replica: Replica<D>,
+    /// Where the replica lives and how it is opened, to reopen it.
+    pub dir: PathBuf,
+    pub opts: ReplicaOptions,
     pub changes: std_mpsc::Receiver<Change<D::Operation>>,
     pub to_swarm: mpsc::UnboundedSender<FromDoc>,
     pub events: broadcast::Sender<NodeEvent<D::Operation>>,
@@ -89,44 +103,170 @@ pub(crate) struct Worker<D: Document> {
     pub snapshot_peers: Option<BTreeSet<PeerId>>,
     /// Peers blocked by the app or banned: their queued messages are dropped.
     pub blocked: Blocked,
+    /// The data directory stays locked while any worker runs.
+    pub _lock: DirLock,
+    /// The error of a write or sync that failed in the command being
+    /// handled, to say why the replica was poisoned if it was.
+    pub last_error: Option<String>,
+    /// Wait before the next reopen after a failure.
+    pub backoff: Duration,
+    /// When the replica was last reopened after a failure.
+    pub reopened_at: Option<Instant>,
 }
 
 /// Peers blocked or banned, shared by the swarm task (which writes it) and
 /// the document workers.
 pub(crate) type Blocked = Arc<RwLock<HashSet<PeerId>>>;
 
+/// A document's replica, or why it is down and when to reopen it.
+enum Health<D: Document> {
+    Up(Box<Replica<D>>),
+    Down { reason: String, retry_at: Instant },
+}
+
+enum Next<D: Document> {
+    Cmd(DocCmd<D>),
+    /// The time to reopen came.
+    Due,
+    /// Every sender is gone.
+    Closed,
+}
+
 impl<D: Document> Worker<D> {
-    pub fn run(mut self, mut rx: mpsc::Receiver<DocCmd<D>>) {
+    pub fn run(mut self, replica: Replica<D>, mut rx: mpsc::Receiver<DocCmd<D>>) {
+        let mut health = Health::Up(Box::new(replica));
         let mut pending = None;
         loop {
-            let cmd = match pending.take() {
-                Some(c) => c,
-                None => match rx.blocking_recv() {
-                    Some(c) => c,
-                    None => break,
+            if let Health::Down { retry_at, .. } = &health {
+                if Instant::now() >= *retry_at {
+                    health = self.reopen(health);
+                }
+            }
+            let next = match pending.take() {
+                Some(c) => Next::Cmd(c),
+                None => match &health {
+                    Health::Up(_) => rx.blocking_recv().map_or(Next::Closed, Next::Cmd),
+                    Health::Down { retry_at, .. } => recv_until(&mut rx, *retry_at),
                 },
+            };
+            let cmd = match next {
+                Next::Cmd(c) => c,
+                Next::Due => continue,
+                Next::Closed => break,
             };
             if let DocCmd::Close { reply } = cmd {
                 self.forward_changes();
-                let _ = reply.send(self.replica.close().map_err(NodeError::from));
+                let result = match health {
+                    Health::Up(replica) => replica.close().map_err(NodeError::from),
+                    // Nothing is open, and everything acknowledged is on disk.
+                    Health::Down { .. } => Ok(()),
+                };
+                let _ = reply.send(result);
                 return;
             }
+            let replica = match &mut health {
+                Health::Up(r) => r,
+                Health::Down { reason, .. } => {
+                    let reason = reason.clone();
+                    self.refuse(cmd, reason);
+                    continue;
+                }
+            };
             // An app closure that panics must not take the document down:
             // its caller gets an error (its reply is dropped) and the rest
             // go on. The replica stays consistent: in a write batch a panic
             // falls between whole operations.
-            let handled = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(cmd, &mut rx, &mut pending)));
+            let handled =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(replica, cmd, &mut rx, &mut pending)));
             if handled.is_err() {
                 error!(doc = %self.name, "a command panicked; its caller gets an error");
             }
             self.forward_changes();
+            if replica.is_poisoned() {
+                health = self.failed_replica(health);
+            } else {
+                // A failure that did not poison the replica explains nothing later.
+                self.last_error = None;
+            }
         }
-        if let Err(e) = self.replica.close() {
-            warn!(doc = %self.name, error = %e, "closing the replica failed");
+        if let Health::Up(replica) = health {
+            if let Err(e) = replica.close() {
+                warn!(doc = %self.name, error = %e, "closing the replica failed");
+            }
         }
     }
 
-    fn handle(&mut self, cmd: DocCmd<D>, rx: &mut mpsc::Receiver<DocCmd<D>>, pending: &mut Option<DocCmd<D>>) {
+    /// Drops a poisoned replica (releasing its log) and schedules a reopen.
+    fn failed_replica(&mut self, health: Health<D>) -> Health<D> {
+        drop(health);
+        let reason =
+            self.last_error.take().unwrap_or_else(|| "the replica was poisoned by an earlier failure".to_string());
+        if self.reopened_at.is_some_and(|t| t.elapsed() >= REOPEN_MAX) {
+            // Healthy for a good while since the last failure: start afresh.
+            self.backoff = REOPEN_MIN;
+        }
+        error!(doc = %self.name, error = %reason, retry_in = ?self.backoff, "document failed; reopening it");
+        let _ = self.events.send(NodeEvent::DocumentFailed { doc: self.name.clone(), error: reason.clone() });
+        let retry_at = Instant::now() + self.backoff;
+        self.backoff = self.backoff.saturating_mul(2).min(REOPEN_MAX);
+        Health::Down { reason, retry_at }
+    }
+
+    /// Opens the replica again (recovery decides what of the failed writes
+    /// survived; none of them was acknowledged), or schedules another try.
+    fn reopen(&mut self, health: Health<D>) -> Health<D> {
+        let Health::Down { reason, .. } = health else { return health };
+        match Replica::<D>::open(&self.dir, self.opts.clone()) {
+            Ok(mut replica) => {
+                self.changes = replica.subscribe();
+                self.last_error = None;
+                self.reopened_at = Some(Instant::now());
+                info!(doc = %self.name, "document reopened");
+                let _ = self.events.send(NodeEvent::DocumentReopened { doc: self.name.clone() });
+                Health::Up(Box::new(replica))
+            }
+            Err(e) => {
+                warn!(doc = %self.name, error = %e, retry_in = ?self.backoff, "reopening the document failed");
+                let retry_at = Instant::now() + self.backoff;
+                self.backoff = self.backoff.saturating_mul(2).min(REOPEN_MAX);
+                Health::Down { reason, retry_at }
+            }
+        }
+    }
+
+    /// Answers a command while the document is down: callers get
+    /// [`NodeError::DocUnavailable`], peers' messages are left to
+    /// anti-entropy once it is back.
+    fn refuse(&mut self, cmd: DocCmd<D>, reason: String) {
+        let down = || NodeError::DocUnavailable { doc: self.name.clone(), reason: reason.clone() };
+        match cmd {
+            DocCmd::Write { reply, .. } => {
+                let _ = reply.send(Err(down()));
+            }
+            DocCmd::With(f) => f(Err(down())),
+            DocCmd::Gossip { source, id, .. } => {
+                self.send(FromDoc::Validated { id, source, acceptance: MessageAcceptance::Ignore });
+            }
+            DocCmd::Request { token, req } => {
+                let resp = SyncResponse::Refused { doc: req.doc, reason: "unavailable".into() };
+                self.send(FromDoc::Respond { token, bytes: sync::encode(&resp) });
+            }
+            DocCmd::Pull { peer } | DocCmd::Response { peer, .. } => {
+                self.send(FromDoc::Synced { peer, doc: self.name.clone(), more: false, ok: false });
+            }
+            DocCmd::Close { reply } => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        replica: &mut Replica<D>,
+        cmd: DocCmd<D>,
+        rx: &mut mpsc::Receiver<DocCmd<D>>,
+        pending: &mut Option<DocCmd<D>>,
+    ) {
         match cmd {
             DocCmd::Write { make, reply } => {
                 let mut batch = vec![(make, reply)];
@@ -140,21 +280,21 @@ impl<D: Document> Worker<D> {
                         Err(_) => break,
                     }
                 }
-                self.write(batch);
+                self.write(replica, batch);
             }
-            DocCmd::With(f) => f(&mut self.replica),
+            DocCmd::With(f) => f(Ok(replica)),
             DocCmd::Gossip { source, id, .. } if self.is_blocked(&source) => {
                 self.send(FromDoc::Validated { id, source, acceptance: MessageAcceptance::Ignore });
             }
-            DocCmd::Gossip { source, id, bytes } => self.gossip(source, id, &bytes),
+            DocCmd::Gossip { source, id, bytes } => self.gossip(replica, source, id, &bytes),
             DocCmd::Request { token, req } => {
-                let resp = sync::respond(&self.replica, &self.name, &req, &self.limits);
+                let resp = sync::respond(replica, &self.name, &req, &self.limits);
                 self.send(FromDoc::Respond { token, bytes: sync::encode(&resp) });
             }
             DocCmd::Pull { peer } => {
                 // Never ask for more than our own codec accepts.
                 let budget = self.budget.min(self.limits.max_response as u64 / 2);
-                match sync::encode_request(&self.replica, &self.name, budget, &self.limits) {
+                match sync::encode_request(replica, &self.name, budget, &self.limits) {
                     Ok(bytes) => self.send(FromDoc::Pull { peer, doc: self.name.clone(), bytes }),
                     Err(e) => {
                         warn!(doc = %self.name, %peer, error = %e, "cannot pull");
@@ -165,7 +305,7 @@ impl<D: Document> Worker<D> {
             DocCmd::Response { peer, .. } if self.is_blocked(&peer) => {
                 self.send(FromDoc::Synced { peer, doc: self.name.clone(), more: false, ok: false });
             }
-            DocCmd::Response { peer, bytes } => self.response(peer, &bytes),
+            DocCmd::Response { peer, bytes } => self.response(replica, peer, &bytes),
             // Handled by `run`, which owns the replica.
             DocCmd::Close { reply } => {
                 let _ = reply.send(Ok(()));
@@ -188,10 +328,17 @@ impl<D: Document> Worker<D> {
         }
     }
 
-    fn write(&mut self, batch: Vec<PendingWrite<D>>) {
+    fn write(&mut self, replica: &mut Replica<D>, batch: Vec<PendingWrite<D>>) {
         let (makes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let results = self.replica.update_many(makes);
+        let results = replica.update_many(makes);
         let durable: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        if !durable.is_empty() {
+            // The disk takes writes again: a later failure starts afresh.
+            self.backoff = REOPEN_MIN;
+        }
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            self.last_error = Some(e.to_string());
+        }
         for (result, reply) in results.into_iter().zip(replies) {
             let _ = reply.send(result.map_err(NodeError::from));
         }
@@ -201,8 +348,8 @@ impl<D: Document> Worker<D> {
         }
     }
 
-    fn gossip(&mut self, source: PeerId, id: MessageId, bytes: &[u8]) {
-        let acceptance = match sync::apply_gossip(&mut self.replica, &self.name, bytes, &self.limits) {
+    fn gossip(&mut self, replica: &mut Replica<D>, source: PeerId, id: MessageId, bytes: &[u8]) {
+        let acceptance = match sync::apply_gossip(replica, &self.name, bytes, &self.limits) {
             Ok(received) => {
                 if received.buffered > 0 {
                     self.send(FromDoc::GapSeen { doc: self.name.clone(), peer: source });
@@ -223,11 +370,11 @@ impl<D: Document> Worker<D> {
             Err(e) => self.failed(source, "gossip", e),
         };
         // Also those found in a message that failed otherwise.
-        self.report_equivocations(source);
+        self.report_equivocations(replica, source);
         self.send(FromDoc::Validated { id, source, acceptance });
     }
 
-    fn response(&mut self, peer: PeerId, bytes: &[u8]) {
+    fn response(&mut self, replica: &mut Replica<D>, peer: PeerId, bytes: &[u8]) {
         let started = Instant::now();
         let resp: Result<SyncResponse, SyncError> =
             sync::decode(bytes, self.limits.max_response, "sync response").map_err(SyncError::from);
@@ -241,7 +388,7 @@ impl<D: Document> Worker<D> {
                     reason: "answered with a snapshot, which is accepted only from trusted peers".into(),
                 });
             }
-            sync::apply_response(&mut self.replica, &self.name, r, &self.limits)
+            sync::apply_response(replica, &self.name, r, &self.limits)
         });
         let (more, ok) = match result {
             Ok(applied) => {
@@ -263,12 +410,12 @@ impl<D: Document> Worker<D> {
                 (false, false)
             }
         };
-        self.report_equivocations(peer);
+        self.report_equivocations(replica, peer);
         self.send(FromDoc::Synced { peer, doc: self.name.clone(), more, ok });
     }
 
-    fn report_equivocations(&mut self, peer: PeerId) {
-        for e in self.replica.take_equivocations() {
+    fn report_equivocations(&mut self, replica: &mut Replica<D>, peer: PeerId) {
+        for e in replica.take_equivocations() {
             warn!(doc = %self.name, actor = %e.actor, seq = e.seq, %peer, "equivocation");
             let _ =
                 self.events.send(NodeEvent::Equivocation { doc: self.name.clone(), actor: e.actor, seq: e.seq, peer });
@@ -276,14 +423,32 @@ impl<D: Document> Worker<D> {
     }
 
     /// Reports a message that could not be applied; the verdict for gossip.
-    fn failed(&self, peer: PeerId, what: &str, e: SyncError) -> MessageAcceptance {
+    fn failed(&mut self, peer: PeerId, what: &str, e: SyncError) -> MessageAcceptance {
         if e.is_peer_fault() {
             warn!(doc = %self.name, %peer, error = %e, "rejected {what}");
             self.send(FromDoc::Fault { peer, doc: self.name.clone(), reason: format!("{what}: {e}") });
             MessageAcceptance::Reject
         } else {
             debug!(doc = %self.name, %peer, error = %e, "{what} not applied");
+            // Why the replica is poisoned, if this poisoned it.
+            self.last_error = Some(format!("{what} from {peer}: {e}"));
             MessageAcceptance::Ignore
         }
+    }
+}
+
+/// The next command, or `Due` at `deadline`, or `Closed`.
+fn recv_until<D: Document>(rx: &mut mpsc::Receiver<DocCmd<D>>, deadline: Instant) -> Next<D> {
+    loop {
+        match rx.try_recv() {
+            Ok(c) => return Next::Cmd(c),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Next::Closed,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Next::Due;
+        }
+        std::thread::sleep(DOWN_POLL.min(deadline - now));
     }
 }

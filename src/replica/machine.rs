@@ -481,6 +481,13 @@ impl<D: Document> Replica<D> {
         self.buffer.len()
     }
 
+    /// Whether an earlier failure (of the log, typically) poisoned this
+    /// replica: it then refuses everything with [`ReplicaError::Poisoned`]
+    /// until it is dropped and opened again.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     /// The equivocations [`receive`](Self::receive) found since the last
     /// call (at most 1024 are kept), including those in calls that
     /// returned an error, whose [`Received`] report was lost.

@@ -85,6 +85,8 @@ fn event_json(ev: NodeEvent<KvOp>) -> Option<Value> {
         NodeEvent::PeerBanned { peer, reason } => {
             json!({"event": "peer_banned", "peer": peer.to_string(), "reason": reason})
         }
+        NodeEvent::DocumentFailed { doc, error } => json!({"event": "doc_failed", "doc": doc, "error": error}),
+        NodeEvent::DocumentReopened { doc } => json!({"event": "doc_reopened", "doc": doc}),
     })
 }
 
@@ -308,4 +310,20 @@ async fn command(node: &NodeHandle<KvDoc>, doc: &str, line: &str) -> bool {
         )),
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_failures_are_json_lines() {
+        let failed = NodeEvent::DocumentFailed { doc: "notes".into(), error: "no space left on device".into() };
+        assert_eq!(
+            event_json(failed),
+            Some(json!({"event": "doc_failed", "doc": "notes", "error": "no space left on device"}))
+        );
+        let reopened = NodeEvent::DocumentReopened { doc: "notes".into() };
+        assert_eq!(event_json(reopened), Some(json!({"event": "doc_reopened", "doc": "notes"})));
+    }
 }
