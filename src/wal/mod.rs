@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{Error, Result};
-pub use fault::{FaultInjector, FileOp, Injected};
+pub use fault::{FaultInjector, FileEvent, FileOp, Injected};
 pub use reader::{LogReader, LogSummary, Record, WalIter};
 pub use writer::Wal;
 
