@@ -143,7 +143,8 @@ pub trait FaultInjector: Send + Sync + 'static {
 
     /// Called after each operation that `check` allowed and that succeeded,
     /// and after the written part of an injected short write. The default
-    /// ignores it.
+    /// ignores it; [`PowerLoss`](super::PowerLoss) keeps a model of what is
+    /// durable from these.
     fn observe(&self, event: &FileEvent<'_>) {
         let _ = event;
     }
