@@ -40,7 +40,11 @@ const MAX_FILE: u64 = 1 << 30;
 ///   tends to, or keeps each one independently, as a disk cache that
 ///   reorders writes may.
 ///
-/// The model holds file contents in memory, so it suits small workloads.
+/// Operations of concurrent threads are ordered as they are reported, once
+/// each completed: a sync that overlaps another thread's operation on the
+/// same directory or file is taken to cover it if that one was reported
+/// first. The model holds file contents in memory, so it suits small
+/// workloads.
 /// Operations the seam does not see (opening the lock file, a best-effort
 /// cleanup outside it) are not modelled; an operation on a path the model
 /// does not know makes [`PowerLoss::materialize`] fail rather than guess.
@@ -274,10 +278,14 @@ impl PowerLoss {
         self.model.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn relative(&self, path: &Path) -> Option<PathBuf> {
-        let rel = path.strip_prefix(&self.root).ok()?;
+    /// `path` relative to the root; `None` if it is outside.
+    fn relative(&self, path: &Path) -> Result<Option<PathBuf>, String> {
+        let Ok(rel) = path.strip_prefix(&self.root) else { return Ok(None) };
         // `a/./b` and `a/../b` would alias names in the model.
-        rel.components().all(|c| matches!(c, Component::Normal(_))).then(|| rel.to_path_buf())
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(format!("{} is not a plain path below the root", path.display()));
+        }
+        Ok(Some(rel.to_path_buf()))
     }
 }
 
@@ -304,9 +312,10 @@ impl FaultInjector for PowerLoss {
 impl PowerLoss {
     fn record(&self, m: &mut Model, event: &FileEvent<'_>) -> Result<(), String> {
         let rel = |p: &Path| self.relative(p);
+        // Operations outside the root are not modelled.
         match *event {
             FileEvent::Write { path, offset, data } => {
-                let Some(p) = rel(path) else { return Ok(()) };
+                let Some(p) = rel(path)? else { return Ok(()) };
                 let ino = m.file(&p)?;
                 if offset.saturating_add(data.len() as u64) > MAX_FILE {
                     return Err(format!("write past {MAX_FILE} bytes in {}", path.display()));
@@ -315,7 +324,7 @@ impl PowerLoss {
                 m.inodes[ino].pending.push((seq, DataOp::Write { offset, data: data.to_vec() }));
             }
             FileEvent::SyncData { path } => {
-                let Some(p) = rel(path) else { return Ok(()) };
+                let Some(p) = rel(path)? else { return Ok(()) };
                 let ino = m.file(&p)?;
                 let inode = &mut m.inodes[ino];
                 for (_, op) in std::mem::take(&mut inode.pending) {
@@ -323,7 +332,7 @@ impl PowerLoss {
                 }
             }
             FileEvent::SyncDir { path } => {
-                let Some(dir) = rel(path) else { return Ok(()) };
+                let Some(dir) = rel(path)? else { return Ok(()) };
                 let (now, later): (Vec<_>, Vec<_>) =
                     std::mem::take(&mut m.pending_dir).into_iter().partition(|(_, op)| op.in_dir(&dir));
                 for (_, op) in &now {
@@ -332,7 +341,7 @@ impl PowerLoss {
                 m.pending_dir = later;
             }
             FileEvent::Create { path } => {
-                let Some(p) = rel(path) else { return Ok(()) };
+                let Some(p) = rel(path)? else { return Ok(()) };
                 match m.names.get(&p) {
                     Some(Node::File(ino)) => {
                         let ino = *ino;
@@ -348,25 +357,23 @@ impl PowerLoss {
                 }
             }
             FileEvent::CreateDir { path } => {
-                let Some(p) = rel(path) else { return Ok(()) };
+                let Some(p) = rel(path)? else { return Ok(()) };
                 m.dir_op(DirOp::Create { path: p, node: Node::Dir });
             }
-            FileEvent::Rename { from, to } => {
-                let (Some(f), Some(t)) = (rel(from), rel(to)) else {
-                    return Err(format!("rename across the root: {} to {}", from.display(), to.display()));
+            FileEvent::Rename { from, to } | FileEvent::Link { from, to } => {
+                let (f, t) = match (rel(from)?, rel(to)?) {
+                    (Some(f), Some(t)) => (f, t),
+                    (None, None) => return Ok(()),
+                    _ => return Err(format!("{} to {} crosses the root", from.display(), to.display())),
                 };
                 let ino = m.file(&f)?;
-                m.dir_op(DirOp::Rename { from: f, to: t, ino });
-            }
-            FileEvent::Link { from, to } => {
-                let (Some(f), Some(t)) = (rel(from), rel(to)) else {
-                    return Err(format!("link across the root: {} to {}", from.display(), to.display()));
-                };
-                let ino = m.file(&f)?;
-                m.dir_op(DirOp::Link { to: t, ino });
+                m.dir_op(match event {
+                    FileEvent::Rename { .. } => DirOp::Rename { from: f, to: t, ino },
+                    _ => DirOp::Link { to: t, ino },
+                });
             }
             FileEvent::Remove { path } => {
-                let Some(p) = rel(path) else { return Ok(()) };
+                let Some(p) = rel(path)? else { return Ok(()) };
                 let ino = m.file(&p)?;
                 m.dir_op(DirOp::Remove { path: p, ino });
             }
