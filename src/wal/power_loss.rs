@@ -289,6 +289,19 @@ impl PowerLoss {
     }
 }
 
+impl std::fmt::Debug for PowerLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.lock();
+        f.debug_struct("PowerLoss")
+            .field("root", &self.root)
+            .field("operations", &m.ops)
+            .field("cut_at", &m.cut_at)
+            .field("power_lost", &m.lost)
+            .field("pending_dir_ops", &m.pending_dir.len())
+            .finish()
+    }
+}
+
 impl FaultInjector for PowerLoss {
     fn check(&self, _op: FileOp, _path: &Path, _len: usize) -> Result<(), Injected> {
         let mut m = self.lock();
