@@ -11,7 +11,8 @@
 //! by a returned `sync()` under `None`.
 //!
 //! Further tests cut the power at every operation of a truncation that
-//! removes several segments, and under concurrent group-committed appends.
+//! removes several segments, under concurrent group-committed appends, and
+//! a second time while the log recovers from a first power loss.
 //!
 //! Cut points are drawn from a dry run of the same workload: some uniform
 //! over all its operations, the rest inside the windows of operations of a
@@ -481,4 +482,87 @@ fn concurrent_appenders_lose_no_acknowledged_record() {
         }
     }
     assert!(checked > 0);
+}
+
+/// A second power loss while the log recovers from the first (discarding a
+/// torn tail, syncing what it found, removing temporary files) and takes
+/// new appends: what either life acknowledged survives.
+#[test]
+fn a_power_loss_during_recovery_loses_nothing_acknowledged() {
+    let cases = env_u64("WALRUS_POWER_LOSS_CASES", 20) / 2;
+    let base = env_u64("WALRUS_POWER_LOSS_SEED", 0);
+    let mut second_cuts = 0;
+    // First crash states with torn or lost writes for recovery to clean up.
+    let mut damaged_first_lives = 0;
+    for case in 0..cases {
+        let seed = 7000 + base + case;
+        let policy = [SyncPolicy::Always, SyncPolicy::None][case as usize % 2];
+        let preallocate = seed.is_multiple_of(3);
+        let dry = scratch_dir();
+        let power = Arc::new(PowerLoss::new(dry.path()).unwrap());
+        workload(seed, policy, preallocate, &dry.path().join("log"), &power);
+        let ops = power.operations();
+        let mut rng = Rng(seed ^ 0xdead);
+        for _ in 0..3 {
+            let cut = rng.range(1, ops);
+            let real = scratch_dir();
+            let power = Arc::new(PowerLoss::new(real.path()).unwrap().cut_at(cut));
+            let h = workload(seed, policy, preallocate, &real.path().join("log"), &power);
+            let state = rng.below(1000);
+            // The same seed materializes the same crash state each time.
+            let crashed = || {
+                let d = scratch_dir();
+                power.materialize(d.path(), state).unwrap();
+                d
+            };
+            // Second life, without a cut: how far recovery gets and how many
+            // operations reopening and three appends take.
+            let first_life = scratch_dir();
+            let summary = power.materialize(first_life.path(), state).unwrap();
+            damaged_first_lives += usize::from(summary.writes_torn + summary.writes_lost > 0);
+            let power2 = Arc::new(PowerLoss::new(first_life.path()).unwrap());
+            let opts = options(policy, preallocate);
+            let wal = Wal::open(first_life.path().join("log"), opts.clone().with_faults(power2.clone())).unwrap();
+            let recovered = wal.last_lsn();
+            assert!(recovered >= h.acked, "seed {seed} cut {cut}: first crash lost acknowledged records");
+            drop(wal);
+            let ops2 = power2.operations() + 6;
+
+            for _ in 0..3 {
+                let cut2 = rng.range(1, ops2);
+                let again = crashed();
+                let power2 = Arc::new(PowerLoss::new(again.path()).unwrap().cut_at(cut2));
+                let mut h2 = History {
+                    attempted: h.attempted.range(..=recovered).map(|(k, v)| (*k, v.clone())).collect(),
+                    unit: h.unit.range(..=recovered).map(|(k, v)| (*k, *v)).collect(),
+                    acked: h.acked,
+                    floor: h.floor,
+                    ..History::default()
+                };
+                if let Ok(wal) = Wal::open(again.path().join("log"), opts.clone().with_faults(power2.clone())) {
+                    assert_eq!(wal.last_lsn(), recovered, "seed {seed} cut {cut}: recovery is repeatable");
+                    for lsn in recovered + 1..=recovered + 3 {
+                        let p = payload(seed + 1, lsn, 100);
+                        h2.attempted.insert(lsn, p.clone());
+                        h2.unit.insert(lsn, (lsn, lsn));
+                        match wal.append(&p).and_then(|l| if policy.is_durable() { Ok(l) } else { wal.sync() }) {
+                            Ok(l) => h2.acked = h2.acked.max(l),
+                            Err(e) => {
+                                assert!(power2.power_lost(), "seed {seed}: append failed with the power on: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+                for state2 in 0..STATES_PER_CUT {
+                    let third = scratch_dir();
+                    let ctx = format!("{policy:?} seed {seed} cut {cut} state {state}, then cut {cut2} state {state2}");
+                    power2.materialize(third.path(), state2).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    check(&third.path().join("log"), policy, preallocate, &h2, &ctx);
+                }
+                second_cuts += 1;
+            }
+        }
+    }
+    assert!(second_cuts > 0 && damaged_first_lives > 0, "{second_cuts} cuts, {damaged_first_lives} damaged");
 }
