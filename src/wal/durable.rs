@@ -7,14 +7,14 @@
 //! Reads are bounded, because the bytes come from a disk that may be
 //! damaged.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::error::{Error, Result};
-use super::fault::{FaultInjector, FileOp};
+use super::fault::{FaultInjector, FileEvent, FileOp};
 use super::segment::Io;
 
 /// Suffix of the temporary files [`write_atomic`] and [`create_new`] leave
@@ -46,7 +46,7 @@ impl Files {
             self.io.sync_dir(parent(path))
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = self.io.remove(&tmp);
         }
         result
     }
@@ -110,14 +110,14 @@ impl Files {
             self.io.sync_data(&file, &tmp)?;
             self.io.check_op(FileOp::Rename, path).map_err(|e| Error::io("linking", path, e))?;
             match std::fs::hard_link(&tmp, path) {
-                Ok(()) => {}
+                Ok(()) => self.io.observe(FileEvent::Link { from: &tmp, to: path }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
                 Err(e) => return Err(Error::io("linking", path, e)),
             }
             self.io.sync_dir(parent(path))?;
             Ok(true)
         })();
-        let _ = std::fs::remove_file(&tmp);
+        let _ = self.io.remove(&tmp);
         result
     }
 
@@ -136,7 +136,7 @@ impl Files {
         for d in missing.iter().rev() {
             self.io.check_op(FileOp::Create, d).map_err(|e| Error::io("creating directory", d, e))?;
             match std::fs::create_dir(d) {
-                Ok(()) => {}
+                Ok(()) => self.io.observe(FileEvent::CreateDir { path: d }),
                 // Another process made it meanwhile: it syncs the parent.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => continue,
                 Err(e) => return Err(Error::io("creating directory", d, e)),
@@ -147,16 +147,7 @@ impl Files {
     }
 
     fn create_tmp(&self, tmp: &Path, private: bool) -> Result<File> {
-        self.io.check_op(FileOp::Create, tmp).map_err(|e| Error::io("creating", tmp, e))?;
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        if private {
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        }
-        #[cfg(not(unix))]
-        let _ = private;
-        opts.open(tmp).map_err(|e| Error::io("creating", tmp, e))
+        self.io.create_with(tmp, private)
     }
 }
 

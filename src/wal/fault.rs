@@ -75,9 +75,77 @@ impl Injected {
     }
 }
 
-/// Decides, before each file operation, whether it should fail.
+/// A file operation that was performed, as reported to
+/// [`FaultInjector::observe`]. Paths are the ones the log used: its
+/// directory joined with a file name.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum FileEvent<'a> {
+    /// `data` was written at `offset` (for an injected short write, the
+    /// part that was written).
+    Write {
+        /// The file.
+        path: &'a Path,
+        /// Where the bytes went.
+        offset: u64,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// `fdatasync` of a file: everything written to it so far is durable.
+    SyncData {
+        /// The file.
+        path: &'a Path,
+    },
+    /// `fsync` of a directory: the creations, renames, links and removals
+    /// of its entries so far are durable.
+    SyncDir {
+        /// The directory.
+        path: &'a Path,
+    },
+    /// A file was opened with create and truncate: created if it was
+    /// absent, emptied if it existed.
+    Create {
+        /// The file.
+        path: &'a Path,
+    },
+    /// A directory was created.
+    CreateDir {
+        /// The directory.
+        path: &'a Path,
+    },
+    /// `from` was renamed to `to`, replacing `to` if it existed.
+    Rename {
+        /// The old name.
+        from: &'a Path,
+        /// The new name.
+        to: &'a Path,
+    },
+    /// `to` was made a hard link to the file named `from`.
+    Link {
+        /// The existing name.
+        from: &'a Path,
+        /// The new name.
+        to: &'a Path,
+    },
+    /// A file name was removed.
+    Remove {
+        /// The removed name.
+        path: &'a Path,
+    },
+}
+
+/// Decides, before each file operation, whether it should fail, and may
+/// watch the operations that were performed.
 pub trait FaultInjector: Send + Sync + 'static {
     /// Called before `op` on `path` (`len` is the byte count for writes,
     /// else 0). Returning an error makes the operation fail with it.
     fn check(&self, op: FileOp, path: &Path, len: usize) -> Result<(), Injected>;
+
+    /// Called after each operation that `check` allowed and that succeeded,
+    /// and after the written part of an injected short write. The default
+    /// ignores it; [`PowerLoss`](super::PowerLoss) keeps a model of what is
+    /// durable from these.
+    fn observe(&self, event: &FileEvent<'_>) {
+        let _ = event;
+    }
 }

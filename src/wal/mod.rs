@@ -28,6 +28,7 @@ pub(crate) mod durable;
 mod error;
 mod fault;
 pub mod format;
+mod power_loss;
 mod reader;
 mod recovery;
 mod segment;
@@ -38,7 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{Error, Result};
-pub use fault::{FaultInjector, FileOp, Injected};
+pub use fault::{FaultInjector, FileEvent, FileOp, Injected};
+pub use power_loss::{CrashSummary, PowerLoss};
 pub use reader::{LogReader, LogSummary, Record, WalIter};
 pub use writer::Wal;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::error::{Error, Result};
-use super::fault::{FaultInjector, FileOp};
+use super::fault::{FaultInjector, FileEvent, FileOp};
 use super::format::{
     self, Decoded, Frame, FrameError, SegmentHeader, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN,
 };
@@ -64,7 +64,8 @@ pub fn random_salt() -> u32 {
     (v as u32) ^ ((v >> 32) as u32)
 }
 
-/// File operations routed through the optional fault injector.
+/// File operations routed through the optional fault injector: each is
+/// checked before and observed after it is performed.
 #[derive(Clone, Default)]
 pub struct Io {
     pub faults: Option<Arc<dyn FaultInjector>>,
@@ -79,53 +80,83 @@ impl Io {
     }
 
     /// Asks the injector about an operation this module does not perform
-    /// itself (linking, creating a directory).
+    /// itself (linking, creating a directory); report it with
+    /// [`Io::observe`] once it succeeded.
     pub fn check_op(&self, op: FileOp, path: &Path) -> io::Result<()> {
         self.check(op, path, 0).map_err(|(_, e)| e)
+    }
+
+    /// Tells the injector an operation was performed.
+    pub fn observe(&self, event: FileEvent<'_>) {
+        if let Some(f) = &self.faults {
+            f.observe(&event);
+        }
     }
 
     /// Writes all of `buf` at `offset`.
     pub fn write_at(&self, file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
         if let Err((written, e)) = self.check(FileOp::Write, path, buf.len()) {
             // Simulate a short write before the failure.
-            let _ = file.write_all_at(&buf[..written], offset);
+            if written > 0 && file.write_all_at(&buf[..written], offset).is_ok() {
+                self.observe(FileEvent::Write { path, offset, data: &buf[..written] });
+            }
             return Err(Error::io("writing", path, e));
         }
-        file.write_all_at(buf, offset).map_err(|e| Error::io("writing", path, e))
+        file.write_all_at(buf, offset).map_err(|e| Error::io("writing", path, e))?;
+        self.observe(FileEvent::Write { path, offset, data: buf });
+        Ok(())
     }
 
     /// `fdatasync`.
     pub fn sync_data(&self, file: &File, path: &Path) -> Result<()> {
         self.check(FileOp::SyncData, path, 0).map_err(|(_, e)| Error::io("syncing", path, e))?;
-        file.sync_data().map_err(|e| Error::io("syncing", path, e))
+        file.sync_data().map_err(|e| Error::io("syncing", path, e))?;
+        self.observe(FileEvent::SyncData { path });
+        Ok(())
     }
 
     /// `fsync` of a directory, making renames, creations and deletions durable.
     pub fn sync_dir(&self, dir: &Path) -> Result<()> {
         self.check(FileOp::SyncDir, dir, 0).map_err(|(_, e)| Error::io("syncing directory", dir, e))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("syncing directory", dir, e))
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("syncing directory", dir, e))?;
+        self.observe(FileEvent::SyncDir { path: dir });
+        Ok(())
     }
 
     /// Creates (or truncates) a file for reading and writing.
     pub fn create(&self, path: &Path) -> Result<File> {
+        self.create_with(path, false)
+    }
+
+    /// Creates (or truncates) a file for reading and writing; `private`
+    /// makes a new file owner-only.
+    pub fn create_with(&self, path: &Path, private: bool) -> Result<File> {
         self.check(FileOp::Create, path, 0).map_err(|(_, e)| Error::io("creating", path, e))?;
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Error::io("creating", path, e))
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let file = opts.open(path).map_err(|e| Error::io("creating", path, e))?;
+        self.observe(FileEvent::Create { path });
+        Ok(file)
     }
 
     pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         self.check(FileOp::Rename, to, 0).map_err(|(_, e)| Error::io("renaming to", to, e))?;
-        std::fs::rename(from, to).map_err(|e| Error::io("renaming to", to, e))
+        std::fs::rename(from, to).map_err(|e| Error::io("renaming to", to, e))?;
+        self.observe(FileEvent::Rename { from, to });
+        Ok(())
     }
 
     pub fn remove(&self, path: &Path) -> Result<()> {
         self.check(FileOp::Remove, path, 0).map_err(|(_, e)| Error::io("removing", path, e))?;
-        std::fs::remove_file(path).map_err(|e| Error::io("removing", path, e))
+        std::fs::remove_file(path).map_err(|e| Error::io("removing", path, e))?;
+        self.observe(FileEvent::Remove { path });
+        Ok(())
     }
 
     /// Overwrites `[from, to)` with zeros (no new space is needed for

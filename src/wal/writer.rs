@@ -46,6 +46,9 @@ pub struct Wal {
     /// sync wakes its own group and one waiter of the next group (to lead
     /// it), not everyone.
     groups: [Condvar; 2],
+    /// Held by `truncate_before`: two truncations at once could unlink
+    /// segments out of order.
+    truncating: Mutex<()>,
     _lock: File,
 }
 
@@ -167,6 +170,7 @@ impl Wal {
             done: Condvar::new(),
             appended: Condvar::new(),
             groups: [Condvar::new(), Condvar::new()],
+            truncating: Mutex::new(()),
             _lock: lock,
         })
     }
@@ -274,29 +278,43 @@ impl Wal {
     /// Deletes whole segments whose records all have LSNs below `lsn` (for
     /// example once a checkpoint covers them). The active segment is never
     /// deleted, so LSNs keep counting. Returns the number of segments removed.
+    ///
+    /// Crash safety: segments are unlinked oldest first and each unlink is
+    /// made durable (directory `fsync`) before the next one is issued, so at
+    /// any power loss every older unlink is durable and only the latest may
+    /// be undone: the segments left on disk are always a contiguous suffix
+    /// of the log. (With one directory sync after all the unlinks, a power
+    /// loss may keep any subset of them, bringing back an old segment whose
+    /// successor stays deleted: a gap that recovery rightly refuses.)
     pub fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
         let span = info_span!("wal_truncate", before = lsn);
         let _g = span.enter();
-        let mut st = self.lock();
-        st.check_poisoned()?;
-        // Segment i may go if segment i+1 starts at or before `lsn`.
-        let removable = st.segments.windows(2).take_while(|w| w[1].0 <= lsn).count();
-        if removable == 0 {
-            return Ok(0);
-        }
-        // Oldest first, so a crash part-way leaves a contiguous suffix.
-        for i in 0..removable {
-            let path = st.segments[i].1.clone();
-            if let Err(e) = self.io.remove(&path) {
-                st.segments.drain(..i);
+        let _one_at_a_time = self.truncating.lock().unwrap_or_else(|p| p.into_inner());
+        let doomed: Vec<(Lsn, PathBuf)> = {
+            let mut st = self.lock();
+            st.check_poisoned()?;
+            // Segment i may go if segment i+1 starts at or before `lsn`.
+            let removable = st.segments.windows(2).take_while(|w| w[1].0 <= lsn).count();
+            // Detached now, so the directory syncs below run without the
+            // state lock; appends only ever add segments at the other end.
+            st.segments.drain(..removable).collect()
+        };
+        for (i, (_, path)) in doomed.iter().enumerate() {
+            let result = match self.io.remove(path) {
+                Err(e) => Err((i, e)),
+                Ok(()) => self.io.sync_dir(&self.dir).map_err(|e| (i + 1, e)),
+            };
+            if let Err((kept, e)) = result {
+                // Segments not unlinked are still part of the log.
+                let mut st = self.lock();
+                st.segments.splice(0..0, doomed[kept..].iter().cloned());
                 return Err(e);
             }
         }
-        st.segments.drain(..removable);
-        drop(st);
-        self.io.sync_dir(&self.dir)?;
-        info!(removed = removable, "segments truncated");
-        Ok(removable)
+        if !doomed.is_empty() {
+            info!(removed = doomed.len(), "segments truncated");
+        }
+        Ok(doomed.len())
     }
 
     /// Makes everything durable and closes the log, releasing the lock.
