@@ -304,6 +304,17 @@ pub enum NodeEvent<O> {
         /// it may have relayed it in good faith).
         peer: PeerId,
     },
+    /// A document's replica found something wrong and worked around it:
+    /// a damaged checkpoint (it opened from the older generation), or its
+    /// actor retired because peers hold more of its history (a restore or
+    /// a rollback; see [`Recovered`](crate::replica::Recovered)). Nothing
+    /// acknowledged was lost; the damaged file is kept for inspection.
+    Recovered {
+        /// Document name.
+        doc: String,
+        /// What was found and done.
+        note: crate::replica::Recovered,
+    },
     /// A peer sent something invalid, or a sync request over its rate
     /// limit; it was rejected, and counts toward a ban
     /// ([`NodeConfig::max_faults`]).

@@ -741,6 +741,7 @@ impl<D: Document> Driver<D> {
                 last_error: None,
                 backoff: REOPEN_MIN,
                 reopened_at: None,
+                recovered_seen: 0,
             };
             worker.run(replica, rx);
         });

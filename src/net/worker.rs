@@ -112,6 +112,8 @@ pub(crate) struct Worker<D: Document> {
     pub backoff: Duration,
     /// When the replica was last reopened after a failure.
     pub reopened_at: Option<Instant>,
+    /// How many of the replica's [`Replica::recovered`] notes were reported.
+    pub recovered_seen: usize,
 }
 
 /// Peers blocked or banned, shared by the swarm task (which writes it) and
@@ -134,6 +136,7 @@ enum Next<D: Document> {
 
 impl<D: Document> Worker<D> {
     pub fn run(mut self, replica: Replica<D>, mut rx: mpsc::Receiver<DocCmd<D>>) {
+        self.report_recovered(&replica);
         let mut health = Health::Up(Box::new(replica));
         let mut pending = None;
         loop {
@@ -182,6 +185,7 @@ impl<D: Document> Worker<D> {
                 error!(doc = %self.name, "a command panicked; its caller gets an error");
             }
             self.forward_changes();
+            self.report_recovered(replica);
             if replica.is_poisoned() {
                 health = self.failed_replica(health);
             } else {
@@ -194,6 +198,16 @@ impl<D: Document> Worker<D> {
                 warn!(doc = %self.name, error = %e, "closing the replica failed");
             }
         }
+    }
+
+    /// Reports what the replica found wrong and worked around (a damaged
+    /// checkpoint on open, its actor retired) since the last report.
+    fn report_recovered(&mut self, replica: &Replica<D>) {
+        for note in replica.recovered().iter().skip(self.recovered_seen) {
+            warn!(doc = %self.name, "{note}");
+            let _ = self.events.send(NodeEvent::Recovered { doc: self.name.clone(), note: note.clone() });
+        }
+        self.recovered_seen = replica.recovered().len();
     }
 
     /// Drops a poisoned replica (releasing its log) and schedules a reopen.
@@ -219,6 +233,8 @@ impl<D: Document> Worker<D> {
         match Replica::<D>::open(&self.dir, self.opts.clone()) {
             Ok(mut replica) => {
                 self.changes = replica.subscribe();
+                self.recovered_seen = 0;
+                self.report_recovered(&replica);
                 self.last_error = None;
                 self.reopened_at = Some(Instant::now());
                 info!(doc = %self.name, "document reopened");

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle, PeerId};
-use walrus::replica::{ActorId, Change, KvDoc, KvDocExt, KvOp, Origin, ReplicaOptions, VersionVector};
+use walrus::replica::{ActorId, Change, KvDoc, KvDocExt, KvOp, Origin, Recovered, ReplicaOptions, VersionVector};
 
 use crate::doc_cmd::{json_values, SEGMENT_SIZE};
 
@@ -87,6 +87,16 @@ fn event_json(ev: NodeEvent<KvOp>) -> Option<Value> {
         }
         NodeEvent::DocumentFailed { doc, error } => json!({"event": "doc_failed", "doc": doc, "error": error}),
         NodeEvent::DocumentReopened { doc } => json!({"event": "doc_reopened", "doc": doc}),
+        NodeEvent::Recovered { doc, note } => {
+            eprintln!("walrus: warning: document {doc:?}: {note}");
+            match note {
+                Recovered::ActorRetired { old, new, .. } => json!({
+                    "event": "actor_retired", "doc": doc, "old": old.to_string(), "actor": new.to_string(),
+                    "message": note.to_string()
+                }),
+                _ => json!({"event": "recovered", "doc": doc, "message": note.to_string()}),
+            }
+        }
     })
 }
 
