@@ -225,3 +225,47 @@ fn a_view_reads_while_the_replica_is_written_and_checkpointed() {
     assert!(ReplicaView::<KvDoc>::open(empty.path(), &opts()).is_err());
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_replica_no_checkpoint_restores_is_rebuilt_keeping_its_own_operations() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = open(da.path());
+    let mut b = open(db.path());
+    for round in ["a", "b", "c"] {
+        put_many(&mut a, round, 150);
+        sync(&a, &mut b);
+        a.checkpoint().unwrap();
+    }
+    // Written after the last sync: only a's log has these.
+    for i in 0..20 {
+        a.update(|d, act| d.put_op(act, &format!("tail{i}"), &format!("only here {i}"))).unwrap();
+    }
+    let old = a.actor();
+    drop(a);
+    assert!(first_lsn(da.path()) > 1);
+    flip_bit(&da.path().join("checkpoint"));
+    flip_bit(&da.path().join("checkpoint.prev"));
+    assert!(Replica::<KvDoc>::open(da.path(), opts()).is_err());
+
+    let mut a = Replica::<KvDoc>::rebuild(da.path(), opts()).expect("rebuild");
+    assert_ne!(a.actor(), old, "the old actor's last number was in the damaged checkpoints");
+    assert!(a.recovered().iter().any(|n| matches!(n, Recovered::ActorRetired { .. })), "{:?}", a.recovered());
+    assert!(da.path().join("checkpoint.damaged").exists() && da.path().join("checkpoint.prev.damaged").exists());
+    for i in 0..20 {
+        assert_eq!(a.doc().values_of(&format!("tail{i}")), vec![format!("only here {i}")], "own write {i} kept");
+    }
+    // Peers refill the rest, and take the rewritten operations.
+    sync(&b, &mut a);
+    sync(&a, &mut b);
+    assert_eq!(state(&a), state(&b));
+    assert_eq!(a.clock().get(&old), 450);
+    for i in 0..20 {
+        assert_eq!(b.doc().values_of(&format!("tail{i}")), vec![format!("only here {i}")]);
+    }
+    // It opens normally from now on.
+    let st = state(&a);
+    drop(a);
+    let a = open(da.path());
+    assert_eq!(state(&a), st);
+    assert!(a.recovered().is_empty());
+}

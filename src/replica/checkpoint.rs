@@ -22,9 +22,9 @@ const HEADER_LEN: usize = 24;
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// The generation before it.
 pub const PREVIOUS_FILE: &str = "checkpoint.prev";
-/// Where a damaged checkpoint is moved on open, for inspection, so the
-/// next checkpoint does not take it for a generation.
-pub const DAMAGED_FILE: &str = "checkpoint.damaged";
+/// Appended to the name of a damaged checkpoint moved aside on open (for
+/// inspection), so the next checkpoint does not take it for a generation.
+pub const DAMAGED_SUFFIX: &str = ".damaged";
 
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -77,6 +77,8 @@ pub(crate) struct Base<D> {
     pub older_lsn: Lsn,
     pub successions: Vec<super::Succession>,
     pub recovered: Vec<Recovered>,
+    /// No checkpoint restores the state: it starts empty (`rebuild`).
+    pub rebuilt: bool,
 }
 
 /// Picks the newest checkpoint generation that is intact and that the log
@@ -88,6 +90,7 @@ pub(crate) fn load_base<D: Document>(
     opts: &ReplicaOptions,
     first_lsn: Lsn,
     last_lsn: Lsn,
+    rebuild: bool,
 ) -> Result<Base<D>> {
     let gens = checkpoint::read_generations::<D>(dir, opts.max_checkpoint_size)?;
     let (doc, clock, lsn, successions) = match gens.newest {
@@ -102,13 +105,26 @@ pub(crate) fn load_base<D: Document>(
         });
     }
     // The log must continue the state: hold every record after `lsn`.
+    if lsn + 1 < first_lsn && lsn < last_lsn && rebuild {
+        // Nothing restores it: start empty, from the log that is left.
+        let recovered = damaged_notes(gens.damaged, 0);
+        return Ok(Base {
+            doc: D::default(),
+            clock: VersionVector::default(),
+            lsn: first_lsn - 1,
+            older_lsn: 0,
+            successions,
+            recovered,
+            rebuilt: true,
+        });
+    }
     if lsn + 1 < first_lsn && lsn < last_lsn {
         let reason = match gens.damaged.first() {
             Some((_, e)) => {
                 let older = if lsn == 0 { "none".to_string() } else { format!("one up to LSN {lsn}") };
                 format!(
                     "{e}; the log starts at LSN {first_lsn} and no intact older checkpoint continues it \
-                     (intact: {older}): rebuild the replica from its peers (see the README's recovery section)"
+                     (intact: {older}): rebuild it (`Replica::rebuild`, `walrus doc rebuild`) and let its peers refill it"
                 )
             }
             None => format!("log starts at LSN {first_lsn} but the checkpoint ends at {lsn}"),
@@ -116,18 +132,21 @@ pub(crate) fn load_base<D: Document>(
         let path = gens.damaged.first().map_or_else(|| dir.join(WAL_DIR), |(p, _)| p.clone());
         return Err(ReplicaError::Corrupt { path, reason });
     }
-    let recovered = gens
-        .damaged
+    let recovered = damaged_notes(gens.damaged, lsn);
+    Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, successions, recovered, rebuilt: false })
+}
+
+fn damaged_notes(damaged: Vec<(PathBuf, ReplicaError)>, used_lsn: Lsn) -> Vec<Recovered> {
+    damaged
         .into_iter()
         .map(|(path, e)| {
             let reason = match e {
                 ReplicaError::Corrupt { reason, .. } => reason,
                 other => other.to_string(),
             };
-            Recovered::DamagedCheckpoint { path, reason, moved_to: None, used_lsn: lsn }
+            Recovered::DamagedCheckpoint { path, reason, moved_to: None, used_lsn }
         })
-        .collect();
-    Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, successions, recovered })
+        .collect()
 }
 
 /// What replay does with one logged operation.

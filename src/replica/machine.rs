@@ -352,7 +352,25 @@ impl<D: Document> Replica<D> {
     /// Opens (creating if needed) the replica in `dir`: loads the latest
     /// checkpoint and replays the log after it.
     pub fn open(dir: impl AsRef<Path>, opts: ReplicaOptions) -> Result<Replica<D>> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_inner(dir.as_ref(), opts, false)
+    }
+
+    /// Opens a replica that no intact checkpoint can restore (both
+    /// generations damaged, the log truncated behind them): it starts from
+    /// an empty state and the log that is left, and peers refill the rest.
+    /// Its actor is retired (its last sequence number was in the damaged
+    /// checkpoints), and its own operations still in the log are written
+    /// again under the new actor (where the document can, see
+    /// [`Document::reissue`]), so none of them is lost. Other actors'
+    /// operations come back from peers. The damaged checkpoints are kept
+    /// as `checkpoint.damaged`. On a replica that opens normally, this is
+    /// [`open`](Self::open).
+    pub fn rebuild(dir: impl AsRef<Path>, opts: ReplicaOptions) -> Result<Replica<D>> {
+        Self::open_inner(dir.as_ref(), opts, true)
+    }
+
+    fn open_inner(dir: &Path, opts: ReplicaOptions, rebuild: bool) -> Result<Replica<D>> {
+        let dir = dir.to_path_buf();
         let span = info_span!("replica_open", dir = %dir.display());
         let _g = span.enter();
         let files = Files::new(opts.wal.faults.clone());
@@ -362,13 +380,16 @@ impl<D: Document> Replica<D> {
         durable::remove_stale(&files, &dir.join(checkpoint::CHECKPOINT_FILE))?;
         let key = load_or_create_key(&dir)?;
         let document = load_or_create_document(&files, &dir, opts.document.as_deref())?;
-        let base = load_base::<D>(&dir, &opts, wal.first_lsn(), wal.last_lsn())?;
+        let base = load_base::<D>(&dir, &opts, wal.first_lsn(), wal.last_lsn(), rebuild)?;
+        let rebuilding = base.rebuilt;
         // A damaged generation is moved aside (kept for inspection), so the
         // next checkpoint does not take it for one.
         let mut recovered = base.recovered;
         for note in &mut recovered {
             if let Recovered::DamagedCheckpoint { path, moved_to, .. } = note {
-                let to = dir.join(checkpoint::DAMAGED_FILE);
+                let mut name = path.file_name().unwrap_or_default().to_os_string();
+                name.push(checkpoint::DAMAGED_SUFFIX);
+                let to = path.with_file_name(name);
                 files.rename(path, &to)?;
                 *moved_to = Some(to);
             }
@@ -395,7 +416,7 @@ impl<D: Document> Replica<D> {
             index: BTreeMap::new(),
             checkpoint_lsn,
             older_checkpoint_lsn: base.older_lsn,
-            tolerant_replay: !recovered.is_empty(),
+            tolerant_replay: !recovered.is_empty() || rebuilding,
             recovered,
             files,
             cert,
@@ -409,6 +430,9 @@ impl<D: Document> Replica<D> {
             checkpoint_stop: None,
         };
         r.replay()?;
+        if rebuilding {
+            r.finish_rebuild()?;
+        }
         r.own_at_open = r.clock.get(&r.actor);
         // A directory whose key file is not the one the actor was made in
         // was copied or restored: peers may hold operations of the actor
@@ -1355,6 +1379,25 @@ impl<D: Document> Replica<D> {
         let clock = self.clock.clone();
         self.notify(|| Change::Snapshot { clock });
         self.reissue(forked)
+    }
+
+    /// After opening from an empty state: retires the actor and writes
+    /// its operations that are still in the log again, then checkpoints,
+    /// so the next open starts from this state.
+    fn finish_rebuild(&mut self) -> Result<()> {
+        let old = self.actor;
+        let mut own = Vec::new();
+        for record in self.wal.iter_from(self.wal.first_lsn())? {
+            let record = record?;
+            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
+            if env.actor == old && env.seq > self.clock.get(&old) {
+                own.push(env);
+            }
+        }
+        self.retire.get_or_insert(PendingRetire { reason: RetireReason::Rebuilt, forked: None });
+        self.complete_retire()?;
+        self.reissue(own)?;
+        self.checkpoint()
     }
 
     /// Writes forked operations again under the current actor.

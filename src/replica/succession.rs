@@ -100,6 +100,10 @@ pub enum RetireReason {
     /// Asked for ([`Replica::retire_actor`](super::Replica::retire_actor)),
     /// e.g. after discarding damaged log records.
     Requested,
+    /// The replica was rebuilt from an empty state
+    /// ([`Replica::rebuild`](super::Replica::rebuild)): its last sequence
+    /// number was in the damaged checkpoints.
+    Rebuilt,
 }
 
 impl std::fmt::Display for RetireReason {
@@ -113,6 +117,7 @@ impl std::fmt::Display for RetireReason {
                 write!(f, "a peer holds another operation {seq} of this actor: two copies of the replica wrote")
             }
             RetireReason::Requested => write!(f, "asked for"),
+            RetireReason::Rebuilt => write!(f, "the replica was rebuilt without its checkpoints"),
         }
     }
 }

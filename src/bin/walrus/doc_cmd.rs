@@ -84,6 +84,14 @@ fn warn_recovered(notes: &[Recovered]) {
 /// Reads the replica in `dir` without writing to it or locking it: works on
 /// a read-only directory and while another process has it open.
 fn view(dir: &Path) -> Result<ReplicaView<KvDoc>> {
+    view_dir_check(dir)?;
+    let v = ReplicaView::open(dir, &options()).map_err(|e| explain(dir, e))?;
+    warn_recovered(v.recovered());
+    Ok(v)
+}
+
+/// `dir` must be an existing replica directory.
+fn view_dir_check(dir: &Path) -> Result<()> {
     let shown = dir.display();
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() && looks_like_replica(dir) => {}
@@ -100,9 +108,7 @@ fn view(dir: &Path) -> Result<ReplicaView<KvDoc>> {
         }
         Err(e) => return Err(format!("{shown}: {e}").into()),
     }
-    let v = ReplicaView::open(dir, &options()).map_err(|e| explain(dir, e))?;
-    warn_recovered(v.recovered());
-    Ok(v)
+    Ok(())
 }
 
 fn explain(dir: &Path, e: ReplicaError) -> Box<dyn std::error::Error> {
@@ -188,6 +194,14 @@ pub fn run(cmd: DocCommand) -> Result<ExitCode> {
             return print_read(&json!({"entries": entries, "clock": clock, "actor": r.actor().map(|a| a.to_string())}));
         }
         DocCommand::Import { dir } => import(&dir)?,
+        DocCommand::Rebuild { dir } => {
+            view_dir_check(&dir)?;
+            let r = Replica::<KvDoc>::rebuild(&dir, options()).map_err(|e| explain(&dir, e))?;
+            warn_recovered(r.recovered());
+            let ack = json!({"ok": "rebuild", "ops": r.clock().total(), "actor": r.actor().to_string()});
+            print_ack(&mut io::stdout().lock(), &ack)?;
+            r.close()?;
+        }
         DocCommand::Checkpoint { dir } => {
             let mut r = open(&dir, Open::Existing)?;
             r.checkpoint()?;

@@ -191,6 +191,14 @@ pub enum DocCommand {
         /// Replica directory.
         dir: PathBuf,
     },
+    /// Rebuild a replica that no intact checkpoint restores: start from an
+    /// empty state and the log that is left, write this replica's own
+    /// operations again under a new actor; peers refill the rest when a
+    /// node serves the directory.
+    Rebuild {
+        /// Replica directory.
+        dir: PathBuf,
+    },
 }
 
 /// A peer id argument, with a hint of what one looks like when it is not.
