@@ -383,3 +383,50 @@ fn sequence_numbers_are_never_reused_after_sigkill() {
     }
     assert!(total_acked >= 10, "only {total_acked} ops acknowledged");
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_replica_restored_from_a_copy_writes_under_a_new_actor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("replica");
+    let backup = tmp.path().join("backup");
+    let first = ok("put", &dir, &["k1", "one"]);
+    copy_tree(&dir, &backup);
+    assert_eq!(ok("put", &dir, &["k2", "two"])["seq"], 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_tree(&backup, &dir);
+    let out = walrus("put", &dir, &["k2", "NEW"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("retired"), "{}", stderr(&out));
+    let ack = json_of(&out);
+    assert_ne!(ack["actor"], first["actor"], "the restored copy must not reuse its actor");
+    assert_eq!(ack["seq"], 1);
+    // The new actor stays; nothing more is reported.
+    let out = walrus("put", &dir, &["k3", "three"]);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert_eq!(json_of(&out)["actor"], ack["actor"]);
+    assert_eq!(ok("dump", &dir, NONE)["actor"], ack["actor"]);
+}
+
+#[test]
+fn rebuild_of_a_healthy_replica_is_an_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("replica");
+    let put = ok("put", &dir, &["k", "v"]);
+    let ack = ok("rebuild", &dir, NONE);
+    assert_eq!(ack["ok"], "rebuild");
+    assert_eq!(ack["actor"], put["actor"]);
+    assert_eq!(ok("get", &dir, &["k"]), "v");
+    assert!(fails("rebuild", &tmp.path().join("missing"), NONE).contains("not a replica directory"));
+}
