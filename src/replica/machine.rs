@@ -9,7 +9,7 @@ use tracing::{info, info_span, warn};
 
 use super::checkpoint::{self, Checkpoint};
 use super::load::{load_base, replay_step, Recovered, Step};
-use super::succession::{self, RetireReason, Succession};
+use super::succession::{self, RetireReason, Succession, MAX_SUCCESSIONS};
 use super::{
     ActorId, ActorKey, BufferFull, CausalBuffer, Document, EnvelopeError, KeyError, Offer, OpEnvelope, VersionVector,
 };
@@ -708,7 +708,11 @@ impl<D: Document> Replica<D> {
             }
             if !self.successions.contains_key(&c.to) {
                 c.verify(&self.document)?;
-                self.successions.insert(c.to, **c);
+                // Kept only where it matters: without a writer list anyone
+                // may write, and the map would grow with every new actor.
+                if self.opts.writers.is_some() && self.successions.len() < MAX_SUCCESSIONS {
+                    self.successions.insert(c.to, **c);
+                }
             }
         }
         if self.check_writer(&env.actor, env.seq).is_err() {
@@ -1246,6 +1250,9 @@ impl<D: Document> Replica<D> {
                 continue;
             }
             c.verify(&self.document)?;
+            if self.opts.writers.is_none() || self.successions.len() >= MAX_SUCCESSIONS {
+                continue;
+            }
             self.successions.insert(c.to, *c);
             learned += 1;
         }

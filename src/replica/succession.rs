@@ -33,6 +33,9 @@ pub const HOME_FILE: &str = "actor.home";
 /// Prefix of the files keeping retired actor keys.
 pub const RETIRED_PREFIX: &str = "actor.key.retired-";
 
+/// Most successions a replica keeps, and a snapshot answer carries.
+pub const MAX_SUCCESSIONS: usize = 4096;
+
 /// Domain separation for succession signatures.
 const SUCCESSION_DOMAIN: &[u8] = b"walrus/succession/v1\0";
 

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::replica::{Succession, VersionVector};
+use crate::replica::{Succession, VersionVector, MAX_SUCCESSIONS};
 
 /// Longest document name, in bytes.
 pub const MAX_DOC_NAME: usize = 128;
@@ -113,9 +113,6 @@ fn bounded_ops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ByteBuf>, D
     }
     d.deserialize_seq(Visitor)
 }
-
-/// Most successions one snapshot answer may carry.
-pub const MAX_SUCCESSIONS: usize = 4096;
 
 /// Decodes an array of at most [`MAX_SUCCESSIONS`] successions.
 fn bounded_successions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Succession>, D::Error> {
