@@ -285,3 +285,21 @@ fn successions_are_checked() {
     };
     assert!(c.receive([late]).is_err());
 }
+
+#[test]
+fn a_requested_retirement_happens_on_the_next_open_once() {
+    let d = tempfile::tempdir().unwrap();
+    let mut r = open(d.path(), &None);
+    let old = r.actor();
+    r.update(|doc, a| doc.put_op(a, "k", "v")).unwrap();
+    drop(r);
+    walrus::replica::request_retirement(d.path()).unwrap();
+    let r = open(d.path(), &None);
+    assert_ne!(r.actor(), old);
+    assert!(matches!(r.recovered(), [Recovered::ActorRetired { reason: RetireReason::Requested, .. }]));
+    let new = r.actor();
+    drop(r);
+    let r = open(d.path(), &None);
+    assert_eq!(r.actor(), new, "once");
+    assert_eq!(r.doc().values_of("k"), vec!["v"]);
+}

@@ -443,6 +443,13 @@ impl<D: Document> Replica<D> {
             None => succession::record_home(&r.files, &r.dir, &key_file)?,
             Some(false) => r.retire_actor_for(RetireReason::Moved)?,
         }
+        let marker = r.dir.join(succession::RETIRE_FILE);
+        if marker.exists() {
+            if r.recovered.iter().all(|n| !matches!(n, Recovered::ActorRetired { .. })) {
+                r.retire_actor_for(RetireReason::Requested)?;
+            }
+            r.files.remove(&marker)?;
+        }
         info!(actor = %r.actor, ops = r.clock.total(), "replica opened");
         Ok(r)
     }

@@ -40,5 +40,5 @@ pub use machine::{
     Catchup, Change, Equivocation, Origin, Received, Replica, ReplicaError, ReplicaOptions, Result, ACTOR_FILE,
     DOCUMENT_FILE, WAL_DIR,
 };
-pub use succession::{RetireReason, Succession, MAX_SUCCESSIONS};
+pub use succession::{request_retirement, RetireReason, Succession, MAX_SUCCESSIONS};
 pub use view::ReplicaView;

@@ -30,6 +30,9 @@ use crate::wal::durable::{self, Files};
 pub const CERT_FILE: &str = "actor.cert";
 /// File with the inode number and change time `actor.key` had when it was written.
 pub const HOME_FILE: &str = "actor.home";
+/// Present when the next open must retire the actor (written by
+/// [`request_retirement`], e.g. after a repair discarded log records).
+pub const RETIRE_FILE: &str = "actor.retire";
 /// Prefix of the files keeping retired actor keys.
 pub const RETIRED_PREFIX: &str = "actor.key.retired-";
 
@@ -129,6 +132,13 @@ impl std::fmt::Display for RetireReason {
 pub(crate) struct Current {
     pub key: ActorKey,
     pub cert: Option<Succession>,
+}
+
+/// Makes the next open of the replica in `dir` retire its actor, durably:
+/// for tools that change the directory without opening the replica (a log
+/// repair that discarded records may have discarded operations peers hold).
+pub fn request_retirement(dir: &Path) -> crate::wal::Result<()> {
+    Files::default().write_atomic(&dir.join(RETIRE_FILE), b"", false)
 }
 
 /// Loads the actor's certificate; one that does not certify `key` (a

@@ -91,6 +91,12 @@ impl Files {
         self.io.sync_dir(parent(path))
     }
 
+    /// Deletes `path` and syncs its directory.
+    pub fn remove(&self, path: &Path) -> Result<()> {
+        self.io.remove(path)?;
+        self.io.sync_dir(parent(path))
+    }
+
     /// Renames `from` to `to` (replacing it) and syncs the directory.
     pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         self.io.rename(from, to)?;
