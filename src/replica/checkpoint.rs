@@ -92,6 +92,8 @@ pub fn read_file<D: DeserializeOwned>(path: &Path, limit: u64) -> Result<Option<
 pub struct Generations<D> {
     /// The newest intact checkpoint (`None` if there is none).
     pub newest: Option<Checkpoint<D>>,
+    /// It is `checkpoint.prev`: the newer generation is damaged or missing.
+    pub newest_is_previous: bool,
     /// LSN of the intact generation before it (0 if none): the log is kept
     /// from just after it, so either generation can restore the replica.
     pub older_lsn: Lsn,
@@ -108,18 +110,21 @@ pub fn read_generations<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<G
     for name in [CHECKPOINT_FILE, PREVIOUS_FILE] {
         let path = dir.join(name);
         match read_file::<D>(&path, limit) {
-            Ok(Some(cp)) => found.push(cp),
+            Ok(Some(cp)) => found.push((cp, name == PREVIOUS_FILE)),
             Ok(None) => {}
             Err(e @ ReplicaError::Corrupt { .. }) => damaged.push((path, e)),
             Err(e) => return Err(e),
         }
     }
     // Newest first by what they cover, whatever their names say.
-    found.sort_by_key(|cp| std::cmp::Reverse(cp.lsn));
+    found.sort_by_key(|(cp, _)| std::cmp::Reverse(cp.lsn));
     let mut found = found.into_iter();
-    let newest = found.next();
-    let older_lsn = found.next().map_or(0, |cp| cp.lsn);
-    Ok(Generations { newest, older_lsn, damaged })
+    let (newest, newest_is_previous) = match found.next() {
+        Some((cp, prev)) => (Some(cp), prev),
+        None => (None, false),
+    };
+    let older_lsn = found.next().map_or(0, |(cp, _)| cp.lsn);
+    Ok(Generations { newest, newest_is_previous, older_lsn, damaged })
 }
 
 /// The newest intact generation that covers only records before `lsn`

@@ -95,6 +95,18 @@ pub fn signing_bytes<O: Serialize>(doc: &str, actor: &ActorId, seq: u64, op: &O)
     Ok(out)
 }
 
+/// What an operation carrying a succession certificate signs after its
+/// [`signing_bytes`]: the byte `0x01`, then the certificate's `from`, `to`
+/// and signature (129 bytes in all). The operation's CBOR is
+/// self-delimiting, so these bytes cannot be mistaken for another
+/// operation's.
+fn append_succession(bytes: &mut Vec<u8>, c: &Succession) {
+    bytes.push(1);
+    bytes.extend_from_slice(&c.from.0);
+    bytes.extend_from_slice(&c.to.0);
+    bytes.extend_from_slice(&c.sig.0);
+}
+
 /// Why bytes are not a valid envelope.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -138,15 +150,36 @@ pub enum EnvelopeError {
 impl<O: Serialize> OpEnvelope<O> {
     /// Operation `seq` of `key`'s actor in document `doc`, signed.
     pub fn signed(key: &ActorKey, doc: &str, seq: u64, op: O) -> Result<OpEnvelope<O>, EnvelopeError> {
+        Self::signed_succeeding(key, doc, seq, op, None)
+    }
+
+    /// Like [`signed`](Self::signed), carrying the succession certificate
+    /// of the key's actor (on its operation 1): the signature covers it too,
+    /// so nobody relaying the operation can strip or swap it.
+    pub fn signed_succeeding(
+        key: &ActorKey,
+        doc: &str,
+        seq: u64,
+        op: O,
+        succeeds: Option<Succession>,
+    ) -> Result<OpEnvelope<O>, EnvelopeError> {
         let actor = key.actor();
-        let sig = Signature(key.sign(&signing_bytes(doc, &actor, seq, &op)?));
-        Ok(OpEnvelope { actor, seq, op, sig, succeeds: None })
+        let mut bytes = signing_bytes(doc, &actor, seq, &op)?;
+        if let Some(c) = &succeeds {
+            append_succession(&mut bytes, c);
+        }
+        let sig = Signature(key.sign(&bytes));
+        Ok(OpEnvelope { actor, seq, op, sig, succeeds: succeeds.map(Box::new) })
     }
 
     /// Checks that the signature is the actor's, over this operation at this
-    /// position in document `doc`.
+    /// position in document `doc` (and over its succession certificate, if
+    /// it carries one).
     pub fn verify(&self, doc: &str) -> Result<(), EnvelopeError> {
-        let bytes = signing_bytes(doc, &self.actor, self.seq, &self.op)?;
+        let mut bytes = signing_bytes(doc, &self.actor, self.seq, &self.op)?;
+        if let Some(c) = &self.succeeds {
+            append_succession(&mut bytes, c);
+        }
         if self.actor.verify(&bytes, &self.sig.0) {
             Ok(())
         } else {

@@ -79,6 +79,10 @@ pub(crate) struct Base<D> {
     pub recovered: Vec<Recovered>,
     /// No checkpoint restores the state: it starts empty (`rebuild`).
     pub rebuilt: bool,
+    /// The state is the older generation because the newer one is damaged
+    /// or missing: replay skips operations whose predecessors only a
+    /// merged snapshot in the newer one held (see [`replay_step`]).
+    pub tolerant: bool,
 }
 
 /// Picks the newest checkpoint generation that is intact and that the log
@@ -116,6 +120,7 @@ pub(crate) fn load_base<D: Document>(
             successions,
             recovered,
             rebuilt: true,
+            tolerant: true,
         });
     }
     if lsn + 1 < first_lsn && lsn < last_lsn {
@@ -133,7 +138,12 @@ pub(crate) fn load_base<D: Document>(
         return Err(ReplicaError::Corrupt { path, reason });
     }
     let recovered = damaged_notes(gens.damaged, lsn);
-    Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, successions, recovered, rebuilt: false })
+    // Without the newer generation (damaged, moved aside, or never
+    // renamed in), or without any checkpoint (a first one may have been
+    // lost), the log may hold operations whose predecessors only a merged
+    // snapshot had. A replica that never checkpointed has no such gaps.
+    let tolerant = gens.newest_is_previous || lsn == 0;
+    Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, successions, recovered, rebuilt: false, tolerant })
 }
 
 fn damaged_notes(damaged: Vec<(PathBuf, ReplicaError)>, used_lsn: Lsn) -> Vec<Recovered> {

@@ -339,6 +339,8 @@ pub struct Replica<D: Document> {
     /// Operations of its actor this replica held when it was opened: those
     /// it wrote since are the ones a rollback before the open could fork.
     own_at_open: u64,
+    /// A snapshot's claim already retired an actor since the replica opened.
+    snapshot_retired: bool,
     bytes_since_checkpoint: u64,
     subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
     /// Equivocations seen and not yet taken ([`Replica::take_equivocations`]).
@@ -416,13 +418,14 @@ impl<D: Document> Replica<D> {
             index: BTreeMap::new(),
             checkpoint_lsn,
             older_checkpoint_lsn: base.older_lsn,
-            tolerant_replay: !recovered.is_empty() || rebuilding,
+            tolerant_replay: base.tolerant,
             recovered,
             files,
             cert,
             successions,
             retire: None,
             own_at_open: 0,
+            snapshot_retired: false,
             bytes_since_checkpoint: 0,
             subscribers: Vec::new(),
             equivocations: Vec::new(),
@@ -586,11 +589,8 @@ impl<D: Document> Replica<D> {
         if let Err(reason) = self.doc.check_op(&op) {
             return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
         }
-        let mut env = OpEnvelope::signed(&self.key, &self.document, seq, op)?;
-        if seq == 1 {
-            env.succeeds = self.cert.map(Box::new);
-        }
-        Ok(env)
+        let cert = if seq == 1 { self.cert } else { None };
+        Ok(OpEnvelope::signed_succeeding(&self.key, &self.document, seq, op, cert)?)
     }
 
     fn check_writer(&self, actor: &ActorId, seq: u64) -> Result<()> {
@@ -708,19 +708,22 @@ impl<D: Document> Replica<D> {
     /// of checking it already, if known), repeats included: so a bad
     /// signature ends a batch at the same place on every replica, whatever
     /// each already holds.
-    fn admit(&mut self, env: &OpEnvelope<D::Operation>, verified: Option<bool>) -> Result<Admit> {
+    fn admit(&mut self, env: &OpEnvelope<D::Operation>, mut verified: Option<bool>) -> Result<Admit> {
         if let Some(c) = &env.succeeds {
+            // The operation's signature covers the certificate: check it
+            // first, so nobody but the actor can attach one; then the
+            // certificate itself. Either failing ends the batch.
             if env.seq != 1 || c.to != env.actor {
                 return Err(EnvelopeError::BadSuccession { from: c.from, to: c.to }.into());
             }
-            if !self.successions.contains_key(&c.to) {
-                c.verify(&self.document)?;
-                // Kept only where it matters: without a writer list anyone
-                // may write, and the map would grow with every new actor.
-                if self.opts.writers.is_some() && self.successions.len() < MAX_SUCCESSIONS {
-                    self.successions.insert(c.to, **c);
-                }
+            match verified {
+                Some(true) => {}
+                Some(false) => return Err(EnvelopeError::BadSignature { actor: env.actor, seq: env.seq }.into()),
+                None => env.verify(&self.document)?,
             }
+            verified = Some(true);
+            c.verify(&self.document)?;
+            self.learn_succession(c);
         }
         if self.check_writer(&env.actor, env.seq).is_err() {
             return Ok(Admit::NotAWriter);
@@ -962,7 +965,10 @@ impl<D: Document> Replica<D> {
             Err(e) => {
                 // Decided here, not from `first_error`: an earlier
                 // operation's error may already be held there.
-                let forged = matches!(e, ReplicaError::Envelope(EnvelopeError::BadSignature { .. }));
+                let forged = matches!(
+                    e,
+                    ReplicaError::Envelope(EnvelopeError::BadSignature { .. } | EnvelopeError::BadSuccession { .. })
+                );
                 first_error.get_or_insert(e);
                 return forged;
             }
@@ -1110,22 +1116,29 @@ impl<D: Document> Replica<D> {
         let span = info_span!("replica_merge_snapshot", actors = clock.len());
         let _g = span.enter();
         self.doc.check_merge(&state).map_err(ReplicaError::SnapshotRejected)?;
+        // Not `SnapshotRejected`: an honest peer's state may hold them
+        // (written before the list changed), so it is no fault.
+        if let Some((actor, seq)) = clock.iter().find(|(a, s)| self.check_writer(a, **s).is_err()) {
+            return Err(ReplicaError::NotAWriter { actor: *actor, seq: *seq });
+        }
         if clock.get(&self.actor) > self.clock.get(&self.actor) {
             // A peer holds more of this replica's actor than it does: the
-            // replica was restored or rolled back (or the snapshot lies,
-            // which costs us only a new actor). Never write under it again.
-            // What it wrote since it opened is rewritten first, so the merge
-            // does not take those operations for ones the peer deleted.
+            // replica was restored or rolled back. Never write under it
+            // again. What it wrote since it opened is rewritten first, so
+            // the merge does not take those operations for ones the peer
+            // deleted. A snapshot's clock is not signed: once per open, so
+            // lying snapshots cannot make it retire actor after actor.
+            if self.snapshot_retired {
+                return Err(ReplicaError::SnapshotRejected(format!(
+                    "it claims {} operations of this replica's actor, which has {}, again",
+                    clock.get(&self.actor),
+                    self.clock.get(&self.actor)
+                )));
+            }
+            self.snapshot_retired = true;
             let (had, seen) = (self.clock.get(&self.actor), clock.get(&self.actor));
             self.behind_own(RetireReason::Behind { had, seen }, had);
             self.complete_retire()?;
-        }
-        if let Some(writers) = &self.opts.writers {
-            // Not `SnapshotRejected`: an honest peer's state may hold them
-            // (written before the list changed), so it is no fault.
-            if let Some((actor, seq)) = clock.iter().find(|(a, _)| !writers.contains(a)) {
-                return Err(ReplicaError::NotAWriter { actor: *actor, seq: *seq });
-            }
         }
         if self.clock.covers(&clock) {
             // A late or repeated snapshot: nothing new, no checkpoint to pay for.
@@ -1253,17 +1266,25 @@ impl<D: Document> Replica<D> {
     pub fn learn_successions(&mut self, certs: &[Succession]) -> Result<usize> {
         let mut learned = 0;
         for c in certs {
-            if self.successions.contains_key(&c.to) {
-                continue;
-            }
             c.verify(&self.document)?;
-            if self.opts.writers.is_none() || self.successions.len() >= MAX_SUCCESSIONS {
-                continue;
-            }
-            self.successions.insert(c.to, *c);
-            learned += 1;
+            learned += usize::from(self.learn_succession(c));
         }
         Ok(learned)
+    }
+
+    /// Remembers a verified certificate if it matters: under a writer list,
+    /// from an actor that may write (so nobody else can claim a successor
+    /// first), and while there is room. True if it was new.
+    fn learn_succession(&mut self, c: &Succession) -> bool {
+        if self.opts.writers.is_none()
+            || self.successions.contains_key(&c.to)
+            || self.successions.len() >= MAX_SUCCESSIONS
+            || self.check_writer(&c.from, 0).is_err()
+        {
+            return false;
+        }
+        self.successions.insert(c.to, *c);
+        true
     }
 
     /// A peer sent an operation of this replica's own actor: one beyond

@@ -71,7 +71,7 @@ impl<D: Document> ReplicaView<D> {
         let reader = LogReader::open(log, &opts.wal)?;
         let summary = reader.summary();
         let base = load_base::<D>(dir, opts, summary.first_lsn, summary.last_lsn, false)?;
-        let tolerant = !base.recovered.is_empty();
+        let tolerant = base.tolerant;
         let (mut doc, mut clock) = (base.doc, base.clock);
         for record in reader.iter_from(base.lsn + 1)? {
             let record = record?;
