@@ -303,3 +303,31 @@ fn a_requested_retirement_happens_on_the_next_open_once() {
     assert_eq!(r.actor(), new, "once");
     assert_eq!(r.doc().values_of("k"), vec!["v"]);
 }
+
+#[test]
+fn a_chain_of_retirements_stays_a_writer_across_restarts() {
+    let (rd, cd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let writers = writers_of(rd.path(), cd.path());
+    let mut r = open(rd.path(), &writers);
+    let mut c = open(cd.path(), &writers);
+    let first = r.actor();
+    // Retired twice before the middle actor ever wrote.
+    r.retire_actor().unwrap();
+    r.retire_actor().unwrap();
+    drop(r);
+    let mut r = open(rd.path(), &writers);
+    assert_ne!(r.actor(), first);
+    let env = r.update(|d, a| d.put_op(a, "k", "v")).expect("the second successor may still write");
+    assert_eq!(env.seq, 1);
+    // Its peer learns the whole chain from a snapshot answer, or the one
+    // link it needs from the operation itself.
+    let learned = c.learn_successions(&r.successions()).unwrap();
+    assert_eq!(learned, 2);
+    assert_eq!(c.receive([env]).unwrap().applied, 1);
+    // Permissions changed, hard links made: not a copy.
+    let key = rd.path().join("actor.key");
+    std::fs::hard_link(&key, rd.path().join("key-backup")).unwrap();
+    drop(r);
+    let r = open(rd.path(), &writers);
+    assert!(r.recovered().is_empty(), "{:?}", r.recovered());
+}

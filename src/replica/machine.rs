@@ -249,8 +249,9 @@ const OLD_ACTOR_FILE: &str = "actor";
 /// a cheating signer reuses its nonce (`R`, the first half, need not).
 type SigDigest = [u8; 32];
 
-/// Longest chain of successions followed to find a writer.
-const MAX_SUCCESSION_CHAIN: usize = 64;
+/// Longest chain of successions followed to find a writer: as many as
+/// are kept (the walk ends on a cycle too).
+const MAX_SUCCESSION_CHAIN: usize = MAX_SUCCESSIONS;
 
 /// A retirement of this replica's actor that is due.
 struct PendingRetire {
@@ -380,6 +381,8 @@ impl<D: Document> Replica<D> {
         let wal = Wal::open(dir.join(WAL_DIR), opts.wal.clone())?;
         // A checkpoint interrupted by a crash leaves its temporary file.
         durable::remove_stale(&files, &dir.join(checkpoint::CHECKPOINT_FILE))?;
+        // Temp files of an interrupted key write hold a secret: remove them.
+        durable::remove_stale(&files, &dir.join(ACTOR_FILE))?;
         let key = load_or_create_key(&dir)?;
         let document = load_or_create_document(&files, &dir, opts.document.as_deref())?;
         let base = load_base::<D>(&dir, &opts, wal.first_lsn(), wal.last_lsn(), rebuild)?;
@@ -400,11 +403,12 @@ impl<D: Document> Replica<D> {
             warn!("{note}");
         }
         let (doc, clock, checkpoint_lsn) = (base.doc, base.clock, base.lsn);
-        let cert = succession::load_cert(&dir, &key, &document);
+        // This directory's own chain of actors is always known: its first
+        // operations carry it to peers with writer lists.
+        let chain = succession::load_chain(&dir, &document);
+        let cert = chain.iter().find(|c| c.to == key.actor()).copied();
         let mut successions: BTreeMap<ActorId, Succession> = base.successions.into_iter().map(|c| (c.to, c)).collect();
-        if let Some(c) = cert {
-            successions.insert(c.to, c);
-        }
+        successions.extend(chain.into_iter().map(|c| (c.to, c)));
         let mut r = Replica {
             buffer: CausalBuffer::new(opts.buffer_limit).per_actor(opts.buffer_per_actor).max_bytes(opts.buffer_bytes),
             actor: key.actor(),
@@ -1267,9 +1271,17 @@ impl<D: Document> Replica<D> {
         let mut learned = 0;
         for c in certs {
             c.verify(&self.document)?;
-            learned += usize::from(self.learn_succession(c));
         }
-        Ok(learned)
+        // In any order: a link may certify one that comes later in `certs`.
+        let mut left: Vec<&Succession> = certs.iter().collect();
+        loop {
+            let before = left.len();
+            left.retain(|c| !self.learn_succession(c));
+            learned += before - left.len();
+            if left.len() == before {
+                return Ok(learned);
+            }
+        }
     }
 
     /// Remembers a verified certificate if it matters: under a writer list,
@@ -1342,6 +1354,7 @@ impl<D: Document> Replica<D> {
         self.key = current.key;
         self.actor = self.key.actor();
         self.cert = current.cert;
+        self.own_at_open = 0;
         if let Some(c) = current.cert {
             self.successions.insert(c.to, c);
         }

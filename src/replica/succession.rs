@@ -13,11 +13,11 @@
 //! the new one too.
 //!
 //! On disk (all written through [`Files`], so tests can fail each step):
-//! `actor.key` holds the current secret; `actor.cert` the succession that
-//! certifies it (absent for a first actor); `actor.key.retired-<id>` each
-//! retired secret (kept, never used to sign operations again); and
-//! `actor.home` the inode number and change time of `actor.key` when it was
-//! made, which a copied or restored directory does not keep.
+//! `actor.key` holds the current secret (a retired one is not kept);
+//! `actor.cert` the certificates of this directory's successive actors
+//! (absent for a first actor); and `actor.home` the inode number and birth
+//! time of `actor.key` when it was made, which a copied or restored
+//! directory does not keep.
 
 use std::path::Path;
 
@@ -26,15 +26,13 @@ use serde::{Deserialize, Serialize};
 use super::{ActorId, ActorKey, EnvelopeError, Signature};
 use crate::wal::durable::{self, Files};
 
-/// File with the succession certificate of the current actor.
+/// File with the succession certificates of this directory's actors.
 pub const CERT_FILE: &str = "actor.cert";
-/// File with the inode number and change time `actor.key` had when it was written.
+/// File with the identity (inode number, birth time) `actor.key` had when it was written.
 pub const HOME_FILE: &str = "actor.home";
 /// Present when the next open must retire the actor (written by
 /// [`request_retirement`], e.g. after a repair discarded log records).
 pub const RETIRE_FILE: &str = "actor.retire";
-/// Prefix of the files keeping retired actor keys.
-pub const RETIRED_PREFIX: &str = "actor.key.retired-";
 
 /// Most successions a replica keeps, and a snapshot answer carries.
 pub const MAX_SUCCESSIONS: usize = 4096;
@@ -141,12 +139,15 @@ pub fn request_retirement(dir: &Path) -> crate::wal::Result<()> {
     Files::default().write_atomic(&dir.join(RETIRE_FILE), b"", false)
 }
 
-/// Loads the actor's certificate; one that does not certify `key` (a
-/// rotation interrupted before the new key was in place) is ignored.
-pub(crate) fn load_cert(dir: &Path, key: &ActorKey, doc: &str) -> Option<Succession> {
-    let bytes = durable::read_bounded(&dir.join(CERT_FILE), 4096).ok().flatten()?;
-    let cert: Succession = ciborium::from_reader(bytes.as_slice()).ok()?;
-    (cert.to == key.actor() && cert.verify(doc).is_ok()).then_some(cert)
+/// Most certificates read from `actor.cert`.
+const MAX_CHAIN_FILE: u64 = 4096 * 160;
+
+/// The succession certificates of this directory's actors, oldest first,
+/// each verified (a damaged or foreign entry is dropped).
+pub(crate) fn load_chain(dir: &Path, doc: &str) -> Vec<Succession> {
+    let Ok(Some(bytes)) = durable::read_bounded(&dir.join(CERT_FILE), MAX_CHAIN_FILE) else { return Vec::new() };
+    let chain: Vec<Succession> = ciborium::from_reader(bytes.as_slice()).unwrap_or_default();
+    chain.into_iter().filter(|c| c.verify(doc).is_ok()).collect()
 }
 
 /// Whether the directory's `actor.key` is the file the actor was made in.
@@ -154,48 +155,51 @@ pub(crate) fn load_cert(dir: &Path, key: &ActorKey, doc: &str) -> Option<Success
 pub(crate) fn at_home(dir: &Path, key_file: &Path) -> Option<bool> {
     let recorded = durable::read_bounded(&dir.join(HOME_FILE), 64).ok().flatten()?;
     let recorded = std::str::from_utf8(&recorded).ok()?.trim().to_string();
-    Some(inode(key_file).is_some_and(|id| id == recorded))
+    Some(identity(key_file).is_some_and(|id| id == recorded))
 }
 
 /// Records where `actor.key` lives now.
 pub(crate) fn record_home(files: &Files, dir: &Path, key_file: &Path) -> crate::wal::Result<()> {
-    match inode(key_file) {
+    match identity(key_file) {
         Some(id) => files.write_atomic(&dir.join(HOME_FILE), id.as_bytes(), false),
         None => Ok(()),
     }
 }
 
-/// The file's identity: inode number and inode change time. A copy or a
-/// restore makes a new inode (whose number a file system may reuse, but
-/// not at the same nanosecond); a rollback of the file system keeps both.
+/// The file's identity: inode number and birth time (or, where the file
+/// system keeps none, the inode change time). A copy or a restore makes a
+/// new file — whose inode number a file system may reuse, but not with the
+/// same birth time — while a rollback of the file system, a hard link or a
+/// change of permissions keeps it.
 #[cfg(unix)]
-fn inode(path: &Path) -> Option<String> {
+fn identity(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| format!("{} {}.{:09}", m.ino(), m.ctime(), m.ctime_nsec()))
+    let m = std::fs::metadata(path).ok()?;
+    let born = match m.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+        Some(d) => format!("b{}.{:09}", d.as_secs(), d.subsec_nanos()),
+        None => format!("c{}.{:09}", m.ctime(), m.ctime_nsec()),
+    };
+    Some(format!("{} {born}", m.ino()))
 }
 
 #[cfg(not(unix))]
-fn inode(_path: &Path) -> Option<String> {
+fn identity(_path: &Path) -> Option<String> {
     None
 }
 
-/// Retires `old`: keeps its secret aside, makes a new key certified by it,
-/// and puts the new key in place. Each step is durable before the next; a
-/// crash part-way leaves either the old actor current (the next open
-/// retires it again) or the new one with its certificate.
-pub(crate) fn rotate(
-    files: &Files,
-    dir: &Path,
-    key_file: &Path,
-    old: &ActorKey,
-    doc: &str,
-) -> crate::wal::Result<Current> {
+/// Retires `old`: a new key is made, `old` certifies it, the certificate
+/// is appended to `actor.cert`, and the new key replaces `actor.key` (the
+/// old secret is not kept: it must never sign again). Each step is durable
+/// before the next; a crash part-way leaves the old actor current (the
+/// next open, or the next sign from a peer, retires it again) or the new
+/// one with its whole chain of certificates.
+pub(crate) fn rotate(files: &Files, dir: &Path, key_file: &Path, old: &ActorKey, doc: &str) -> crate::wal::Result<Current> {
     let new = ActorKey::generate().map_err(|e| crate::wal::Error::InvalidArgument(e.to_string()))?;
-    let retired = dir.join(format!("{RETIRED_PREFIX}{}", old.actor()));
-    files.create_new(&retired, &old.seed(), true)?;
     let cert = Succession::sign(old, doc, new.actor());
+    let mut chain = load_chain(dir, doc);
+    chain.push(cert);
     let mut bytes = Vec::new();
-    ciborium::into_writer(&cert, &mut bytes).map_err(|e| crate::wal::Error::InvalidArgument(e.to_string()))?;
+    ciborium::into_writer(&chain, &mut bytes).map_err(|e| crate::wal::Error::InvalidArgument(e.to_string()))?;
     files.write_atomic(&dir.join(CERT_FILE), &bytes, false)?;
     files.write_atomic(key_file, &new.seed(), true)?;
     record_home(files, dir, key_file)?;
