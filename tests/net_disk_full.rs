@@ -108,8 +108,11 @@ async fn a_full_disk_fails_the_document_until_it_is_reopened() {
         assert_eq!(values(&a, "before").await, ["1"]);
         assert!(values(&a, "during").await.is_empty());
         let after = put(&a, "after", "2").await;
-        assert_eq!(after.actor, first.actor);
-        assert!(after.seq > first.seq, "{} after {}", after.seq, first.seq);
+        // Reopened after a failed write, the replica writes under a new
+        // actor: what its log read back may not have been on disk, so the
+        // old actor's numbers after it are never signed again.
+        assert_ne!(after.actor, first.actor);
+        assert_eq!(after.seq, 1);
         wait_value(&b, &mut events, "after", "2").await;
         assert!(values(&b, "during").await.is_empty());
 

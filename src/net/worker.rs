@@ -230,7 +230,15 @@ impl<D: Document> Worker<D> {
     /// survived; none of them was acknowledged), or schedules another try.
     fn reopen(&mut self, health: Health<D>) -> Health<D> {
         let Health::Down { reason, .. } = health else { return health };
-        match Replica::<D>::open(&self.dir, self.opts.clone()) {
+        // After a failed fsync the kernel may have dropped the pages yet
+        // call them clean: what the reopened log reads back need not be on
+        // disk, and a power loss could take operations peers already hold.
+        // A new actor never reuses their numbers.
+        let opened = Replica::<D>::open(&self.dir, self.opts.clone()).and_then(|mut r| {
+            r.retire_actor()?;
+            Ok(r)
+        });
+        match opened {
             Ok(mut replica) => {
                 self.changes = replica.subscribe();
                 self.recovered_seen = 0;
