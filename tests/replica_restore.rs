@@ -331,3 +331,65 @@ fn a_chain_of_retirements_stays_a_writer_across_restarts() {
     let r = open(rd.path(), &writers);
     assert!(r.recovered().is_empty(), "{:?}", r.recovered());
 }
+
+/// Fails every rename onto a file named `checkpoint` while armed.
+#[derive(Default)]
+struct FailCheckpoints(std::sync::atomic::AtomicBool);
+
+impl walrus::wal::FaultInjector for FailCheckpoints {
+    fn check(&self, op: walrus::wal::FileOp, path: &Path, _len: usize) -> Result<(), walrus::wal::Injected> {
+        let armed = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        if armed && op == walrus::wal::FileOp::Rename && path.file_name().is_some_and(|n| n == "checkpoint") {
+            return Err(walrus::wal::Injected::fail(std::io::Error::other("injected")));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_fork_rewrite_that_fails_part_way_is_finished_by_the_next_open() {
+    let (rd, cd, backup) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let faults = std::sync::Arc::new(FailCheckpoints::default());
+    let faulty = || {
+        let mut o = opts(None);
+        o.wal = o.wal.with_faults(faults.clone());
+        o
+    };
+    let mut r: Replica<KvDoc> = Replica::open(rd.path(), faulty()).unwrap();
+    let mut c = open(cd.path(), &None);
+    let old = r.actor();
+    r.update(|d, a| d.put_op(a, "k1", "one")).unwrap();
+    drop(r);
+    copy_dir(rd.path(), &backup.path().join("r"));
+    let mut r: Replica<KvDoc> = Replica::open(rd.path(), faulty()).unwrap();
+    r.update(|d, a| d.put_op(a, "k2", "two")).unwrap();
+    r.update(|d, a| d.put_op(a, "k3", "three")).unwrap();
+    sync(&r, &mut c);
+    drop(r);
+    roll_back_in_place(&backup.path().join("r"), rd.path());
+    let mut r: Replica<KvDoc> = Replica::open(rd.path(), faulty()).unwrap();
+    r.update(|d, a| d.put_op(a, "k9", "NINE")).unwrap();
+
+    // The rewrite's checkpoint fails: the replica stops, nothing is lost.
+    faults.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let Catchup::Ops { ops, .. } = c.ops_since(r.clock(), 1 << 20).unwrap() else { panic!("expected operations") };
+    assert!(r.receive(ops).is_err(), "the failed checkpoint is reported");
+    assert!(r.update(|d, a| d.put_op(a, "x", "x")).is_err(), "a replica with an unfinished rewrite writes nothing");
+    drop(r);
+    assert!(rd.path().join("actor.rewrite").exists());
+
+    faults.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut r = open(rd.path(), &None);
+    assert_ne!(r.actor(), old);
+    assert!(!rd.path().join("actor.rewrite").exists(), "finished on open");
+    sync(&c, &mut r);
+    sync(&r, &mut c);
+    converged(&r, &c);
+    for (key, want) in [("k1", "one"), ("k2", "two"), ("k3", "three"), ("k9", "NINE")] {
+        assert_eq!(values(&c, key), [want], "{key}");
+    }
+    // Finished once: reopening writes nothing again.
+    let clock = r.clock().clone();
+    drop(r);
+    assert_eq!(open(rd.path(), &None).clock(), &clock);
+}

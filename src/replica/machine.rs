@@ -450,6 +450,19 @@ impl<D: Document> Replica<D> {
             None => succession::record_home(&r.files, &r.dir, &key_file)?,
             Some(false) => r.retire_actor_for(RetireReason::Moved)?,
         }
+        // A fork rewrite that a crash or a failure interrupted.
+        if let Some(job) = succession::load_rewrite(&r.dir)? {
+            if r.actor == job.old {
+                // Not even retired yet.
+                r.retire = Some(PendingRetire {
+                    reason: RetireReason::Forked { seq: job.from },
+                    forked: Some((job.from, job.to)),
+                });
+                r.complete_retire()?;
+            } else {
+                r.finish_rewrite(job.old, job.from, job.to)?;
+            }
+        }
         let marker = r.dir.join(succession::RETIRE_FILE);
         if marker.exists() {
             if r.recovered.iter().all(|n| !matches!(n, Recovered::ActorRetired { .. })) {
@@ -1344,6 +1357,15 @@ impl<D: Document> Replica<D> {
         let Some(pending) = self.retire.take() else { return Ok(()) };
         let old = self.actor;
         let key_file = self.dir.join(ACTOR_FILE);
+        // What is to be rewritten is recorded before anything changes, so
+        // a crash or a failure part-way is finished by the next open.
+        if let Some((from, to)) = pending.forked {
+            let job = succession::Rewrite { old, from, to };
+            if let Err(e) = succession::save_rewrite(&self.files, &self.dir, &job) {
+                self.retire = Some(pending);
+                return Err(e.into());
+            }
+        }
         let current = match succession::rotate(&self.files, &self.dir, &key_file, &self.key, &self.document) {
             Ok(c) => c,
             Err(e) => {
@@ -1361,9 +1383,21 @@ impl<D: Document> Replica<D> {
         warn!(old = %old, new = %self.actor, reason = %pending.reason, "actor retired");
         self.recovered.push(Recovered::ActorRetired { old, new: self.actor, reason: pending.reason.clone() });
         if let Some((from, to)) = pending.forked {
-            self.rewrite_fork(old, from, to)?;
+            self.finish_rewrite(old, from, to)?;
         }
         Ok(())
+    }
+
+    /// Rewrites a fork and clears its record. A failure poisons the
+    /// replica: the record stays, and the next open finishes the job
+    /// before anything else is written.
+    fn finish_rewrite(&mut self, old: ActorId, from: u64, to: u64) -> Result<()> {
+        let done =
+            self.rewrite_fork(old, from, to).and_then(|()| Ok(succession::clear_rewrite(&self.files, &self.dir)?));
+        if done.is_err() {
+            self.poisoned = true;
+        }
+        done
     }
 
     /// Own operations (`old`, `from..=to`) were forked: peers hold other
@@ -1371,24 +1405,26 @@ impl<D: Document> Replica<D> {
     /// operations from `from` on (peers send theirs again) and writes the
     /// forked ones again under the current actor.
     fn rewrite_fork(&mut self, old: ActorId, from: u64, to: u64) -> Result<()> {
-        let lsns: Vec<Lsn> = (from..=to)
-            .filter_map(|seq| {
-                let (first, entries) = self.index.get(&old)?;
-                let i = usize::try_from(seq.checked_sub(*first)?).ok()?;
-                entries.get(i).map(|(lsn, _)| *lsn)
-            })
-            .collect();
-        let Some(&fork_lsn) = lsns.first() else {
+        // The forked operations, from the log (the first record of each
+        // number: the one this replica wrote).
+        let mut forked: Vec<(Lsn, OpEnvelope<D::Operation>)> = Vec::new();
+        for record in self.wal.iter_from(self.wal.first_lsn())? {
+            let record = record?;
+            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
+            if env.actor == old && (from..=to).contains(&env.seq) && forked.iter().all(|(_, f)| f.seq != env.seq) {
+                forked.push((record.lsn, env));
+            }
+        }
+        let Some(fork_lsn) = forked.first().map(|(lsn, _)| *lsn) else {
             warn!(actor = %old, from, to, "the forked operations are no longer in the log; they stay as they are");
             return Ok(());
         };
-        let mut forked = Vec::new();
-        for record in self.wal.iter_from(fork_lsn)? {
-            let record = record?;
-            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
-            if env.actor == old && (from..=to).contains(&env.seq) {
-                forked.push(env);
-            }
+        let forked: Vec<_> = forked.into_iter().map(|(_, env)| env).collect();
+        if self.clock.get(&old) < from {
+            // Rebuilt already (a rewrite interrupted after its checkpoint):
+            // write again what the new actor has not written yet.
+            let done = usize::try_from(self.clock.get(&self.actor)).unwrap_or(usize::MAX);
+            return self.reissue(forked.into_iter().skip(done).collect());
         }
         let below = checkpoint::read_generations_below::<D>(&self.dir, self.opts.max_checkpoint_size, fork_lsn)?;
         let base = match below {

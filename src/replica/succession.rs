@@ -139,6 +139,39 @@ pub fn request_retirement(dir: &Path) -> crate::wal::Result<()> {
     Files::default().write_atomic(&dir.join(RETIRE_FILE), b"", false)
 }
 
+/// File recording a fork rewrite in progress (see [`Rewrite`]).
+pub const REWRITE_FILE: &str = "actor.rewrite";
+
+/// A fork rewrite to finish: operations `from..=to` of the retired actor
+/// `old` are rewritten under the current actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Rewrite {
+    pub old: ActorId,
+    pub from: u64,
+    pub to: u64,
+}
+
+pub(crate) fn save_rewrite(files: &Files, dir: &Path, job: &Rewrite) -> crate::wal::Result<()> {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(job, &mut bytes).map_err(|e| crate::wal::Error::InvalidArgument(e.to_string()))?;
+    files.write_atomic(&dir.join(REWRITE_FILE), &bytes, false)
+}
+
+/// The rewrite left unfinished, if any (an unreadable record is reported).
+pub(crate) fn load_rewrite(dir: &Path) -> Result<Option<Rewrite>, super::ReplicaError> {
+    let path = dir.join(REWRITE_FILE);
+    match durable::read_bounded(&path, 4096)? {
+        None => Ok(None),
+        Some(bytes) => ciborium::from_reader(bytes.as_slice())
+            .map(Some)
+            .map_err(|e| super::ReplicaError::Corrupt { path, reason: e.to_string() }),
+    }
+}
+
+pub(crate) fn clear_rewrite(files: &Files, dir: &Path) -> crate::wal::Result<()> {
+    files.remove(&dir.join(REWRITE_FILE))
+}
+
 /// Most certificates read from `actor.cert`.
 const MAX_CHAIN_FILE: u64 = 4096 * 160;
 
@@ -193,7 +226,13 @@ fn identity(_path: &Path) -> Option<String> {
 /// before the next; a crash part-way leaves the old actor current (the
 /// next open, or the next sign from a peer, retires it again) or the new
 /// one with its whole chain of certificates.
-pub(crate) fn rotate(files: &Files, dir: &Path, key_file: &Path, old: &ActorKey, doc: &str) -> crate::wal::Result<Current> {
+pub(crate) fn rotate(
+    files: &Files,
+    dir: &Path,
+    key_file: &Path,
+    old: &ActorKey,
+    doc: &str,
+) -> crate::wal::Result<Current> {
     let new = ActorKey::generate().map_err(|e| crate::wal::Error::InvalidArgument(e.to_string()))?;
     let cert = Succession::sign(old, doc, new.actor());
     let mut chain = load_chain(dir, doc);
