@@ -1031,3 +1031,31 @@ fn qc_iter_from(payloads: Vec<Vec<u8>>, truncate: u16, ks: Vec<u16>) -> TestResu
 fn quickcheck_iter_from_returns_exactly_the_records_from_k() {
     QuickCheck::new().tests(60).quickcheck(qc_iter_from as fn(Vec<Vec<u8>>, u16, Vec<u16>) -> TestResult);
 }
+
+// ---------------------------------------------------------------------------
+// Drop
+// ---------------------------------------------------------------------------
+
+/// Under a durable policy, a record from `append_nowait` that nobody waited
+/// for is made durable when the log is dropped, not silently lost.
+#[test]
+fn append_nowait_records_survive_drop_under_durable_policies() {
+    for sync in [SyncPolicy::Always, SyncPolicy::batch()] {
+        let o = options(sync, SEGMENT, true);
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(wal.append(b"waited").unwrap(), 1);
+        assert_eq!(wal.append_nowait(b"never waited for").unwrap(), 2);
+        assert_eq!(wal.append_nowait(b"nor this one").unwrap(), 3);
+        assert_eq!(wal.durable_lsn(), 1, "{sync:?}: nothing synced the unwaited records yet");
+        drop(wal);
+
+        let wal = Wal::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(wal.last_lsn(), 3, "{sync:?}");
+        assert_eq!(
+            contents(&wal),
+            vec![b"waited".to_vec(), b"never waited for".to_vec(), b"nor this one".to_vec()],
+            "{sync:?}"
+        );
+    }
+}

@@ -218,6 +218,12 @@ impl Wal {
     /// Appends one record without waiting for it to be written or synced.
     /// Pair with [`Wal::wait_durable`] to pipeline: keep producing while
     /// earlier records wait for their shared `fdatasync`.
+    ///
+    /// The LSN returned is not an acknowledgement: the record is durable
+    /// only once [`Wal::wait_durable`], [`Wal::sync`] or [`Wal::close`]
+    /// returns `Ok`. Under a durable policy, dropping the `Wal` syncs records
+    /// nobody waited for (logging a warning if that fails); under
+    /// [`SyncPolicy::None`] it only hands them to the OS.
     pub fn append_nowait(&self, payload: &[u8]) -> Result<Lsn> {
         Ok(self.append_batch_nowait(std::slice::from_ref(&payload))?.start)
     }
@@ -585,13 +591,29 @@ impl Wal {
     }
 }
 
+/// Dropping a `Wal` hands buffered records to the OS under
+/// [`SyncPolicy::None`], and under a durable policy makes every appended
+/// record durable, including ones from [`Wal::append_nowait`] nobody waited
+/// for. A failure there cannot be returned: it is logged as a warning (call
+/// [`Wal::close`] to get it as an error).
 impl Drop for Wal {
     fn drop(&mut self) {
-        // Hand buffered records to the OS; durable policies already did.
+        let (pending, poisoned) = {
+            let st = self.lock();
+            (st.next_lsn - 1 > st.durable_lsn, st.poisoned.is_some())
+        };
         if !self.opts.sync.is_durable() {
             if let Err(e) = self.flush() {
                 warn!(error = %e, "flushing the log on drop failed");
             }
+        } else if pending && !poisoned {
+            // Records from `append_nowait` that were never waited for: the
+            // policy promises durability, so keep the promise on the way out.
+            if let Err(e) = self.sync() {
+                warn!(error = %e, "syncing records appended without waiting failed on drop; they may be lost");
+            }
+        } else if pending {
+            warn!("the log is poisoned; records appended without waiting were not made durable");
         }
         let prealloc = self.lock().prealloc.take();
         if let Some(p) = prealloc {
