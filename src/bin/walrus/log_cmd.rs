@@ -18,7 +18,7 @@ pub fn run(cmd: LogCommand) -> Result<ExitCode> {
             let policy: SyncPolicy = sync.parse()?;
             append(&dir, WalOptions::new(policy).segment_size(segment_size))
         }
-        LogCommand::Dump { dir, from } => dump(&dir, from),
+        LogCommand::Dump { dir, from, hex } => dump(&dir, from, hex),
         LogCommand::Verify { dir } => {
             let reader = LogReader::open(&dir, &WalOptions::default())?;
             println!("{}", reader.summary());
@@ -157,13 +157,19 @@ fn append(dir: &Path, opts: WalOptions) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dump(dir: &Path, from: Option<Lsn>) -> Result<ExitCode> {
+fn dump(dir: &Path, from: Option<Lsn>, hex: bool) -> Result<ExitCode> {
     let reader = LogReader::open(dir, &WalOptions::default())?;
     let from = from.unwrap_or_else(|| reader.summary().first_lsn);
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let write = |out: &mut BufWriter<_>, lsn: Lsn, payload: &[u8]| -> io::Result<()> {
         write!(out, "{lsn}\t")?;
-        out.write_all(payload)?;
+        if hex {
+            for b in payload {
+                write!(out, "{b:02x}")?;
+            }
+        } else {
+            out.write_all(payload)?;
+        }
         out.write_all(b"\n")
     };
     for record in reader.iter_from(from)? {

@@ -113,13 +113,19 @@ pub enum LogCommand {
         #[arg(long, default_value_t = 64 << 20)]
         segment_size: u64,
     },
-    /// Print `<lsn>\t<payload>` for every record, in order.
+    /// Print `<lsn>\t<payload>` for every record, in order. Payloads are
+    /// printed raw (so one holding a newline spans lines) unless --hex is given.
     Dump {
         /// Log directory.
         dir: PathBuf,
         /// First LSN to print (default: the first one the log holds).
         #[arg(long)]
         from: Option<u64>,
+        /// Print each payload as lowercase hex digits (two per byte; an empty
+        /// payload prints nothing after the tab), one record per line whatever
+        /// the payload holds.
+        #[arg(long)]
+        hex: bool,
     },
     /// Check every record without modifying anything; exit 0 when clean.
     Verify {
