@@ -139,10 +139,17 @@ pub enum LogCommand {
         /// Keep records from this LSN on.
         lsn: u64,
     },
-    /// Discard a damaged log from the first bad record on, so it opens again.
+    /// Repair a damaged log so it opens again: print the plan (what is kept,
+    /// what is discarded and why), then carry it out. Refuses, changing
+    /// nothing, if it would discard intact records no checkpoint covers,
+    /// unless --force is given. When DIR is a replica's `wal` directory, the
+    /// records its checkpoint covers count as redundant.
     Repair {
         /// Log directory.
         dir: PathBuf,
+        /// Discard intact records that no checkpoint covers, too.
+        #[arg(long)]
+        force: bool,
     },
 }
 
