@@ -213,3 +213,58 @@ fn repairing_a_clean_log_changes_nothing() {
         segment_files(dir.path()).iter().map(|p| (p.display().to_string(), fs::read(p).unwrap())).collect();
     assert_eq!(before, after);
 }
+
+/// Fails every file operation from the `n`-th on, as if the process died
+/// there.
+struct CrashAfter {
+    ops: std::sync::atomic::AtomicUsize,
+    n: usize,
+}
+
+impl walrus::wal::FaultInjector for CrashAfter {
+    fn check(&self, _op: walrus::wal::FileOp, _path: &Path, _len: usize) -> Result<(), walrus::wal::Injected> {
+        if self.ops.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.n {
+            return Err(walrus::wal::Injected::fail(std::io::Error::other("injected crash")));
+        }
+        Ok(())
+    }
+}
+
+/// A repair interrupted after any number of file operations, then run
+/// again, ends exactly where an uninterrupted one does.
+#[test]
+fn an_interrupted_repair_repeated_ends_the_same() {
+    type Damage = fn(&[PathBuf]);
+    let cases: Vec<(&str, Damage)> = vec![
+        ("bit flip in a middle segment", |s| flip(&s[3], 300)),
+        ("header of the last segment", |s| flip(s.last().unwrap(), 13)),
+        ("middle segment removed", |s| fs::remove_file(&s[3]).unwrap()),
+        ("bit flip in the oldest segment", |s| flip(&s[0], 100)),
+    ];
+    for (what, damage) in cases {
+        let reference = tempfile::tempdir().unwrap();
+        write_log(reference.path(), 300);
+        damage(&segment_files(reference.path()));
+        let want = repair(reference.path(), options(), 0, true).unwrap();
+        let want_records = records(&Wal::open(reference.path(), options()).unwrap());
+        let mut finished = false;
+        for n in 0.. {
+            let dir = tempfile::tempdir().unwrap();
+            write_log(dir.path(), 300);
+            damage(&segment_files(dir.path()));
+            let crash = std::sync::Arc::new(CrashAfter { ops: 0.into(), n });
+            if repair(dir.path(), options().with_faults(crash), 0, true).is_ok() {
+                finished = true;
+            }
+            let again =
+                repair(dir.path(), options(), 0, true).unwrap_or_else(|e| panic!("{what}, crash at op {n}: {e}"));
+            let wal = Wal::open(dir.path(), options()).unwrap_or_else(|e| panic!("{what}, crash at op {n}: {e}"));
+            assert_eq!(records(&wal), want_records, "{what}, crash at op {n}: {again}");
+            assert_eq!(wal.append(b"x").unwrap(), want.next_lsn, "{what}, crash at op {n}: {again}");
+            if finished {
+                break;
+            }
+            assert!(n < 200, "{what}: the repair never finished");
+        }
+    }
+}

@@ -20,7 +20,7 @@ pub struct Record {
 }
 
 /// Iterator over records in LSN order, from a starting LSN up to a limit
-/// fixed when it was created. Yields an error (and then stops) if a segment
+/// fixed when it was created, stepping over LSNs a repair skipped. Yields an error (and then stops) if a segment
 /// disappears underneath it or does not hold what it should.
 pub struct WalIter {
     segments: Vec<(Lsn, PathBuf)>,

@@ -284,7 +284,9 @@ impl Wal {
         Ok(last)
     }
 
-    /// LSN of the last appended record (0 if none ever was).
+    /// LSN of the last appended record (0 if none ever was). After a repair
+    /// that discarded records, it is the highest LSN the repair skipped past
+    /// until something is appended.
     pub fn last_lsn(&self) -> Lsn {
         self.lock().next_lsn - 1
     }
