@@ -542,9 +542,12 @@ fn verify_reports_a_corrupt_sealed_segment_without_touching_it() {
     // intact later segments: refused without --force, naming what is lost.
     let out = run(log_args("repair", dir, &[]), b"");
     let last = recs.len() as u64;
+    // Records after the damaged one in its segment are intact but cut off too.
+    let (lost_from, lost_seg) =
+        if damaged_lsn + 1 < seg_end { (damaged_lsn + 1, victim) } else { (seg_end, victim + 1) };
     let lost = format!(
-        "records {seg_end}..={last} in segments {} to {}",
-        file_name(&segs[victim + 1].1),
+        "records {lost_from}..={last} in segments {} to {}",
+        file_name(&segs[lost_seg].1),
         file_name(&segs[segs.len() - 1].1)
     );
     assert_clean_failure(&out, "repair that loses intact records", &["--force", &lost]);

@@ -268,3 +268,32 @@ fn an_interrupted_repair_repeated_ends_the_same() {
         }
     }
 }
+
+/// Damage to a durable record in the active segment: the valid records
+/// after it cannot be kept, and the plan says they are intact, so a repair
+/// refuses to drop them unless allowed.
+#[test]
+fn records_after_damage_in_the_active_segment_count_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::new(SyncPolicy::Always).segment_size(1 << 20)).unwrap();
+    for i in 1..=30 {
+        wal.append(&payload(i)).unwrap();
+    }
+    drop(wal);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    // Record 10's payload: header 32, then frames of 20 + len bytes.
+    let at: u64 = 32 + (1..10).map(|i| 20 + payload(i).len() as u64).sum::<u64>() + 25;
+    flip(&seg, at);
+
+    let plan = plan_repair(dir.path(), 0).unwrap();
+    assert_eq!(plan.kept, Some(1..=9), "{plan}");
+    let lost: Vec<_> = plan.lost().map(|d| (d.segment.clone(), d.records.clone())).collect();
+    assert_eq!(lost, vec![(seg.clone(), Some(11..=30))], "{plan}");
+    assert!(plan.next_lsn > 30, "{plan}");
+    assert!(repair(dir.path(), options(), 0, false).is_err());
+    // Covered by a checkpoint, they may go.
+    let plan = repair(dir.path(), options(), 30, false).unwrap();
+    let wal = Wal::open(dir.path(), options()).unwrap();
+    assert_eq!(records(&wal), expected(1..=9));
+    assert_eq!(wal.append(b"x").unwrap(), plan.next_lsn);
+}

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::ops::RangeInclusive;
 
 use super::error::{Error, Result};
-use super::format::{SegmentHeader, FRAME_HEADER_LEN, KIND_LAST, MAX_LSN, SEGMENT_HEADER_LEN};
+use super::format::{
+    check_header, decode_frame, Decoded, SegmentHeader, FRAME_HEADER_LEN, KIND_LAST, MAX_LSN, MAX_PAYLOAD_LEN,
+    SEGMENT_HEADER_LEN,
+};
 use super::segment::{list_segments, SegmentReader, Step, Stop};
 use super::Lsn;
 
@@ -368,6 +371,9 @@ struct Examined {
     damage: Option<(u64, String)>,
     /// Offset just past the last non-zero byte of the file.
     dirty_end: u64,
+    /// Valid frames (this segment's salt, checksum verified) after the
+    /// damage with an LSN above the valid prefix: lowest and highest LSN.
+    stranded: Option<(Lsn, Lsn)>,
 }
 
 impl Examined {
@@ -407,9 +413,51 @@ fn examine(dir_segments: &[(Lsn, PathBuf)]) -> Result<Vec<Examined>> {
             },
         };
         let dirty_end = last_nonzero(path)?;
-        out.push(Examined { path: path.clone(), name_lsn: *name_lsn, prefix, damage, dirty_end });
+        let stranded = match (&prefix, &damage) {
+            (Some(p), Some(_)) => stranded_frames(path, p.header.salt, p.end, dirty_end, p.last_lsn)?,
+            _ => None,
+        };
+        out.push(Examined { path: path.clone(), name_lsn: *name_lsn, prefix, damage, dirty_end, stranded });
     }
     Ok(out)
+}
+
+/// Looks at every offset of `[from, to)` for a valid frame of the segment
+/// with salt `salt` and an LSN above `after`: records that survived the
+/// damage but cannot be kept, since they follow it. Returns the lowest and
+/// highest such LSN.
+fn stranded_frames(path: &Path, salt: u32, from: u64, to: u64, after: Lsn) -> Result<Option<(Lsn, Lsn)>> {
+    use std::os::unix::fs::FileExt;
+    const WINDOW: usize = 1 << 20;
+    let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io("reading metadata of", path, e))?.len();
+    let mut window = vec![0u8; WINDOW + FRAME_HEADER_LEN];
+    let mut found: Option<(Lsn, Lsn)> = None;
+    let mut start = from;
+    while start < to {
+        let n = ((file_len.saturating_sub(start)) as usize).min(window.len());
+        if n < FRAME_HEADER_LEN {
+            break;
+        }
+        file.read_exact_at(&mut window[..n], start).map_err(|e| Error::io("reading", path, e))?;
+        let candidates = (n - FRAME_HEADER_LEN + 1).min(WINDOW).min((to - start) as usize);
+        for i in 0..candidates {
+            let Ok((lsn, len)) = check_header(&window[i..i + FRAME_HEADER_LEN], MAX_PAYLOAD_LEN) else { continue };
+            let at = start + i as u64;
+            let total = FRAME_HEADER_LEN as u64 + len as u64;
+            if lsn <= after || at + total > file_len {
+                continue;
+            }
+            // Bounded by the file's size, checked just above.
+            let mut frame = vec![0u8; total as usize];
+            file.read_exact_at(&mut frame, at).map_err(|e| Error::io("reading", path, e))?;
+            if matches!(decode_frame(&frame, salt, MAX_PAYLOAD_LEN), Decoded::Frame(_)) {
+                found = Some(found.map_or((lsn, lsn), |(lo, hi)| (lo.min(lsn), hi.max(lsn))));
+            }
+        }
+        start += candidates as u64;
+    }
+    Ok(found)
 }
 
 /// Offset just past the last non-zero byte of the file (0 if all zero).
@@ -542,6 +590,12 @@ fn plan(segs: &[Examined], gaps: &[(Lsn, Lsn)], covered: Lsn) -> RepairPlan {
                 records: None,
                 kind: DiscardKind::Damaged { offset: *offset, reason: reason.clone() },
             });
+            if let Some((lo, hi)) = s.stranded {
+                // Valid records after the damage are cut off with it.
+                let kind = if hi <= covered { DiscardKind::Covered } else { DiscardKind::Intact };
+                plan.discarded.push(Discarded { segment: s.path.clone(), records: Some(lo..=hi), kind });
+                seen = seen.max(hi.min(MAX_LSN - 1));
+            }
             // Records in the damaged bytes cannot be read; bound their LSNs:
             // a segment holds none at or past its successor's first LSN, and
             // every frame takes at least FRAME_HEADER_LEN bytes and holds a
