@@ -297,3 +297,35 @@ fn records_after_damage_in_the_active_segment_count_as_lost() {
     assert_eq!(records(&wal), expected(1..=9));
     assert_eq!(wal.append(b"x").unwrap(), plan.next_lsn);
 }
+
+/// A stale segment that overlaps the newest one and holds higher LSNs: the
+/// repair skips past them, so the kept last segment stops being the last;
+/// its torn tail is discarded first (it would be damage in a sealed one).
+#[test]
+fn a_stale_overlapping_segment_makes_the_repair_skip_its_lsns() {
+    let (x, y, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_log(x.path(), 100);
+    let big = || WalOptions::new(SyncPolicy::Always).segment_size(1 << 20);
+    let wal = Wal::open(y.path(), big()).unwrap();
+    for i in 1..=105 {
+        wal.append(&payload(i)).unwrap();
+    }
+    drop(wal);
+    let stale = segment_files(y.path()).remove(0);
+    let newest = segment_files(x.path()).pop().unwrap();
+    let newest_first = first_lsn_of(&newest);
+    assert!(newest_first > 1);
+    fs::copy(&stale, dir.path().join(stale.file_name().unwrap())).unwrap();
+    let kept = dir.path().join(newest.file_name().unwrap());
+    fs::copy(&newest, &kept).unwrap();
+    // A torn tail: garbage after the last record, no record after it.
+    let len = fs::metadata(&kept).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&kept).unwrap().write_all_at(&[0xAB; 7], len).unwrap();
+
+    let plan = repair(dir.path(), options(), 0, true).unwrap();
+    assert_eq!(plan.kept, Some(newest_first..=100), "{plan}");
+    assert_eq!(plan.next_lsn, 106, "{plan}");
+    let wal = Wal::open(dir.path(), options()).unwrap_or_else(|e| panic!("strict open after repair: {e}\n{plan}"));
+    assert_eq!(records(&wal), expected(newest_first..=100));
+    assert_eq!(wal.append(b"x").unwrap(), 106);
+}

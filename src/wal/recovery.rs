@@ -266,8 +266,12 @@ pub struct RepairPlan {
     /// LSN the next append gets: above every LSN seen anywhere in the log,
     /// so none is handed out twice.
     pub next_lsn: Lsn,
-    /// Bytes `[from, to)` of the kept segment holding the damage, zeroed.
+    /// Bytes `[from, to)` of the kept segment holding the damage, zeroed
+    /// last.
     pub(crate) zero: Option<(PathBuf, u64, u64)>,
+    /// A torn tail `[from, to)` of the kept last segment, zeroed first: a
+    /// new segment after it makes it sealed, where a torn tail is damage.
+    pub(crate) torn_tail: Option<(PathBuf, u64, u64)>,
     /// A new, empty segment starting at `next_lsn` is installed (after the
     /// gap marker `gap`, if any) before anything is deleted, so the highest
     /// LSN is on disk whatever happens next.
@@ -279,7 +283,11 @@ pub struct RepairPlan {
 impl RepairPlan {
     /// True if the repair changes nothing (the log is clean).
     pub fn is_noop(&self) -> bool {
-        self.damage.is_none() && self.removed.is_empty() && self.discarded.is_empty() && !self.new_segment
+        self.damage.is_none()
+            && self.removed.is_empty()
+            && self.discarded.is_empty()
+            && !self.new_segment
+            && self.torn_tail.is_none()
     }
 
     /// Intact records the repair would discard although no checkpoint covers
@@ -353,6 +361,12 @@ impl std::fmt::Display for RepairPlan {
         }
         for p in &self.removed {
             writeln!(f, "remove: {}", file_name(p))?;
+        }
+        if let Some((a, b)) = self.gap {
+            writeln!(f, "skip: LSNs {a}..={} (records discarded; never handed out again)", b - 1)?;
+        }
+        if self.new_segment {
+            writeln!(f, "create: {}", super::segment::segment_name(self.next_lsn))?;
         }
         write!(f, "next LSN: {}", self.next_lsn)
     }
@@ -648,6 +662,12 @@ fn plan(segs: &[Examined], gaps: &[(Lsn, Lsn)], covered: Lsn) -> RepairPlan {
         }
         if kept_last_idx.is_some() && plan.next_lsn != after_kept {
             plan.gap = Some((after_kept, plan.next_lsn));
+        }
+        if let Some(i) = kept_last_idx.filter(|&i| i + 1 == n && partial.is_none()) {
+            let s = &segs[i];
+            if let Some(p) = s.prefix.as_ref().filter(|p| p.dirty_end > p.end) {
+                plan.torn_tail = Some((s.path.clone(), p.end, p.dirty_end));
+            }
         }
     }
     plan

@@ -776,6 +776,10 @@ pub fn repair(dir: impl AsRef<Path>, opts: WalOptions, covered: Lsn, allow_loss:
 fn apply_repair(dir: &Path, opts: &WalOptions, io: &Io, plan: &RepairPlan) -> Result<()> {
     let span = info_span!("wal_repair", next_lsn = plan.next_lsn);
     let _g = span.enter();
+    // What any open does to a torn tail, done before a new segment seals it.
+    if let Some((path, from, to)) = &plan.torn_tail {
+        zero(io, path, *from, *to)?;
+    }
     if let Some((start, end)) = plan.gap {
         let path = dir.join(gap_name(start, end));
         let file = io.create(&path)?;
@@ -792,14 +796,19 @@ fn apply_repair(dir: &Path, opts: &WalOptions, io: &Io, plan: &RepairPlan) -> Re
     }
     io.sync_dir(dir)?;
     if let Some((path, from, to)) = &plan.zero {
-        if to > from {
-            let file =
-                OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io("opening", path, e))?;
-            io.zero_range(&file, path, *from, *to)?;
-            io.sync_data(&file, path)?;
-        }
+        zero(io, path, *from, *to)?;
     }
     let lost = plan.discarded.iter().filter(|d| d.kind == DiscardKind::Intact).count();
     info!(removed = plan.removed.len(), lost_ranges = lost, next_lsn = plan.next_lsn, "log repaired");
     Ok(())
+}
+
+/// Overwrites `[from, to)` of a segment with zeros and syncs it.
+fn zero(io: &Io, path: &Path, from: u64, to: u64) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io("opening", path, e))?;
+    io.zero_range(&file, path, from, to)?;
+    io.sync_data(&file, path)
 }
