@@ -42,6 +42,8 @@ const CHECKPOINT_FILE: &str = "checkpoint";
 /// The LSN up to which a replica's checkpoint makes the records of its log
 /// in `dir` redundant (0 when `dir` is not a replica's log).
 fn covered_by_checkpoint(dir: &Path) -> Lsn {
+    // Canonical, so that `wal`, `.` or `x/..` still have the right parent.
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let Some(replica) = dir.parent().filter(|p| p.join(CHECKPOINT_FILE).is_file()) else { return 0 };
     match walrus::replica::checkpointed_lsn(replica) {
         Ok(Some(lsn)) => {
