@@ -538,18 +538,34 @@ fn verify_reports_a_corrupt_sealed_segment_without_touching_it() {
     assert_clean_failure(&out, "append to a corrupt log", &[&name]);
     assert!(out.stdout.is_empty(), "nothing may be acknowledged: {}", describe(&out));
 
-    // Repair keeps everything before the damaged record; appends continue from there.
+    // Repair would keep everything before the damaged record and drop the
+    // intact later segments: refused without --force, naming what is lost.
     let out = run(log_args("repair", dir, &[]), b"");
-    assert_success(&out, "repair");
+    let last = recs.len() as u64;
+    // Records after the damaged one in its segment are intact but cut off too.
+    let (lost_from, lost_seg) =
+        if damaged_lsn + 1 < seg_end { (damaged_lsn + 1, victim) } else { (seg_end, victim + 1) };
+    let lost = format!(
+        "records {lost_from}..={last} in segments {} to {}",
+        file_name(&segs[lost_seg].1),
+        file_name(&segs[segs.len() - 1].1)
+    );
+    assert_clean_failure(&out, "repair that loses intact records", &["--force", &lost]);
+    assert_eq!(snapshot(dir), before, "a refused repair must not modify the log");
+
+    let out = run(log_args("repair", dir, &["--force"]), b"");
+    assert_success(&out, "repair --force");
     let kept = &recs[..damaged_lsn as usize - 1];
-    assert_verify_summary(dir, kept, 1);
     assert_bytes_eq(&dump(dir, &[]).stdout, &dump_of(1, kept), "dump after repair");
+    assert_success(&verify(dir), "verify after repair");
+    // LSNs go on after the last record the log ever held, never reusing one.
     let more = records(20, "repaired");
     let out = append(dir, &["--segment-size", "4096"], &more);
     assert_success(&out, "append after repair");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), lsn_lines(damaged_lsn, more.len()));
-    let all: Vec<Vec<u8>> = kept.iter().chain(&more).cloned().collect();
-    assert_bytes_eq(&dump(dir, &[]).stdout, &dump_of(1, &all), "dump after repair and append");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), lsn_lines(last + 1, more.len()));
+    let mut expected = dump_of(1, kept);
+    expected.extend(dump_of(last + 1, &more));
+    assert_bytes_eq(&dump(dir, &[]).stdout, &expected, "dump after repair and append");
 }
 
 /// In the active segment, damage followed by records that were durable
@@ -871,4 +887,168 @@ fn bad_input_fails_cleanly() {
     assert_clean_failure(&out, "unknown subcommand", &["frobnicate"]);
     let out = run(["log", "dump"], b"");
     assert_clean_failure(&out, "dump without a directory", &["DIR"]);
+}
+
+#[test]
+fn dump_hex_prints_one_line_per_record_whatever_the_payload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recs = records(60, "hex");
+    assert_success(&append(dir, &["--segment-size", "4096"], &recs), "append");
+    // A payload holding a newline cannot be appended from stdin (one line is
+    // one record), so it goes in through the library.
+    {
+        let wal = walrus::wal::Wal::open(dir, walrus::wal::WalOptions::default().segment_size(4096)).unwrap();
+        assert_eq!(wal.append(b"two\nlines").unwrap(), recs.len() as u64 + 1);
+        wal.close().unwrap();
+    }
+    let mut all = recs.clone();
+    all.push(b"two\nlines".to_vec());
+
+    // The default output is unchanged: raw payloads.
+    assert_bytes_eq(&dump(dir, &[]).stdout, &dump_of(1, &all), "dump");
+
+    let out = dump(dir, &["--hex"]);
+    assert_success(&out, "dump --hex");
+    let stdout = String::from_utf8(out.stdout.clone()).expect("hex dump is ASCII");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), all.len(), "one line per record: {}", describe(&out));
+    for (i, (line, payload)) in lines.iter().zip(&all).enumerate() {
+        let expected: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(*line, format!("{}\t{expected}", i + 1), "record {}", i + 1);
+    }
+    assert!(stdout.ends_with(&format!("{}\t74776f0a6c696e6573\n", all.len())), "{stdout}");
+
+    let out = dump(dir, &["--hex", "--from", "60"]);
+    assert_success(&out, "dump --hex --from 60");
+    let hex60: String = all[59].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("60\t{hex60}\n61\t74776f0a6c696e6573\n"));
+}
+
+// ---------------------------------------------------------------------------
+// Repair plans: gaps, checkpoints, --force
+
+/// Writes `n` short records in 4096-byte segments and returns them.
+fn small_log(dir: &Path, n: usize) -> Vec<Vec<u8>> {
+    let recs: Vec<Vec<u8>> =
+        (1..=n).map(|i| format!("rec {i:05} {}", "q".repeat(i % 5 * 20 + 60)).into_bytes()).collect();
+    assert_success(&append(dir, &["--segment-size", "4096", "--sync", "none"], &recs), "append");
+    recs
+}
+
+/// A segment missing in the middle: repair keeps the newest segments (the
+/// active one included) and refuses to drop the intact older ones unless
+/// --force is given; LSNs continue after the last record.
+#[test]
+fn repair_of_a_missing_segment_keeps_the_newest_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let recs = small_log(dir, 3000);
+    let segs = segments(dir);
+    assert!(segs.len() > 40, "{} segments", segs.len());
+    fs::remove_file(&segs[33].1).unwrap();
+    let (suffix_first, after_gap) = (segs[34].0, file_name(&segs[34].1));
+
+    let out = verify(dir);
+    assert_clean_failure(&out, "verify with a missing segment", &[&after_gap, "offset 0"]);
+
+    let before = snapshot(dir);
+    let out = run(log_args("repair", dir, &[]), b"");
+    let stale =
+        format!("records 1..={} in segments {} to {}", segs[33].0 - 1, file_name(&segs[0].1), file_name(&segs[32].1));
+    assert_clean_failure(&out, "repair without --force", &["--force", &stale]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT covered"), "the plan is printed: {}", describe(&out));
+    assert_eq!(snapshot(dir), before, "a refused repair must not modify the log");
+
+    let out = run(log_args("repair", dir, &["--force"]), b"");
+    assert_success(&out, "repair --force");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("records {suffix_first}..=3000 kept")),
+        "{}",
+        describe(&out)
+    );
+    let left = segments(dir);
+    assert_eq!(left.first().map(|s| s.0), Some(suffix_first));
+    assert_eq!(left.last(), segs.last(), "the active segment is kept");
+    assert_bytes_eq(&dump(dir, &[]).stdout, &dump_of(suffix_first, &recs[suffix_first as usize - 1..]), "dump");
+    let out = append(dir, &["--segment-size", "4096"], &[b"next".to_vec()]);
+    assert_success(&out, "append after repair");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3001\n");
+
+    // A repaired log needs no repair.
+    let before = snapshot(dir);
+    let out = run(log_args("repair", dir, &[]), b"");
+    assert_success(&out, "repair of a clean log");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to repair"), "{}", describe(&out));
+    assert_eq!(snapshot(dir), before, "repair of a clean log changes nothing");
+}
+
+/// The stale first segment of a replica's log put back after a checkpoint
+/// covers it: repair drops it without --force, and the replica opens.
+#[test]
+fn repair_of_a_replica_log_drops_what_its_checkpoint_covers() {
+    use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let replica_dir = tmp.path().join("replica");
+    let wal_dir = replica_dir.join("wal");
+    let opts = || {
+        let mut wal = walrus::wal::WalOptions::new(walrus::wal::SyncPolicy::Always).segment_size(4096);
+        wal.preallocate = false;
+        ReplicaOptions { wal, checkpoint_bytes: 0, ..ReplicaOptions::default() }
+    };
+    let stale = tmp.path().join("stale-segment");
+    let stale_name;
+    {
+        let mut r: Replica<KvDoc> = Replica::open(&replica_dir, opts()).unwrap();
+        for i in 0..150 {
+            r.update(|d, actor| d.put_op(actor, &format!("k{}", i % 20), &format!("v{i}"))).unwrap();
+        }
+        let segs = segments(&wal_dir);
+        assert!(segs.len() >= 3, "{} segments", segs.len());
+        stale_name = file_name(&segs[0].1);
+        fs::copy(&segs[0].1, &stale).unwrap();
+        r.checkpoint().unwrap();
+        for i in 0..10 {
+            r.update(|d, actor| d.put_op(actor, "after", &format!("a{i}"))).unwrap();
+        }
+        r.close().unwrap();
+    }
+    assert!(!wal_dir.join(&stale_name).exists(), "the checkpoint truncated the first segment");
+    let truncated_first = segments(&wal_dir)[0].0;
+    assert!(truncated_first > 1);
+    fs::copy(&stale, wal_dir.join(&stale_name)).unwrap();
+    assert!(Replica::<KvDoc>::open(&replica_dir, opts()).is_err(), "a gap in the log must be reported");
+
+    // Given as `.` from inside the log directory: the replica is found all the same.
+    let out = Command::new(EXE).args(["log", "repair", "."]).current_dir(&wal_dir).output().expect("run walrus");
+    assert_success(&out, "repair of a replica's log");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("covered by the checkpoint"), "{}", describe(&out));
+    assert!(!wal_dir.join(&stale_name).exists(), "the stale segment is dropped: {}", describe(&out));
+    assert_eq!(segments(&wal_dir)[0].0, truncated_first);
+
+    let r: Replica<KvDoc> = Replica::open(&replica_dir, opts()).expect("the replica opens after the repair");
+    assert_eq!(r.doc().values_of("after"), vec!["a9".to_string()]);
+    assert_eq!(r.doc().values_of("k9"), vec!["v149".to_string()]);
+}
+
+/// A replica's log whose checkpoint cannot be read: repair says so and
+/// treats nothing as covered, so dropping intact records needs --force.
+#[test]
+fn repair_with_an_unreadable_checkpoint_covers_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal_dir = tmp.path().join("wal");
+    small_log(&wal_dir, 300);
+    fs::write(tmp.path().join("checkpoint"), b"not a checkpoint").unwrap();
+    let segs = segments(&wal_dir);
+    fs::remove_file(&segs[1].1).unwrap();
+
+    let before = snapshot(tmp.path());
+    let out = run(log_args("repair", &wal_dir, &[]), b"");
+    assert_clean_failure(&out, "repair with an unreadable checkpoint", &["checkpoint", "--force"]);
+    assert_eq!(snapshot(tmp.path()), before, "a refused repair must not modify anything");
+
+    let out = run(log_args("repair", &wal_dir, &["--force"]), b"");
+    assert_success(&out, "repair --force with an unreadable checkpoint");
+    assert_eq!(segments(&wal_dir).first().map(|s| s.0), Some(segs[2].0));
 }

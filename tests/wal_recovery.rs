@@ -437,19 +437,49 @@ fn assert_corrupt_at(err: Error, segment: &Path, offset: u64, ctx: &str) {
     }
 }
 
-/// Repair keeps the records before `damaged_lsn`, hands out LSNs again from
-/// there, and the repaired log opens strictly afterwards.
-fn check_repair(dir: &Path, o: &WalOptions, written: &[Vec<u8>], damaged_lsn: Lsn, ctx: &str) {
-    let keep = &written[..damaged_lsn as usize - 1];
+/// Every record the log holds with its LSN (LSNs may jump over a gap a
+/// repair left).
+fn records_of(wal: &Wal) -> Vec<(Lsn, Vec<u8>)> {
+    let first = wal.first_lsn();
+    wal.iter_from(first).unwrap().map(|r| r.map(|r| (r.lsn, r.payload)).unwrap()).collect()
+}
+
+/// Repair keeps exactly the records `kept` (LSNs into `written`), never
+/// hands out an LSN it has seen (the next is `next` if given, else above
+/// every LSN written), and the repaired log opens strictly afterwards.
+fn check_repair(
+    dir: &Path,
+    o: &WalOptions,
+    written: &[Vec<u8>],
+    kept: std::ops::RangeInclusive<Lsn>,
+    next: Option<Lsn>,
+    ctx: &str,
+) {
+    let keep: Vec<(Lsn, Vec<u8>)> = kept.clone().map(|l| (l, written[l as usize - 1].clone())).collect();
     let wal = Wal::open(dir, o.clone().recovery(RecoveryMode::Repair)).unwrap_or_else(|e| panic!("{ctx}: repair: {e}"));
-    assert_eq!(wal.last_lsn(), damaged_lsn - 1, "{ctx}: repair");
-    assert_eq!(contents(&wal), keep, "{ctx}: repair");
-    assert_eq!(wal.append(b"after repair").unwrap(), damaged_lsn, "{ctx}: repair");
+    assert_eq!(records_of(&wal), keep, "{ctx}: repair");
+    let lsn = wal.append(b"after repair").unwrap();
+    match next {
+        Some(n) => assert_eq!(lsn, n, "{ctx}: next LSN after repair"),
+        None => assert!(lsn > written.len() as u64, "{ctx}: LSN {lsn} handed out again after repair"),
+    }
     drop(wal);
     let wal = Wal::open(dir, o.clone()).unwrap_or_else(|e| panic!("{ctx}: strict open after repair: {e}"));
-    let mut want = keep.to_vec();
-    want.push(b"after repair".to_vec());
-    assert_eq!(contents(&wal), want, "{ctx}: after repair");
+    let mut want = keep;
+    want.push((lsn, b"after repair".to_vec()));
+    assert_eq!(records_of(&wal), want, "{ctx}: after repair");
+    assert_eq!(reader_records(dir, o), want, "{ctx}: read-only reader after repair");
+    drop(wal);
+    // Repairing a repaired log changes nothing.
+    let plan = walrus::wal::repair(dir, o.clone(), 0, false).unwrap_or_else(|e| panic!("{ctx}: second repair: {e}"));
+    assert!(plan.is_noop(), "{ctx}: second repair: {plan}");
+}
+
+/// Every record a read-only reader sees, with its LSN.
+fn reader_records(dir: &Path, o: &WalOptions) -> Vec<(Lsn, Vec<u8>)> {
+    let reader = LogReader::open(dir, o).unwrap_or_else(|e| panic!("LogReader::open: {e}"));
+    let first = reader.summary().first_lsn;
+    reader.iter_from(first).unwrap().map(|r| r.map(|r| (r.lsn, r.payload)).unwrap()).collect()
 }
 
 #[test]
@@ -500,10 +530,21 @@ fn bit_flip_in_a_sealed_segment_is_corruption() {
         assert_corrupt_at(reader_err(work.path(), &o), &seg, offset, &ctx);
         // Refusing to open changed nothing: the damage is still reported.
         assert_corrupt_at(open_err(work.path(), &o), &seg, offset, &ctx);
-        check_repair(work.path(), &o, &written, damaged_lsn, &ctx);
-        let segs_after = segment_files(work.path());
-        let last_kept = if offset == 0 { seg_idx - 1 } else { seg_idx };
-        assert_eq!(segs_after.len(), last_kept + 1, "{ctx}: repair removes the later segments");
+        let total = written.len() as u64;
+        if seg_idx == 0 {
+            // Damage in the oldest segment: the newest consistent run of
+            // segments (all the later ones) is kept and LSNs go on after it.
+            let after = segment_first_lsn(&segments[1]);
+            check_repair(work.path(), &o, &written, after..=total, Some(total + 1), &ctx);
+            let segs_after = segment_files(work.path());
+            assert_eq!(segs_after.len(), segments.len() - 1, "{ctx}: only the damaged oldest segment goes");
+        } else {
+            // Damage inside the log: the records before it are kept.
+            check_repair(work.path(), &o, &written, 1..=damaged_lsn - 1, None, &ctx);
+            let segs_after = segment_files(work.path());
+            let last_kept = if offset == 0 { seg_idx - 1 } else { seg_idx };
+            assert_eq!(segs_after.len(), last_kept + 2, "{ctx}: later segments removed, one new segment");
+        }
     }
 }
 
@@ -532,7 +573,7 @@ fn damage_before_a_synced_record_in_the_last_segment_is_corruption() {
 
         assert_corrupt_at(open_err(work.path(), &o), &seg, f.start, &ctx);
         assert_corrupt_at(reader_err(work.path(), &o), &seg, f.start, &ctx);
-        check_repair(work.path(), &o, &written, f.lsn, &ctx);
+        check_repair(work.path(), &o, &written, 1..=f.lsn - 1, None, &ctx);
     }
 
     // Damage to the very last record is indistinguishable from a torn write:
@@ -953,18 +994,31 @@ fn run_damage(
     }
 
     // Repair always opens, keeps exactly the undamaged prefix, and the log
-    // goes on from there.
+    // goes on from there without reusing the LSN of any record still
+    // readable in the damaged segment.
+    let corrupt = proof || header_damaged;
+    let highest_intact = frames
+        .iter()
+        .filter(|f| (f.start as usize..f.end as usize).all(|i| !changed(i)))
+        .map(|f| f.lsn)
+        .max()
+        .unwrap_or(0);
     let wal = Wal::open(dir.path(), o.clone().recovery(RecoveryMode::Repair))
         .map_err(|e| TestCaseError::fail(format!("repair: {e}")))?;
-    prop_assert_eq!(wal.last_lsn(), kept);
-    prop_assert!(contents(&wal) == expected, "repair recovered the wrong records");
-    prop_assert_eq!(wal.append(b"after").unwrap(), kept + 1);
+    let held: Vec<Vec<u8>> = records_of(&wal).into_iter().map(|(_, p)| p).collect();
+    prop_assert!(held == expected, "repair recovered the wrong records");
+    let next = wal.append(b"after").unwrap();
+    if corrupt {
+        prop_assert!(next > kept.max(highest_intact), "LSN {} handed out again", next);
+    } else {
+        prop_assert_eq!(next, kept + 1);
+    }
     drop(wal);
     let wal = Wal::open(dir.path(), o.clone()).map_err(|e| TestCaseError::fail(format!("reopen: {e}")))?;
-    prop_assert_eq!(wal.last_lsn(), kept + 1);
-    let mut want = expected.to_vec();
-    want.push(b"after".to_vec());
-    prop_assert!(contents(&wal) == want);
+    prop_assert_eq!(wal.last_lsn(), next);
+    let mut want: Vec<(Lsn, Vec<u8>)> = expected.iter().cloned().enumerate().map(|(i, p)| (i as u64 + 1, p)).collect();
+    want.push((next, b"after".to_vec()));
+    prop_assert!(records_of(&wal) == want);
     Ok(())
 }
 
@@ -1030,4 +1084,32 @@ fn qc_iter_from(payloads: Vec<Vec<u8>>, truncate: u16, ks: Vec<u16>) -> TestResu
 #[test]
 fn quickcheck_iter_from_returns_exactly_the_records_from_k() {
     QuickCheck::new().tests(60).quickcheck(qc_iter_from as fn(Vec<Vec<u8>>, u16, Vec<u16>) -> TestResult);
+}
+
+// ---------------------------------------------------------------------------
+// Drop
+// ---------------------------------------------------------------------------
+
+/// Under a durable policy, a record from `append_nowait` that nobody waited
+/// for is made durable when the log is dropped, not silently lost.
+#[test]
+fn append_nowait_records_survive_drop_under_durable_policies() {
+    for sync in [SyncPolicy::Always, SyncPolicy::batch()] {
+        let o = options(sync, SEGMENT, true);
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(wal.append(b"waited").unwrap(), 1);
+        assert_eq!(wal.append_nowait(b"never waited for").unwrap(), 2);
+        assert_eq!(wal.append_nowait(b"nor this one").unwrap(), 3);
+        assert_eq!(wal.durable_lsn(), 1, "{sync:?}: nothing synced the unwaited records yet");
+        drop(wal);
+
+        let wal = Wal::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(wal.last_lsn(), 3, "{sync:?}");
+        assert_eq!(
+            contents(&wal),
+            vec![b"waited".to_vec(), b"never waited for".to_vec(), b"nor this one".to_vec()],
+            "{sync:?}"
+        );
+    }
 }

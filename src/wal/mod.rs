@@ -42,7 +42,8 @@ pub use error::{Error, Result};
 pub use fault::{FaultInjector, FileEvent, FileOp, Injected};
 pub use power_loss::{CrashSummary, PowerLoss};
 pub use reader::{LogReader, LogSummary, Record, WalIter};
-pub use writer::Wal;
+pub use recovery::{plan_repair, DiscardKind, Discarded, RepairPlan};
+pub use writer::{repair, Wal};
 
 /// Log sequence number: 1 for the first record ever appended, then +1 per
 /// record. 0 means "no record".
@@ -106,9 +107,13 @@ pub enum RecoveryMode {
     /// Refuse to open: return [`Error::Corrupt`].
     #[default]
     Strict,
-    /// Discard everything from the damage on (the rest of that segment and
-    /// all later segments) and open. LSNs of discarded records are handed out
-    /// again. Use only after inspecting the damage.
+    /// Repair the log (as [`repair`] with nothing covered and loss allowed)
+    /// and open: a gap between segments or damage in the oldest segment
+    /// keeps the newest consistent run of segments ending with the last one;
+    /// other damage keeps the records before it. LSNs are never handed out
+    /// twice: the next one is above every LSN seen in the log. Intact
+    /// records may be discarded: prefer [`plan_repair`] and [`repair`],
+    /// which say what is lost and refuse unless allowed.
     Repair,
 }
 

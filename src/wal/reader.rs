@@ -20,7 +20,7 @@ pub struct Record {
 }
 
 /// Iterator over records in LSN order, from a starting LSN up to a limit
-/// fixed when it was created. Yields an error (and then stops) if a segment
+/// fixed when it was created, stepping over LSNs a repair skipped. Yields an error (and then stops) if a segment
 /// disappears underneath it or does not hold what it should.
 pub struct WalIter {
     segments: Vec<(Lsn, PathBuf)>,
@@ -28,6 +28,8 @@ pub struct WalIter {
     reader: Option<SegmentReader>,
     next: Lsn,
     limit: Lsn,
+    /// Gaps a repair left between segments (`(first missing, next held)`).
+    gaps: Vec<(Lsn, Lsn)>,
     failed: bool,
 }
 
@@ -41,7 +43,13 @@ impl WalIter {
         let from = from.max(first);
         // The segment holding `from`: the last one starting at or before it.
         let seg_idx = segments.iter().rposition(|(f, _)| *f <= from).unwrap_or(0);
-        Ok(WalIter { segments, seg_idx, reader: None, next: from, limit, failed: false })
+        Ok(WalIter { segments, seg_idx, reader: None, next: from, limit, gaps: Vec::new(), failed: false })
+    }
+
+    /// Lets the iterator step over gaps a repair left between segments.
+    pub(crate) fn with_gaps(mut self, gaps: Vec<(Lsn, Lsn)>) -> WalIter {
+        self.gaps = gaps;
+        self
     }
 
     fn corrupt(&self, path: &Path, offset: u64, reason: String) -> Error {
@@ -83,10 +91,15 @@ impl WalIter {
                 }
                 Step::End { offset, stop } => {
                     let path = reader.path.clone();
-                    if self.seg_idx + 1 < self.segments.len() && self.segments[self.seg_idx + 1].0 == next {
-                        self.seg_idx += 1;
-                        self.reader = None;
-                        continue;
+                    if let Some(&(following, _)) = self.segments.get(self.seg_idx + 1) {
+                        // `next` may lie inside a gap when iteration started there.
+                        let gap = self.gaps.iter().any(|&(a, b)| b == following && a <= next && next < b);
+                        if following == next || gap {
+                            self.seg_idx += 1;
+                            self.reader = None;
+                            self.next = following;
+                            continue;
+                        }
                     }
                     return Err(self.corrupt(&path, offset, format!("record {next} missing ({stop:?})")));
                 }
@@ -213,6 +226,6 @@ impl LogReader {
     /// Committed records from `from` on.
     pub fn iter_from(&self, from: Lsn) -> Result<WalIter> {
         let segments = self.scan.segments.iter().map(|s| (s.header.first_lsn, s.path.clone())).collect();
-        WalIter::new(segments, from, self.scan.last_lsn())
+        Ok(WalIter::new(segments, from, self.scan.last_lsn())?.with_gaps(self.scan.gaps.clone()))
     }
 }

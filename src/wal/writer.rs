@@ -22,7 +22,7 @@ use super::format::{
     self, SegmentHeader, FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, KIND_MORE, SEGMENT_HEADER_LEN,
 };
 use super::reader::WalIter;
-use super::recovery::{scan_dir, scan_prefix, Scan};
+use super::recovery::{gap_name, plan_repair, scan_dir, DiscardKind, RepairPlan, Scan};
 use super::segment::{self, Io, LOCK_FILE, NEW_SEGMENT_FILE, PREALLOC_FILE};
 use super::{Lsn, RecoveryMode, SyncPolicy, WalOptions};
 
@@ -37,6 +37,8 @@ pub struct Wal {
     dir: PathBuf,
     opts: WalOptions,
     io: Io,
+    /// Gaps a repair left between segments (`(first missing, next held)`).
+    gaps: Vec<(Lsn, Lsn)>,
     state: Mutex<State>,
     /// Signalled when I/O finishes, durability advances or the log is poisoned.
     done: Condvar,
@@ -110,7 +112,18 @@ impl Wal {
     /// with [`Error::Corrupt`] if a record outside the torn tail is damaged
     /// (unless [`RecoveryMode::Repair`] is set).
     pub fn open(dir: impl AsRef<Path>, opts: WalOptions) -> Result<Wal> {
-        let dir = dir.as_ref().to_path_buf();
+        let repair = (opts.recovery == RecoveryMode::Repair).then_some(RepairRequest {
+            covered: 0,
+            allow_loss: true,
+            only_if_damaged: true,
+        });
+        Ok(Wal::open_inner(dir.as_ref(), opts, repair)?.0)
+    }
+
+    /// Opens the log, repairing it first as `repair` allows (even if it
+    /// looks clean, so the plan is returned); see [`repair`].
+    fn open_inner(dir: &Path, opts: WalOptions, repair: Option<RepairRequest>) -> Result<(Wal, Option<RepairPlan>)> {
+        let dir = dir.to_path_buf();
         let span = info_span!("wal_open", dir = %dir.display());
         let _g = span.enter();
         opts.validate()?;
@@ -136,7 +149,28 @@ impl Wal {
             }
         }
         let started = Instant::now();
-        let scan = scan_dir(&dir)?;
+        let mut scan = scan_dir(&dir)?;
+        let mut applied = None;
+        if let Some(req) = repair.filter(|r| !r.only_if_damaged || scan.damage.is_some()) {
+            // Planned under the lock, so nothing changes between plan and act.
+            let plan = plan_repair(&dir, req.covered)?;
+            if !plan.is_noop() {
+                if !req.allow_loss && plan.loses_records() {
+                    return Err(Error::InvalidArgument(format!(
+                        "repair would discard intact records no checkpoint covers ({}); nothing was changed",
+                        plan.describe_lost()
+                    )));
+                }
+                warn!(plan = %plan, "repairing the log");
+                apply_repair(&dir, &opts, &io, &plan)?;
+                scan = scan_dir(&dir)?;
+            }
+            applied = Some(plan);
+        }
+        if let Some(damage) = scan.damage.take() {
+            return Err(damage.to_error(&scan.segments, &scan.paths));
+        }
+        let gaps = std::mem::take(&mut scan.gaps);
         let (segments, active, next_lsn) = recover(&dir, &opts, &io, scan)?;
         info!(
             segments = segments.len(),
@@ -162,17 +196,19 @@ impl Wal {
             active,
             prealloc: None,
         };
-        Ok(Wal {
+        let wal = Wal {
             dir,
             opts,
             io,
+            gaps,
             state: Mutex::new(state),
             done: Condvar::new(),
             appended: Condvar::new(),
             groups: [Condvar::new(), Condvar::new()],
             truncating: Mutex::new(()),
             _lock: lock,
-        })
+        };
+        Ok((wal, applied))
     }
 
     /// The log directory.
@@ -222,6 +258,12 @@ impl Wal {
     /// Appends one record without waiting for it to be written or synced.
     /// Pair with [`Wal::wait_durable`] to pipeline: keep producing while
     /// earlier records wait for their shared `fdatasync`.
+    ///
+    /// The LSN returned is not an acknowledgement: the record is durable
+    /// only once [`Wal::wait_durable`], [`Wal::sync`] or [`Wal::close`]
+    /// returns `Ok`. Under a durable policy, dropping the `Wal` syncs records
+    /// nobody waited for (logging a warning if that fails); under
+    /// [`SyncPolicy::None`] it only hands them to the OS.
     pub fn append_nowait(&self, payload: &[u8]) -> Result<Lsn> {
         Ok(self.append_batch_nowait(std::slice::from_ref(&payload))?.start)
     }
@@ -246,7 +288,9 @@ impl Wal {
         Ok(last)
     }
 
-    /// LSN of the last appended record (0 if none ever was).
+    /// LSN of the last appended record (0 if none ever was). After a repair
+    /// that discarded records, it is the highest LSN the repair skipped past
+    /// until something is appended.
     pub fn last_lsn(&self) -> Lsn {
         self.lock().next_lsn - 1
     }
@@ -272,7 +316,7 @@ impl Wal {
         }
         let st = self.lock();
         let limit = if self.opts.sync.is_durable() { st.durable_lsn } else { st.written_lsn };
-        WalIter::new(st.segments.clone(), from, limit)
+        Ok(WalIter::new(st.segments.clone(), from, limit)?.with_gaps(self.gaps.clone()))
     }
 
     /// Deletes whole segments whose records all have LSNs below `lsn` (for
@@ -603,13 +647,29 @@ impl Wal {
     }
 }
 
+/// Dropping a `Wal` hands buffered records to the OS under
+/// [`SyncPolicy::None`], and under a durable policy makes every appended
+/// record durable, including ones from [`Wal::append_nowait`] nobody waited
+/// for. A failure there cannot be returned: it is logged as a warning (call
+/// [`Wal::close`] to get it as an error).
 impl Drop for Wal {
     fn drop(&mut self) {
-        // Hand buffered records to the OS; durable policies already did.
+        let (pending, poisoned) = {
+            let st = self.lock();
+            (st.next_lsn - 1 > st.durable_lsn, st.poisoned.is_some())
+        };
         if !self.opts.sync.is_durable() {
             if let Err(e) = self.flush() {
                 warn!(error = %e, "flushing the log on drop failed");
             }
+        } else if pending && !poisoned {
+            // Records from `append_nowait` that were never waited for: the
+            // policy promises durability, so keep the promise on the way out.
+            if let Err(e) = self.sync() {
+                warn!(error = %e, "syncing records appended without waiting failed on drop; they may be lost");
+            }
+        } else if pending {
+            warn!("the log is poisoned; records appended without waiting were not made durable");
         }
         let prealloc = self.lock().prealloc.take();
         if let Some(p) = prealloc {
@@ -639,47 +699,18 @@ fn new_segment_file(dir: &Path, io: &Io, opts: &WalOptions) -> Result<(File, Pat
 /// Segments, the active segment and the next LSN of a recovered log.
 type Recovered = (Vec<(Lsn, PathBuf)>, Active, Lsn);
 
-/// Applies the scan's verdict: repairs if allowed, discards the torn tail of
-/// the last segment, creates the first segment of an empty log.
-fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<Recovered> {
-    // After a repair that removed every segment, the log restarts where the
-    // first removed segment started, so LSNs are not handed out again.
-    let mut restart_lsn = 1;
-    if let Some(damage) = scan.damage.take() {
-        let err = damage.to_error(&scan.segments, &scan.paths);
-        if opts.recovery == RecoveryMode::Strict {
-            return Err(err);
-        }
-        warn!(error = %err, "repairing: discarding the log from the damage on");
-        for path in scan.paths.iter().skip(damage.segment + 1).rev() {
-            io.remove(path)?;
-        }
-        if damage.offset == 0 {
-            let path = &scan.paths[damage.segment];
-            // The name of a damaged segment may be as damaged as its
-            // contents: never restart past what a segment header can hold.
-            restart_lsn = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(segment::parse_segment_name)
-                .map_or(1, |n| n.min(format::MAX_LSN));
-            io.remove(path)?;
-        } else if let Some(path) = scan.paths.get(damage.segment) {
-            // Keep the good prefix of the damaged segment: rescan it as the last one.
-            let rescanned = scan_prefix(path, scan.segments.last().map(|s| s.last_lsn + 1))?;
-            scan.segments.push(rescanned);
-        }
-        io.sync_dir(dir)?;
-    }
+/// Discards the torn tail of the last segment of a scan without damage, or
+/// creates the first segment of an empty log.
+fn recover(dir: &Path, opts: &WalOptions, io: &Io, scan: Scan) -> Result<Recovered> {
     let Some(last) = scan.segments.last().cloned() else {
-        // Empty log: the first segment starts at LSN 1 (or where a repair
-        // removed everything).
-        let header = SegmentHeader { salt: segment::random_salt(), first_lsn: restart_lsn };
+        // Empty log: the first segment starts at LSN 1 (a repair never
+        // leaves a log without segments).
+        let header = SegmentHeader { salt: segment::random_salt(), first_lsn: 1 };
         let prepared = new_segment_file(dir, io, opts)?;
         let (file, path) = io.install_segment(dir, prepared, header)?;
         let hl = SEGMENT_HEADER_LEN as u64;
         let active = Active { file: Arc::new(file), path: path.clone(), salt: header.salt, written_end: hl, end: hl };
-        return Ok((vec![(restart_lsn, path)], active, restart_lsn));
+        return Ok((vec![(1, path)], active, 1));
     };
     let file =
         OpenOptions::new().read(true).write(true).open(&last.path).map_err(|e| Error::io("opening", &last.path, e))?;
@@ -699,4 +730,103 @@ fn recover(dir: &Path, opts: &WalOptions, io: &Io, mut scan: Scan) -> Result<Rec
         end: last.end,
     };
     Ok((segments, active, last.last_lsn + 1))
+}
+
+/// What [`repair`] may do.
+#[derive(Debug, Clone, Copy)]
+struct RepairRequest {
+    covered: Lsn,
+    allow_loss: bool,
+    /// Plan only if a strict open would fail (`Wal::open` in repair mode);
+    /// an explicit `repair` always reports its plan.
+    only_if_damaged: bool,
+}
+
+/// Repairs the log in `dir` so that it opens again, and returns the plan it
+/// carried out (see [`plan_repair`] and the rules in `docs/FORMAT.md`).
+/// Records up to `covered` are redundant (a checkpoint holds them; 0 for
+/// none). Unless `allow_loss` is set, a plan that would discard an intact
+/// record not covered is refused with [`Error::InvalidArgument`] and nothing
+/// changes. A clean log is left as it is (a torn tail is discarded, as on
+/// every open). Takes the directory lock for the duration.
+///
+/// ```
+/// use walrus::wal::{repair, SyncPolicy, Wal, WalOptions};
+///
+/// let dir = tempfile::tempdir()?;
+/// let wal = Wal::open(dir.path(), WalOptions::new(SyncPolicy::Always).segment_size(4096))?;
+/// for _ in 0..100 {
+///     wal.append(&[7u8; 100])?;
+/// }
+/// drop(wal);
+/// // Lose the oldest segment's successor: the oldest one is now stale.
+/// let mut segments: Vec<_> = std::fs::read_dir(dir.path())?
+///     .map(|e| e.map(|e| e.path()))
+///     .collect::<Result<_, _>>()?;
+/// segments.retain(|p| p.extension().is_some_and(|x| x == "wal"));
+/// segments.sort();
+/// std::fs::remove_file(&segments[1])?;
+///
+/// // The records of the stale segment are intact: refused unless allowed…
+/// assert!(repair(dir.path(), WalOptions::default(), 0, false).is_err());
+/// // …or covered by a checkpoint.
+/// let plan = repair(dir.path(), WalOptions::default(), 100, false)?;
+/// assert_eq!(plan.kept.as_ref().map(|r| *r.end()), Some(100));
+/// let wal = Wal::open(dir.path(), WalOptions::default())?;
+/// assert_eq!(wal.append(b"next")?, 101);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn repair(dir: impl AsRef<Path>, opts: WalOptions, covered: Lsn, allow_loss: bool) -> Result<RepairPlan> {
+    let dir = dir.as_ref();
+    if !dir.is_dir() {
+        return Err(Error::InvalidArgument(format!("{} is not a directory", dir.display())));
+    }
+    let request = RepairRequest { covered, allow_loss, only_if_damaged: false };
+    let (wal, plan) = Wal::open_inner(dir, opts, Some(request))?;
+    wal.close()?;
+    plan.ok_or_else(|| Error::InvalidArgument("repair produced no plan".into()))
+}
+
+/// Carries out `plan`. Order matters for a crash part-way: first the highest
+/// LSN goes on disk (gap marker, new segment), then files are deleted, and
+/// the damaged segment that is kept is cleaned last, so an interrupted repair
+/// repeated finds the same damage and makes the same plan.
+fn apply_repair(dir: &Path, opts: &WalOptions, io: &Io, plan: &RepairPlan) -> Result<()> {
+    let span = info_span!("wal_repair", next_lsn = plan.next_lsn);
+    let _g = span.enter();
+    // What any open does to a torn tail, done before a new segment seals it.
+    if let Some((path, from, to)) = &plan.torn_tail {
+        zero(io, path, *from, *to)?;
+    }
+    if let Some((start, end)) = plan.gap {
+        let path = dir.join(gap_name(start, end));
+        let file = io.create(&path)?;
+        io.sync_data(&file, &path)?;
+        io.sync_dir(dir)?;
+    }
+    if plan.new_segment {
+        let header = SegmentHeader { salt: segment::random_salt(), first_lsn: plan.next_lsn };
+        let prepared = new_segment_file(dir, io, opts)?;
+        io.install_segment(dir, prepared, header)?;
+    }
+    for path in &plan.removed {
+        io.remove(path)?;
+    }
+    io.sync_dir(dir)?;
+    if let Some((path, from, to)) = &plan.zero {
+        zero(io, path, *from, *to)?;
+    }
+    let lost = plan.discarded.iter().filter(|d| d.kind == DiscardKind::Intact).count();
+    info!(removed = plan.removed.len(), lost_ranges = lost, next_lsn = plan.next_lsn, "log repaired");
+    Ok(())
+}
+
+/// Overwrites `[from, to)` of a segment with zeros and syncs it.
+fn zero(io: &Io, path: &Path, from: u64, to: u64) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io("opening", path, e))?;
+    io.zero_range(&file, path, from, to)?;
+    io.sync_data(&file, path)
 }

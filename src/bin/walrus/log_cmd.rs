@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use walrus::wal::{LogReader, Lsn, RecoveryMode, SyncPolicy, Wal, WalOptions};
+use walrus::wal::{plan_repair, repair as repair_log, LogReader, Lsn, SyncPolicy, Wal, WalOptions};
 
 use crate::LogCommand;
 
@@ -18,7 +18,7 @@ pub fn run(cmd: LogCommand) -> Result<ExitCode> {
             let policy: SyncPolicy = sync.parse()?;
             append(&dir, WalOptions::new(policy).segment_size(segment_size))
         }
-        LogCommand::Dump { dir, from } => dump(&dir, from),
+        LogCommand::Dump { dir, from, hex } => dump(&dir, from, hex),
         LogCommand::Verify { dir } => {
             let reader = LogReader::open(&dir, &WalOptions::default())?;
             println!("{}", reader.summary());
@@ -32,14 +32,65 @@ pub fn run(cmd: LogCommand) -> Result<ExitCode> {
             wal.close()?;
             Ok(ExitCode::SUCCESS)
         }
-        LogCommand::Repair { dir } => {
-            require_log_dir(&dir)?;
-            let wal = Wal::open(&dir, WalOptions::default().recovery(RecoveryMode::Repair))?;
-            println!("repaired: records {}..={} kept", wal.first_lsn(), wal.last_lsn());
-            wal.close()?;
-            Ok(ExitCode::SUCCESS)
+        LogCommand::Repair { dir, force } => repair(&dir, force),
+    }
+}
+
+/// Name of a replica's checkpoint file, next to its `wal` directory.
+const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// The LSN up to which a replica's checkpoint makes the records of its log
+/// in `dir` redundant (0 when `dir` is not a replica's log).
+fn covered_by_checkpoint(dir: &Path) -> Lsn {
+    // Canonical, so that `wal`, `.` or `x/..` still have the right parent.
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let Some(replica) = dir.parent().filter(|p| p.join(CHECKPOINT_FILE).is_file()) else { return 0 };
+    match walrus::replica::checkpointed_lsn(replica) {
+        Ok(Some(lsn)) => {
+            println!("checkpoint of {} covers records up to LSN {lsn}", replica.display());
+            lsn
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            eprintln!(
+                "walrus: warning: cannot read the checkpoint of {}: {e}; treating no record as covered",
+                replica.display()
+            );
+            0
         }
     }
+}
+
+fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
+    require_log_dir(dir)?;
+    let covered = covered_by_checkpoint(dir);
+    // Read-only first, so the plan is shown even when it is refused; the
+    // repair re-plans under the directory lock and refuses the same way.
+    let plan = plan_repair(dir, covered)?;
+    if plan.is_noop() {
+        // Still open the log: it takes the lock and discards a torn tail.
+        repair_log(dir, WalOptions::default(), covered, false)?;
+        match &plan.kept {
+            Some(r) => println!("nothing to repair: records {}..={}", r.start(), r.end()),
+            None => println!("nothing to repair: no records"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("repair plan for {}:\n{plan}", dir.display());
+    if plan.loses_records() && !force {
+        return Err(format!(
+            "refusing to repair {}: it would discard intact records that no checkpoint covers: {}; nothing was changed (rerun with --force to discard them)",
+            dir.display(),
+            plan.describe_lost()
+        )
+        .into());
+    }
+    let done = repair_log(dir, WalOptions::default(), covered, force)?;
+    match &done.kept {
+        Some(r) => println!("repaired: records {}..={} kept; next LSN {}", r.start(), r.end(), done.next_lsn),
+        None => println!("repaired: no records kept; next LSN {}", done.next_lsn),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn require_log_dir(dir: &Path) -> Result<()> {
@@ -157,13 +208,19 @@ fn append(dir: &Path, opts: WalOptions) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dump(dir: &Path, from: Option<Lsn>) -> Result<ExitCode> {
+fn dump(dir: &Path, from: Option<Lsn>, hex: bool) -> Result<ExitCode> {
     let reader = LogReader::open(dir, &WalOptions::default())?;
     let from = from.unwrap_or_else(|| reader.summary().first_lsn);
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let write = |out: &mut BufWriter<_>, lsn: Lsn, payload: &[u8]| -> io::Result<()> {
         write!(out, "{lsn}\t")?;
-        out.write_all(payload)?;
+        if hex {
+            for b in payload {
+                write!(out, "{b:02x}")?;
+            }
+        } else {
+            out.write_all(payload)?;
+        }
         out.write_all(b"\n")
     };
     for record in reader.iter_from(from)? {

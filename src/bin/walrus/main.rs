@@ -113,13 +113,19 @@ pub enum LogCommand {
         #[arg(long, default_value_t = 64 << 20)]
         segment_size: u64,
     },
-    /// Print `<lsn>\t<payload>` for every record, in order.
+    /// Print `<lsn>\t<payload>` for every record, in order. Payloads are
+    /// printed raw (so one holding a newline spans lines) unless --hex is given.
     Dump {
         /// Log directory.
         dir: PathBuf,
         /// First LSN to print (default: the first one the log holds).
         #[arg(long)]
         from: Option<u64>,
+        /// Print each payload as lowercase hex digits (two per byte; an empty
+        /// payload prints nothing after the tab), one record per line whatever
+        /// the payload holds.
+        #[arg(long)]
+        hex: bool,
     },
     /// Check every record without modifying anything; exit 0 when clean.
     Verify {
@@ -133,10 +139,17 @@ pub enum LogCommand {
         /// Keep records from this LSN on.
         lsn: u64,
     },
-    /// Discard a damaged log from the first bad record on, so it opens again.
+    /// Repair a damaged log so it opens again: print the plan (what is kept,
+    /// what is discarded and why), then carry it out. Refuses, changing
+    /// nothing, if it would discard intact records no checkpoint covers,
+    /// unless --force is given. When DIR is a replica's `wal` directory, the
+    /// records its checkpoint covers count as redundant.
     Repair {
         /// Log directory.
         dir: PathBuf,
+        /// Discard intact records that no checkpoint covers, too.
+        #[arg(long)]
+        force: bool,
     },
 }
 
