@@ -1007,6 +1007,8 @@ fn repair_of_a_replica_log_drops_what_its_checkpoint_covers() {
         assert!(segs.len() >= 3, "{} segments", segs.len());
         stale_name = file_name(&segs[0].1);
         fs::copy(&segs[0].1, &stale).unwrap();
+        // Two: the log is kept back to the checkpoint before last.
+        r.checkpoint().unwrap();
         r.checkpoint().unwrap();
         for i in 0..10 {
             r.update(|d, actor| d.put_op(actor, "after", &format!("a{i}"))).unwrap();
@@ -1027,9 +1029,52 @@ fn repair_of_a_replica_log_drops_what_its_checkpoint_covers() {
     assert!(!wal_dir.join(&stale_name).exists(), "the stale segment is dropped: {}", describe(&out));
     assert_eq!(segments(&wal_dir)[0].0, truncated_first);
 
+    let actor = fs::read(replica_dir.join("actor.key")).unwrap();
     let r: Replica<KvDoc> = Replica::open(&replica_dir, opts()).expect("the replica opens after the repair");
     assert_eq!(r.doc().values_of("after"), vec!["a9".to_string()]);
     assert_eq!(r.doc().values_of("k9"), vec!["v149".to_string()]);
+    assert!(r.recovered().is_empty(), "nothing it wrote was discarded: {:?}", r.recovered());
+    drop(r);
+    assert_eq!(fs::read(replica_dir.join("actor.key")).unwrap(), actor);
+}
+
+/// A forced repair inside a replica that discards records no checkpoint
+/// covers makes the replica retire its actor: peers may hold them.
+#[test]
+fn a_forced_repair_of_a_replica_log_retires_its_actor() {
+    use walrus::replica::{KvDoc, KvDocExt, Recovered, Replica, ReplicaOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let replica_dir = tmp.path().join("replica");
+    let wal_dir = replica_dir.join("wal");
+    let opts = || {
+        let mut wal = walrus::wal::WalOptions::new(walrus::wal::SyncPolicy::Always).segment_size(4096);
+        wal.preallocate = false;
+        ReplicaOptions { wal, checkpoint_bytes: 0, ..ReplicaOptions::default() }
+    };
+    let old = {
+        let mut r: Replica<KvDoc> = Replica::open(&replica_dir, opts()).unwrap();
+        for i in 0..150 {
+            r.update(|d, actor| d.put_op(actor, &format!("k{}", i % 20), &format!("v{i}"))).unwrap();
+        }
+        r.actor()
+    };
+    let segs = segments(&wal_dir);
+    assert!(segs.len() >= 3);
+    fs::remove_file(&segs[1].1).unwrap();
+    let out = run(log_args("repair", &wal_dir, &["--force"]), b"");
+    assert_success(&out, "forced repair of a replica's log");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("new actor"), "{}", describe(&out));
+    // The newest records were kept, the oldest dropped: no checkpoint
+    // continues the log, so the replica must be rebuilt (peers refill it).
+    let err = Replica::<KvDoc>::open(&replica_dir, opts()).err().expect("nothing restores the state");
+    assert!(err.to_string().contains("log starts at LSN"), "{err}");
+    let mut r: Replica<KvDoc> = Replica::rebuild(&replica_dir, opts()).expect("rebuild after the repair");
+    assert_ne!(r.actor(), old);
+    assert_eq!(r.recovered().iter().filter(|n| matches!(n, Recovered::ActorRetired { .. })).count(), 1);
+    assert!(!replica_dir.join("actor.retire").exists());
+    assert_eq!(r.update(|d, a| d.put_op(a, "next", "x")).unwrap().seq, r.clock().get(&r.actor()));
+    // The kept records of the old actor were written again under the new one.
+    assert_eq!(r.doc().values_of("k19"), vec!["v139".to_string()]);
 }
 
 /// A replica's log whose checkpoint cannot be read: repair says so and

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use walrus::wal::{plan_repair, repair as repair_log, LogReader, Lsn, SyncPolicy, Wal, WalOptions};
+use walrus::wal::{plan_repair, repair as repair_log, DiscardKind, LogReader, Lsn, SyncPolicy, Wal, WalOptions};
 
 use crate::LogCommand;
 
@@ -36,13 +36,20 @@ pub fn run(cmd: LogCommand) -> Result<ExitCode> {
     }
 }
 
+/// The replica directory whose log `dir` is, if it is one (it holds the
+/// replica's actor key beside it).
+fn replica_of(dir: &Path) -> Option<std::path::PathBuf> {
+    // Canonical, so that `wal`, `.` or `x/..` still have the right parent.
+    let dir = std::fs::canonicalize(dir).ok()?;
+    dir.parent().filter(|p| p.join(walrus::replica::ACTOR_FILE).is_file()).map(Path::to_path_buf)
+}
+
 /// Name of a replica's checkpoint file, next to its `wal` directory.
 const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// The LSN up to which a replica's checkpoint makes the records of its log
 /// in `dir` redundant (0 when `dir` is not a replica's log).
 fn covered_by_checkpoint(dir: &Path) -> Lsn {
-    // Canonical, so that `wal`, `.` or `x/..` still have the right parent.
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let Some(replica) = dir.parent().filter(|p| p.join(CHECKPOINT_FILE).is_file()) else { return 0 };
     match walrus::replica::checkpointed_lsn(replica) {
@@ -89,6 +96,14 @@ fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
     match &done.kept {
         Some(r) => println!("repaired: records {}..={} kept; next LSN {}", r.start(), r.end(), done.next_lsn),
         None => println!("repaired: no records kept; next LSN {}", done.next_lsn),
+    }
+    // Inside a replica, discarded operations may be its own that peers
+    // hold: it must not sign their numbers again.
+    let uncovered = done.discarded.iter().any(|d| matches!(d.kind, DiscardKind::Intact | DiscardKind::Damaged { .. }));
+    if let Some(replica) = replica_of(dir).filter(|_| uncovered) {
+        walrus::replica::request_retirement(&replica)
+            .map_err(|e| format!("repaired, but marking {} to retire its actor failed: {e}", replica.display()))?;
+        println!("the replica in {} will write under a new actor from its next open", replica.display());
     }
     Ok(ExitCode::SUCCESS)
 }
