@@ -127,6 +127,23 @@ pub fn read_generations<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<G
     Ok(Generations { newest, newest_is_previous, older_lsn, damaged })
 }
 
+/// If a checkpoint write stopped after moving `checkpoint` to
+/// `checkpoint.prev` and before renaming the new one in, renames it in now
+/// (its temp file is complete and verified), so both generations exist.
+pub fn promote_interrupted<D: DeserializeOwned>(files: &Files, dir: &Path, limit: u64) -> Result<(), ReplicaError> {
+    let (newest, tmp) = (dir.join(CHECKPOINT_FILE), dir.join(format!("{CHECKPOINT_FILE}{}", durable::TMP_SUFFIX)));
+    if newest.exists() || !tmp.exists() || !dir.join(PREVIOUS_FILE).exists() {
+        return Ok(());
+    }
+    if let Ok(Some(cp)) = read_file::<D>(&tmp, limit) {
+        let prev_lsn = read_file::<D>(&dir.join(PREVIOUS_FILE), limit).ok().flatten().map_or(0, |p| p.lsn);
+        if cp.lsn >= prev_lsn {
+            files.rename(&tmp, &newest)?;
+        }
+    }
+    Ok(())
+}
+
 /// The newest intact generation that covers only records before `lsn`
 /// (a state without what was logged from `lsn` on), if any.
 pub fn read_generations_below<D: DeserializeOwned>(

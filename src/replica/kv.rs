@@ -242,12 +242,16 @@ impl CvRDT for KvDoc {
 impl Document for KvDoc {
     type Operation = KvOp;
 
-    /// A put is put again (the value), a delete deletes again (what the
-    /// key holds now).
-    fn reissue(&self, op: &KvOp, actor: ActorId) -> Option<KvOp> {
+    /// A put of the same value, a delete of the same key, removing what
+    /// the original saw except the retired actor's values.
+    fn reissue(&self, op: &KvOp, retired: ActorId, actor: ActorId) -> Option<KvOp> {
+        let keep = |seen: &[Dot]| seen.iter().filter(|d| d.actor != retired).copied().collect();
         Some(match op {
-            KvOp::Put { key, value, .. } => self.put_op(actor, key, value),
-            KvOp::Del { key, .. } => self.del_op(key),
+            KvOp::Put { key, value, seen, .. } => {
+                let dot = Dot { actor, counter: self.context.upto(&actor).saturating_add(1) };
+                KvOp::Put { key: key.clone(), dot, value: value.clone(), seen: keep(seen) }
+            }
+            KvOp::Del { key, seen } => KvOp::Del { key: key.clone(), seen: keep(seen) },
         })
     }
 
@@ -264,6 +268,27 @@ impl Document for KvDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reissued_write_removes_only_what_the_original_saw() {
+        let (old, new, other) = (ActorId([1; 32]), ActorId([2; 32]), ActorId([3; 32]));
+        let mut doc = KvDoc::default();
+        let first = doc.put_op(other, "k", "first");
+        doc.apply(first);
+        let forked = doc.put_op(old, "k", "mine");
+        // Written concurrently by someone else, arrived later.
+        let mut elsewhere = KvDoc::default();
+        let concurrent = elsewhere.put_op(ActorId([4; 32]), "k", "concurrent");
+        elsewhere.apply(concurrent.clone());
+        doc.apply(concurrent);
+        let again = doc.reissue(&forked, old, new).unwrap();
+        assert!(matches!(&again, KvOp::Put { dot, .. } if dot.actor == new && dot.counter == 1));
+        doc.apply(again);
+        assert_eq!(doc.values_of("k"), vec!["concurrent", "mine"], "the concurrent write survives");
+        let del = doc.del_op("k");
+        let del_again = doc.reissue(&del, old, new).unwrap();
+        assert_eq!(del_again, del, "nothing of the retired actor's was seen");
+    }
 
     #[test]
     fn delete_loses_to_a_concurrent_put_and_late_writes_stay_dead() {

@@ -379,7 +379,10 @@ impl<D: Document> Replica<D> {
         let files = Files::new(opts.wal.faults.clone());
         files.create_dir_all(&dir)?;
         let wal = Wal::open(dir.join(WAL_DIR), opts.wal.clone())?;
-        // A checkpoint interrupted by a crash leaves its temporary file.
+        // A checkpoint interrupted by a crash leaves its temporary file. One
+        // interrupted after the older generation was moved aside is whole
+        // and synced: it becomes the newest generation, so two remain.
+        checkpoint::promote_interrupted::<D>(&files, &dir, opts.max_checkpoint_size)?;
         durable::remove_stale(&files, &dir.join(checkpoint::CHECKPOINT_FILE))?;
         // Temp files of an interrupted key write hold a secret: remove them.
         durable::remove_stale(&files, &dir.join(ACTOR_FILE))?;
@@ -1487,7 +1490,7 @@ impl<D: Document> Replica<D> {
     /// Writes forked operations again under the current actor.
     fn reissue(&mut self, forked: Vec<OpEnvelope<D::Operation>>) -> Result<()> {
         for env in forked {
-            match self.doc.reissue(&env.op, self.actor) {
+            match self.doc.reissue(&env.op, env.actor, self.actor) {
                 Some(op) => {
                     self.update(|_, _| op)?;
                 }
