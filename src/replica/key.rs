@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
 use super::ActorId;
+use crate::wal::durable::Files;
 
 /// Length of the key file: the 32-byte ed25519 secret seed.
 const KEY_LEN: usize = 32;
@@ -94,10 +95,16 @@ impl ActorKey {
     /// place, so a crash leaves either no key or the whole key, and of
     /// several processes creating it at once all end up with the same key).
     pub fn load_or_create(path: &Path) -> Result<ActorKey, KeyError> {
+        ActorKey::load_or_create_in(&Files::default(), path)
+    }
+
+    /// [`load_or_create`](Self::load_or_create), creating the key through
+    /// `files` (and so through its fault injector, which then sees the new
+    /// key file).
+    pub(crate) fn load_or_create_in(files: &Files, path: &Path) -> Result<ActorKey, KeyError> {
         match ActorKey::load(path) {
             Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 let key = ActorKey::generate()?;
-                let files = crate::wal::durable::Files::default();
                 if files.create_new(path, &key.seed(), true).map_err(|e| wal_to_key(path, e))? {
                     Ok(key)
                 } else {
@@ -188,5 +195,23 @@ mod tests {
         assert_eq!(format!("{key:?}"), format!("ActorKey({})", key.actor()), "Debug shows no secret");
         fs::write(&path, b"short").unwrap();
         assert!(matches!(ActorKey::load_or_create(&path), Err(KeyError::Corrupt { .. })));
+    }
+
+    /// A key created through a fault seam is a file a power-loss model
+    /// follows: every crash state after the creation holds it whole.
+    #[test]
+    fn a_key_created_through_the_seam_survives_power_loss() {
+        let root = tempfile::tempdir().unwrap();
+        let power = std::sync::Arc::new(crate::wal::PowerLoss::new(root.path()).unwrap());
+        let files = Files::new(Some(power.clone()));
+        let path = root.path().join("actor.key");
+        let key = ActorKey::load_or_create_in(&files, &path).unwrap();
+        assert_eq!(ActorKey::load_or_create_in(&files, &path).unwrap().actor(), key.actor());
+        for seed in 0..8 {
+            let crashed = tempfile::tempdir().unwrap();
+            power.materialize(crashed.path(), seed).unwrap();
+            let again = ActorKey::load(&crashed.path().join("actor.key")).unwrap();
+            assert_eq!(again.actor(), key.actor(), "crash state {seed}");
+        }
     }
 }

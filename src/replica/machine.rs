@@ -386,7 +386,7 @@ impl<D: Document> Replica<D> {
         durable::remove_stale(&files, &dir.join(checkpoint::CHECKPOINT_FILE))?;
         // Temp files of an interrupted key write hold a secret: remove them.
         durable::remove_stale(&files, &dir.join(ACTOR_FILE))?;
-        let key = load_or_create_key(&dir)?;
+        let key = load_or_create_key(&files, &dir)?;
         let document = load_or_create_document(&files, &dir, opts.document.as_deref())?;
         let base = load_base::<D>(&dir, &opts, wal.first_lsn(), wal.last_lsn(), rebuild)?;
         let rebuilding = base.rebuilt;
@@ -466,12 +466,10 @@ impl<D: Document> Replica<D> {
                 r.finish_rewrite(job.old, job.from, job.to)?;
             }
         }
-        let marker = r.dir.join(succession::RETIRE_FILE);
-        if marker.exists() {
-            if r.recovered.iter().all(|n| !matches!(n, Recovered::ActorRetired { .. })) {
-                r.retire_actor_for(RetireReason::Requested)?;
-            }
-            r.files.remove(&marker)?;
+        match succession::retire_requested(&r.dir, &r.actor) {
+            Some(true) => r.retire_actor_for(RetireReason::Requested)?,
+            Some(false) => r.files.remove(&r.dir.join(succession::RETIRE_FILE))?,
+            None => {}
         }
         info!(actor = %r.actor, ops = r.clock.total(), "replica opened");
         Ok(r)
@@ -1360,8 +1358,13 @@ impl<D: Document> Replica<D> {
         let Some(pending) = self.retire.take() else { return Ok(()) };
         let old = self.actor;
         let key_file = self.dir.join(ACTOR_FILE);
-        // What is to be rewritten is recorded before anything changes, so
-        // a crash or a failure part-way is finished by the next open.
+        // What is retired, and what is to be rewritten, is recorded before
+        // anything changes, so a crash or a failure part-way is finished by
+        // the next open.
+        if let Err(e) = succession::mark_retiring(&self.files, &self.dir, &old) {
+            self.retire = Some(pending);
+            return Err(e.into());
+        }
         if let Some((from, to)) = pending.forked {
             let job = succession::Rewrite { old, from, to };
             if let Err(e) = succession::save_rewrite(&self.files, &self.dir, &job) {
@@ -1388,6 +1391,7 @@ impl<D: Document> Replica<D> {
         if let Some((from, to)) = pending.forked {
             self.finish_rewrite(old, from, to)?;
         }
+        self.files.remove(&self.dir.join(succession::RETIRE_FILE))?;
         Ok(())
     }
 
@@ -1535,7 +1539,7 @@ fn load_or_create_document(files: &Files, dir: &Path, wanted: Option<&str>) -> R
     }
 }
 
-fn load_or_create_key(dir: &Path) -> Result<ActorKey> {
+fn load_or_create_key(files: &Files, dir: &Path) -> Result<ActorKey> {
     let path = dir.join(ACTOR_FILE);
     if !path.exists() && dir.join(OLD_ACTOR_FILE).exists() {
         return Err(ReplicaError::Corrupt {
@@ -1545,5 +1549,5 @@ fn load_or_create_key(dir: &Path) -> Result<ActorKey> {
                 .into(),
         });
     }
-    Ok(ActorKey::load_or_create(&path)?)
+    Ok(ActorKey::load_or_create_in(files, &path)?)
 }

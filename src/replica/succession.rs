@@ -139,6 +139,22 @@ pub fn request_retirement(dir: &Path) -> crate::wal::Result<()> {
     Files::default().write_atomic(&dir.join(RETIRE_FILE), b"", false)
 }
 
+/// Records, before a retirement starts, which actor is being retired: if a
+/// crash interrupts it, the next open finds that actor still current and
+/// retires it (the reason may have lived only in memory).
+pub(crate) fn mark_retiring(files: &Files, dir: &Path, actor: &ActorId) -> crate::wal::Result<()> {
+    files.write_atomic(&dir.join(RETIRE_FILE), &actor.0, false)
+}
+
+/// What `actor.retire` asks of an open whose current actor is `current`:
+/// `Some(true)` retire it, `Some(false)` only remove the marker (that
+/// retirement was finished), `None` no marker.
+pub(crate) fn retire_requested(dir: &Path, current: &ActorId) -> Option<bool> {
+    let bytes = durable::read_bounded(&dir.join(RETIRE_FILE), 64).ok()??;
+    // Empty: asked for by a tool. Unreadable: retiring is the safe side.
+    Some(bytes.is_empty() || bytes.len() != 32 || bytes[..] == current.0[..])
+}
+
 /// File recording a fork rewrite in progress (see [`Rewrite`]).
 pub const REWRITE_FILE: &str = "actor.rewrite";
 
