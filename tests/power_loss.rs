@@ -508,8 +508,18 @@ fn a_power_loss_during_recovery_loses_nothing_acknowledged() {
             let real = scratch_dir();
             let power = Arc::new(PowerLoss::new(real.path()).unwrap().cut_at(cut));
             let h = workload(seed, policy, preallocate, &real.path().join("log"), &power);
-            let state = rng.below(1000);
-            // The same seed materializes the same crash state each time.
+            // Prefer a crash state that left recovery something to clean up
+            // (torn or lost writes); the same seed materializes the same
+            // crash state each time.
+            let mut state = rng.below(1000);
+            for _ in 0..16 {
+                let probe = scratch_dir();
+                let s = power.materialize(probe.path(), state).unwrap();
+                if s.writes_torn + s.writes_lost > 0 {
+                    break;
+                }
+                state = rng.below(1000);
+            }
             let crashed = || {
                 let d = scratch_dir();
                 power.materialize(d.path(), state).unwrap();
