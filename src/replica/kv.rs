@@ -243,15 +243,25 @@ impl Document for KvDoc {
     type Operation = KvOp;
 
     /// A put of the same value, a delete of the same key, removing what
-    /// the original saw except the retired actor's values.
+    /// the original saw — except the retired actor's values this state has
+    /// never seen (its forked writes, which other replicas may hold other
+    /// operations for) — and what `actor` already wrote again of the key
+    /// (so a run of rewritten puts overwrites itself as the original did).
     fn reissue(&self, op: &KvOp, retired: ActorId, actor: ActorId) -> Option<KvOp> {
-        let keep = |seen: &[Dot]| seen.iter().filter(|d| d.actor != retired).copied().collect();
+        let seen = |key: &str, seen: &[Dot]| -> Vec<Dot> {
+            let mut out: Vec<Dot> =
+                seen.iter().filter(|d| d.actor != retired || self.context.contains(d)).copied().collect();
+            let rewritten: Vec<Dot> =
+                self.seen(key).into_iter().filter(|d| d.actor == actor && !out.contains(d)).collect();
+            out.extend(rewritten);
+            out
+        };
         Some(match op {
-            KvOp::Put { key, value, seen, .. } => {
+            KvOp::Put { key, value, seen: s, .. } => {
                 let dot = Dot { actor, counter: self.context.upto(&actor).saturating_add(1) };
-                KvOp::Put { key: key.clone(), dot, value: value.clone(), seen: keep(seen) }
+                KvOp::Put { key: key.clone(), dot, value: value.clone(), seen: seen(key, s) }
             }
-            KvOp::Del { key, seen } => KvOp::Del { key: key.clone(), seen: keep(seen) },
+            KvOp::Del { key, seen: s } => KvOp::Del { key: key.clone(), seen: seen(key, s) },
         })
     }
 
@@ -285,9 +295,14 @@ mod tests {
         assert!(matches!(&again, KvOp::Put { dot, .. } if dot.actor == new && dot.counter == 1));
         doc.apply(again);
         assert_eq!(doc.values_of("k"), vec!["concurrent", "mine"], "the concurrent write survives");
-        let del = doc.del_op("k");
-        let del_again = doc.reissue(&del, old, new).unwrap();
-        assert_eq!(del_again, del, "nothing of the retired actor's was seen");
+        // A later forked put of the key, which saw the first forked one,
+        // overwrites its rewritten version, not the concurrent write.
+        let mut forked_state = KvDoc::default();
+        forked_state.apply(forked.clone());
+        let forked2 = forked_state.put_op(old, "k", "mine, later");
+        let again2 = doc.reissue(&forked2, old, new).unwrap();
+        doc.apply(again2);
+        assert_eq!(doc.values_of("k"), vec!["concurrent", "mine, later"]);
     }
 
     #[test]
