@@ -266,6 +266,11 @@ fn a_replica_no_checkpoint_restores_is_rebuilt_keeping_its_own_operations() {
     for i in 0..20 {
         assert_eq!(b.doc().values_of(&format!("tail{i}")), vec![format!("only here {i}")]);
     }
+    // Written again, a key's last value supersedes the old actor's as the
+    // original did: no spurious conflict.
+    for k in 0..7 {
+        assert_eq!(b.doc().values_of(&format!("c{k}")).len(), 1, "c{k}: {:?}", b.doc().values_of(&format!("c{k}")));
+    }
     // It opens normally from now on.
     let st = state(&a);
     drop(a);

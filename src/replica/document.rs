@@ -50,17 +50,18 @@ pub trait Document:
         self.validate_merge(other).map_err(|e| e.to_string())
     }
 
-    /// The same change as `op`, which the retired actor `retired` wrote,
+    /// The same change as `op` (written by an actor this replica retired),
     /// made anew by `actor`, or `None` if the type cannot tell. Used when a
     /// replica finds that operations it wrote were forked (peers hold other
     /// operations for the same sequence numbers, after a restore or a
-    /// rollback): it writes them again under its new actor so they are not
-    /// lost. The new operation must not claim to have seen more than `op`
-    /// did (else it would remove others' concurrent writes), nor anything
-    /// of `retired`'s (whose operations may differ between replicas). The
-    /// default is `None`: such operations then stay only in this replica's
-    /// log.
-    fn reissue(&self, _op: &Self::Operation, _retired: ActorId, _actor: ActorId) -> Option<Self::Operation> {
+    /// rollback), or rebuilds itself: it writes them again under its new
+    /// actor so they are not lost. The new operation must not claim to have
+    /// seen more than `op` did (else it would remove others' concurrent
+    /// writes), nor what `distrusted` wrote that this state lacks (its
+    /// forked operations, which other replicas may hold other operations
+    /// for). The default is `None`: such operations then stay only in this
+    /// replica's log.
+    fn reissue(&self, _op: &Self::Operation, _distrusted: ActorId, _actor: ActorId) -> Option<Self::Operation> {
         None
     }
 

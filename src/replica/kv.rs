@@ -243,23 +243,29 @@ impl Document for KvDoc {
     type Operation = KvOp;
 
     /// A put of the same value, a delete of the same key, removing what
-    /// the original saw — except the retired actor's values this state has
-    /// never seen (its forked writes, which other replicas may hold other
-    /// operations for) — and what `actor` already wrote again of the key
-    /// (so a run of rewritten puts overwrites itself as the original did).
-    fn reissue(&self, op: &KvOp, retired: ActorId, actor: ActorId) -> Option<KvOp> {
+    /// the original saw — except `distrusted`'s values this state has never
+    /// seen (forked writes, which other replicas may hold other operations
+    /// for) — and what `actor` already wrote again of the key (so a run of
+    /// rewritten puts overwrites itself as the original did). A trusted
+    /// original put is replaced by its copy.
+    fn reissue(&self, op: &KvOp, distrusted: ActorId, actor: ActorId) -> Option<KvOp> {
         let seen = |key: &str, seen: &[Dot]| -> Vec<Dot> {
             let mut out: Vec<Dot> =
-                seen.iter().filter(|d| d.actor != retired || self.context.contains(d)).copied().collect();
+                seen.iter().filter(|d| d.actor != distrusted || self.context.contains(d)).copied().collect();
             let rewritten: Vec<Dot> =
                 self.seen(key).into_iter().filter(|d| d.actor == actor && !out.contains(d)).collect();
             out.extend(rewritten);
             out
         };
         Some(match op {
-            KvOp::Put { key, value, seen: s, .. } => {
+            KvOp::Put { key, value, seen: s, dot: original } => {
                 let dot = Dot { actor, counter: self.context.upto(&actor).saturating_add(1) };
-                KvOp::Put { key: key.clone(), dot, value: value.clone(), seen: seen(key, s) }
+                let mut seen = seen(key, s);
+                // The original, where trusted, is the same write: replaced.
+                if original.actor != distrusted && !seen.contains(original) {
+                    seen.push(*original);
+                }
+                KvOp::Put { key: key.clone(), dot, value: value.clone(), seen }
             }
             KvOp::Del { key, seen: s } => KvOp::Del { key: key.clone(), seen: seen(key, s) },
         })

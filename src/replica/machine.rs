@@ -1431,7 +1431,7 @@ impl<D: Document> Replica<D> {
             // Rebuilt already (a rewrite interrupted after its checkpoint):
             // write again what the new actor has not written yet.
             let done = usize::try_from(self.clock.get(&self.actor)).unwrap_or(usize::MAX);
-            return self.reissue(forked.into_iter().skip(done).collect());
+            return self.reissue(forked.into_iter().skip(done).collect(), true);
         }
         let below = checkpoint::read_generations_below::<D>(&self.dir, self.opts.max_checkpoint_size, fork_lsn)?;
         let base = match below {
@@ -1440,7 +1440,7 @@ impl<D: Document> Replica<D> {
             None if self.wal.first_lsn() <= 1 => (D::default(), VersionVector::default(), 0),
             None => {
                 warn!(actor = %old, from, to, "no state predates the forked operations; they stay in this replica's state");
-                return self.reissue(forked);
+                return self.reissue(forked, true);
             }
         };
         // Replay onto the older state, leaving out `old` from `from` on.
@@ -1469,7 +1469,7 @@ impl<D: Document> Replica<D> {
         self.checkpoint()?;
         let clock = self.clock.clone();
         self.notify(|| Change::Snapshot { clock });
-        self.reissue(forked)
+        self.reissue(forked, true)
     }
 
     /// After opening from an empty state: retires the actor and writes
@@ -1487,14 +1487,20 @@ impl<D: Document> Replica<D> {
         }
         self.retire.get_or_insert(PendingRetire { reason: RetireReason::Rebuilt, forked: None });
         self.complete_retire()?;
-        self.reissue(own)?;
+        self.reissue(own, false)?;
         self.checkpoint()
     }
 
     /// Writes forked operations again under the current actor.
-    fn reissue(&mut self, forked: Vec<OpEnvelope<D::Operation>>) -> Result<()> {
-        for env in forked {
-            match self.doc.reissue(&env.op, env.actor, self.actor) {
+    ///
+    /// `forked`: whether other replicas may hold other operations under the
+    /// same numbers (then what they saw of their old actor that this state
+    /// lacks is not trusted). A rebuilt replica's own operations were not
+    /// forked: everything they saw stands.
+    fn reissue(&mut self, ops: Vec<OpEnvelope<D::Operation>>, forked: bool) -> Result<()> {
+        for env in ops {
+            let distrusted = if forked { env.actor } else { self.actor };
+            match self.doc.reissue(&env.op, distrusted, self.actor) {
                 Some(op) => {
                     self.update(|_, _| op)?;
                 }
