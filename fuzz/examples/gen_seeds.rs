@@ -396,7 +396,12 @@ fn sync_exchange_seeds() -> Vec<(&'static str, Vec<u8>)> {
         for e in ops {
             state.apply(e.op.clone());
         }
-        sync::encode(&SyncResponse::Snapshot { doc: DOC.into(), state: ByteBuf::from(sync::encode(&state)), clock, successions: Vec::new() })
+        sync::encode(&SyncResponse::Snapshot {
+            doc: DOC.into(),
+            state: ByteBuf::from(sync::encode(&state)),
+            clock,
+            successions: Vec::new(),
+        })
     };
     let clock_of = |ops: &[OpEnvelope<KvOp>]| ops.iter().map(|e| (e.actor, e.seq)).collect::<VersionVector>();
     let own = own_ops(plain);
