@@ -37,24 +37,16 @@ const SEGMENT: u64 = 4096;
 /// Crash states materialized per cut.
 const STATES_PER_CUT: u64 = 6;
 
-/// SplitMix64, for reproducible workloads.
-struct Rng(u64);
+/// A seeded generator, for reproducible workloads.
+struct Rng(fastrand::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.u64(..n.max(1))
     }
 
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
+        self.0.u64(lo..=hi)
     }
 }
 
@@ -105,7 +97,7 @@ struct History {
 /// Runs the workload of `seed` until it ends or the power fails. Any error
 /// before the power fails is a bug.
 fn workload(seed: u64, policy: SyncPolicy, preallocate: bool, dir: &Path, power: &Arc<PowerLoss>) -> History {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(fastrand::Rng::with_seed(seed));
     let mut h = History::default();
     let opts = options(policy, preallocate).with_faults(power.clone());
     let lost = |what: &str, e: &dyn std::fmt::Display| {
@@ -238,7 +230,7 @@ fn run_policy(policy: SyncPolicy, salt: u64) -> Totals {
         assert!(h.acked > 0 && ops > 20, "seed {seed}: the dry run did little ({ops} operations)");
         totals.truncated_segments += h.truncated_segments;
 
-        let mut rng = Rng(seed ^ 0x5eed);
+        let mut rng = Rng(fastrand::Rng::with_seed(seed ^ 0x5eed));
         let mut cuts: Vec<u64> = (0..8).map(|_| rng.range(1, ops)).collect();
         for &(a, b) in &h.windows {
             cuts.push(rng.range(a, b));
@@ -453,7 +445,7 @@ fn concurrent_appenders_lose_no_acknowledged_record() {
     let power = Arc::new(PowerLoss::new(dry.path()).unwrap());
     assert_eq!(run(&power, &dry.path().join("log")).len() as u64, THREADS * PER_THREAD);
     let ops = power.operations();
-    let mut rng = Rng(env_u64("WALRUS_POWER_LOSS_SEED", 0) ^ 0xc0c0);
+    let mut rng = Rng(fastrand::Rng::with_seed(env_u64("WALRUS_POWER_LOSS_SEED", 0) ^ 0xc0c0));
     let mut checked = 0;
     for _ in 0..env_u64("WALRUS_POWER_LOSS_CASES", 20) * 2 {
         let cut = rng.range(1, ops);
@@ -502,7 +494,7 @@ fn a_power_loss_during_recovery_loses_nothing_acknowledged() {
         let power = Arc::new(PowerLoss::new(dry.path()).unwrap());
         workload(seed, policy, preallocate, &dry.path().join("log"), &power);
         let ops = power.operations();
-        let mut rng = Rng(seed ^ 0xdead);
+        let mut rng = Rng(fastrand::Rng::with_seed(seed ^ 0xdead));
         for _ in 0..3 {
             let cut = rng.range(1, ops);
             let real = scratch_dir();

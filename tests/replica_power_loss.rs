@@ -65,24 +65,16 @@ const KEY_FILE: &str = "actor.key";
 const HOME_FILE: &str = "actor.home";
 const GENERATIONS: [&str; 2] = ["checkpoint", "checkpoint.prev"];
 
-/// SplitMix64, for reproducible workloads.
-struct Rng(u64);
+/// A seeded generator, for reproducible workloads.
+struct Rng(fastrand::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.u64(..n.max(1))
     }
 
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
+        self.0.u64(lo..=hi)
     }
 }
 
@@ -220,7 +212,7 @@ fn create(dir: &Path, opts: &ReplicaOptions) {
 /// Runs the workload of `seed` until it ends or the power fails. Any error
 /// before the power fails is a bug.
 fn workload(seed: u64, opts: &ReplicaOptions, dir: &Path, power: &Arc<PowerLoss>) -> History {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(fastrand::Rng::with_seed(seed));
     let mut h = History::default();
     h.note_identity(dir);
     let faulty = with_faults(opts, power);
@@ -549,7 +541,7 @@ fn second_power_loss(
         (root, second, h2)
     };
     let (_dry, dry, _) = life(None);
-    let cut = Rng(seed).range(1, dry.operations());
+    let cut = Rng(fastrand::Rng::with_seed(seed)).range(1, dry.operations());
     let (_root, second, h2) = life(Some(cut));
     totals.second_losses += usize::from(second.power_lost());
     for state2 in 0..3 {
@@ -586,7 +578,7 @@ fn run_policy(policy: SyncPolicy, salt: u64) -> Totals {
         dry_checkpoints += h.checkpoints;
         dry_retirements += h.retired.len();
 
-        let mut rng = Rng(seed ^ 0x5eed);
+        let mut rng = Rng(fastrand::Rng::with_seed(seed ^ 0x5eed));
         let mut cuts: Vec<u64> = (0..6).map(|_| rng.range(1, ops)).collect();
         for &(a, b) in &h.windows {
             cuts.push(rng.range(a, b.max(a)));

@@ -232,7 +232,7 @@ impl PowerLoss {
                 model.errors.len()
             )));
         }
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut summary = CrashSummary::default();
         let pick = Pick::new(&model, &mut rng);
 
@@ -553,21 +553,17 @@ fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
-/// SplitMix64: small, seedable, good enough to pick crash states.
-struct Rng(u64);
+/// A seeded generator: the same seed picks the same crash state.
+struct Rng(fastrand::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Rng {
+        Rng(fastrand::Rng::with_seed(seed))
     }
 
-    /// Uniform in `0..n` (`n` > 0).
+    /// Uniform in `0..n` (`0` when `n` is 0).
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.u64(..n.max(1))
     }
 }
 
