@@ -1380,19 +1380,20 @@ impl<D: Document> Replica<D> {
         let Some(pending) = self.retire.take() else { return Ok(()) };
         let old = self.actor;
         let key_file = self.dir.join(ACTOR_FILE);
-        // What is retired, and what is to be rewritten, is recorded before
+        // What is to be rewritten, and what is retired, is recorded before
         // anything changes, so a crash or a failure part-way is finished by
-        // the next open.
-        if let Err(e) = succession::mark_retiring(&self.files, &self.dir, &old) {
-            self.retire = Some(pending);
-            return Err(e.into());
-        }
+        // the next open. The rewrite first: `actor.retire` alone is finished
+        // as a plain retirement, which would leave the fork in place.
         if let Some((from, to)) = pending.forked {
             let job = succession::Rewrite { old, from, to };
             if let Err(e) = succession::save_rewrite(&self.files, &self.dir, &job) {
                 self.retire = Some(pending);
                 return Err(e.into());
             }
+        }
+        if let Err(e) = succession::mark_retiring(&self.files, &self.dir, &old) {
+            self.retire = Some(pending);
+            return Err(e.into());
         }
         let current = match succession::rotate(&self.files, &self.dir, &key_file, &self.key, &self.document) {
             Ok(c) => c,
