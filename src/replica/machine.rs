@@ -910,13 +910,14 @@ impl<D: Document> Replica<D> {
         let mut first_error = None;
         let mut ops = ops.into_iter().peekable();
         let mut forged = false;
+        let mut own = Vec::new();
         while ops.peek().is_some() && !forged && !self.poisoned {
             let round: Vec<_> = ops.by_ref().take(VERIFY_ROUND).collect();
             for (env, verified) in self.verify_batch(round) {
                 if forged || self.poisoned {
                     break;
                 }
-                forged = self.receive_one(env, verified, &mut report, &mut ready, &mut first_error);
+                forged = self.receive_one(env, verified, &mut report, &mut ready, &mut own, &mut first_error);
             }
         }
         report.applied = ready.len();
@@ -931,6 +932,16 @@ impl<D: Document> Replica<D> {
         }
         if self.retire.is_some() {
             self.complete_retire()?;
+        }
+        if !own.is_empty() {
+            // The retired actor's operations, now another actor's.
+            let later = self.receive(own)?;
+            report.applied += later.applied;
+            report.buffered += later.buffered;
+            report.duplicates += later.duplicates;
+            report.not_writers += later.not_writers;
+            report.rejected += later.rejected;
+            report.equivocations.extend(later.equivocations);
         }
         if let Some(e) = first_error {
             return Err(e);
@@ -948,11 +959,22 @@ impl<D: Document> Replica<D> {
         verified: Option<bool>,
         report: &mut Received,
         ready: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
+        own: &mut Vec<OpEnvelope<D::Operation>>,
         first_error: &mut Option<ReplicaError>,
     ) -> bool {
         let admitted = self.admit(&env, verified);
         if env.actor == self.actor {
             self.note_own(&env, &admitted);
+            // Behind its own actor's history: the peer's later operations
+            // of the actor are taken once it is retired (and its forked
+            // operations rewritten), as another actor's. Logged now, they
+            // would count as written here (and be written again as forked),
+            // and a crash before the retirement is durable would leave the
+            // log level with the peer's, the fork out of sight.
+            if self.retire.is_some() && matches!(admitted, Ok(Admit::New)) {
+                own.push(env);
+                return false;
+            }
         }
         match admitted {
             Ok(Admit::New) => {}
@@ -1358,19 +1380,20 @@ impl<D: Document> Replica<D> {
         let Some(pending) = self.retire.take() else { return Ok(()) };
         let old = self.actor;
         let key_file = self.dir.join(ACTOR_FILE);
-        // What is retired, and what is to be rewritten, is recorded before
+        // What is to be rewritten, and what is retired, is recorded before
         // anything changes, so a crash or a failure part-way is finished by
-        // the next open.
-        if let Err(e) = succession::mark_retiring(&self.files, &self.dir, &old) {
-            self.retire = Some(pending);
-            return Err(e.into());
-        }
+        // the next open. The rewrite first: `actor.retire` alone is finished
+        // as a plain retirement, which would leave the fork in place.
         if let Some((from, to)) = pending.forked {
             let job = succession::Rewrite { old, from, to };
             if let Err(e) = succession::save_rewrite(&self.files, &self.dir, &job) {
                 self.retire = Some(pending);
                 return Err(e.into());
             }
+        }
+        if let Err(e) = succession::mark_retiring(&self.files, &self.dir, &old) {
+            self.retire = Some(pending);
+            return Err(e.into());
         }
         let current = match succession::rotate(&self.files, &self.dir, &key_file, &self.key, &self.document) {
             Ok(c) => c,
