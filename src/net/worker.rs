@@ -234,8 +234,11 @@ impl<D: Document> Worker<D> {
         // call them clean: what the reopened log reads back need not be on
         // disk, and a power loss could take operations peers already hold.
         // A new actor never reuses their numbers.
+        // (An actor with nothing in the log has no numbers to reuse.)
         let opened = Replica::<D>::open(&self.dir, self.opts.clone()).and_then(|mut r| {
-            r.retire_actor()?;
+            if r.clock().get(&r.actor()) > 0 {
+                r.retire_actor()?;
+            }
             Ok(r)
         });
         match opened {

@@ -30,8 +30,8 @@ pub struct OpEnvelope<O> {
     /// The author's signature of [`signing_bytes`]`(document, actor, seq, op)`.
     pub sig: Signature,
     /// On the first operation of an actor that replaced a retired one: the
-    /// retired actor's certificate naming it (see
-    /// [`Succession`]). Not covered by `sig`: it carries its own signature.
+    /// retired actor's certificate naming it (see [`Succession`]). `sig`
+    /// covers it too (see [`OpEnvelope::signed_succeeding`]).
     /// Absent from the encoding when `None`, so envelopes without it are
     /// byte for byte what they were before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -260,6 +260,9 @@ struct PendingRetire {
     /// sequence number up to the last one this replica wrote before it
     /// found out. They are written again under the new actor.
     forked: Option<(u64, u64)>,
+    /// Whether those operations were forked (else: a rebuilt replica's own
+    /// operations, which other replicas hold the same).
+    distrust: bool,
 }
 
 /// Most equivocations kept for [`Replica::take_equivocations`].
@@ -342,6 +345,9 @@ pub struct Replica<D: Document> {
     own_at_open: u64,
     /// A snapshot's claim already retired an actor since the replica opened.
     snapshot_retired: bool,
+    /// A rewrite is in progress: nothing is truncated or checkpointed
+    /// automatically until it is done.
+    rewriting: bool,
     bytes_since_checkpoint: u64,
     subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
     /// Equivocations seen and not yet taken ([`Replica::take_equivocations`]).
@@ -433,6 +439,7 @@ impl<D: Document> Replica<D> {
             retire: None,
             own_at_open: 0,
             snapshot_retired: false,
+            rewriting: false,
             bytes_since_checkpoint: 0,
             subscribers: Vec::new(),
             equivocations: Vec::new(),
@@ -451,6 +458,11 @@ impl<D: Document> Replica<D> {
         match succession::at_home(&r.dir, &key_file) {
             Some(true) => {}
             None => succession::record_home(&r.files, &r.dir, &key_file)?,
+            // A retirement that stopped after the new key was in place but
+            // before its home was recorded is not a copy.
+            Some(false) if r.cert.is_some() && succession::retire_requested(&r.dir, &r.actor) == Some(false) => {
+                succession::record_home(&r.files, &r.dir, &key_file)?
+            }
             Some(false) => r.retire_actor_for(RetireReason::Moved)?,
         }
         // A fork rewrite that a crash or a failure interrupted.
@@ -460,10 +472,11 @@ impl<D: Document> Replica<D> {
                 r.retire = Some(PendingRetire {
                     reason: RetireReason::Forked { seq: job.from },
                     forked: Some((job.from, job.to)),
+                    distrust: job.forked,
                 });
                 r.complete_retire()?;
             } else {
-                r.finish_rewrite(job.old, job.from, job.to)?;
+                r.finish_rewrite(job)?;
             }
         }
         match succession::retire_requested(&r.dir, &r.actor) {
@@ -483,7 +496,7 @@ impl<D: Document> Replica<D> {
             if let Some(c) =
                 env.succeeds.as_deref().copied().filter(|c| c.to == env.actor && c.verify(&self.document).is_ok())
             {
-                self.successions.insert(c.to, c);
+                self.learn_succession(&c);
             }
             match replay_step(&self.clock, &env, record.lsn, self.tolerant_replay, &self.dir)? {
                 Step::Apply => {
@@ -607,7 +620,7 @@ impl<D: Document> Replica<D> {
         if let Err(reason) = self.doc.check_op(&op) {
             return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
         }
-        let cert = if seq == 1 { self.cert } else { None };
+        let cert = if seq == 1 { self.cert.or_else(|| self.successions.get(&self.actor).copied()) } else { None };
         Ok(OpEnvelope::signed_succeeding(&self.key, &self.document, seq, op, cert)?)
     }
 
@@ -1175,10 +1188,10 @@ impl<D: Document> Replica<D> {
                     self.clock.get(&self.actor)
                 )));
             }
-            self.snapshot_retired = true;
             let (had, seen) = (self.clock.get(&self.actor), clock.get(&self.actor));
             self.behind_own(RetireReason::Behind { had, seen }, had);
             self.complete_retire()?;
+            self.snapshot_retired = true;
         }
         if self.clock.covers(&clock) {
             // A late or repeated snapshot: nothing new, no checkpoint to pay for.
@@ -1241,7 +1254,7 @@ impl<D: Document> Replica<D> {
         self.checkpoint_lsn = lsn;
         self.tolerant_replay = false;
         self.bytes_since_checkpoint = 0;
-        let removed = self.wal.truncate_before(self.older_checkpoint_lsn + 1)?;
+        let removed = if self.rewriting { 0 } else { self.wal.truncate_before(self.older_checkpoint_lsn + 1)? };
         let first = self.wal.first_lsn();
         for (seq, lsns) in self.index.values_mut() {
             while lsns.front().is_some_and(|&(l, _)| l < first) {
@@ -1254,7 +1267,10 @@ impl<D: Document> Replica<D> {
     }
 
     fn maybe_checkpoint(&mut self) -> Result<()> {
-        if self.opts.checkpoint_bytes > 0 && self.bytes_since_checkpoint >= self.opts.checkpoint_bytes {
+        if !self.rewriting
+            && self.opts.checkpoint_bytes > 0
+            && self.bytes_since_checkpoint >= self.opts.checkpoint_bytes
+        {
             if let Err(e) = self.checkpoint() {
                 warn!(error = %e, "automatic checkpoint failed");
                 return Err(e);
@@ -1280,13 +1296,13 @@ impl<D: Document> Replica<D> {
     /// the actor as soon as its operations arrive.)
     pub fn retire_actor(&mut self) -> Result<ActorId> {
         self.check()?;
-        self.retire.get_or_insert(PendingRetire { reason: RetireReason::Requested, forked: None });
+        self.retire.get_or_insert(PendingRetire { reason: RetireReason::Requested, forked: None, distrust: true });
         self.complete_retire()?;
         Ok(self.actor)
     }
 
     fn retire_actor_for(&mut self, reason: RetireReason) -> Result<()> {
-        self.retire.get_or_insert(PendingRetire { reason, forked: None });
+        self.retire.get_or_insert(PendingRetire { reason, forked: None, distrust: true });
         self.complete_retire()
     }
 
@@ -1361,7 +1377,7 @@ impl<D: Document> Replica<D> {
             _ if had > self.own_at_open => Some((self.own_at_open + 1, had)),
             _ => None,
         };
-        let pending = self.retire.get_or_insert(PendingRetire { reason: reason.clone(), forked: None });
+        let pending = self.retire.get_or_insert(PendingRetire { reason: reason.clone(), forked: None, distrust: true });
         if let Some((from, to)) = suspect {
             pending.forked = Some(match pending.forked {
                 Some((f, t)) => (f.min(from), t.max(to)),
@@ -1384,9 +1400,9 @@ impl<D: Document> Replica<D> {
         // anything changes, so a crash or a failure part-way is finished by
         // the next open. The rewrite first: `actor.retire` alone is finished
         // as a plain retirement, which would leave the fork in place.
-        if let Some((from, to)) = pending.forked {
-            let job = succession::Rewrite { old, from, to };
-            if let Err(e) = succession::save_rewrite(&self.files, &self.dir, &job) {
+        let job = pending.forked.map(|(from, to)| succession::Rewrite { old, from, to, forked: pending.distrust });
+        if let Some(job) = &job {
+            if let Err(e) = succession::save_rewrite(&self.files, &self.dir, job) {
                 self.retire = Some(pending);
                 return Err(e.into());
             }
@@ -1411,8 +1427,8 @@ impl<D: Document> Replica<D> {
         }
         warn!(old = %old, new = %self.actor, reason = %pending.reason, "actor retired");
         self.recovered.push(Recovered::ActorRetired { old, new: self.actor, reason: pending.reason.clone() });
-        if let Some((from, to)) = pending.forked {
-            self.finish_rewrite(old, from, to)?;
+        if let Some(job) = job {
+            self.finish_rewrite(job)?;
         }
         self.files.remove(&self.dir.join(succession::RETIRE_FILE))?;
         Ok(())
@@ -1421,40 +1437,52 @@ impl<D: Document> Replica<D> {
     /// Rewrites a fork and clears its record. A failure poisons the
     /// replica: the record stays, and the next open finishes the job
     /// before anything else is written.
-    fn finish_rewrite(&mut self, old: ActorId, from: u64, to: u64) -> Result<()> {
-        let done =
-            self.rewrite_fork(old, from, to).and_then(|()| Ok(succession::clear_rewrite(&self.files, &self.dir)?));
+    fn finish_rewrite(&mut self, job: succession::Rewrite) -> Result<()> {
+        // While the record exists, the log keeps the operations to rewrite:
+        // no truncation, no automatic checkpoint.
+        self.rewriting = true;
+        let done = self.rewrite_fork(job).and_then(|()| Ok(succession::clear_rewrite(&self.files, &self.dir)?));
+        self.rewriting = false;
         if done.is_err() {
             self.poisoned = true;
         }
         done
     }
 
-    /// Own operations (`old`, `from..=to`) were forked: peers hold other
-    /// operations for those numbers. Rebuilds the state without `old`'s
-    /// operations from `from` on (peers send theirs again) and writes the
-    /// forked ones again under the current actor.
-    fn rewrite_fork(&mut self, old: ActorId, from: u64, to: u64) -> Result<()> {
-        // The forked operations, from the log (the first record of each
-        // number: the one this replica wrote).
-        let mut forked: Vec<(Lsn, OpEnvelope<D::Operation>)> = Vec::new();
+    /// Own operations (`job.old`, `job.from..=job.to`) are written again
+    /// under the current actor. If they were forked (peers hold other
+    /// operations for those numbers), the state is first rebuilt without
+    /// `old`'s operations from `from` on (peers send theirs again).
+    /// Idempotent: after a crash it rebuilds only if the state still holds
+    /// them, and writes again only what the current actor has not.
+    fn rewrite_fork(&mut self, job: succession::Rewrite) -> Result<()> {
+        let succession::Rewrite { old, from, to, forked: distrust } = job;
+        // The operations, from the log (the first record of each number:
+        // the one this replica wrote).
+        let mut forked: Vec<OpEnvelope<D::Operation>> = Vec::new();
+        let mut fork_lsn = None;
+        let mut seen = BTreeSet::new();
         for record in self.wal.iter_from(self.wal.first_lsn())? {
             let record = record?;
             let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
-            if env.actor == old && (from..=to).contains(&env.seq) && forked.iter().all(|(_, f)| f.seq != env.seq) {
-                forked.push((record.lsn, env));
+            if env.actor == old && (from..=to).contains(&env.seq) && seen.insert(env.seq) {
+                fork_lsn.get_or_insert(record.lsn);
+                forked.push(env);
             }
         }
-        let Some(fork_lsn) = forked.first().map(|(lsn, _)| *lsn) else {
-            warn!(actor = %old, from, to, "the forked operations are no longer in the log; they stay as they are");
+        let Some(fork_lsn) = fork_lsn else {
+            warn!(actor = %old, from, to, "the operations to write again are no longer in the log");
             return Ok(());
         };
-        let forked: Vec<_> = forked.into_iter().map(|(_, env)| env).collect();
+        if !distrust {
+            // A rebuilt replica's own operations: nothing to take out of the
+            // state. Then a checkpoint, so later opens start from it.
+            self.reissue(forked, false)?;
+            return self.checkpoint();
+        }
         if self.clock.get(&old) < from {
-            // Rebuilt already (a rewrite interrupted after its checkpoint):
-            // write again what the new actor has not written yet.
-            let done = usize::try_from(self.clock.get(&self.actor)).unwrap_or(usize::MAX);
-            return self.reissue(forked.into_iter().skip(done).collect(), true);
+            // Taken out already, before a crash.
+            return self.reissue(forked, true);
         }
         let below = checkpoint::read_generations_below::<D>(&self.dir, self.opts.max_checkpoint_size, fork_lsn)?;
         let base = match below {
@@ -1499,19 +1527,17 @@ impl<D: Document> Replica<D> {
     /// its operations that are still in the log again, then checkpoints,
     /// so the next open starts from this state.
     fn finish_rebuild(&mut self) -> Result<()> {
-        let old = self.actor;
-        let mut own = Vec::new();
-        for record in self.wal.iter_from(self.wal.first_lsn())? {
-            let record = record?;
-            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
-            if env.actor == old && env.seq > self.clock.get(&old) {
-                own.push(env);
-            }
+        // An interrupted rebuild left its record: the open finishes it.
+        if succession::load_rewrite(&self.dir)?.is_none() {
+            let old = self.actor;
+            self.retire = Some(PendingRetire {
+                reason: RetireReason::Rebuilt,
+                forked: Some((self.clock.get(&old).saturating_add(1), u64::MAX)),
+                distrust: false,
+            });
+            self.complete_retire()?;
         }
-        self.retire.get_or_insert(PendingRetire { reason: RetireReason::Rebuilt, forked: None });
-        self.complete_retire()?;
-        self.reissue(own, false)?;
-        self.checkpoint()
+        Ok(())
     }
 
     /// Writes forked operations again under the current actor.
@@ -1521,14 +1547,18 @@ impl<D: Document> Replica<D> {
     /// lacks is not trusted). A rebuilt replica's own operations were not
     /// forked: everything they saw stands.
     fn reissue(&mut self, ops: Vec<OpEnvelope<D::Operation>>, forked: bool) -> Result<()> {
+        // Those the current actor wrote already (before a crash) are not
+        // written twice: it writes nothing else while a rewrite is recorded.
+        let mut skip = self.clock.get(&self.actor);
         for env in ops {
             let distrusted = if forked { env.actor } else { self.actor };
             match self.doc.reissue(&env.op, distrusted, self.actor) {
+                Some(_) if skip > 0 => skip -= 1,
                 Some(op) => {
                     self.update(|_, _| op)?;
                 }
                 None => {
-                    warn!(actor = %env.actor, seq = env.seq, "a forked operation cannot be written again by this document type")
+                    warn!(actor = %env.actor, seq = env.seq, "an operation cannot be written again by this document type")
                 }
             }
         }

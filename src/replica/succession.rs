@@ -150,7 +150,10 @@ pub(crate) fn mark_retiring(files: &Files, dir: &Path, actor: &ActorId) -> crate
 /// `Some(true)` retire it, `Some(false)` only remove the marker (that
 /// retirement was finished), `None` no marker.
 pub(crate) fn retire_requested(dir: &Path, current: &ActorId) -> Option<bool> {
-    let bytes = durable::read_bounded(&dir.join(RETIRE_FILE), 64).ok()??;
+    let bytes = match durable::read_bounded(&dir.join(RETIRE_FILE), 64) {
+        Ok(b) => b?,
+        Err(_) => return Some(true),
+    };
     // Empty: asked for by a tool. Unreadable: retiring is the safe side.
     Some(bytes.is_empty() || bytes.len() != 32 || bytes[..] == current.0[..])
 }
@@ -165,6 +168,14 @@ pub(crate) struct Rewrite {
     pub old: ActorId,
     pub from: u64,
     pub to: u64,
+    /// Peers may hold other operations for these numbers (a fork); else
+    /// they are a rebuilt replica's own, which peers hold the same.
+    #[serde(default = "forked_by_default")]
+    pub forked: bool,
+}
+
+fn forked_by_default() -> bool {
+    true
 }
 
 pub(crate) fn save_rewrite(files: &Files, dir: &Path, job: &Rewrite) -> crate::wal::Result<()> {

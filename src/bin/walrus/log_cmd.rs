@@ -92,17 +92,22 @@ fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
         )
         .into());
     }
+    // Inside a replica, discarded operations may be its own that peers
+    // hold: it must not sign their numbers again. Asked for before the
+    // repair, so a crash in between cannot forget it.
+    let uncovered = plan.discarded.iter().any(|d| matches!(d.kind, DiscardKind::Intact | DiscardKind::Damaged { .. }));
+    let replica = replica_of(dir).filter(|_| uncovered);
+    if let Some(replica) = &replica {
+        walrus::replica::request_retirement(replica).map_err(|e| {
+            format!("marking {} to retire its actor failed: {e}; nothing was changed", replica.display())
+        })?;
+    }
     let done = repair_log(dir, WalOptions::default(), covered, force)?;
     match &done.kept {
         Some(r) => println!("repaired: records {}..={} kept; next LSN {}", r.start(), r.end(), done.next_lsn),
         None => println!("repaired: no records kept; next LSN {}", done.next_lsn),
     }
-    // Inside a replica, discarded operations may be its own that peers
-    // hold: it must not sign their numbers again.
-    let uncovered = done.discarded.iter().any(|d| matches!(d.kind, DiscardKind::Intact | DiscardKind::Damaged { .. }));
-    if let Some(replica) = replica_of(dir).filter(|_| uncovered) {
-        walrus::replica::request_retirement(&replica)
-            .map_err(|e| format!("repaired, but marking {} to retire its actor failed: {e}", replica.display()))?;
+    if let Some(replica) = &replica {
         println!("the replica in {} will write under a new actor from its next open", replica.display());
     }
     Ok(ExitCode::SUCCESS)
