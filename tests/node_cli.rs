@@ -1066,3 +1066,47 @@ fn writer_allow_list() {
         n.assert_clean_exit(status);
     }
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A node started on a copy of another's data (a restored backup) writes
+/// its documents under new actors, and says so.
+#[test]
+fn a_node_on_a_restored_copy_retires_its_actors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("n");
+    let mut n = NodeProc::spawn("N1", &data, &[], None);
+    let ans = n.request("put title Groceries");
+    let (actor, _) = n.check_put(&ans, "title", "Groceries");
+    n.send("quit");
+    let status = n.wait_exit();
+    n.assert_clean_exit(status);
+    drop(n);
+
+    let copy = tmp.path().join("restored");
+    copy_tree(&data, &copy);
+    let mut n = NodeProc::spawn("N2", &copy, &[], None);
+    let retired = n.wait_event(0, "actor_retired", |v| v["event"] == "actor_retired");
+    assert_eq!(retired["old"], json!(actor));
+    assert_eq!(retired["doc"], json!("default"));
+    let new = retired["actor"].as_str().unwrap().to_string();
+    assert_ne!(new, actor);
+    let ans = n.request("put title Shopping");
+    assert_eq!(n.check_put(&ans, "title", "Shopping"), (new.clone(), 1));
+    let d = n.dump();
+    assert_eq!(d["actor"], json!(new));
+    assert_eq!(d["clock"], json!({ &actor: 1, &new: 1 }));
+    drop(n.stdin.take());
+    let status = n.wait_exit();
+    n.assert_clean_exit(status);
+}
