@@ -19,10 +19,12 @@ mod clock;
 mod docs;
 mod document;
 mod envelope;
+mod error;
 mod key;
 mod kv;
 mod load;
 mod machine;
+mod options;
 mod succession;
 mod view;
 
@@ -33,12 +35,11 @@ pub use clock::VersionVector;
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
 pub use document::{canonical_cbor, Document};
 pub use envelope::{signing_bytes, EnvelopeError, OpEnvelope, Signature};
+pub use error::{ReplicaError, Result};
 pub use key::{ActorKey, KeyError};
 pub use kv::{CausalContext, Dot, KvDoc, KvDocExt, KvOp};
 pub use load::Recovered;
-pub use machine::{
-    Catchup, Change, Equivocation, Origin, Received, Replica, ReplicaError, ReplicaOptions, Result, ACTOR_FILE,
-    DOCUMENT_FILE, WAL_DIR,
-};
+pub use machine::{Catchup, Change, Equivocation, Origin, Received, Replica, ACTOR_FILE, DOCUMENT_FILE, WAL_DIR};
+pub use options::ReplicaOptions;
 pub use succession::{request_retirement, RetireReason, Succession, MAX_SUCCESSIONS};
 pub use view::ReplicaView;
