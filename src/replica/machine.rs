@@ -203,11 +203,10 @@ pub struct Replica<D: Document> {
     /// What was found wrong and worked around on open.
     recovered: Vec<Recovered>,
     files: Files,
-    /// The certificate of this replica's actor, if it succeeds a retired one
-    /// (carried by its first operation).
-    cert: Option<Succession>,
     /// Known successions, by new actor: who may write because a writer
-    /// named it its successor.
+    /// named it its successor. Always holds this directory's own chain, so
+    /// the current actor's certificate (carried by its first operation) is
+    /// the entry under it.
     successions: BTreeMap<ActorId, Succession>,
     /// This replica found itself behind its own actor's history: the actor
     /// is retired before anything else is written.
@@ -287,7 +286,6 @@ impl<D: Document> Replica<D> {
         // This directory's own chain of actors is always known: its first
         // operations carry it to peers with writer lists.
         let chain = succession::load_chain(&dir, &document);
-        let cert = chain.iter().find(|c| c.to == key.actor()).copied();
         let mut successions: BTreeMap<ActorId, Succession> = base.successions.into_iter().map(|c| (c.to, c)).collect();
         successions.extend(chain.into_iter().map(|c| (c.to, c)));
         let mut r = Replica {
@@ -306,7 +304,6 @@ impl<D: Document> Replica<D> {
             tolerant_replay: base.tolerant,
             recovered,
             files,
-            cert,
             successions,
             retire: None,
             own_at_open: 0,
@@ -332,7 +329,10 @@ impl<D: Document> Replica<D> {
             None => succession::record_home(&r.files, &r.dir, &key_file)?,
             // A retirement that stopped after the new key was in place but
             // before its home was recorded is not a copy.
-            Some(false) if r.cert.is_some() && succession::retire_requested(&r.dir, &r.actor) == Some(false) => {
+            Some(false)
+                if r.successions.contains_key(&r.actor)
+                    && succession::retire_requested(&r.dir, &r.actor) == Some(false) =>
+            {
                 succession::record_home(&r.files, &r.dir, &key_file)?
             }
             Some(false) => r.retire_actor_for(RetireReason::Moved)?,
@@ -492,7 +492,7 @@ impl<D: Document> Replica<D> {
         if let Err(reason) = self.doc.check_op(&op) {
             return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
         }
-        let cert = if seq == 1 { self.cert.or_else(|| self.successions.get(&self.actor).copied()) } else { None };
+        let cert = if seq == 1 { self.successions.get(&self.actor).copied() } else { None };
         Ok(OpEnvelope::signed_succeeding(&self.key, &self.document, seq, op, cert)?)
     }
 

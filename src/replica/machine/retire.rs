@@ -139,7 +139,6 @@ impl<D: Document> Replica<D> {
         };
         self.key = current.key;
         self.actor = self.key.actor();
-        self.cert = current.cert;
         self.own_at_open = 0;
         if let Some(c) = current.cert {
             self.successions.insert(c.to, c);
@@ -214,27 +213,20 @@ impl<D: Document> Replica<D> {
             }
         };
         // Replay onto the older state, leaving out `old` from `from` on.
-        let (mut doc, mut clock, base_lsn) = base;
-        let mut index: BTreeMap<ActorId, (u64, VecDeque<(Lsn, SigDigest)>)> = BTreeMap::new();
+        let (doc, clock, base_lsn) = base;
+        self.doc = doc;
+        self.clock = clock;
+        self.index.clear();
         for record in self.wal.iter_from(base_lsn + 1)? {
             let record = record?;
             let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
             if env.actor == old && env.seq >= from {
                 continue;
             }
-            if let Step::Apply = replay_step(&clock, &env, record.lsn, true, &self.dir)? {
-                clock.observe(env.actor, env.seq);
-                let entry = index.entry(env.actor).or_insert_with(|| (env.seq, VecDeque::new()));
-                if entry.0 + entry.1.len() as u64 != env.seq {
-                    *entry = (env.seq, VecDeque::new());
-                }
-                entry.1.push_back((record.lsn, sig_digest(&env)));
-                doc.apply(env.op);
+            if let Step::Apply = replay_step(&self.clock, &env, record.lsn, true, &self.dir)? {
+                self.apply_env(env, record.lsn);
             }
         }
-        self.doc = doc;
-        self.clock = clock;
-        self.index = index;
         // Until the next checkpoint, reopening must replay the same way.
         self.checkpoint()?;
         let clock = self.clock.clone();
