@@ -109,7 +109,7 @@ pub const ACTOR_FILE: &str = "actor.key";
 pub const DOCUMENT_FILE: &str = "document";
 
 /// Longest document id.
-pub(crate) const MAX_DOCUMENT_ID: u64 = 4096;
+const MAX_DOCUMENT_ID: u64 = 4096;
 
 /// The file in which replicas of earlier versions (without signatures)
 /// kept their actor id.
@@ -1166,29 +1166,37 @@ impl<D: Document> Replica<D> {
     }
 }
 
-fn load_or_create_document(files: &Files, dir: &Path, wanted: Option<&str>) -> Result<String> {
+/// The document id stored in the replica directory `dir`, if any.
+pub(crate) fn read_document(dir: &Path) -> Result<Option<String>> {
     let path = dir.join(DOCUMENT_FILE);
     let corrupt = |reason: String| ReplicaError::Corrupt { path: path.clone(), reason };
     match durable::read_bounded(&path, MAX_DOCUMENT_ID) {
-        Ok(Some(bytes)) => {
-            let stored = String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))?;
-            match wanted {
-                Some(w) if w != stored => Err(corrupt(format!(
+        Ok(Some(bytes)) => Ok(Some(String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))?)),
+        Ok(None) => Ok(None),
+        Err(wal::Error::Corrupt { reason, .. }) => Err(corrupt(format!("too long for a document id: {reason}"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn load_or_create_document(files: &Files, dir: &Path, wanted: Option<&str>) -> Result<String> {
+    match read_document(dir)? {
+        Some(stored) => match wanted {
+            Some(w) if w != stored => Err(ReplicaError::Corrupt {
+                path: dir.join(DOCUMENT_FILE),
+                reason: format!(
                     "this replica belongs to document {stored:?}, not {w:?}: operations signed for one are invalid in the other"
-                ))),
-                _ => Ok(stored),
-            }
-        }
-        Ok(None) => {
+                ),
+            }),
+            _ => Ok(stored),
+        },
+        None => {
             let id = wanted.unwrap_or_default().to_string();
             if id.len() as u64 > MAX_DOCUMENT_ID || id.chars().any(char::is_control) {
                 return Err(ReplicaError::InvalidDocumentId(id.chars().take(64).collect()));
             }
-            files.write_atomic(&path, id.as_bytes(), false)?;
+            files.write_atomic(&dir.join(DOCUMENT_FILE), id.as_bytes(), false)?;
             Ok(id)
         }
-        Err(wal::Error::Corrupt { reason, .. }) => Err(corrupt(format!("too long for a document id: {reason}"))),
-        Err(e) => Err(e.into()),
     }
 }
 

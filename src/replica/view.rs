@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::load::{load_base, replay_step, Recovered, Step};
 use super::{ActorId, ActorKey, Document, OpEnvelope, ReplicaError, ReplicaOptions, Result, VersionVector};
-use super::{ACTOR_FILE, DOCUMENT_FILE, WAL_DIR};
-use crate::wal::{self, durable, LogReader};
+use super::{ACTOR_FILE, WAL_DIR};
+use crate::wal::{self, LogReader};
 
 /// How often opening is tried again when a writer truncated the log
 /// between reading the checkpoint and reading the log.
@@ -81,12 +81,7 @@ impl<D: Document> ReplicaView<D> {
                 doc.apply(env.op);
             }
         }
-        let document = match durable::read_bounded(&dir.join(DOCUMENT_FILE), super::machine::MAX_DOCUMENT_ID) {
-            Ok(Some(bytes)) => String::from_utf8(bytes)
-                .map_err(|_| ReplicaError::Corrupt { path: dir.join(DOCUMENT_FILE), reason: "not UTF-8".into() })?,
-            Ok(None) => String::new(),
-            Err(e) => return Err(e.into()),
-        };
+        let document = super::machine::read_document(dir)?.unwrap_or_default();
         // The key is the owner's secret: a reader allowed only the rest of
         // the directory still gets the document, without the actor.
         let actor = ActorKey::load(&dir.join(ACTOR_FILE)).ok().map(|k| k.actor());
