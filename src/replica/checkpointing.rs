@@ -40,7 +40,10 @@ impl<D: Document> Replica<D> {
     }
 
     pub(super) fn maybe_checkpoint(&mut self) -> Result<()> {
+        // Not while a retirement is due either: it may rewrite operations
+        // still in the log, and rebuild from the older generation.
         if !self.rewriting
+            && self.retire.is_none()
             && self.opts.checkpoint_bytes > 0
             && self.bytes_since_checkpoint >= self.opts.checkpoint_bytes
         {

@@ -6,7 +6,7 @@ use tracing::warn;
 
 use super::verify::{verify_batch, VERIFY_ROUND};
 use super::{
-    Change, Document, EnvelopeError, Equivocation, Offer, OpEnvelope, Origin, Received, Replica, ReplicaError, Result,
+    Document, EnvelopeError, Equivocation, Offer, OpEnvelope, Origin, Received, Replica, ReplicaError, Result,
 };
 use crate::wal::Lsn;
 
@@ -104,7 +104,10 @@ impl<D: Document> Replica<D> {
     /// signed operation that conflicts with one already held for its
     /// (actor, seq) is not applied and is reported in
     /// [`Received::equivocations`] (and kept for
-    /// [`take_equivocations`](Self::take_equivocations)).
+    /// [`take_equivocations`](Self::take_equivocations)). An automatic
+    /// checkpoint that fails afterwards is no error of the call: the
+    /// operations are durable and applied; it is logged, and the next
+    /// write tries it again.
     pub fn receive<I>(&mut self, ops: I) -> Result<Received>
     where
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
@@ -126,15 +129,8 @@ impl<D: Document> Replica<D> {
             }
         }
         report.applied = ready.len();
-        if let Some(last) = ready.last().map(|(lsn, _)| *lsn) {
-            if let Err(e) = self.wal.wait_durable(last) {
-                self.poisoned = true;
-                return Err(e.into());
-            }
-        }
-        for (_, env) in ready {
-            self.notify(|| Change::Op { origin: Origin::Remote, op: env });
-        }
+        let last = ready.last().map(|(lsn, _)| *lsn);
+        self.commit(Origin::Remote, last, ready.iter().map(|(_, env)| env))?;
         if self.retire.is_some() {
             self.complete_retire()?;
         }
@@ -148,11 +144,10 @@ impl<D: Document> Replica<D> {
             report.rejected += later.rejected;
             report.equivocations.extend(later.equivocations);
         }
-        if let Some(e) = first_error {
-            return Err(e);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
         }
-        self.maybe_checkpoint()?;
-        Ok(report)
     }
 
     /// Admits, buffers or logs and applies one remote operation. True if
@@ -270,15 +265,7 @@ impl<D: Document> Replica<D> {
                     return Ok(());
                 }
             };
-            let lsn = match self.wal.append_nowait(&bytes) {
-                Ok(lsn) => lsn,
-                Err(e) => {
-                    self.poisoned = true;
-                    return Err(e.into());
-                }
-            };
-            self.bytes_since_checkpoint += bytes.len() as u64;
-            self.apply_env(env.clone(), lsn);
+            let lsn = self.log_and_apply(env.clone(), &bytes)?;
             done.push((lsn, env));
         }
         Ok(())

@@ -4,6 +4,7 @@
 use tracing::warn;
 
 use super::{ActorId, Change, Document, OpEnvelope, Origin, Replica, ReplicaError, Result};
+use crate::wal::Lsn;
 
 impl<D: Document> Replica<D> {
     /// This replica's next sequence number (a merged hostile snapshot could
@@ -39,31 +40,17 @@ impl<D: Document> Replica<D> {
     }
 
     /// Writes a local operation: `make` builds it from the current state and
-    /// this replica's actor. The operation is durable in the log before it
-    /// is applied and before this returns; the returned envelope is what to
-    /// send to peers.
+    /// this replica's actor. The operation is durable in the log before
+    /// anyone sees it applied and before this returns; the returned
+    /// envelope is what to send to peers.
+    ///
+    /// It is [`update_many`](Self::update_many) of one operation.
     pub fn update<F>(&mut self, make: F) -> Result<OpEnvelope<D::Operation>>
     where
         F: FnOnce(&D, ActorId) -> D::Operation,
     {
-        self.check()?;
-        if self.retire.is_some() {
-            self.complete_retire()?;
-        }
-        let op = make(&self.doc, self.actor);
-        let seq = self.next_seq()?;
-        let env = self.sign_local(seq, op)?;
-        let bytes = self.encode_checked(&env)?;
-        let lsn = self.wal.append(&bytes)?;
-        self.bytes_since_checkpoint += bytes.len() as u64;
-        self.apply_env(env.clone(), lsn);
-        self.notify(|| Change::Op { origin: Origin::Local, op: env.clone() });
-        if let Err(e) = self.maybe_checkpoint() {
-            // The operation is committed: report it as written. A failed
-            // checkpoint only delays truncation (and was logged).
-            warn!(error = %e, "automatic checkpoint after a committed write failed");
-        }
-        Ok(env)
+        // One maker gives one result; the fallback is never taken.
+        self.update_many([make]).pop().unwrap_or(Err(ReplicaError::Poisoned))
     }
 
     /// Writes several local operations with one wait for durability (one
@@ -89,70 +76,85 @@ impl<D: Document> Replica<D> {
     {
         let mut results = Vec::new();
         let mut last_lsn = None;
-        if self.retire.is_some() {
+        // A poisoned replica writes nothing, not even a due retirement's
+        // files: each maker gets the error below.
+        if self.retire.is_some() && !self.poisoned {
             if let Err(e) = self.complete_retire() {
                 results.push(Err(e));
                 return results;
             }
         }
         for make in makes {
-            if let Err(e) = self.check() {
-                results.push(Err(e));
-                continue;
-            }
-            let op = make(&self.doc, self.actor);
-            let seq = match self.next_seq() {
-                Ok(s) => s,
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
-            };
-            let env = match self.sign_local(seq, op) {
-                Ok(env) => env,
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
-            };
-            let bytes = match self.encode_checked(&env) {
-                Ok(b) => b,
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
-            };
-            match self.wal.append_nowait(&bytes) {
-                Ok(lsn) => {
-                    self.bytes_since_checkpoint += bytes.len() as u64;
-                    self.apply_env(env.clone(), lsn);
-                    last_lsn = Some(lsn);
-                    results.push(Ok(env));
-                }
-                Err(e) => {
-                    self.poisoned = true;
-                    results.push(Err(e.into()));
-                }
-            }
+            let written = self.check().and_then(|()| {
+                let op = make(&self.doc, self.actor);
+                let env = self.sign_local(self.next_seq()?, op)?;
+                let bytes = self.encode_checked(&env)?;
+                let lsn = self.log_and_apply(env.clone(), &bytes)?;
+                Ok((lsn, env))
+            });
+            results.push(written.map(|(lsn, env)| {
+                last_lsn = Some(lsn);
+                env
+            }));
         }
-        if let Some(lsn) = last_lsn {
-            if let Err(e) = self.wal.wait_durable(lsn) {
-                // Applied in memory but not durable: nothing may be acknowledged.
-                self.poisoned = true;
-                let mut first = Some(ReplicaError::from(e));
-                for r in results.iter_mut().filter(|r| r.is_ok()) {
-                    *r = Err(first.take().unwrap_or(ReplicaError::Poisoned));
-                }
-                return results;
+        let written = results.iter().filter_map(|r| r.as_ref().ok());
+        if let Err(e) = self.commit(Origin::Local, last_lsn, written) {
+            // Applied in memory but not durable: nothing may be acknowledged.
+            let mut first = Some(e);
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(first.take().unwrap_or(ReplicaError::Poisoned));
             }
-        }
-        for env in results.iter().filter_map(|r| r.as_ref().ok()) {
-            self.notify(|| Change::Op { origin: Origin::Local, op: env.clone() });
-        }
-        if let Err(e) = self.maybe_checkpoint() {
-            // The operations are committed; a failed checkpoint only delays truncation.
-            warn!(error = %e, "automatic checkpoint after a committed batch failed");
         }
         results
+    }
+
+    /// Logs an operation (without waiting for it to be durable) and applies
+    /// it: the first half of every write, local or remote. A log failure
+    /// poisons the replica, as what was applied and what was logged may
+    /// then differ.
+    pub(super) fn log_and_apply(&mut self, env: OpEnvelope<D::Operation>, bytes: &[u8]) -> Result<Lsn> {
+        let lsn = match self.wal.append_nowait(bytes) {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e.into());
+            }
+        };
+        self.bytes_since_checkpoint += bytes.len() as u64;
+        self.apply_env(env, lsn);
+        Ok(lsn)
+    }
+
+    /// The second half of every write, local or remote: waits until the
+    /// operations logged by [`log_and_apply`](Self::log_and_apply) (up to
+    /// `last`) are durable, announces `written` to subscribers, and
+    /// checkpoints if one is due.
+    ///
+    /// A failed wait poisons the replica and is returned, and nothing is
+    /// announced. A failed checkpoint is only logged: the operations are
+    /// durable and applied, so the write succeeded, and the next write
+    /// tries the checkpoint again.
+    pub(super) fn commit<'a>(
+        &mut self,
+        origin: Origin,
+        last: Option<Lsn>,
+        written: impl IntoIterator<Item = &'a OpEnvelope<D::Operation>>,
+    ) -> Result<()>
+    where
+        D::Operation: 'a,
+    {
+        if let Some(lsn) = last {
+            if let Err(e) = self.wal.wait_durable(lsn) {
+                self.poisoned = true;
+                return Err(e.into());
+            }
+        }
+        for env in written {
+            self.notify(|| Change::Op { origin, op: env.clone() });
+        }
+        if let Err(e) = self.maybe_checkpoint() {
+            warn!(error = %e, "automatic checkpoint after a committed write failed; the next write retries it");
+        }
+        Ok(())
     }
 }
