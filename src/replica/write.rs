@@ -158,3 +158,64 @@ impl<D: Document> Replica<D> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use crate::replica::{Change, KvDoc, KvDocExt, Origin, Replica, ReplicaOptions};
+    use crate::wal::{FaultInjector, FileOp, Injected, WalOptions};
+
+    /// While armed, fails the creation of checkpoint files.
+    #[derive(Default)]
+    struct NoCheckpoints(AtomicBool);
+
+    impl FaultInjector for NoCheckpoints {
+        fn check(&self, op: FileOp, path: &Path, _len: usize) -> Result<(), Injected> {
+            let checkpoint = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("checkpoint"));
+            if op == FileOp::Create && checkpoint && self.0.load(Ordering::SeqCst) {
+                return Err(Injected::fail(io::Error::other("injected: no checkpoint file")));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_automatic_checkpoint_fails_neither_a_receive_nor_an_update() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a: Replica<KvDoc> = Replica::open(a_dir.path(), ReplicaOptions::default()).unwrap();
+        let remote = a.update(|d, actor| d.put_op(actor, "theirs", "v")).unwrap();
+
+        let faults = Arc::new(NoCheckpoints::default());
+        // Every write makes a checkpoint due.
+        let opts = ReplicaOptions {
+            wal: WalOptions::default().with_faults(faults.clone()),
+            checkpoint_bytes: 1,
+            ..ReplicaOptions::default()
+        };
+        let mut b: Replica<KvDoc> = Replica::open(b_dir.path(), opts.clone()).unwrap();
+        let changes = b.subscribe();
+        faults.0.store(true, Ordering::SeqCst);
+
+        let got = b.receive([remote.clone()]).expect("the operation is durable and applied: the receive succeeded");
+        assert_eq!(got.applied, 1);
+        assert!(matches!(changes.try_recv(), Ok(Change::Op { origin: Origin::Remote, op }) if op == remote));
+        b.update(|d, actor| d.put_op(actor, "mine", "w")).expect("the update succeeded too");
+        assert!(matches!(changes.try_recv(), Ok(Change::Op { origin: Origin::Local, .. })));
+        assert!(!b.is_poisoned());
+        assert!(!b_dir.path().join("checkpoint").exists(), "the injected failure did stop the checkpoints");
+
+        // The next write checkpoints once it can.
+        faults.0.store(false, Ordering::SeqCst);
+        b.update(|d, actor| d.put_op(actor, "later", "x")).unwrap();
+        assert!(b_dir.path().join("checkpoint").exists());
+        drop(b);
+        let b: Replica<KvDoc> = Replica::open(b_dir.path(), opts).unwrap();
+        assert_eq!(b.doc().values_of("theirs"), vec!["v"]);
+        assert_eq!(b.doc().values_of("mine"), vec!["w"]);
+        assert_eq!(b.doc().values_of("later"), vec!["x"]);
+    }
+}
