@@ -73,7 +73,7 @@ impl<D: Document> Replica<D> {
         Ok(Some((ops, more)))
     }
 
-    pub(super) fn snapshot(&self) -> Catchup<D> {
+    fn snapshot(&self) -> Catchup<D> {
         Catchup::Snapshot { state: self.doc.clone(), clock: self.clock.clone() }
     }
 

@@ -2,7 +2,7 @@
 //! the index then let go of. (The checkpoint file itself is written and
 //! read by the `checkpoint` module.)
 
-use tracing::{info, info_span, warn};
+use tracing::{info, info_span};
 
 use super::checkpoint::{self, Checkpoint};
 use super::{Document, Replica, Result};
@@ -39,18 +39,19 @@ impl<D: Document> Replica<D> {
         Ok(())
     }
 
+    /// Checkpoints if [`ReplicaOptions::checkpoint_bytes`] of log were
+    /// written since the last checkpoint.
+    ///
+    /// [`ReplicaOptions::checkpoint_bytes`]: super::ReplicaOptions::checkpoint_bytes
     pub(super) fn maybe_checkpoint(&mut self) -> Result<()> {
-        // Not while a retirement is due either: it may rewrite operations
-        // still in the log, and rebuild from the older generation.
+        // Not during a rewrite, nor while a retirement is due: either may
+        // need operations still in the log, and the older generation.
         if !self.rewriting
             && self.retire.is_none()
             && self.opts.checkpoint_bytes > 0
             && self.bytes_since_checkpoint >= self.opts.checkpoint_bytes
         {
-            if let Err(e) = self.checkpoint() {
-                warn!(error = %e, "automatic checkpoint failed");
-                return Err(e);
-            }
+            return self.checkpoint();
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ pub(super) enum Admit {
 impl<D: Document> Replica<D> {
     /// Whether (`env.actor`, `env.seq`) is already here: `Some(true)` with
     /// the same signature, `Some(false)` with another one, `None` if not.
-    pub(super) fn known(&self, env: &OpEnvelope<D::Operation>) -> Option<bool> {
+    fn known(&self, env: &OpEnvelope<D::Operation>) -> Option<bool> {
         if env.seq <= self.clock.get(&env.actor) {
             // Applied. Without a record of it (truncated, or merged from a
             // snapshot) a conflict cannot be told: treat it as a repeat.
@@ -49,7 +49,7 @@ impl<D: Document> Replica<D> {
     /// of checking it already, if known), repeats included: so a bad
     /// signature ends a batch at the same place on every replica, whatever
     /// each already holds.
-    pub(super) fn admit(&mut self, env: &OpEnvelope<D::Operation>, mut verified: Option<bool>) -> Result<Admit> {
+    fn admit(&mut self, env: &OpEnvelope<D::Operation>, mut verified: Option<bool>) -> Result<Admit> {
         if let Some(c) = &env.succeeds {
             // The operation's signature covers the certificate: check it
             // first, so nobody but the actor can attach one; then the
@@ -153,7 +153,7 @@ impl<D: Document> Replica<D> {
     /// Admits, buffers or logs and applies one remote operation. True if
     /// its signature is bad: the sender is forging, and the rest of what
     /// it sent is not looked at.
-    pub(super) fn receive_one(
+    fn receive_one(
         &mut self,
         env: OpEnvelope<D::Operation>,
         verified: Option<bool>,
@@ -241,7 +241,7 @@ impl<D: Document> Replica<D> {
     /// unblocked. The delivered one refused is an error (its sender's
     /// fault); a successor refused is counted in `report.rejected`, and it
     /// and the rest of its actor's held operations are dropped.
-    pub(super) fn write_remote(
+    fn write_remote(
         &mut self,
         list: Vec<OpEnvelope<D::Operation>>,
         done: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,

@@ -9,7 +9,7 @@ use crate::wal::Lsn;
 impl<D: Document> Replica<D> {
     /// This replica's next sequence number (a merged hostile snapshot could
     /// claim the last one).
-    pub(super) fn next_seq(&self) -> Result<u64> {
+    fn next_seq(&self) -> Result<u64> {
         let have = self.clock.get(&self.actor);
         have.checked_add(1).ok_or(ReplicaError::Rejected {
             actor: self.actor,
@@ -27,7 +27,7 @@ impl<D: Document> Replica<D> {
     }
 
     /// Checks a local operation and signs it as `seq` of this replica's actor.
-    pub(super) fn sign_local(&self, seq: u64, op: D::Operation) -> Result<OpEnvelope<D::Operation>> {
+    fn sign_local(&self, seq: u64, op: D::Operation) -> Result<OpEnvelope<D::Operation>> {
         self.check_writer(&self.actor, seq)?;
         if let Err(reason) = D::check_author(&op, &self.actor) {
             return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
@@ -127,8 +127,8 @@ impl<D: Document> Replica<D> {
 
     /// The second half of every write, local or remote: waits until the
     /// operations logged by [`log_and_apply`](Self::log_and_apply) (up to
-    /// `last`) are durable, announces `written` to subscribers, and
-    /// checkpoints if one is due.
+    /// `last`) are durable (under a durable sync policy), announces
+    /// `written` to subscribers, and checkpoints if one is due.
     ///
     /// A failed wait poisons the replica and is returned, and nothing is
     /// announced. A failed checkpoint is only logged: the operations are
@@ -144,7 +144,10 @@ impl<D: Document> Replica<D> {
         D::Operation: 'a,
     {
         if let Some(lsn) = last {
-            if let Err(e) = self.wal.wait_durable(lsn) {
+            // As the log's policy says: synced under a durable one; under
+            // `SyncPolicy::None` only handed to the OS (no fsync, as asked).
+            let done = if self.opts.wal.sync.is_durable() { self.wal.wait_durable(lsn) } else { self.wal.flush() };
+            if let Err(e) = done {
                 self.poisoned = true;
                 return Err(e.into());
             }
@@ -153,7 +156,7 @@ impl<D: Document> Replica<D> {
             self.notify(|| Change::Op { origin, op: env.clone() });
         }
         if let Err(e) = self.maybe_checkpoint() {
-            warn!(error = %e, "automatic checkpoint after a committed write failed; the next write retries it");
+            warn!(error = %e, "automatic checkpoint failed; the next write tries again");
         }
         Ok(())
     }
