@@ -13,25 +13,39 @@
 //! truncated by a checkpoint.
 
 mod actor;
+mod catchup;
 mod causal;
+mod change;
 mod checkpoint;
+mod checkpointing;
 mod clock;
+mod dir;
 mod docs;
 mod document;
 mod envelope;
 mod error;
+mod index;
 mod key;
 mod kv;
 mod load;
-mod machine;
 mod options;
+mod receive;
+// The `Replica` type, named as what it is; the modules around it add the
+// rest of its methods.
+#[allow(clippy::module_inception)]
+mod replica;
+mod retire;
 mod succession;
+mod verify;
 mod view;
+mod write;
 
 pub use actor::{ActorId, ParseActorIdError, ACTOR_ID_LEN};
 pub use causal::{BufferFull, CausalBuffer, Offer};
+pub use change::{Catchup, Change, Equivocation, Origin, Received};
 pub use checkpoint::checkpointed_lsn;
 pub use clock::VersionVector;
+pub use dir::{ACTOR_FILE, DOCUMENT_FILE, WAL_DIR};
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
 pub use document::{canonical_cbor, Document};
 pub use envelope::{signing_bytes, EnvelopeError, OpEnvelope, Signature};
@@ -39,7 +53,7 @@ pub use error::{ReplicaError, Result};
 pub use key::{ActorKey, KeyError};
 pub use kv::{CausalContext, Dot, KvDoc, KvDocExt, KvOp};
 pub use load::Recovered;
-pub use machine::{Catchup, Change, Equivocation, Origin, Received, Replica, ACTOR_FILE, DOCUMENT_FILE, WAL_DIR};
 pub use options::ReplicaOptions;
+pub use replica::Replica;
 pub use succession::{request_retirement, RetireReason, Succession, MAX_SUCCESSIONS};
 pub use view::ReplicaView;

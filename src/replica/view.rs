@@ -81,7 +81,7 @@ impl<D: Document> ReplicaView<D> {
                 doc.apply(env.op);
             }
         }
-        let document = super::machine::read_document(dir)?.unwrap_or_default();
+        let document = super::dir::read_document(dir)?.unwrap_or_default();
         // The key is the owner's secret: a reader allowed only the rest of
         // the directory still gets the document, without the actor.
         let actor = ActorKey::load(&dir.join(ACTOR_FILE)).ok().map(|k| k.actor());

@@ -3,7 +3,17 @@
 //! operations, and rebuilding a replica no checkpoint restores. The rules
 //! are in docs/REPLICA.md ("Actor retirement and succession").
 
-use super::*;
+use std::collections::BTreeSet;
+
+use tracing::warn;
+
+use super::checkpoint;
+use super::dir::ACTOR_FILE;
+use super::load::{replay_step, Recovered, Step};
+use super::receive::Admit;
+use super::replica::PendingRetire;
+use super::succession::{self, RetireReason, Succession, MAX_SUCCESSIONS};
+use super::{ActorId, Change, Document, OpEnvelope, Replica, Result, VersionVector};
 
 impl<D: Document> Replica<D> {
     /// Retires this replica's actor now: a new key, certified by the old

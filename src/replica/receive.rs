@@ -1,0 +1,273 @@
+//! The remote receive pipeline: operations from peers are verified,
+//! admitted (new, repeated, conflicting, or not a writer's), held until
+//! their predecessors arrive, then logged, applied and announced.
+
+use tracing::warn;
+
+use super::verify::{verify_batch, VERIFY_ROUND};
+use super::{
+    Document, EnvelopeError, Equivocation, Offer, OpEnvelope, Origin, Received, Replica, ReplicaError, Result,
+};
+use crate::wal::Lsn;
+
+/// Most equivocations kept for [`Replica::take_equivocations`].
+const MAX_HELD_EQUIVOCATIONS: usize = 1024;
+
+/// What to do with a remote operation, decided before it is buffered or
+/// logged.
+pub(super) enum Admit {
+    New,
+    Duplicate,
+    Equivocation,
+    NotAWriter,
+}
+
+impl<D: Document> Replica<D> {
+    /// Whether (`env.actor`, `env.seq`) is already here: `Some(true)` with
+    /// the same signature, `Some(false)` with another one, `None` if not.
+    fn known(&self, env: &OpEnvelope<D::Operation>) -> Option<bool> {
+        if env.seq <= self.clock.get(&env.actor) {
+            // Applied. Without a record of it (truncated, or merged from a
+            // snapshot) a conflict cannot be told: treat it as a repeat.
+            Some(self.index.same_sig(env).unwrap_or(true))
+        } else {
+            self.buffer.get(&env.actor, env.seq).map(|held| held.sig == env.sig)
+        }
+    }
+
+    /// Checks the signatures of the operations in `ops` that will need it
+    /// (those from a writer). `None` where it was not checked.
+    #[allow(clippy::type_complexity)]
+    fn verify_batch(&self, ops: Vec<OpEnvelope<D::Operation>>) -> Vec<(OpEnvelope<D::Operation>, Option<bool>)> {
+        let todo: Vec<bool> = ops.iter().map(|env| self.check_writer(&env.actor, env.seq).is_ok()).collect();
+        verify_batch::<D>(&self.document, ops, todo)
+    }
+
+    /// Decides whether a remote operation is new, a repeat, or a second
+    /// signed operation for a taken (actor, seq). Every operation from a
+    /// writer must carry its actor's valid signature (`verified`: the result
+    /// of checking it already, if known), repeats included: so a bad
+    /// signature ends a batch at the same place on every replica, whatever
+    /// each already holds.
+    fn admit(&mut self, env: &OpEnvelope<D::Operation>, mut verified: Option<bool>) -> Result<Admit> {
+        if let Some(c) = &env.succeeds {
+            // The operation's signature covers the certificate: check it
+            // first, so nobody but the actor can attach one; then the
+            // certificate itself. Either failing ends the batch.
+            if env.seq != 1 || c.to != env.actor {
+                return Err(EnvelopeError::BadSuccession { from: c.from, to: c.to }.into());
+            }
+            match verified {
+                Some(true) => {}
+                Some(false) => return Err(EnvelopeError::BadSignature { actor: env.actor, seq: env.seq }.into()),
+                None => env.verify(&self.document)?,
+            }
+            verified = Some(true);
+            c.verify(&self.document)?;
+            self.learn_succession(c);
+        }
+        if self.check_writer(&env.actor, env.seq).is_err() {
+            return Ok(Admit::NotAWriter);
+        }
+        match verified {
+            Some(true) => {}
+            Some(false) => return Err(EnvelopeError::BadSignature { actor: env.actor, seq: env.seq }.into()),
+            None => env.verify(&self.document)?,
+        }
+        match self.known(env) {
+            Some(true) => return Ok(Admit::Duplicate),
+            Some(false) => return Ok(Admit::Equivocation),
+            None => {}
+        }
+        // Signed by its actor, but it may still name another actor inside.
+        D::check_author(&env.op, &env.actor).map_err(|reason| ReplicaError::Rejected {
+            actor: env.actor,
+            seq: env.seq,
+            reason,
+        })?;
+        Ok(Admit::New)
+    }
+
+    /// Accepts operations from peers, in any order and with duplicates.
+    /// Each must be signed by its actor for this document (checked before
+    /// it is buffered or logged), and come from an allowed writer. Each is
+    /// applied once its author's earlier operations are; early ones wait in
+    /// a bounded buffer. Applied operations are durable when this returns.
+    ///
+    /// Operations of actors that are not writers are skipped and counted
+    /// ([`Received::not_writers`]). A bad signature ends the call: the
+    /// operations after it are not even looked at (a sender of forged
+    /// operations gets no more work done), those before it stay applied,
+    /// and the error is returned. An operation the document rejects is
+    /// reported as an error after the other valid operations are applied,
+    /// and drops the rest of that author's buffered operations. A validly
+    /// signed operation that conflicts with one already held for its
+    /// (actor, seq) is not applied and is reported in
+    /// [`Received::equivocations`] (and kept for
+    /// [`take_equivocations`](Self::take_equivocations)). An automatic
+    /// checkpoint that fails afterwards is no error of the call: the
+    /// operations are durable and applied; it is logged, and the next
+    /// write tries it again.
+    pub fn receive<I>(&mut self, ops: I) -> Result<Received>
+    where
+        I: IntoIterator<Item = OpEnvelope<D::Operation>>,
+    {
+        self.check()?;
+        let mut report = Received::default();
+        let mut ready = Vec::new();
+        let mut first_error = None;
+        let mut ops = ops.into_iter().peekable();
+        let mut forged = false;
+        let mut own = Vec::new();
+        while ops.peek().is_some() && !forged && !self.poisoned {
+            let round: Vec<_> = ops.by_ref().take(VERIFY_ROUND).collect();
+            for (env, verified) in self.verify_batch(round) {
+                if forged || self.poisoned {
+                    break;
+                }
+                forged = self.receive_one(env, verified, &mut report, &mut ready, &mut own, &mut first_error);
+            }
+        }
+        report.applied = ready.len();
+        let last = ready.last().map(|(lsn, _)| *lsn);
+        self.commit(Origin::Remote, last, ready.iter().map(|(_, env)| env))?;
+        if self.retire.is_some() {
+            self.complete_retire()?;
+        }
+        if !own.is_empty() {
+            // The retired actor's operations, now another actor's.
+            let later = self.receive(own)?;
+            report.applied += later.applied;
+            report.buffered += later.buffered;
+            report.duplicates += later.duplicates;
+            report.not_writers += later.not_writers;
+            report.rejected += later.rejected;
+            report.equivocations.extend(later.equivocations);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Admits, buffers or logs and applies one remote operation. True if
+    /// its signature is bad: the sender is forging, and the rest of what
+    /// it sent is not looked at.
+    fn receive_one(
+        &mut self,
+        env: OpEnvelope<D::Operation>,
+        verified: Option<bool>,
+        report: &mut Received,
+        ready: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
+        own: &mut Vec<OpEnvelope<D::Operation>>,
+        first_error: &mut Option<ReplicaError>,
+    ) -> bool {
+        let admitted = self.admit(&env, verified);
+        if env.actor == self.actor {
+            self.note_own(&env, &admitted);
+            // Behind its own actor's history: the peer's later operations
+            // of the actor are taken once it is retired (and its forked
+            // operations rewritten), as another actor's. Logged now, they
+            // would count as written here (and be written again as forked),
+            // and a crash before the retirement is durable would leave the
+            // log level with the peer's, the fork out of sight.
+            if self.retire.is_some() && matches!(admitted, Ok(Admit::New)) {
+                own.push(env);
+                return false;
+            }
+        }
+        match admitted {
+            Ok(Admit::New) => {}
+            Ok(Admit::Duplicate) => {
+                report.duplicates += 1;
+                return false;
+            }
+            Ok(Admit::NotAWriter) => {
+                report.not_writers += 1;
+                return false;
+            }
+            // This replica's own actor: a restored or rolled-back copy wrote
+            // too; the actor is being retired (`note_own`), which is the
+            // remedy, not an offence of the peer's or the actor's.
+            Ok(Admit::Equivocation) if env.actor == self.actor => {
+                report.duplicates += 1;
+                return false;
+            }
+            Ok(Admit::Equivocation) => {
+                warn!(actor = %env.actor, seq = env.seq, "equivocation: two signed operations for one sequence number");
+                let found = Equivocation { actor: env.actor, seq: env.seq };
+                if self.equivocations.len() < MAX_HELD_EQUIVOCATIONS {
+                    self.equivocations.push(found.clone());
+                }
+                report.equivocations.push(found);
+                return false;
+            }
+            Err(e) => {
+                // Decided here, not from `first_error`: an earlier
+                // operation's error may already be held there.
+                let forged = matches!(
+                    e,
+                    ReplicaError::Envelope(EnvelopeError::BadSignature { .. } | EnvelopeError::BadSuccession { .. })
+                );
+                first_error.get_or_insert(e);
+                return forged;
+            }
+        }
+        // Only an operation that must wait is measured, for the
+        // buffer's byte limit.
+        let early = env.seq > self.clock.get(&env.actor).saturating_add(1);
+        let size = if early { env.encode().map_or(usize::MAX, |b| b.len()) } else { 0 };
+        match self.buffer.offer_sized(env, &self.clock, size) {
+            Ok(Offer::Ready(list)) => {
+                // Apply now so later offers see the advanced clock.
+                if let Err(e) = self.write_remote(list, ready, report) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            Ok(Offer::Buffered) => report.buffered += 1,
+            Ok(Offer::Duplicate) => report.duplicates += 1,
+            Err(full) => {
+                first_error.get_or_insert(full.into());
+            }
+        }
+        false
+    }
+
+    /// Validates, logs (without waiting for durability) and applies ready
+    /// remote operations. The caller waits for durability before anything
+    /// is published; `&mut self` keeps the state unobserved meanwhile.
+    ///
+    /// `list` is the delivered operation followed by held successors it
+    /// unblocked. The delivered one refused is an error (its sender's
+    /// fault); a successor refused is counted in `report.rejected`, and it
+    /// and the rest of its actor's held operations are dropped.
+    fn write_remote(
+        &mut self,
+        list: Vec<OpEnvelope<D::Operation>>,
+        done: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
+        report: &mut Received,
+    ) -> Result<()> {
+        let count = list.len();
+        for (i, env) in list.into_iter().enumerate() {
+            let checked = match self.doc.check_op(&env.op) {
+                Ok(()) => self.encode_checked(&env),
+                Err(reason) => Err(ReplicaError::Rejected { actor: env.actor, seq: env.seq, reason }),
+            };
+            let bytes = match checked {
+                Ok(b) => b,
+                Err(e) => {
+                    let dropped = self.buffer.discard_actor(&env.actor);
+                    if i == 0 {
+                        return Err(e);
+                    }
+                    warn!(actor = %env.actor, seq = env.seq, error = %e, "a held operation was refused once its predecessors arrived");
+                    report.rejected += count - i + dropped;
+                    return Ok(());
+                }
+            };
+            let lsn = self.log_and_apply(env.clone(), &bytes)?;
+            done.push((lsn, env));
+        }
+        Ok(())
+    }
+}
