@@ -35,6 +35,7 @@
 //! ```
 
 mod admission;
+mod behaviour;
 mod codec;
 mod identity;
 mod lock;
@@ -50,13 +51,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tracing::info;
 
+pub use behaviour::{IDENTIFY_VERSION, TOPIC_PREFIX};
 pub use codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL};
 pub use identity::{read_psk_file, IDENTITY_FILE};
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use lock::LOCK_FILE;
 pub use node::{check_local_doc_name, NodeConfig, NodeError, NodeEvent, NodeHandle, PeerInfo};
-pub use swarm::{IDENTIFY_VERSION, TOPIC_PREFIX};
 pub use traffic::Traffic;
 
 use crate::replica::Document;
@@ -104,13 +105,13 @@ impl<D: Document> Node<D> {
             info!(fingerprint = %psk.fingerprint(), "private network");
         }
         let counters = Arc::new(traffic::Counters::default());
-        let mut swarm = swarm::build_swarm(&cfg, key, counters.clone())?;
+        let mut swarm = behaviour::build_swarm(&cfg, key, counters.clone())?;
         let mut listeners = Vec::new();
         for addr in &cfg.peers {
-            swarm::check_dialable(addr)?;
+            behaviour::check_dialable(addr)?;
         }
         for addr in &cfg.listen {
-            swarm::check_port_free(addr)?;
+            behaviour::check_port_free(addr)?;
             let id =
                 swarm.listen_on(addr.clone()).map_err(|e| NodeError::Transport(format!("listen on {addr}: {e}")))?;
             listeners.push(id);
