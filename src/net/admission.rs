@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use super::node::NodeConfig;
+use crate::sync::schedule::later;
 
 /// A repeat offender's ban is at most this many times the configured one.
 const MAX_BAN_FACTOR: u32 = 64;
@@ -89,7 +90,7 @@ impl Bucket {
         let wait = (1.0 - b.tokens) / limit.rate;
         // A zero rate (or an absurdly slow one) means "not in any foreseeable time".
         let wait = Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX);
-        crate::sync::later(now, wait)
+        later(now, wait)
     }
 
     /// Back to full capacity: the same as a fresh bucket.
@@ -196,9 +197,9 @@ impl Admission {
             }
             _ => self.ban_duration,
         };
-        let ends = crate::sync::later(now, duration);
+        let ends = later(now, duration);
         self.bans.insert(peer, ends);
-        let memory = crate::sync::later(ends, duration.saturating_mul(BAN_MEMORY_FACTOR));
+        let memory = later(ends, duration.saturating_mul(BAN_MEMORY_FACTOR));
         if self.offenders.len() >= MAX_REMEMBERED_OFFENDERS && !self.offenders.contains_key(&peer) {
             let oldest = self.offenders.iter().min_by_key(|(_, (_, until))| *until).map(|(p, _)| *p);
             if let Some(p) = oldest {

@@ -37,6 +37,7 @@
 mod admission;
 mod behaviour;
 mod codec;
+mod dialer;
 mod identity;
 mod lock;
 mod node;

@@ -18,8 +18,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::admission::Admission;
-use super::behaviour::{check_dialable, doc_of_topic, peer_of, topic_of, with_p2p, Behaviour, BehaviourEvent};
+use super::behaviour::{check_dialable, doc_of_topic, topic_of, with_p2p, Behaviour, BehaviourEvent};
 use super::codec::RequestFrame;
+use super::dialer::Dialer;
 use super::lock::DirLock;
 use super::node::{check_allowed, doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
@@ -72,20 +73,6 @@ pub(crate) enum Control<D: Document> {
     },
 }
 
-/// A peer the node keeps connected to.
-struct Configured {
-    addr: Multiaddr,
-    /// Its peer id: given in the address (`/p2p/…`, then checked on every
-    /// dial), or learned from the last connection (not checked).
-    peer: Option<PeerId>,
-    pinned: bool,
-    backoff: Duration,
-    next: Option<Instant>,
-    /// When our dial last succeeded: a connection must last before the
-    /// backoff resets, or a peer that accepts and drops would be hammered.
-    connected_at: Option<Instant>,
-}
-
 pub(crate) struct Driver<D: Document> {
     swarm: Swarm<Behaviour>,
     cfg: NodeConfig,
@@ -100,9 +87,8 @@ pub(crate) struct Driver<D: Document> {
     control_tx: mpsc::WeakUnboundedSender<Control<D>>,
     from_docs_tx: mpsc::UnboundedSender<FromDoc>,
     schedule: Schedule<PeerId>,
-    configured: Vec<Configured>,
-    /// Dials in progress to configured peers (index into `configured`).
-    dialing: HashMap<ConnectionId, usize>,
+    /// Configured peers and their re-dials.
+    dialer: Dialer,
     /// Our sync requests awaiting an answer.
     /// Each holds a slot in the document's queue for the answer, so a busy
     /// queue cannot make us throw away an answer we asked for.
@@ -175,8 +161,7 @@ impl<D: Document> Driver<D> {
             events,
             control_tx: control_tx.downgrade(),
             from_docs_tx,
-            configured: Vec::new(),
-            dialing: HashMap::new(),
+            dialer: Dialer::new(cfg.redial_min, cfg.redial_max),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             next_token: 0,
@@ -225,66 +210,7 @@ impl<D: Document> Driver<D> {
 
     /// Adds a configured peer (deduplicated) and dials it now.
     pub fn add_configured(&mut self, addr: Multiaddr) {
-        let idx = match self.configured.iter().position(|c| c.addr == addr) {
-            Some(i) => i,
-            None => {
-                let peer = peer_of(&addr);
-                self.configured.push(Configured {
-                    pinned: peer.is_some(),
-                    peer,
-                    addr,
-                    backoff: self.cfg.redial_min,
-                    next: None,
-                    connected_at: None,
-                });
-                self.configured.len() - 1
-            }
-        };
-        self.dial(idx);
-    }
-
-    fn dial(&mut self, idx: usize) {
-        let c = &mut self.configured[idx];
-        c.next = None;
-        if let Some(p) = c.peer {
-            if self.swarm.is_connected(&p) || self.swarm.behaviour().blocked.blocked_peers().contains(&p) {
-                return;
-            }
-        }
-        let opts = match c.peer {
-            Some(p) if c.pinned => DialOpts::peer_id(p)
-                .addresses(vec![c.addr.clone()])
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build(),
-            _ => DialOpts::unknown_peer_id().address(c.addr.clone()).build(),
-        };
-        let id = opts.connection_id();
-        match self.swarm.dial(opts) {
-            Ok(()) => {
-                self.dialing.insert(id, idx);
-            }
-            Err(e) => {
-                debug!(addr = %c.addr, error = %e, "dial not started");
-                self.retry_later(idx);
-            }
-        }
-    }
-
-    fn retry_later(&mut self, idx: usize) {
-        let max = self.cfg.redial_max;
-        let c = &mut self.configured[idx];
-        if c.next.is_none() {
-            c.next = Some(crate::sync::later(Instant::now(), c.backoff));
-            c.backoff = c.backoff.saturating_mul(2).min(max);
-        }
-    }
-
-    fn redial_due(&mut self, now: Instant) {
-        for idx in 0..self.configured.len() {
-            if self.configured[idx].next.is_some_and(|t| t <= now) {
-                self.dial(idx);
-            }
-        }
+        self.dialer.add(&mut self.swarm, addr);
     }
 
     fn next_wakeup(&self) -> Instant {
@@ -292,10 +218,8 @@ impl<D: Document> Driver<D> {
         if let Some(d) = self.schedule.next_due() {
             t = t.min(d);
         }
-        for c in &self.configured {
-            if let Some(n) = c.next {
-                t = t.min(n);
-            }
+        if let Some(d) = self.dialer.next_due() {
+            t = t.min(d);
         }
         let now = Instant::now();
         for peer in self.deferred.keys() {
@@ -347,7 +271,7 @@ impl<D: Document> Driver<D> {
             }
             let now = Instant::now();
             self.end_bans(now);
-            self.redial_due(now);
+            self.dialer.redial_due(&mut self.swarm, now);
             self.pull_due();
             self.send_deferred(now);
             if now.duration_since(self.last_prune) >= PRUNE_EVERY {
@@ -456,7 +380,7 @@ impl<D: Document> Driver<D> {
             Control::Unblock { peer, reply } => {
                 self.admission.forget_ban(&peer);
                 self.unblock(peer);
-                self.redial_peer(peer);
+                self.dialer.redial_peer(&mut self.swarm, peer);
                 let _ = reply.send(());
             }
             Control::Shutdown { .. } | Control::Abort => {}
@@ -642,12 +566,7 @@ impl<D: Document> Driver<D> {
                 self.listen_addrs.retain(|a| a != &addr);
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, connection_id, .. } => {
-                if let Some(idx) = self.dialing.remove(&connection_id) {
-                    let c = &mut self.configured[idx];
-                    c.peer = Some(peer_id);
-                    c.next = None;
-                    c.connected_at = Some(Instant::now());
-                }
+                self.dialer.connected(connection_id, peer_id);
                 let addr = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => address.clone(),
                     ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
@@ -667,21 +586,11 @@ impl<D: Document> Driver<D> {
                 self.schedule.remove_peer(&peer_id);
                 self.drop_deferred(&peer_id);
                 self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
-                for idx in 0..self.configured.len() {
-                    let c = &mut self.configured[idx];
-                    if c.peer == Some(peer_id) {
-                        if c.connected_at.take().is_some_and(|t| t.elapsed() >= self.cfg.redial_max) {
-                            c.backoff = self.cfg.redial_min;
-                        }
-                        self.retry_later(idx);
-                    }
-                }
+                self.dialer.disconnected(peer_id);
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 debug!(peer = ?peer_id, error = %error, "dial failed");
-                if let Some(idx) = self.dialing.remove(&connection_id) {
-                    self.retry_later(idx);
-                }
+                self.dialer.dial_failed(connection_id);
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
             _ => {}
@@ -852,18 +761,7 @@ impl<D: Document> Driver<D> {
         for peer in self.admission.expired(now) {
             info!(%peer, "ban ended");
             self.unblock(peer);
-            self.redial_peer(peer);
-        }
-    }
-
-    /// Dials `peer` now, with a fresh backoff, if it is a configured peer.
-    fn redial_peer(&mut self, peer: PeerId) {
-        let min = self.cfg.redial_min;
-        for idx in 0..self.configured.len() {
-            if self.configured[idx].peer == Some(peer) {
-                self.configured[idx].backoff = min;
-                self.dial(idx);
-            }
+            self.dialer.redial_peer(&mut self.swarm, peer);
         }
     }
 

@@ -29,7 +29,7 @@
 
 mod exchange;
 mod message;
-mod schedule;
+pub(crate) mod schedule;
 
 pub use exchange::{
     apply_gossip, apply_response, encode_request, gossip_messages, request, respond, Applied, SyncError, MAX_PAGE,
@@ -38,6 +38,4 @@ pub use message::{
     check_doc_name, decode, encode, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_DOC_NAME,
     MAX_OPS_PER_MESSAGE,
 };
-#[cfg(feature = "net")]
-pub(crate) use schedule::later;
 pub use schedule::Schedule;
