@@ -10,7 +10,7 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::swarm::Control;
+use super::admission::AdmissionConfig;
 use super::traffic::{Counters, Traffic};
 use super::worker::DocCmd;
 use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica, ReplicaError, ReplicaOptions};
@@ -138,6 +138,17 @@ impl NodeConfig {
     /// The replica directory of document `doc`.
     pub fn doc_dir(&self, doc: &str) -> PathBuf {
         doc_dir(&self.data_dir, doc)
+    }
+
+    /// The request limits, fault scores and bans peers are held to.
+    pub(crate) fn admission(&self) -> AdmissionConfig {
+        AdmissionConfig {
+            request_rate: self.request_rate,
+            request_burst: self.request_burst,
+            max_faults: self.max_faults,
+            fault_window: self.fault_window,
+            ban_duration: self.ban_duration,
+        }
     }
 }
 
@@ -368,6 +379,47 @@ pub struct PeerInfo {
 }
 
 pub(crate) type DocSenders<D> = Arc<Mutex<HashMap<String, mpsc::Sender<DocCmd<D>>>>>;
+
+/// What a [`NodeHandle`] asks of the task driving the swarm.
+pub(crate) enum Control<D: Document> {
+    OpenDoc {
+        name: String,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    CloseDoc {
+        name: String,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Connect {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Block {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    Unblock {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Abort,
+    /// A document worker started (or failed to) for an `OpenDoc`.
+    Opened {
+        name: String,
+        tx: mpsc::Sender<DocCmd<D>>,
+        result: Result<std::thread::JoinHandle<()>, NodeError>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+}
 
 /// A cloneable handle to a running node.
 pub struct NodeHandle<D: Document> {

@@ -22,7 +22,7 @@ use super::behaviour::{check_dialable, doc_of_topic, topic_of, with_p2p, Behavio
 use super::codec::RequestFrame;
 use super::dialer::Dialer;
 use super::lock::DirLock;
-use super::node::{check_allowed, doc_dir, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
+use super::node::{check_allowed, doc_dir, Control, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
 use super::worker::{Blocked, DocCmd, FromDoc, Worker, REOPEN_MIN};
 use crate::replica::{Document, Replica, ReplicaOptions};
@@ -32,46 +32,6 @@ use crate::sync::{self, Schedule, SyncRequest, SyncResponse};
 const DOC_QUEUE: usize = 4096;
 /// How often state about idle peers is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
-
-pub(crate) enum Control<D: Document> {
-    OpenDoc {
-        name: String,
-        reply: oneshot::Sender<Result<(), NodeError>>,
-    },
-    CloseDoc {
-        name: String,
-        reply: oneshot::Sender<Result<(), NodeError>>,
-    },
-    Connect {
-        addr: Multiaddr,
-        reply: oneshot::Sender<Result<(), NodeError>>,
-    },
-    Peers {
-        reply: oneshot::Sender<Vec<PeerInfo>>,
-    },
-    ListenAddrs {
-        reply: oneshot::Sender<Vec<Multiaddr>>,
-    },
-    Block {
-        peer: PeerId,
-        reply: oneshot::Sender<()>,
-    },
-    Unblock {
-        peer: PeerId,
-        reply: oneshot::Sender<()>,
-    },
-    Shutdown {
-        reply: oneshot::Sender<Result<(), NodeError>>,
-    },
-    Abort,
-    /// A document worker started (or failed to) for an `OpenDoc`.
-    Opened {
-        name: String,
-        tx: mpsc::Sender<DocCmd<D>>,
-        result: Result<std::thread::JoinHandle<()>, NodeError>,
-        reply: oneshot::Sender<Result<(), NodeError>>,
-    },
-}
 
 pub(crate) struct Driver<D: Document> {
     swarm: Swarm<Behaviour>,
@@ -167,7 +127,7 @@ impl<D: Document> Driver<D> {
             next_token: 0,
             listen_addrs: Vec::new(),
             connections: HashMap::new(),
-            admission: Admission::new(&cfg),
+            admission: Admission::new(&cfg.admission()),
             deferred: HashMap::new(),
             last_prune: Instant::now(),
             cfg,
