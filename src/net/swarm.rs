@@ -26,7 +26,7 @@ use super::node::{check_allowed, doc_dir, Control, DocSenders, NodeConfig, NodeE
 use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
 use super::worker::{Blocked, DocCmd, FromDoc, Worker, REOPEN_MIN};
 use crate::replica::{Document, Replica, ReplicaOptions};
-use crate::sync::{self, Schedule, SyncRequest, SyncResponse};
+use crate::sync::{self, Schedule};
 
 /// Commands queued per document before network input is shed.
 const DOC_QUEUE: usize = 4096;
@@ -741,7 +741,7 @@ impl<D: Document> Driver<D> {
                 return;
             }
         };
-        let req: SyncRequest = match sync::decode(&bytes, self.cfg.limits.max_request, "sync request") {
+        let req = match sync::decode_request(&bytes, &self.cfg.limits) {
             Ok(r) => r,
             Err(e) => {
                 warn!(%peer, error = %e, "rejected sync request");
@@ -750,14 +750,10 @@ impl<D: Document> Driver<D> {
                 return;
             }
         };
-        if let Err(e) = sync::check_doc_name(&req.doc) {
-            self.fault(peer, None, format!("sync request: {e}"));
-            return;
-        }
         if !within_rate {
             warn!(%peer, doc = %req.doc, "sync request over the rate limit refused");
-            let resp = SyncResponse::Refused { doc: req.doc.clone(), reason: "rate limit exceeded".into() };
-            let _ = self.swarm.behaviour_mut().sync.send_response(channel, sync::encode(&resp));
+            let answer = sync::encode_refusal(&req.doc, "rate limit exceeded");
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
             let reason = format!(
                 "sync request: over the rate limit of {} per second (bursts of {})",
                 self.cfg.request_rate, self.cfg.request_burst
@@ -766,8 +762,8 @@ impl<D: Document> Driver<D> {
             return;
         }
         let Some(tx) = self.doc_tx(&req.doc) else {
-            let resp = SyncResponse::UnknownDoc { doc: req.doc };
-            let _ = self.swarm.behaviour_mut().sync.send_response(channel, sync::encode(&resp));
+            let answer = sync::encode_unknown_doc(&req.doc);
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
             return;
         };
         let token = self.next_token;
@@ -778,8 +774,8 @@ impl<D: Document> Driver<D> {
                 self.inbound.insert(token, (doc, channel));
             }
             Err(_) => {
-                let resp = SyncResponse::Refused { doc, reason: "busy".into() };
-                let _ = self.swarm.behaviour_mut().sync.send_response(channel, sync::encode(&resp));
+                let answer = sync::encode_refusal(&doc, "busy");
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
             }
         }
     }

@@ -275,8 +275,7 @@ impl<D: Document> Worker<D> {
                 self.send(FromDoc::Validated { id, source, acceptance: MessageAcceptance::Ignore });
             }
             DocCmd::Request { token, req } => {
-                let resp = SyncResponse::Refused { doc: req.doc, reason: "unavailable".into() };
-                self.send(FromDoc::Respond { token, bytes: sync::encode(&resp) });
+                self.send(FromDoc::Respond { token, bytes: sync::encode_refusal(&req.doc, "unavailable") });
             }
             DocCmd::Pull { peer } | DocCmd::Response { peer, .. } => {
                 self.send(FromDoc::Synced { peer, doc: self.name.clone(), more: false, ok: false });
