@@ -41,6 +41,7 @@ mod dialer;
 mod identity;
 mod lock;
 mod node;
+mod pulls;
 mod queued;
 mod swarm;
 mod traffic;

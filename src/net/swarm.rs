@@ -2,7 +2,7 @@
 //! requests and answers, connections and re-dials. It never touches a
 //! replica; document workers do.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, MessageAcceptance, MessageId};
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{mdns, Multiaddr, PeerId, Swarm};
@@ -23,6 +23,7 @@ use super::codec::RequestFrame;
 use super::dialer::Dialer;
 use super::lock::DirLock;
 use super::node::{check_allowed, doc_dir, Control, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
+use super::pulls::{DeferredPull, Pulls};
 use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
 use super::worker::{Blocked, DocCmd, FromDoc, Worker, REOPEN_MIN};
 use crate::replica::{Document, Replica, ReplicaOptions};
@@ -49,30 +50,16 @@ pub(crate) struct Driver<D: Document> {
     schedule: Schedule<PeerId>,
     /// Configured peers and their re-dials.
     dialer: Dialer,
-    /// Our sync requests awaiting an answer.
-    /// Each holds a slot in the document's queue for the answer, so a busy
-    /// queue cannot make us throw away an answer we asked for.
-    outbound: HashMap<OutboundRequestId, (PeerId, String, mpsc::OwnedPermit<DocCmd<D>>)>,
-    /// Peers' sync requests awaiting their document worker's answer.
-    inbound: HashMap<u64, (String, ResponseChannel<Vec<u8>>)>,
-    next_token: u64,
+    /// Sync requests in flight, both ways, and ours held back.
+    pulls: Pulls<D>,
     listen_addrs: Vec<Multiaddr>,
     /// Remote address of every open connection.
     connections: HashMap<ConnectionId, (PeerId, Multiaddr)>,
     /// Request limits, fault scores and bans of peers.
     admission: Admission,
-    /// Our sync requests held back, per peer, to keep within its rate limit.
-    deferred: HashMap<PeerId, VecDeque<DeferredPull<D>>>,
     last_prune: Instant,
     /// The data directory's lock; every document worker holds a clone.
     lock: DirLock,
-}
-
-/// A sync request ready to send once the peer's rate allows.
-struct DeferredPull<D: Document> {
-    doc: String,
-    bytes: Vec<u8>,
-    slot: mpsc::OwnedPermit<DocCmd<D>>,
 }
 
 /// Closes a document worker (its replica syncs and closes) and joins its thread.
@@ -122,13 +109,10 @@ impl<D: Document> Driver<D> {
             control_tx: control_tx.downgrade(),
             from_docs_tx,
             dialer: Dialer::new(cfg.redial_min, cfg.redial_max),
-            outbound: HashMap::new(),
-            inbound: HashMap::new(),
-            next_token: 0,
+            pulls: Pulls::new(),
             listen_addrs: Vec::new(),
             connections: HashMap::new(),
             admission: Admission::new(&cfg.admission()),
-            deferred: HashMap::new(),
             last_prune: Instant::now(),
             cfg,
         }
@@ -181,9 +165,8 @@ impl<D: Document> Driver<D> {
         if let Some(d) = self.dialer.next_due() {
             t = t.min(d);
         }
-        let now = Instant::now();
-        for peer in self.deferred.keys() {
-            t = t.min(self.admission.outbound_ready_at(peer, now));
+        if let Some(d) = self.pulls.deferred_ready_at(&self.admission, Instant::now()) {
+            t = t.min(d);
         }
         if let Some(end) = self.admission.next_expiry() {
             t = t.min(end);
@@ -233,7 +216,7 @@ impl<D: Document> Driver<D> {
             self.end_bans(now);
             self.dialer.redial_due(&mut self.swarm, now);
             self.pull_due();
-            self.send_deferred(now);
+            self.pulls.send_deferred(&mut self.swarm, &mut self.admission, now);
             if now.duration_since(self.last_prune) >= PRUNE_EVERY {
                 self.last_prune = now;
                 let swarm = &self.swarm;
@@ -280,13 +263,7 @@ impl<D: Document> Driver<D> {
         let tx = self.docs.lock().ok().and_then(|mut d| d.remove(name));
         let _ = self.swarm.behaviour_mut().gossip.unsubscribe(&topic_of(name));
         self.schedule.remove_doc(name);
-        // Requests its worker will not answer now: dropping their channels
-        // tells the requesters at once.
-        self.inbound.retain(|_, (doc, _)| doc != name);
-        for queue in self.deferred.values_mut() {
-            queue.retain(|d| d.doc != name);
-        }
-        self.deferred.retain(|_, q| !q.is_empty());
+        self.pulls.forget_doc(name);
         (tx, self.threads.remove(name))
     }
 
@@ -334,7 +311,7 @@ impl<D: Document> Driver<D> {
                 self.admission.forget_ban(&peer);
                 self.block(peer);
                 self.schedule.remove_peer(&peer);
-                self.drop_deferred(&peer);
+                self.pulls.drop_deferred(&mut self.schedule, &peer);
                 let _ = reply.send(());
             }
             Control::Unblock { peer, reply } => {
@@ -487,15 +464,13 @@ impl<D: Document> Driver<D> {
                 self.swarm.behaviour_mut().gossip.report_message_validation_result(&id, &source, acceptance);
             }
             FromDoc::Respond { token, bytes } => {
-                if let Some((_, ch)) = self.inbound.remove(&token) {
-                    if self.swarm.behaviour_mut().sync.send_response(ch, bytes).is_err() {
-                        debug!("sync answer not sent: the requester is gone");
-                    }
-                }
+                self.pulls.respond(&mut self.swarm, token, bytes);
             }
             FromDoc::Pull { peer, doc, bytes } => {
                 match self.doc_tx(&doc).map(|tx| tx.try_reserve_owned()) {
-                    Some(Ok(slot)) => self.pace_pull(peer, DeferredPull { doc, bytes, slot }),
+                    Some(Ok(slot)) => {
+                        self.pulls.pace(&mut self.swarm, &mut self.admission, peer, DeferredPull { doc, bytes, slot })
+                    }
                     // Closed, or too busy to take the answer: try next round.
                     _ => self.schedule.failed(&peer, &doc, Instant::now()),
                 }
@@ -544,7 +519,7 @@ impl<D: Document> Driver<D> {
                 self.connections.remove(&connection_id);
                 info!(peer = %peer_id, "peer disconnected");
                 self.schedule.remove_peer(&peer_id);
-                self.drop_deferred(&peer_id);
+                self.pulls.drop_deferred(&mut self.schedule, &peer_id);
                 self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
                 self.dialer.disconnected(peer_id);
             }
@@ -590,13 +565,11 @@ impl<D: Document> Driver<D> {
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => self.on_request(peer, request, channel),
                 request_response::Message::Response { request_id, response } => {
-                    if let Some((peer, _, slot)) = self.outbound.remove(&request_id) {
-                        slot.send(DocCmd::Response { peer, bytes: response });
-                    }
+                    self.pulls.answered(request_id, response);
                 }
             },
             BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, request_id, error, .. }) => {
-                if let Some((peer, doc, _)) = self.outbound.remove(&request_id) {
+                if let Some((peer, doc)) = self.pulls.failed(request_id) {
                     // An answer over our `max_response` too: not counted as
                     // a fault, since a peer sizes answers by its own limits.
                     debug!(%peer, doc, error = %error, "sync request failed");
@@ -632,45 +605,6 @@ impl<D: Document> Driver<D> {
         allowed && !b.blocked.blocked_peers().contains(peer)
     }
 
-    /// Sends a sync request to `peer` now if its rate limit allows (and
-    /// none is waiting before it), else queues it.
-    fn pace_pull(&mut self, peer: PeerId, pull: DeferredPull<D>) {
-        let queue_empty = self.deferred.get(&peer).is_none_or(VecDeque::is_empty);
-        if queue_empty && self.admission.outbound_request(peer, Instant::now()) {
-            self.send_pull(peer, pull);
-        } else {
-            self.deferred.entry(peer).or_default().push_back(pull);
-        }
-    }
-
-    fn send_pull(&mut self, peer: PeerId, pull: DeferredPull<D>) {
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, pull.bytes.into());
-        self.outbound.insert(id, (peer, pull.doc, pull.slot));
-    }
-
-    /// Drops the sync requests waiting to be sent to `peer` (it is gone):
-    /// each ends as a failed pull, so its pair is not left in flight.
-    fn drop_deferred(&mut self, peer: &PeerId) {
-        let now = Instant::now();
-        for pull in self.deferred.remove(peer).unwrap_or_default() {
-            self.schedule.failed(peer, &pull.doc, now);
-        }
-    }
-
-    /// Sends the queued sync requests that peers' rate limits now allow.
-    fn send_deferred(&mut self, now: Instant) {
-        let peers: Vec<PeerId> = self.deferred.keys().copied().collect();
-        for peer in peers {
-            while self.deferred.get(&peer).is_some_and(|q| !q.is_empty()) && self.admission.outbound_request(peer, now)
-            {
-                if let Some(pull) = self.deferred.get_mut(&peer).and_then(VecDeque::pop_front) {
-                    self.send_pull(peer, pull);
-                }
-            }
-        }
-        self.deferred.retain(|_, q| !q.is_empty());
-    }
-
     /// A peer sent something invalid or too much: reports it, and bans the
     /// peer once it has too many faults.
     fn fault(&mut self, peer: PeerId, doc: Option<String>, reason: String) {
@@ -696,7 +630,7 @@ impl<D: Document> Driver<D> {
         // Closes its connections and refuses new ones, both ways.
         self.block(peer);
         self.schedule.remove_peer(&peer);
-        self.drop_deferred(&peer);
+        self.pulls.drop_deferred(&mut self.schedule, &peer);
         self.emit(NodeEvent::PeerBanned { peer, reason });
     }
 
@@ -761,22 +695,7 @@ impl<D: Document> Driver<D> {
             self.fault(peer, Some(req.doc), reason);
             return;
         }
-        let Some(tx) = self.doc_tx(&req.doc) else {
-            let answer = sync::encode_unknown_doc(&req.doc);
-            let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
-            return;
-        };
-        let token = self.next_token;
-        self.next_token += 1;
-        let doc = req.doc.clone();
-        match tx.try_send(DocCmd::Request { token, req }) {
-            Ok(()) => {
-                self.inbound.insert(token, (doc, channel));
-            }
-            Err(_) => {
-                let answer = sync::encode_refusal(&doc, "busy");
-                let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
-            }
-        }
+        let tx = self.doc_tx(&req.doc);
+        self.pulls.serve(&mut self.swarm, tx, req, channel);
     }
 }
