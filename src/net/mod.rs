@@ -38,6 +38,7 @@ mod admission;
 mod behaviour;
 mod codec;
 mod dialer;
+mod doc_workers;
 mod identity;
 mod lock;
 mod node;

@@ -21,32 +21,28 @@ use super::admission::Admission;
 use super::behaviour::{check_dialable, doc_of_topic, topic_of, with_p2p, Behaviour, BehaviourEvent};
 use super::codec::RequestFrame;
 use super::dialer::Dialer;
+use super::doc_workers::{close_worker, DocWorkers};
 use super::lock::DirLock;
-use super::node::{check_allowed, doc_dir, Control, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
+use super::node::{check_allowed, Control, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
 use super::pulls::{DeferredPull, Pulls};
 use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
-use super::worker::{Blocked, DocCmd, FromDoc, Worker, REOPEN_MIN};
-use crate::replica::{Document, Replica, ReplicaOptions};
+use super::worker::{Blocked, DocCmd, FromDoc};
+use crate::replica::Document;
 use crate::sync::{self, Schedule};
 
-/// Commands queued per document before network input is shed.
-const DOC_QUEUE: usize = 4096;
 /// How often state about idle peers is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 pub(crate) struct Driver<D: Document> {
     swarm: Swarm<Behaviour>,
     cfg: NodeConfig,
-    docs: DocSenders<D>,
+    /// The open documents' workers.
+    docs: DocWorkers<D>,
     /// Bytes of gossip waiting in the documents' queues.
     queued_gossip: QueueBudget,
     /// Peers blocked or banned, as the document workers see them.
     blocked: Blocked,
-    threads: HashMap<String, std::thread::JoinHandle<()>>,
     events: broadcast::Sender<NodeEvent<D::Operation>>,
-    /// Weak, so that the driver stops once every handle is dropped.
-    control_tx: mpsc::WeakUnboundedSender<Control<D>>,
-    from_docs_tx: mpsc::UnboundedSender<FromDoc>,
     schedule: Schedule<PeerId>,
     /// Configured peers and their re-dials.
     dialer: Dialer,
@@ -58,26 +54,6 @@ pub(crate) struct Driver<D: Document> {
     /// Request limits, fault scores and bans of peers.
     admission: Admission,
     last_prune: Instant,
-    /// The data directory's lock; every document worker holds a clone.
-    lock: DirLock,
-}
-
-/// Closes a document worker (its replica syncs and closes) and joins its thread.
-async fn close_worker<D: Document>(
-    name: String,
-    tx: Option<mpsc::Sender<DocCmd<D>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-) -> Result<(), NodeError> {
-    let Some(tx) = tx else { return Err(NodeError::UnknownDoc(name)) };
-    let (reply, rx) = oneshot::channel();
-    let result = match tx.send(DocCmd::Close { reply }).await {
-        Ok(()) => rx.await.unwrap_or(Err(NodeError::Stopped)),
-        Err(_) => Err(NodeError::Stopped),
-    };
-    if let Some(t) = thread {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
-    result
 }
 
 impl<D: Document> Driver<D> {
@@ -97,17 +73,23 @@ impl<D: Document> Driver<D> {
             h.write(&swarm.local_peer_id().to_bytes());
             h.finish()
         };
-        Driver {
+        let blocked = Blocked::default();
+        let docs = DocWorkers::new(
+            cfg.clone(),
+            docs,
+            events.clone(),
+            control_tx.downgrade(),
+            from_docs_tx,
+            Arc::clone(&blocked),
             lock,
+        );
+        Driver {
             swarm,
             schedule: Schedule::new(cfg.sync_interval, seed),
             docs,
             queued_gossip: QueueBudget::new(MAX_QUEUED_GOSSIP),
-            blocked: Blocked::default(),
-            threads: HashMap::new(),
+            blocked,
             events,
-            control_tx: control_tx.downgrade(),
-            from_docs_tx,
             dialer: Dialer::new(cfg.redial_min, cfg.redial_max),
             pulls: Pulls::new(),
             listen_addrs: Vec::new(),
@@ -123,11 +105,7 @@ impl<D: Document> Driver<D> {
     }
 
     fn doc_tx(&self, doc: &str) -> Option<mpsc::Sender<DocCmd<D>>> {
-        self.docs.lock().ok()?.get(doc).cloned()
-    }
-
-    fn doc_names(&self) -> Vec<String> {
-        self.docs.lock().map(|d| d.keys().cloned().collect()).unwrap_or_default()
+        self.docs.tx(doc)
     }
 
     /// Drives the swarm until each listener reported its first address.
@@ -199,9 +177,7 @@ impl<D: Document> Driver<D> {
                     Some(Control::Abort) => {
                         // Like a crash of the network side: no goodbye to
                         // peers, documents left to close on their own.
-                        if let Ok(mut d) = self.docs.lock() {
-                            d.clear();
-                        }
+                        self.docs.clear();
                         warn!("node aborted");
                         return;
                     }
@@ -241,7 +217,7 @@ impl<D: Document> Driver<D> {
     }
 
     async fn shutdown(&mut self) -> Result<(), NodeError> {
-        let names = self.doc_names();
+        let names = self.docs.names();
         let mut first_err = None;
         for name in names {
             if let Err(e) = self.close_doc(&name).await {
@@ -260,16 +236,16 @@ impl<D: Document> Driver<D> {
 
     /// Stops replicating `name`; returns its worker to close.
     fn detach_doc(&mut self, name: &str) -> (Option<mpsc::Sender<DocCmd<D>>>, Option<std::thread::JoinHandle<()>>) {
-        let tx = self.docs.lock().ok().and_then(|mut d| d.remove(name));
+        let detached = self.docs.detach(name);
         let _ = self.swarm.behaviour_mut().gossip.unsubscribe(&topic_of(name));
         self.schedule.remove_doc(name);
         self.pulls.forget_doc(name);
-        (tx, self.threads.remove(name))
+        detached
     }
 
     fn on_control(&mut self, ctl: Control<D>) {
         match ctl {
-            Control::OpenDoc { name, reply } => self.open_doc(name, reply),
+            Control::OpenDoc { name, reply } => self.docs.open(name, reply),
             Control::Opened { name, tx, result, reply } => self.opened(name, tx, result, reply),
             Control::CloseDoc { name, reply } => {
                 // The worker may be busy: wait for it on another task.
@@ -324,84 +300,6 @@ impl<D: Document> Driver<D> {
         }
     }
 
-    fn open_doc(&mut self, name: String, reply: oneshot::Sender<Result<(), NodeError>>) {
-        if self.docs.lock().map(|d| d.contains_key(&name)).unwrap_or(true) {
-            let _ = reply.send(Err(NodeError::DocOpen(name)));
-            return;
-        }
-        let Some(control) = self.control_tx.upgrade() else {
-            let _ = reply.send(Err(NodeError::Stopped));
-            return;
-        };
-        let (tx, rx) = mpsc::channel(DOC_QUEUE);
-        // Reserve the name so a second open fails instead of racing.
-        if let Ok(mut d) = self.docs.lock() {
-            d.insert(name.clone(), tx.clone());
-        }
-        let dir = doc_dir(&self.cfg.data_dir, &name);
-        // Signatures bind the document name: an operation cannot be
-        // replayed into another document.
-        let opts = ReplicaOptions { document: Some(name.clone()), ..self.cfg.replica.clone() };
-        let (to_swarm, events, limits, budget) =
-            (self.from_docs_tx.clone(), self.events.clone(), self.cfg.limits, self.cfg.sync_budget);
-        let snapshot_peers = self.cfg.snapshot_peers.clone();
-        let blocked = Arc::clone(&self.blocked);
-        let thread_name = format!("walrus-doc-{name}");
-        // Opening replays the log: do it on the document's own thread.
-        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<(), NodeError>>();
-        let worker_name = name.clone();
-        let lock = self.lock.clone();
-        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
-            let mut replica = match Replica::<D>::open(&dir, opts.clone()) {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = opened_tx.send(Err(e.into()));
-                    return;
-                }
-            };
-            let changes = replica.subscribe();
-            let _ = opened_tx.send(Ok(()));
-            let worker = Worker {
-                name: worker_name,
-                dir,
-                opts,
-                changes,
-                to_swarm,
-                events,
-                limits,
-                budget,
-                snapshot_peers,
-                blocked,
-                _lock: lock,
-                last_error: None,
-                backoff: REOPEN_MIN,
-                reopened_at: None,
-                recovered_seen: 0,
-            };
-            worker.run(replica, rx);
-        });
-        let thread = match spawned {
-            Ok(t) => t,
-            Err(e) => {
-                if let Ok(mut d) = self.docs.lock() {
-                    d.remove(&name);
-                }
-                let _ = reply.send(Err(NodeError::Transport(format!("cannot start a thread: {e}"))));
-                return;
-            }
-        };
-        tokio::task::spawn_blocking(move || {
-            let result = match opened_rx.recv().unwrap_or(Err(NodeError::Stopped)) {
-                Ok(()) => Ok(thread),
-                Err(e) => {
-                    let _ = thread.join();
-                    Err(e)
-                }
-            };
-            let _ = control.send(Control::Opened { name, tx, result, reply });
-        });
-    }
-
     /// A document worker finished opening its replica (or failed to).
     fn opened(
         &mut self,
@@ -411,7 +309,7 @@ impl<D: Document> Driver<D> {
         reply: oneshot::Sender<Result<(), NodeError>>,
     ) {
         // Still ours, or was it closed (and maybe reopened) meanwhile?
-        let current = self.docs.lock().is_ok_and(|d| d.get(&name).is_some_and(|t| t.same_channel(&tx)));
+        let current = self.docs.is_current(&name, &tx);
         let thread = match result {
             Ok(thread) if current => thread,
             Ok(thread) => {
@@ -430,7 +328,7 @@ impl<D: Document> Driver<D> {
                 return;
             }
         };
-        self.threads.insert(name.clone(), thread);
+        self.docs.add_thread(name.clone(), thread);
         if let Err(e) = self.swarm.behaviour_mut().gossip.subscribe(&topic_of(&name)) {
             warn!(doc = %name, error = %e, "subscribing failed");
         }
