@@ -39,12 +39,12 @@ mod behaviour;
 mod codec;
 mod dialer;
 mod doc_workers;
+mod driver;
 mod identity;
 mod lock;
 mod node;
 mod pulls;
 mod queued;
-mod swarm;
 mod traffic;
 mod worker;
 
@@ -123,7 +123,7 @@ impl<D: Document> Node<D> {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (from_docs_tx, from_docs_rx) = mpsc::unbounded_channel();
         let docs = Arc::new(Mutex::new(HashMap::new()));
-        let mut driver = swarm::Driver::<D>::new(
+        let mut driver = driver::Driver::<D>::new(
             swarm,
             cfg.clone(),
             docs.clone(),
