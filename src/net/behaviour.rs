@@ -16,7 +16,8 @@ use libp2p::{allow_block_list, connection_limits, identify, mdns, noise, ping, t
 use sha2::{Digest, Sha256};
 
 use super::codec::{FrameCodec, SYNC_PROTOCOL};
-use super::node::{NodeConfig, NodeError};
+use super::config::NodeConfig;
+use super::error::NodeError;
 use super::traffic::{Counted, Counters};
 use crate::sync;
 

@@ -8,8 +8,11 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::config::{doc_dir, NodeConfig};
+use super::error::NodeError;
+use super::event::NodeEvent;
 use super::lock::DirLock;
-use super::node::{doc_dir, Control, DocSenders, NodeConfig, NodeError, NodeEvent};
+use super::node::{Control, DocSenders};
 use super::worker::{Blocked, DocCmd, FromDoc, Worker, REOPEN_MIN};
 use crate::replica::{Document, Replica, ReplicaOptions};
 

@@ -19,10 +19,13 @@ use tracing::{info, warn};
 
 use super::admission::Admission;
 use super::behaviour::{check_dialable, doc_of_topic, topic_of, Behaviour};
+use super::config::{check_allowed, NodeConfig};
 use super::dialer::Dialer;
 use super::doc_workers::{close_worker, DocWorkers};
+use super::error::NodeError;
+use super::event::{NodeEvent, PeerInfo};
 use super::lock::DirLock;
-use super::node::{check_allowed, Control, DocSenders, NodeConfig, NodeError, NodeEvent, PeerInfo};
+use super::node::{Control, DocSenders};
 use super::pulls::Pulls;
 use super::queued::{QueueBudget, MAX_QUEUED_GOSSIP};
 use super::worker::{Blocked, DocCmd, FromDoc};

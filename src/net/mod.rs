@@ -37,9 +37,12 @@
 mod admission;
 mod behaviour;
 mod codec;
+mod config;
 mod dialer;
 mod doc_workers;
 mod driver;
+mod error;
+mod event;
 mod identity;
 mod lock;
 mod node;
@@ -56,11 +59,14 @@ use tracing::info;
 
 pub use behaviour::{IDENTIFY_VERSION, TOPIC_PREFIX};
 pub use codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL};
+pub use config::{check_local_doc_name, NodeConfig};
+pub use error::NodeError;
+pub use event::{NodeEvent, PeerInfo};
 pub use identity::{read_psk_file, IDENTITY_FILE};
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use lock::LOCK_FILE;
-pub use node::{check_local_doc_name, NodeConfig, NodeError, NodeEvent, NodeHandle, PeerInfo};
+pub use node::NodeHandle;
 pub use traffic::Traffic;
 
 use crate::replica::Document;

@@ -15,9 +15,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use tracing::{debug, error, info, warn};
 
+use super::error::NodeError;
+use super::event::NodeEvent;
 use super::lock::DirLock;
 use super::queued::Queued;
-use super::{NodeError, NodeEvent};
 use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica, ReplicaOptions};
 use crate::sync::{self, Limits, SyncError, SyncRequest, SyncResponse};
 

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::Driver;
 use crate::net::behaviour::{doc_of_topic, topic_of, with_p2p, BehaviourEvent};
 use crate::net::codec::RequestFrame;
-use crate::net::node::NodeEvent;
+use crate::net::event::NodeEvent;
 use crate::net::pulls::DeferredPull;
 use crate::net::worker::{DocCmd, FromDoc};
 use crate::replica::Document;

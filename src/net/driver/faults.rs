@@ -7,7 +7,7 @@ use libp2p::PeerId;
 use tracing::{info, warn};
 
 use super::Driver;
-use crate::net::node::NodeEvent;
+use crate::net::event::NodeEvent;
 use crate::replica::Document;
 
 impl<D: Document> Driver<D> {
