@@ -64,6 +64,7 @@ pub(crate) struct Driver<D: Document> {
 }
 
 impl<D: Document> Driver<D> {
+    /// A driver for `swarm`; it runs once [`Driver::run`] is spawned.
     pub fn new(
         swarm: Swarm<Behaviour>,
         cfg: NodeConfig,
@@ -170,6 +171,8 @@ impl<D: Document> Driver<D> {
         }
     }
 
+    /// The event loop: until a shutdown (or every handle is dropped), then
+    /// closes every document.
     pub async fn run(
         mut self,
         mut control: mpsc::UnboundedReceiver<Control<D>>,

@@ -21,6 +21,8 @@ use crate::replica::Document;
 use crate::sync;
 
 impl<D: Document> Driver<D> {
+    /// Something a document worker sends back: gossip to publish, a
+    /// verdict on gossip, an answer, a request to send, a fault, an outcome.
     pub(super) fn on_doc(&mut self, msg: FromDoc) {
         match msg {
             FromDoc::Publish { doc, data } => {
@@ -57,6 +59,8 @@ impl<D: Document> Driver<D> {
         }
     }
 
+    /// A swarm event: listen addresses, connections opened and closed,
+    /// failed dials, and the behaviours' events.
     pub(super) fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -101,6 +105,7 @@ impl<D: Document> Driver<D> {
         }
     }
 
+    /// Gossip, peers' topics, sync messages and mDNS discoveries.
     pub(super) fn on_behaviour(&mut self, ev: BehaviourEvent) {
         match ev {
             BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message }) => {
@@ -166,10 +171,13 @@ impl<D: Document> Driver<D> {
         }
     }
 
+    /// Tells gossipsub what became of a message.
     pub(super) fn report(&mut self, id: &MessageId, source: &PeerId, acceptance: MessageAcceptance) {
         self.swarm.behaviour_mut().gossip.report_message_validation_result(id, source, acceptance);
     }
 
+    /// A peer's sync request: refused (and counted as a fault) if oversize,
+    /// malformed or over the peer's rate limit, else routed to its document.
     pub(super) fn on_request(&mut self, peer: PeerId, request: RequestFrame, channel: ResponseChannel<Vec<u8>>) {
         // Every request takes a token, well-formed or not.
         let within_rate = self.admission.inbound_request(peer, Instant::now());
