@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::node::NodeConfig;
+use crate::sync::schedule::later;
 
 /// A repeat offender's ban is at most this many times the configured one.
 const MAX_BAN_FACTOR: u32 = 64;
@@ -89,7 +89,7 @@ impl Bucket {
         let wait = (1.0 - b.tokens) / limit.rate;
         // A zero rate (or an absurdly slow one) means "not in any foreseeable time".
         let wait = Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX);
-        crate::sync::later(now, wait)
+        later(now, wait)
     }
 
     /// Back to full capacity: the same as a fresh bucket.
@@ -114,6 +114,21 @@ struct PeerState {
     faults: Bucket,
 }
 
+/// The limits admission enforces (from the node's configuration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdmissionConfig {
+    /// Sync requests per second a peer may send, on average.
+    pub request_rate: f64,
+    /// Sync requests a peer may send in a burst above `request_rate`.
+    pub request_burst: u32,
+    /// Faults within `fault_window` before a peer is banned.
+    pub max_faults: u32,
+    /// Time over which `max_faults` faults are forgiven.
+    pub fault_window: Duration,
+    /// How long a first ban lasts.
+    pub ban_duration: Duration,
+}
+
 /// Per-peer request limits, fault scores and bans.
 #[derive(Debug)]
 pub(crate) struct Admission {
@@ -130,7 +145,7 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    pub fn new(cfg: &NodeConfig) -> Admission {
+    pub fn new(cfg: &AdmissionConfig) -> Admission {
         let requests = Limit { rate: cfg.request_rate, capacity: f64::from(cfg.request_burst) };
         // Our own requests keep to the same rate with half the burst: the other
         // half absorbs network jitter (a burst of ours arriving bunched up
@@ -196,9 +211,9 @@ impl Admission {
             }
             _ => self.ban_duration,
         };
-        let ends = crate::sync::later(now, duration);
+        let ends = later(now, duration);
         self.bans.insert(peer, ends);
-        let memory = crate::sync::later(ends, duration.saturating_mul(BAN_MEMORY_FACTOR));
+        let memory = later(ends, duration.saturating_mul(BAN_MEMORY_FACTOR));
         if self.offenders.len() >= MAX_REMEMBERED_OFFENDERS && !self.offenders.contains_key(&peer) {
             let oldest = self.offenders.iter().min_by_key(|(_, (_, until))| *until).map(|(p, _)| *p);
             if let Some(p) = oldest {
@@ -258,14 +273,14 @@ impl Admission {
 mod tests {
     use super::*;
 
-    fn cfg(rate: f64, burst: u32, max_faults: u32) -> NodeConfig {
-        let mut cfg = NodeConfig::new("/nonexistent");
-        cfg.request_rate = rate;
-        cfg.request_burst = burst;
-        cfg.max_faults = max_faults;
-        cfg.fault_window = Duration::from_secs(10);
-        cfg.ban_duration = Duration::from_secs(60);
-        cfg
+    fn cfg(rate: f64, burst: u32, max_faults: u32) -> AdmissionConfig {
+        AdmissionConfig {
+            request_rate: rate,
+            request_burst: burst,
+            max_faults,
+            fault_window: Duration::from_secs(10),
+            ban_duration: Duration::from_secs(60),
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use libp2p::identity::Keypair;
 use libp2p::pnet::{KeyParseError, PreSharedKey};
 
-use super::NodeError;
+use super::error::NodeError;
 use crate::wal::durable::{self, Files};
 
 /// File holding the node's keypair (libp2p protobuf encoding) in its data dir.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use super::NodeError;
+use super::error::NodeError;
 use crate::wal::durable::{self, Files};
 use crate::wal::{FaultInjector, FileOp};
 

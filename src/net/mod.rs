@@ -35,12 +35,19 @@
 //! ```
 
 mod admission;
+mod behaviour;
 mod codec;
+mod config;
+mod dialer;
+mod doc_workers;
+mod driver;
+mod error;
+mod event;
 mod identity;
 mod lock;
 mod node;
+mod pulls;
 mod queued;
-mod swarm;
 mod traffic;
 mod worker;
 
@@ -50,13 +57,16 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tracing::info;
 
+pub use behaviour::{IDENTIFY_VERSION, TOPIC_PREFIX};
 pub use codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL};
+pub use config::{check_local_doc_name, NodeConfig};
+pub use error::NodeError;
+pub use event::{NodeEvent, PeerInfo};
 pub use identity::{read_psk_file, IDENTITY_FILE};
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use lock::LOCK_FILE;
-pub use node::{check_local_doc_name, NodeConfig, NodeError, NodeEvent, NodeHandle, PeerInfo};
-pub use swarm::{IDENTIFY_VERSION, TOPIC_PREFIX};
+pub use node::NodeHandle;
 pub use traffic::Traffic;
 
 use crate::replica::Document;
@@ -104,13 +114,13 @@ impl<D: Document> Node<D> {
             info!(fingerprint = %psk.fingerprint(), "private network");
         }
         let counters = Arc::new(traffic::Counters::default());
-        let mut swarm = swarm::build_swarm(&cfg, key, counters.clone())?;
+        let mut swarm = behaviour::build_swarm(&cfg, key, counters.clone())?;
         let mut listeners = Vec::new();
         for addr in &cfg.peers {
-            swarm::check_dialable(addr)?;
+            behaviour::check_dialable(addr)?;
         }
         for addr in &cfg.listen {
-            swarm::check_port_free(addr)?;
+            behaviour::check_port_free(addr)?;
             let id =
                 swarm.listen_on(addr.clone()).map_err(|e| NodeError::Transport(format!("listen on {addr}: {e}")))?;
             listeners.push(id);
@@ -119,7 +129,7 @@ impl<D: Document> Node<D> {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (from_docs_tx, from_docs_rx) = mpsc::unbounded_channel();
         let docs = Arc::new(Mutex::new(HashMap::new()));
-        let mut driver = swarm::Driver::<D>::new(
+        let mut driver = driver::Driver::<D>::new(
             swarm,
             cfg.clone(),
             docs.clone(),

@@ -15,9 +15,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use tracing::{debug, error, info, warn};
 
+use super::error::NodeError;
+use super::event::NodeEvent;
 use super::lock::DirLock;
 use super::queued::Queued;
-use super::{NodeError, NodeEvent};
 use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica, ReplicaOptions};
 use crate::sync::{self, Limits, SyncError, SyncRequest, SyncResponse};
 
@@ -275,8 +276,7 @@ impl<D: Document> Worker<D> {
                 self.send(FromDoc::Validated { id, source, acceptance: MessageAcceptance::Ignore });
             }
             DocCmd::Request { token, req } => {
-                let resp = SyncResponse::Refused { doc: req.doc, reason: "unavailable".into() };
-                self.send(FromDoc::Respond { token, bytes: sync::encode(&resp) });
+                self.send(FromDoc::Respond { token, bytes: sync::encode_refusal(&req.doc, "unavailable") });
             }
             DocCmd::Pull { peer } | DocCmd::Response { peer, .. } => {
                 self.send(FromDoc::Synced { peer, doc: self.name.clone(), more: false, ok: false });

@@ -110,6 +110,27 @@ pub fn encode_request<D: Document>(
     Ok(bytes)
 }
 
+/// A peer's sync request, decoded: at most `limits.max_request` bytes, and
+/// naming a valid document. An error means the peer sent something no
+/// honest node sends (a fault), and the request gets no answer.
+pub fn decode_request(bytes: &[u8], limits: &Limits) -> Result<SyncRequest, MessageError> {
+    let req: SyncRequest = message::decode(bytes, limits.max_request, "sync request")?;
+    check_doc_name(&req.doc)?;
+    Ok(req)
+}
+
+/// The encoded answer refusing a request for `doc` without serving it;
+/// `reason` tells the peer why (busy, over its rate limit, unavailable).
+pub fn encode_refusal(doc: &str, reason: &str) -> Vec<u8> {
+    message::encode(&SyncResponse::Refused { doc: doc.to_string(), reason: reason.to_string() })
+}
+
+/// The encoded answer to a request for a document this node does not
+/// replicate.
+pub fn encode_unknown_doc(doc: &str) -> Vec<u8> {
+    message::encode(&SyncResponse::UnknownDoc { doc: doc.to_string() })
+}
+
 /// The answer to `req`, for a replica of document `doc`. Pages are at most
 /// `min(req.budget, limits.max_response / 2, MAX_PAGE)` operation bytes (always at
 /// least one operation); a snapshot answer whose encoding exceeds
@@ -308,5 +329,28 @@ mod tests {
             total += message::decode::<Gossip>(m, 2000, "gossip").unwrap().ops.len();
         }
         assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn requests_decode_within_limits_and_name_a_document() {
+        let d = tempfile::tempdir().unwrap();
+        let a = open(d.path());
+        let limits = Limits::default();
+        let bytes = message::encode(&request(&a, "d", 10));
+        assert_eq!(decode_request(&bytes, &limits).unwrap().doc, "d");
+        let small = Limits { max_request: bytes.len() - 1, ..limits };
+        assert!(decode_request(&bytes, &small).is_err());
+        assert!(decode_request(b"\xff\x00garbage", &limits).is_err());
+        let bad_name = message::encode(&request(&a, "", 10));
+        assert!(decode_request(&bad_name, &limits).is_err());
+    }
+
+    #[test]
+    fn answers_without_a_replica() {
+        let limits = Limits::default();
+        let refused: SyncResponse = message::decode(&encode_refusal("d", "busy"), limits.max_response, "r").unwrap();
+        assert_eq!(refused, SyncResponse::Refused { doc: "d".into(), reason: "busy".into() });
+        let unknown: SyncResponse = message::decode(&encode_unknown_doc("d"), limits.max_response, "r").unwrap();
+        assert_eq!(unknown, SyncResponse::UnknownDoc { doc: "d".into() });
     }
 }

@@ -29,15 +29,14 @@
 
 mod exchange;
 mod message;
-mod schedule;
+pub(crate) mod schedule;
 
 pub use exchange::{
-    apply_gossip, apply_response, encode_request, gossip_messages, request, respond, Applied, SyncError, MAX_PAGE,
+    apply_gossip, apply_response, decode_request, encode_refusal, encode_request, encode_unknown_doc, gossip_messages,
+    request, respond, Applied, SyncError, MAX_PAGE,
 };
 pub use message::{
     check_doc_name, decode, encode, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_DOC_NAME,
     MAX_OPS_PER_MESSAGE,
 };
-#[cfg(feature = "net")]
-pub(crate) use schedule::later;
 pub use schedule::Schedule;

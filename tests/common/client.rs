@@ -107,7 +107,7 @@ impl Client {
             })
             .expect("transport")
             .with_behaviour(|key| {
-                // As walrus nodes do (src/net/swarm.rs), but with room to send oversize messages.
+                // As walrus nodes do (src/net/behaviour.rs), but with room to send oversize messages.
                 let cfg = gossipsub::ConfigBuilder::default()
                     .heartbeat_interval(Duration::from_millis(200))
                     .validation_mode(gossipsub::ValidationMode::Anonymous)
