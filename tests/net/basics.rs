@@ -7,12 +7,10 @@
 //! partition test's observation window, in which a leak across the
 //! partition would have to show up as an event.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::client::{Client, Seen};
-use common::{config, del, put, start, values, within, Ev, Events, DOC, SYNC_INTERVAL, WAIT};
+use crate::common::client::{Client, Seen};
+use crate::common::{config, del, put, start, values, within, Ev, Events, DOC, SYNC_INTERVAL, WAIT};
 use crdts::CmRDT;
 use futures::future::join_all;
 use tokio::time::Instant;
@@ -537,7 +535,7 @@ async fn malformed_messages_are_rejected() {
             vec![0xa0; 100 << 10],
         ];
         let mut bad = Client::spawn_with(None, answers).await;
-        let topic = common::topic();
+        let topic = crate::common::topic();
         bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
 
         // Gossip.
@@ -712,7 +710,7 @@ async fn forged_and_equivocating_operations_are_refused() {
         let page =
             encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![bytes(&as_victim), bytes(&damaged)], more: false });
         let mut bad = Client::spawn_with(None, vec![page]).await;
-        let topic = common::topic();
+        let topic = crate::common::topic();
         bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
         let publish = |ops: Vec<ByteBuf>| encode(&Gossip { doc: DOC.into(), ops });
         bad.publish(topic.clone(), publish(vec![bytes(&as_victim)])).await.unwrap();

@@ -1,7 +1,8 @@
 //! Property tests (proptest and quickcheck) of durable replicas of the four
 //! ready-made documents:
 //!
-//! - the CRDT laws and replica convergence of `walrus::testing`;
+//! - the CRDT laws and replica convergence of `walrus::testing` on cases
+//!   quickcheck generates and shrinks (`laws.rs` runs them from seeds);
 //! - a checkpoint plus the log tail after it recovers the same document as
 //!   replaying the whole log;
 //! - recovery is idempotent;
@@ -22,8 +23,7 @@ use walrus::replica::{
     VersionVector, ACTOR_FILE,
 };
 use walrus::testing::{
-    check_case, check_replica_convergence, check_state_laws, create_replica_dir, history, replica_opts, Case,
-    CounterOps, KvOps, OpGen, RegisterOps, Rng, SetOps,
+    check_case, create_replica_dir, history, replica_opts, Case, CounterOps, KvOps, OpGen, RegisterOps, Rng, SetOps,
 };
 
 /// What a replica goes through: its own writes (from a random number),
@@ -379,22 +379,10 @@ macro_rules! document_props {
                 $gen
             }
 
-            proptest! {
-                #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-                #[test]
-                fn state_laws(case in any::<Case>()) {
-                    check_state_laws::<D>(&gen(), &case);
-                }
-            }
-
+            // The laws and convergence of `walrus::testing` on their own run
+            // in `laws.rs`, through the seed-based entry points.
             proptest! {
                 #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-                #[test]
-                fn replicas_converge(case in any::<Case>()) {
-                    check_replica_convergence::<D>(&gen(), &case);
-                }
 
                 #[test]
                 fn snapshot_plus_tail_equals_full_replay(seed: u64, cut: u16) {

@@ -1,0 +1,8 @@
+//! Tests of durable replicas (`walrus::replica`), one module per concern.
+
+mod basics;
+mod fork_power_loss;
+mod power_loss;
+mod recovery;
+mod restore;
+mod trust;
