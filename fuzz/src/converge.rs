@@ -44,7 +44,7 @@ use walrus::replica::{
 use walrus::sync::{self, SyncRequest, SyncResponse};
 use walrus::wal::{SyncPolicy, WalOptions};
 
-use crate::sync::{check_reopen, from_template, limits, observe, open_as, DOC};
+use crate::harness::{check_reopen, from_template, limits, observe, open_as, DOC};
 use crate::{Bytes, Rng};
 
 /// Keys of the authors of the histories.

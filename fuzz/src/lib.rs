@@ -6,11 +6,11 @@
 //! layout the targets parse.
 
 pub mod converge;
-pub mod decode;
 pub mod envelope;
 pub mod gossip;
-pub mod recover;
-pub mod sync;
+pub mod harness;
+pub mod record_decode;
+pub mod recover_dir;
 pub mod sync_exchange;
 
 /// Reads fuzz input front to back. Reads past the end yield zeros or
@@ -93,9 +93,9 @@ impl Rng {
     }
 }
 
-/// A fresh temporary directory for one input, under [`recover::temp_base`].
+/// A fresh temporary directory for one input, under [`recover_dir::temp_base`].
 pub(crate) fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("walrus-fuzz-").tempdir_in(recover::temp_base()).expect("creating a temp dir")
+    tempfile::Builder::new().prefix("walrus-fuzz-").tempdir_in(recover_dir::temp_base()).expect("creating a temp dir")
 }
 
 /// Installs (once per process) a tracing subscriber that enables every span
