@@ -2,6 +2,7 @@
 
 mod basics;
 mod fork_power_loss;
+mod helpers;
 mod power_loss;
 mod recovery;
 mod restore;

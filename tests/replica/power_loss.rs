@@ -49,6 +49,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::helpers::{actor_of, env_u64, scratch_dir};
 use walrus::replica::{
     ActorId, ActorKey, KvDoc, KvDocExt, OpEnvelope, Recovered, Replica, ReplicaOptions, RetireReason,
 };
@@ -78,22 +79,6 @@ impl Rng {
     }
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The real directory is only a vehicle (the model decides what survives),
-/// so it lives on tmpfs when there is one, where `fsync` is cheap.
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new().prefix("walrus-replica-power-").tempdir_in(shm) {
-            return d;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
 fn options(policy: SyncPolicy, preallocate: bool, checkpoint_bytes: u64) -> ReplicaOptions {
     let mut wal = WalOptions::new(policy).segment_size(SEGMENT);
     wal.preallocate = preallocate;
@@ -104,11 +89,6 @@ fn with_faults(opts: &ReplicaOptions, power: &Arc<PowerLoss>) -> ReplicaOptions 
     let mut o = opts.clone();
     o.wal = o.wal.with_faults(power.clone());
     o
-}
-
-fn actor_of(seed: &[u8]) -> Option<ActorId> {
-    let seed: [u8; 32] = seed.try_into().ok()?;
-    Some(ActorKey::from_seed(seed).actor())
 }
 
 /// Whether `bytes` is a whole checkpoint file: magic, version 1, body

@@ -2,6 +2,7 @@
 
 mod concurrency;
 mod faults;
+mod helpers;
 mod power_loss;
 mod recovery;
 mod repair;

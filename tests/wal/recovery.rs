@@ -11,6 +11,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::helpers::{options, records};
 use proptest::prelude::*;
 use quickcheck::{QuickCheck, TestResult};
 use walrus::wal::format::{FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, SEGMENT_HEADER_LEN};
@@ -21,12 +22,6 @@ use walrus::wal::{Error, LogReader, Lsn, RecoveryMode, SyncPolicy, Wal, WalIter,
 // ---------------------------------------------------------------------------
 
 const SEGMENT: u64 = 4096;
-
-fn options(sync: SyncPolicy, segment_size: u64, preallocate: bool) -> WalOptions {
-    let mut o = WalOptions::new(sync).segment_size(segment_size);
-    o.preallocate = preallocate;
-    o
-}
 
 /// Deterministic pseudo-random numbers (splitmix64), so failures reproduce.
 struct Rng(u64);
@@ -437,13 +432,6 @@ fn assert_corrupt_at(err: Error, segment: &Path, offset: u64, ctx: &str) {
     }
 }
 
-/// Every record the log holds with its LSN (LSNs may jump over a gap a
-/// repair left).
-fn records_of(wal: &Wal) -> Vec<(Lsn, Vec<u8>)> {
-    let first = wal.first_lsn();
-    wal.iter_from(first).unwrap().map(|r| r.map(|r| (r.lsn, r.payload)).unwrap()).collect()
-}
-
 /// Repair keeps exactly the records `kept` (LSNs into `written`), never
 /// hands out an LSN it has seen (the next is `next` if given, else above
 /// every LSN written), and the repaired log opens strictly afterwards.
@@ -457,7 +445,7 @@ fn check_repair(
 ) {
     let keep: Vec<(Lsn, Vec<u8>)> = kept.clone().map(|l| (l, written[l as usize - 1].clone())).collect();
     let wal = Wal::open(dir, o.clone().recovery(RecoveryMode::Repair)).unwrap_or_else(|e| panic!("{ctx}: repair: {e}"));
-    assert_eq!(records_of(&wal), keep, "{ctx}: repair");
+    assert_eq!(records(&wal), keep, "{ctx}: repair");
     let lsn = wal.append(b"after repair").unwrap();
     match next {
         Some(n) => assert_eq!(lsn, n, "{ctx}: next LSN after repair"),
@@ -467,7 +455,7 @@ fn check_repair(
     let wal = Wal::open(dir, o.clone()).unwrap_or_else(|e| panic!("{ctx}: strict open after repair: {e}"));
     let mut want = keep;
     want.push((lsn, b"after repair".to_vec()));
-    assert_eq!(records_of(&wal), want, "{ctx}: after repair");
+    assert_eq!(records(&wal), want, "{ctx}: after repair");
     assert_eq!(reader_records(dir, o), want, "{ctx}: read-only reader after repair");
     drop(wal);
     // Repairing a repaired log changes nothing.
@@ -1005,7 +993,7 @@ fn run_damage(
         .unwrap_or(0);
     let wal = Wal::open(dir.path(), o.clone().recovery(RecoveryMode::Repair))
         .map_err(|e| TestCaseError::fail(format!("repair: {e}")))?;
-    let held: Vec<Vec<u8>> = records_of(&wal).into_iter().map(|(_, p)| p).collect();
+    let held: Vec<Vec<u8>> = records(&wal).into_iter().map(|(_, p)| p).collect();
     prop_assert!(held == expected, "repair recovered the wrong records");
     let next = wal.append(b"after").unwrap();
     if corrupt {
@@ -1018,7 +1006,7 @@ fn run_damage(
     prop_assert_eq!(wal.last_lsn(), next);
     let mut want: Vec<(Lsn, Vec<u8>)> = expected.iter().cloned().enumerate().map(|(i, p)| (i as u64 + 1, p)).collect();
     want.push((next, b"after".to_vec()));
-    prop_assert!(records_of(&wal) == want);
+    prop_assert!(records(&wal) == want);
     Ok(())
 }
 
