@@ -23,25 +23,11 @@ use walrus::wal::{Error, LogReader, Lsn, RecoveryMode, SyncPolicy, Wal, WalIter,
 
 const SEGMENT: u64 = 4096;
 
-/// Deterministic pseudo-random numbers (splitmix64), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// `len` seeded pseudo-random bytes, so failures reproduce.
+fn bytes(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    rng.fill(&mut out);
+    out
 }
 
 /// Opens the log, expecting it to fail; returns the error.
@@ -212,8 +198,12 @@ fn append_unit(wal: &Wal, written: &mut Vec<Vec<u8>>, unit: Vec<Vec<u8>>, as_bat
 /// The three commit units that end the cut-point fixture: a batch of three
 /// (one record empty), a single record and a batch of two.
 fn final_units() -> Vec<Vec<Vec<u8>>> {
-    let mut rng = Rng(0xF1A1);
-    vec![vec![Vec::new(), rng.bytes(45), rng.bytes(7)], vec![rng.bytes(130)], vec![rng.bytes(60), rng.bytes(1)]]
+    let mut rng = fastrand::Rng::with_seed(0xF1A1);
+    vec![
+        vec![Vec::new(), bytes(&mut rng, 45), bytes(&mut rng, 7)],
+        vec![bytes(&mut rng, 130)],
+        vec![bytes(&mut rng, 60), bytes(&mut rng, 1)],
+    ]
 }
 
 /// Writes records of varied sizes, some as batches, over several segments,
@@ -221,21 +211,21 @@ fn final_units() -> Vec<Vec<Vec<u8>>> {
 /// LSN order.
 fn write_fixture(dir: &Path, o: &WalOptions) -> Vec<Vec<u8>> {
     let wal = Wal::open(dir, o.clone()).unwrap();
-    let mut rng = Rng(0x5EED);
+    let mut rng = fastrand::Rng::with_seed(0x5EED);
     let mut written = Vec::new();
     for i in 0..50 {
         if i % 4 == 1 {
-            let n = 2 + rng.below(3);
+            let n = 2 + rng.usize(..3);
             let unit = (0..n)
                 .map(|_| {
-                    let len = rng.below(60) as usize;
-                    rng.bytes(len)
+                    let len = rng.usize(..60);
+                    bytes(&mut rng, len)
                 })
                 .collect();
             append_unit(&wal, &mut written, unit, true);
         } else {
-            let len = rng.below(150) as usize;
-            append_unit(&wal, &mut written, vec![rng.bytes(len)], false);
+            let len = rng.usize(..150);
+            append_unit(&wal, &mut written, vec![bytes(&mut rng, len)], false);
         }
     }
     for unit in final_units() {
@@ -359,9 +349,9 @@ fn garbage_after_the_last_record_is_discarded() {
 
         let mut garbage: Vec<(String, Vec<u8>)> = vec![("zeros".into(), vec![0u8; 300])];
         for seed in 1..=6u64 {
-            let mut rng = Rng(seed);
-            let len = 1 + rng.below(400) as usize;
-            garbage.push((format!("random bytes, seed {seed}"), rng.bytes(len)));
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let len = 1 + rng.usize(..400);
+            garbage.push((format!("random bytes, seed {seed}"), bytes(&mut rng, len)));
         }
         // A plausible frame header for the next LSN, flagged SYNCED_BEFORE,
         // whose checksum does not match: the start of a torn write.
@@ -412,11 +402,11 @@ fn garbage_after_the_last_record_is_discarded() {
 /// SYNCED_BEFORE).
 fn write_singles(dir: &Path, o: &WalOptions, count: usize, seed: u64) -> Vec<Vec<u8>> {
     let wal = Wal::open(dir, o.clone()).unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut written = Vec::new();
     for _ in 0..count {
-        let len = 10 + rng.below(80) as usize;
-        append_unit(&wal, &mut written, vec![rng.bytes(len)], false);
+        let len = 10 + rng.usize(..80);
+        append_unit(&wal, &mut written, vec![bytes(&mut rng, len)], false);
     }
     drop(wal);
     written
@@ -639,17 +629,17 @@ fn damage_in_an_unsynced_last_segment_is_a_torn_tail() {
 fn lsns_continue_across_reopen_rotation_and_truncation() {
     let o = options(SyncPolicy::Always, SEGMENT, false);
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(99);
+    let mut rng = fastrand::Rng::with_seed(99);
     let mut written: Vec<Vec<u8>> = Vec::new();
-    let append_some = |written: &mut Vec<Vec<u8>>, rng: &mut Rng, units: usize| {
+    let append_some = |written: &mut Vec<Vec<u8>>, rng: &mut fastrand::Rng, units: usize| {
         let wal = Wal::open(dir.path(), o.clone()).unwrap();
         assert_eq!(wal.last_lsn(), written.len() as u64);
         for i in 0..units {
             let n = if i % 5 == 0 { 3 } else { 1 };
             let unit: Vec<Vec<u8>> = (0..n)
                 .map(|_| {
-                    let len = rng.below(90) as usize;
-                    rng.bytes(len)
+                    let len = rng.usize(..90);
+                    bytes(rng, len)
                 })
                 .collect();
             append_unit(&wal, written, unit, n > 1);
@@ -900,12 +890,12 @@ fn run_damage(
 ) -> Result<(), TestCaseError> {
     let o = options(sync, SEGMENT, preallocate);
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut written = Vec::new();
     {
         let wal = Wal::open(dir.path(), o.clone()).unwrap();
         for lens in plan {
-            let unit: Vec<Vec<u8>> = lens.iter().map(|&n| rng.bytes(n)).collect();
+            let unit: Vec<Vec<u8>> = lens.iter().map(|&n| bytes(&mut rng, n)).collect();
             let batch = unit.len() > 1;
             append_unit(&wal, &mut written, unit, batch);
         }
