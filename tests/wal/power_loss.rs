@@ -37,19 +37,6 @@ const SEGMENT: u64 = 4096;
 /// Crash states materialized per cut.
 const STATES_PER_CUT: u64 = 6;
 
-/// A seeded generator, for reproducible workloads.
-struct Rng(fastrand::Rng);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.u64(..n.max(1))
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0.u64(lo..=hi)
-    }
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -97,7 +84,7 @@ struct History {
 /// Runs the workload of `seed` until it ends or the power fails. Any error
 /// before the power fails is a bug.
 fn workload(seed: u64, policy: SyncPolicy, preallocate: bool, dir: &Path, power: &Arc<PowerLoss>) -> History {
-    let mut rng = Rng(fastrand::Rng::with_seed(seed));
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut h = History::default();
     let opts = options(policy, preallocate).with_faults(power.clone());
     let lost = |what: &str, e: &dyn std::fmt::Display| {
@@ -112,10 +99,10 @@ fn workload(seed: u64, policy: SyncPolicy, preallocate: bool, dir: &Path, power:
     };
     let mut next = wal.last_lsn() + 1;
     for _ in 0..40 {
-        let r = rng.below(100);
+        let r = rng.u64(..100);
         if r < 65 {
-            let n = if r < 50 { 1 } else { rng.range(2, 4) };
-            let records: Vec<Vec<u8>> = (0..n).map(|i| payload(seed, next + i, rng.range(0, 700) as usize)).collect();
+            let n = if r < 50 { 1 } else { rng.u64(2..=4) };
+            let records: Vec<Vec<u8>> = (0..n).map(|i| payload(seed, next + i, rng.u64(0..=700) as usize)).collect();
             for (i, p) in records.iter().enumerate() {
                 h.attempted.insert(next + i as u64, p.clone());
                 h.unit.insert(next + i as u64, (next, next + n - 1));
@@ -153,7 +140,7 @@ fn workload(seed: u64, policy: SyncPolicy, preallocate: bool, dir: &Path, power:
             }
         } else if r < 92 {
             let first = wal.first_lsn();
-            let to = rng.range(first, next);
+            let to = rng.u64(first..=next);
             h.floor = h.floor.max(to);
             let before = power.operations();
             let res = wal.truncate_before(to);
@@ -230,10 +217,10 @@ fn run_policy(policy: SyncPolicy, salt: u64) -> Totals {
         assert!(h.acked > 0 && ops > 20, "seed {seed}: the dry run did little ({ops} operations)");
         totals.truncated_segments += h.truncated_segments;
 
-        let mut rng = Rng(fastrand::Rng::with_seed(seed ^ 0x5eed));
-        let mut cuts: Vec<u64> = (0..8).map(|_| rng.range(1, ops)).collect();
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+        let mut cuts: Vec<u64> = (0..8).map(|_| rng.u64(1..=ops)).collect();
         for &(a, b) in &h.windows {
-            cuts.push(rng.range(a, b));
+            cuts.push(rng.u64(a..=b));
         }
         cuts.sort_unstable();
         cuts.dedup();
@@ -445,10 +432,10 @@ fn concurrent_appenders_lose_no_acknowledged_record() {
     let power = Arc::new(PowerLoss::new(dry.path()).unwrap());
     assert_eq!(run(&power, &dry.path().join("log")).len() as u64, THREADS * PER_THREAD);
     let ops = power.operations();
-    let mut rng = Rng(fastrand::Rng::with_seed(env_u64("WALRUS_POWER_LOSS_SEED", 0) ^ 0xc0c0));
+    let mut rng = fastrand::Rng::with_seed(env_u64("WALRUS_POWER_LOSS_SEED", 0) ^ 0xc0c0);
     let mut checked = 0;
     for _ in 0..env_u64("WALRUS_POWER_LOSS_CASES", 20) * 2 {
-        let cut = rng.range(1, ops);
+        let cut = rng.u64(1..=ops);
         let real = scratch_dir();
         let power = Arc::new(PowerLoss::new(real.path()).unwrap().cut_at(cut));
         let acked: BTreeMap<Lsn, Vec<u8>> = run(&power, &real.path().join("log")).into_iter().collect();
@@ -494,23 +481,23 @@ fn a_power_loss_during_recovery_loses_nothing_acknowledged() {
         let power = Arc::new(PowerLoss::new(dry.path()).unwrap());
         workload(seed, policy, preallocate, &dry.path().join("log"), &power);
         let ops = power.operations();
-        let mut rng = Rng(fastrand::Rng::with_seed(seed ^ 0xdead));
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0xdead);
         for _ in 0..3 {
-            let cut = rng.range(1, ops);
+            let cut = rng.u64(1..=ops);
             let real = scratch_dir();
             let power = Arc::new(PowerLoss::new(real.path()).unwrap().cut_at(cut));
             let h = workload(seed, policy, preallocate, &real.path().join("log"), &power);
             // Prefer a crash state that left recovery something to clean up
             // (torn or lost writes); the same seed materializes the same
             // crash state each time.
-            let mut state = rng.below(1000);
+            let mut state = rng.u64(..1000);
             for _ in 0..16 {
                 let probe = scratch_dir();
                 let s = power.materialize(probe.path(), state).unwrap();
                 if s.writes_torn + s.writes_lost > 0 {
                     break;
                 }
-                state = rng.below(1000);
+                state = rng.u64(..1000);
             }
             let crashed = || {
                 let d = scratch_dir();
@@ -531,7 +518,7 @@ fn a_power_loss_during_recovery_loses_nothing_acknowledged() {
             let ops2 = power2.operations() + 6;
 
             for _ in 0..3 {
-                let cut2 = rng.range(1, ops2);
+                let cut2 = rng.u64(1..=ops2);
                 let again = crashed();
                 let power2 = Arc::new(PowerLoss::new(again.path()).unwrap().cut_at(cut2));
                 let mut h2 = History {

@@ -3,20 +3,9 @@
 
 use std::path::Path;
 
-use walrus::replica::{
-    Catchup, KvDoc, KvDocExt, Recovered, Replica, ReplicaError, ReplicaOptions, ReplicaView, VersionVector,
-};
-use walrus::wal::{LogReader, SyncPolicy, WalOptions};
-
-fn opts() -> ReplicaOptions {
-    let mut wal = WalOptions::new(SyncPolicy::batch()).segment_size(4096);
-    wal.preallocate = false;
-    ReplicaOptions { wal, checkpoint_bytes: 0, ..ReplicaOptions::default() }
-}
-
-fn open(dir: &Path) -> Replica<KvDoc> {
-    Replica::open(dir, opts()).expect("open replica")
-}
+use crate::helpers::{open, opts};
+use walrus::replica::{Catchup, KvDoc, KvDocExt, Recovered, Replica, ReplicaError, ReplicaView, VersionVector};
+use walrus::wal::{LogReader, WalOptions};
 
 fn put_many(r: &mut Replica<KvDoc>, prefix: &str, n: usize) {
     for i in 0..n {

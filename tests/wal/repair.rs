@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::helpers::records;
 use walrus::wal::{plan_repair, repair, DiscardKind, Error, LogReader, Lsn, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
 fn options() -> WalOptions {
@@ -45,10 +46,6 @@ fn write_log(dir: &Path, n: u64) {
         assert_eq!(wal.append(&payload(i)).unwrap(), i);
     }
     wal.close().unwrap();
-}
-
-fn records(wal: &Wal) -> Vec<(Lsn, Vec<u8>)> {
-    wal.iter_from(wal.first_lsn()).unwrap().map(|r| r.map(|r| (r.lsn, r.payload)).unwrap()).collect()
 }
 
 fn expected(range: std::ops::RangeInclusive<Lsn>) -> Vec<(Lsn, Vec<u8>)> {

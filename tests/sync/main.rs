@@ -40,27 +40,6 @@ fn opts() -> ReplicaOptions {
     ReplicaOptions { wal, checkpoint_bytes: 0, ..ReplicaOptions::default() }
 }
 
-/// SplitMix64: small, deterministic, good enough for fault patterns.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
 struct Node {
     r: Replica<KvDoc>,
     dir: TempDir,
@@ -470,33 +449,33 @@ proptest! {
 #[test]
 fn faulty_network_with_snapshots_converges() {
     for seed in [0xfa17, 0xbeef, 0x5eed] {
-        let mut rng = Rng(seed);
+        let mut rng = fastrand::Rng::with_seed(seed);
         let mut sim = Sim::new(4, sim_limits());
         for i in 0..1000 {
             if i == 500 {
                 sim.nodes.push(Node::new());
             }
             let n = sim.nodes.len();
-            match rng.below(100) {
+            match rng.usize(..100) {
                 0..=29 => {
-                    let node = rng.below(n);
-                    sim.put(node, &format!("k{}", rng.below(8)), &format!("{node}:{i}"));
+                    let node = rng.usize(..n);
+                    sim.put(node, &format!("k{}", rng.usize(..8)), &format!("{node}:{i}"));
                 }
-                30..=34 => sim.del(rng.below(n), &format!("k{}", rng.below(8))),
+                30..=34 => sim.del(rng.usize(..n), &format!("k{}", rng.usize(..8))),
                 35..=44 => {
-                    let (node, peer) = (rng.below(n), rng.below(n));
+                    let (node, peer) = (rng.usize(..n), rng.usize(..n));
                     if node != peer {
                         sim.pull(node, peer, 300);
                     }
                 }
-                45..=46 => sim.nodes[rng.below(n)].r.checkpoint().expect("checkpoint"),
+                45..=46 => sim.nodes[rng.usize(..n)].r.checkpoint().expect("checkpoint"),
                 _ => {
-                    let fate = match rng.below(10) {
+                    let fate = match rng.usize(..10) {
                         0..=1 => Fate::Drop,
                         2 => Fate::Duplicate,
                         _ => Fate::Deliver,
                     };
-                    let pick = rng.next() as usize;
+                    let pick = rng.usize(..);
                     if let Some(a) = sim.deliver(pick, fate) {
                         if a.applied.more {
                             sim.pull(a.at, a.peer, 300);
@@ -523,7 +502,7 @@ fn gossip_alone_converges_in_any_order() {
         }
         let n = 3;
         let mut sim = Sim::new(n, sim_limits());
-        let mut rng = Rng(seed);
+        let mut rng = fastrand::Rng::with_seed(seed);
         for (i, (node, key, del)) in writes.iter().enumerate() {
             let node = usize::from(*node) % n;
             let key = format!("k{}", key % 4);
@@ -533,15 +512,15 @@ fn gossip_alone_converges_in_any_order() {
                 sim.put(node, &key, &format!("{node}:{i}"));
             }
             // Deliver some of what is in flight, in random order.
-            while !sim.net.is_empty() && rng.chance(40) {
-                let fate = if rng.chance(20) { Fate::Duplicate } else { Fate::Deliver };
-                let pick = rng.next() as usize;
+            while !sim.net.is_empty() && rng.u64(..100) < 40 {
+                let fate = if rng.u64(..100) < 20 { Fate::Duplicate } else { Fate::Deliver };
+                let pick = rng.usize(..);
                 sim.deliver(pick, fate);
             }
         }
         while !sim.net.is_empty() {
-            let fate = if rng.chance(10) { Fate::Duplicate } else { Fate::Deliver };
-            let pick = rng.next() as usize;
+            let fate = if rng.u64(..100) < 10 { Fate::Duplicate } else { Fate::Deliver };
+            let pick = rng.usize(..);
             sim.deliver(pick, fate);
         }
         sim.assert_agree(&(0..n).collect::<Vec<_>>());
@@ -562,7 +541,7 @@ struct Driver {
     schedules: Vec<Schedule<usize>>,
     in_flight: BTreeMap<(usize, usize), Instant>,
     now: Instant,
-    rng: Rng,
+    rng: fastrand::Rng,
 }
 
 const TICK: Duration = Duration::from_millis(50);
@@ -579,7 +558,7 @@ impl Driver {
             }
             schedules.push(s);
         }
-        Driver { schedules, in_flight: BTreeMap::new(), now, rng: Rng(seed) }
+        Driver { schedules, in_flight: BTreeMap::new(), now, rng: fastrand::Rng::with_seed(seed) }
     }
 
     /// One tick of lossy traffic: due requests go out, some packets are
@@ -592,13 +571,13 @@ impl Driver {
                 self.in_flight.insert((i, peer), self.now);
             }
         }
-        for _ in 0..1 + self.rng.below(sim.net.len().max(1)) {
-            let fate = match self.rng.below(10) {
+        for _ in 0..1 + self.rng.usize(..sim.net.len().max(1)) {
+            let fate = match self.rng.usize(..10) {
                 0..=1 => Fate::Drop,
                 2 => Fate::Duplicate,
                 _ => Fate::Deliver,
             };
-            let pick = self.rng.next() as usize;
+            let pick = self.rng.usize(..);
             if let Some(a) = sim.deliver(pick, fate) {
                 // A duplicate or late answer is applied but does not count
                 // as the answer to the request in flight.
@@ -622,7 +601,7 @@ fn partition_then_heal() {
     let n = 4;
     let mut sim = Sim::new(n, sim_limits());
     let mut drv = Driver::new(n, 0x9a27);
-    let mut rng = Rng(0x1234);
+    let mut rng = fastrand::Rng::with_seed(0x1234);
     let actors: Vec<ActorId> = sim.nodes.iter().map(|nd| nd.r.actor()).collect();
 
     // Connected: a common past, spread by the schedule and finished off
@@ -630,9 +609,9 @@ fn partition_then_heal() {
     sim.put(0, "base", "v0");
     sim.put(1, "gone", "g0");
     for i in 0..40 {
-        if rng.chance(30) {
-            let node = rng.below(n);
-            sim.put(node, &format!("r{}", rng.below(5)), &format!("{node}:{i}"));
+        if rng.u64(..100) < 30 {
+            let node = rng.usize(..n);
+            sim.put(node, &format!("r{}", rng.usize(..5)), &format!("{node}:{i}"));
         }
         drv.tick(&mut sim);
     }
@@ -650,12 +629,12 @@ fn partition_then_heal() {
     sim.del(1, "gone");
     sim.del(2, "gone");
     for i in 0..80 {
-        if rng.chance(40) {
-            let node = rng.below(n);
-            if rng.chance(20) {
-                sim.del(node, &format!("r{}", rng.below(5)));
+        if rng.u64(..100) < 40 {
+            let node = rng.usize(..n);
+            if rng.u64(..100) < 20 {
+                sim.del(node, &format!("r{}", rng.usize(..5)));
             } else {
-                sim.put(node, &format!("r{}", rng.below(5)), &format!("p{node}:{i}"));
+                sim.put(node, &format!("r{}", rng.usize(..5)), &format!("p{node}:{i}"));
             }
         }
         drv.tick(&mut sim);

@@ -1,7 +1,8 @@
 //! Property tests (proptest and quickcheck) of durable replicas of the four
 //! ready-made documents:
 //!
-//! - the CRDT laws and replica convergence of `walrus::testing`;
+//! - the CRDT laws and replica convergence of `walrus::testing` on cases
+//!   quickcheck generates and shrinks (`laws.rs` runs them from seeds);
 //! - a checkpoint plus the log tail after it recovers the same document as
 //!   replaying the whole log;
 //! - recovery is idempotent;
@@ -22,8 +23,7 @@ use walrus::replica::{
     VersionVector, ACTOR_FILE,
 };
 use walrus::testing::{
-    check_case, check_replica_convergence, check_state_laws, create_replica_dir, history, replica_opts, Case,
-    CounterOps, KvOps, OpGen, RegisterOps, Rng, SetOps,
+    check_case, create_replica_dir, history, replica_opts, Case, CounterOps, KvOps, OpGen, RegisterOps, Rng, SetOps,
 };
 
 /// What a replica goes through: its own writes (from a random number),
@@ -40,7 +40,7 @@ enum Event<O> {
 /// are reordered, partly duplicated, and occasionally lose an operation.
 fn workload<D: Document>(gen: &impl OpGen<D>, seed: u64, steps: usize) -> Vec<Event<D::Operation>> {
     let h = history(gen, seed, 2, steps);
-    let mut rng = Rng(seed.rotate_left(7) ^ 0xa076_1d64_78bd_642f);
+    let mut rng = Rng::with_seed(seed.rotate_left(7) ^ 0xa076_1d64_78bd_642f);
     // The other actors' operations in a random order keeping each actor's.
     let mut next = [0usize; 2];
     let mut foreign = Vec::new();
@@ -50,7 +50,7 @@ fn workload<D: Document>(gen: &impl OpGen<D>, seed: u64, steps: usize) -> Vec<Ev
         } else if next[1] == h.ops[1].len() {
             0
         } else {
-            rng.below(2) as usize
+            rng.usize(..2)
         };
         foreign.push(h.ops[i][next[i]].clone());
         next[i] += 1;
@@ -59,25 +59,25 @@ fn workload<D: Document>(gen: &impl OpGen<D>, seed: u64, steps: usize) -> Vec<Ev
     let mut locals = steps / 2;
     let mut sent = 0;
     while sent < foreign.len() || locals > 0 {
-        match rng.below(10) {
+        match rng.u32(..10) {
             0..=4 if locals > 0 => {
-                events.push(Event::Local(rng.next_u64()));
+                events.push(Event::Local(rng.u64(..)));
                 locals -= 1;
             }
             5 => events.push(Event::Checkpoint),
             _ => {
-                let take = (1 + rng.below(6) as usize).min(foreign.len() - sent);
+                let take = (1 + rng.usize(..6)).min(foreign.len() - sent);
                 let mut batch = Vec::new();
                 for env in &foreign[sent..sent + take] {
-                    match rng.below(12) {
+                    match rng.u32(..12) {
                         0 => {}
                         1 | 2 => batch.extend([env.clone(), env.clone()]),
                         _ => batch.push(env.clone()),
                     }
                 }
                 // Sometimes an old operation again.
-                if sent > 0 && rng.chance(1, 4) {
-                    batch.push(foreign[rng.below(sent as u64) as usize].clone());
+                if sent > 0 && rng.u32(..4) == 0 {
+                    batch.push(foreign[rng.usize(..sent)].clone());
                 }
                 rng.shuffle(&mut batch);
                 sent += take;
@@ -274,21 +274,21 @@ fn paging_converges<D: Document>(gen: &impl OpGen<D>, seed: u64, budget: u8) {
     let o = opts(0);
     let mut s: Replica<D> = open(ds.path(), 9, &o);
     let mut p: Replica<D> = open(dp.path(), 10, &o);
-    let mut rng = Rng(seed ^ 0x1234_5678);
+    let mut rng = Rng::with_seed(seed ^ 0x1234_5678);
     // No checkpoints: nothing is truncated.
     for ev in workload(gen, seed, 40).iter().filter(|ev| !matches!(ev, Event::Checkpoint)) {
         let env = play(&mut s, gen, ev);
         match (ev, env) {
-            (Event::Deliver(batch), _) if rng.chance(1, 2) => {
+            (Event::Deliver(batch), _) if rng.u32(..2) == 0 => {
                 p.receive(batch.clone()).expect("receive");
             }
-            (_, Some(env)) if rng.chance(1, 3) => {
+            (_, Some(env)) if rng.u32(..3) == 0 => {
                 p.receive([env]).expect("receive s's write");
             }
             _ => {}
         }
-        if rng.chance(1, 4) {
-            let x = rng.next_u64();
+        if rng.u32(..4) == 0 {
+            let x = rng.u64(..);
             p.update(|doc, actor| gen.op(doc, actor, x)).expect("update");
         }
     }
@@ -311,11 +311,11 @@ fn peer_behind_truncation_gets_a_snapshot<D: Document>(gen: &impl OpGen<D>, seed
     let o = opts(0);
     let mut s: Replica<D> = open(ds.path(), 9, &o);
     let mut p: Replica<D> = open(dp.path(), 10, &o);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::with_seed(seed);
     let mut mine = Vec::new();
     let mut logged = 0;
     while logged < 3 * 4096 {
-        let x = rng.next_u64();
+        let x = rng.u64(..);
         let env = s.update(|doc, actor| gen.op(doc, actor, x)).expect("update");
         logged += env.encode().unwrap().len() + 32;
         mine.push(env);
@@ -327,19 +327,19 @@ fn peer_behind_truncation_gets_a_snapshot<D: Document>(gen: &impl OpGen<D>, seed
     s.checkpoint().expect("checkpoint");
     s.checkpoint().expect("checkpoint");
     // The peer: s's first few writes, its own, and two early ones of s.
-    let have = 1 + rng.below(3) as usize;
+    let have = 1 + rng.usize(..3);
     p.receive(mine[..have].to_vec()).expect("receive");
     for _ in 0..3 {
-        let x = rng.next_u64();
+        let x = rng.u64(..);
         p.update(|doc, actor| gen.op(doc, actor, x)).expect("update");
     }
-    let early = have + 2 + rng.below((mine.len() - have - 2) as u64) as usize;
+    let early = have + 2 + rng.usize(..mine.len() - have - 2);
     p.receive([mine[early].clone()]).expect("receive an early op");
     // Written after the snapshot is taken: the peer gets the second first.
     let answer = s.ops_since(p.clock(), 256).expect("ops_since");
     let after: Vec<_> = (0..2)
         .map(|_| {
-            let x = rng.next_u64();
+            let x = rng.u64(..);
             s.update(|doc, actor| gen.op(doc, actor, x)).expect("update")
         })
         .collect();
@@ -379,22 +379,10 @@ macro_rules! document_props {
                 $gen
             }
 
-            proptest! {
-                #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-                #[test]
-                fn state_laws(case in any::<Case>()) {
-                    check_state_laws::<D>(&gen(), &case);
-                }
-            }
-
+            // The laws and convergence of `walrus::testing` on their own run
+            // in `laws.rs`, through the seed-based entry points.
             proptest! {
                 #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-                #[test]
-                fn replicas_converge(case in any::<Case>()) {
-                    check_replica_convergence::<D>(&gen(), &case);
-                }
 
                 #[test]
                 fn snapshot_plus_tail_equals_full_replay(seed: u64, cut: u16) {

@@ -11,6 +11,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::helpers::{options, records};
 use proptest::prelude::*;
 use quickcheck::{QuickCheck, TestResult};
 use walrus::wal::format::{FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, SEGMENT_HEADER_LEN};
@@ -22,31 +23,11 @@ use walrus::wal::{Error, LogReader, Lsn, RecoveryMode, SyncPolicy, Wal, WalIter,
 
 const SEGMENT: u64 = 4096;
 
-fn options(sync: SyncPolicy, segment_size: u64, preallocate: bool) -> WalOptions {
-    let mut o = WalOptions::new(sync).segment_size(segment_size);
-    o.preallocate = preallocate;
-    o
-}
-
-/// Deterministic pseudo-random numbers (splitmix64), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// `len` seeded pseudo-random bytes, so failures reproduce.
+fn bytes(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    rng.fill(&mut out);
+    out
 }
 
 /// Opens the log, expecting it to fail; returns the error.
@@ -217,8 +198,12 @@ fn append_unit(wal: &Wal, written: &mut Vec<Vec<u8>>, unit: Vec<Vec<u8>>, as_bat
 /// The three commit units that end the cut-point fixture: a batch of three
 /// (one record empty), a single record and a batch of two.
 fn final_units() -> Vec<Vec<Vec<u8>>> {
-    let mut rng = Rng(0xF1A1);
-    vec![vec![Vec::new(), rng.bytes(45), rng.bytes(7)], vec![rng.bytes(130)], vec![rng.bytes(60), rng.bytes(1)]]
+    let mut rng = fastrand::Rng::with_seed(0xF1A1);
+    vec![
+        vec![Vec::new(), bytes(&mut rng, 45), bytes(&mut rng, 7)],
+        vec![bytes(&mut rng, 130)],
+        vec![bytes(&mut rng, 60), bytes(&mut rng, 1)],
+    ]
 }
 
 /// Writes records of varied sizes, some as batches, over several segments,
@@ -226,21 +211,21 @@ fn final_units() -> Vec<Vec<Vec<u8>>> {
 /// LSN order.
 fn write_fixture(dir: &Path, o: &WalOptions) -> Vec<Vec<u8>> {
     let wal = Wal::open(dir, o.clone()).unwrap();
-    let mut rng = Rng(0x5EED);
+    let mut rng = fastrand::Rng::with_seed(0x5EED);
     let mut written = Vec::new();
     for i in 0..50 {
         if i % 4 == 1 {
-            let n = 2 + rng.below(3);
+            let n = 2 + rng.usize(..3);
             let unit = (0..n)
                 .map(|_| {
-                    let len = rng.below(60) as usize;
-                    rng.bytes(len)
+                    let len = rng.usize(..60);
+                    bytes(&mut rng, len)
                 })
                 .collect();
             append_unit(&wal, &mut written, unit, true);
         } else {
-            let len = rng.below(150) as usize;
-            append_unit(&wal, &mut written, vec![rng.bytes(len)], false);
+            let len = rng.usize(..150);
+            append_unit(&wal, &mut written, vec![bytes(&mut rng, len)], false);
         }
     }
     for unit in final_units() {
@@ -364,9 +349,9 @@ fn garbage_after_the_last_record_is_discarded() {
 
         let mut garbage: Vec<(String, Vec<u8>)> = vec![("zeros".into(), vec![0u8; 300])];
         for seed in 1..=6u64 {
-            let mut rng = Rng(seed);
-            let len = 1 + rng.below(400) as usize;
-            garbage.push((format!("random bytes, seed {seed}"), rng.bytes(len)));
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let len = 1 + rng.usize(..400);
+            garbage.push((format!("random bytes, seed {seed}"), bytes(&mut rng, len)));
         }
         // A plausible frame header for the next LSN, flagged SYNCED_BEFORE,
         // whose checksum does not match: the start of a torn write.
@@ -417,11 +402,11 @@ fn garbage_after_the_last_record_is_discarded() {
 /// SYNCED_BEFORE).
 fn write_singles(dir: &Path, o: &WalOptions, count: usize, seed: u64) -> Vec<Vec<u8>> {
     let wal = Wal::open(dir, o.clone()).unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut written = Vec::new();
     for _ in 0..count {
-        let len = 10 + rng.below(80) as usize;
-        append_unit(&wal, &mut written, vec![rng.bytes(len)], false);
+        let len = 10 + rng.usize(..80);
+        append_unit(&wal, &mut written, vec![bytes(&mut rng, len)], false);
     }
     drop(wal);
     written
@@ -437,13 +422,6 @@ fn assert_corrupt_at(err: Error, segment: &Path, offset: u64, ctx: &str) {
     }
 }
 
-/// Every record the log holds with its LSN (LSNs may jump over a gap a
-/// repair left).
-fn records_of(wal: &Wal) -> Vec<(Lsn, Vec<u8>)> {
-    let first = wal.first_lsn();
-    wal.iter_from(first).unwrap().map(|r| r.map(|r| (r.lsn, r.payload)).unwrap()).collect()
-}
-
 /// Repair keeps exactly the records `kept` (LSNs into `written`), never
 /// hands out an LSN it has seen (the next is `next` if given, else above
 /// every LSN written), and the repaired log opens strictly afterwards.
@@ -457,7 +435,7 @@ fn check_repair(
 ) {
     let keep: Vec<(Lsn, Vec<u8>)> = kept.clone().map(|l| (l, written[l as usize - 1].clone())).collect();
     let wal = Wal::open(dir, o.clone().recovery(RecoveryMode::Repair)).unwrap_or_else(|e| panic!("{ctx}: repair: {e}"));
-    assert_eq!(records_of(&wal), keep, "{ctx}: repair");
+    assert_eq!(records(&wal), keep, "{ctx}: repair");
     let lsn = wal.append(b"after repair").unwrap();
     match next {
         Some(n) => assert_eq!(lsn, n, "{ctx}: next LSN after repair"),
@@ -467,7 +445,7 @@ fn check_repair(
     let wal = Wal::open(dir, o.clone()).unwrap_or_else(|e| panic!("{ctx}: strict open after repair: {e}"));
     let mut want = keep;
     want.push((lsn, b"after repair".to_vec()));
-    assert_eq!(records_of(&wal), want, "{ctx}: after repair");
+    assert_eq!(records(&wal), want, "{ctx}: after repair");
     assert_eq!(reader_records(dir, o), want, "{ctx}: read-only reader after repair");
     drop(wal);
     // Repairing a repaired log changes nothing.
@@ -651,17 +629,17 @@ fn damage_in_an_unsynced_last_segment_is_a_torn_tail() {
 fn lsns_continue_across_reopen_rotation_and_truncation() {
     let o = options(SyncPolicy::Always, SEGMENT, false);
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(99);
+    let mut rng = fastrand::Rng::with_seed(99);
     let mut written: Vec<Vec<u8>> = Vec::new();
-    let append_some = |written: &mut Vec<Vec<u8>>, rng: &mut Rng, units: usize| {
+    let append_some = |written: &mut Vec<Vec<u8>>, rng: &mut fastrand::Rng, units: usize| {
         let wal = Wal::open(dir.path(), o.clone()).unwrap();
         assert_eq!(wal.last_lsn(), written.len() as u64);
         for i in 0..units {
             let n = if i % 5 == 0 { 3 } else { 1 };
             let unit: Vec<Vec<u8>> = (0..n)
                 .map(|_| {
-                    let len = rng.below(90) as usize;
-                    rng.bytes(len)
+                    let len = rng.usize(..90);
+                    bytes(rng, len)
                 })
                 .collect();
             append_unit(&wal, written, unit, n > 1);
@@ -912,12 +890,12 @@ fn run_damage(
 ) -> Result<(), TestCaseError> {
     let o = options(sync, SEGMENT, preallocate);
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut written = Vec::new();
     {
         let wal = Wal::open(dir.path(), o.clone()).unwrap();
         for lens in plan {
-            let unit: Vec<Vec<u8>> = lens.iter().map(|&n| rng.bytes(n)).collect();
+            let unit: Vec<Vec<u8>> = lens.iter().map(|&n| bytes(&mut rng, n)).collect();
             let batch = unit.len() > 1;
             append_unit(&wal, &mut written, unit, batch);
         }
@@ -1005,7 +983,7 @@ fn run_damage(
         .unwrap_or(0);
     let wal = Wal::open(dir.path(), o.clone().recovery(RecoveryMode::Repair))
         .map_err(|e| TestCaseError::fail(format!("repair: {e}")))?;
-    let held: Vec<Vec<u8>> = records_of(&wal).into_iter().map(|(_, p)| p).collect();
+    let held: Vec<Vec<u8>> = records(&wal).into_iter().map(|(_, p)| p).collect();
     prop_assert!(held == expected, "repair recovered the wrong records");
     let next = wal.append(b"after").unwrap();
     if corrupt {
@@ -1018,7 +996,7 @@ fn run_damage(
     prop_assert_eq!(wal.last_lsn(), next);
     let mut want: Vec<(Lsn, Vec<u8>)> = expected.iter().cloned().enumerate().map(|(i, p)| (i as u64 + 1, p)).collect();
     want.push((next, b"after".to_vec()));
-    prop_assert!(records_of(&wal) == want);
+    prop_assert!(records(&wal) == want);
     Ok(())
 }
 

@@ -7,12 +7,10 @@
 //! partition test's observation window, in which a leak across the
 //! partition would have to show up as an event.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::client::{Client, Seen};
-use common::{config, del, put, start, values, within, Ev, Events, DOC, SYNC_INTERVAL, WAIT};
+use crate::common::client::{Client, Seen};
+use crate::common::{config, del, put, start, values, within, Ev, Events, DOC, SYNC_INTERVAL, WAIT};
 use crdts::CmRDT;
 use futures::future::join_all;
 use tokio::time::Instant;
@@ -111,25 +109,11 @@ impl Writes {
     }
 }
 
-/// splitmix64: a deterministic PRNG for workloads.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// `len` seeded pseudo-random bytes.
+fn bytes(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    rng.fill(&mut out);
+    out
 }
 
 /// `rounds` rounds of `per_round` concurrent random puts (70%) and deletes
@@ -141,13 +125,13 @@ async fn random_writes(
     per_round: usize,
     keys: u64,
 ) -> Vec<OpEnvelope<KvOp>> {
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut out = Vec::new();
     for round in 0..rounds {
         let mut writes = Vec::new();
         for j in 0..per_round {
-            let key = format!("k{}", rng.below(keys));
-            let put = rng.below(10) < 7;
+            let key = format!("k{}", rng.u64(..keys));
+            let put = rng.u32(..10) < 7;
             let value = format!("s{seed}-r{round}-{j}");
             let node = node.clone();
             writes.push(async move {
@@ -522,14 +506,14 @@ async fn malformed_messages_are_rejected() {
             OpEnvelope::signed(&evil, DOC, seq, op).unwrap().encode().unwrap()
         };
         let garbage_op = ByteBuf::from(vec![0xa1, 0x01]);
-        let mut rng = Rng(5);
-        let mut random = rng.bytes(300);
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut random = bytes(&mut rng, 300);
         // A CBOR "break" where an item must start: never valid.
         random[0] = 0xff;
 
         // The hostile peer answers H1's pulls with these, one each.
         let answers = vec![
-            rng.bytes(100),
+            bytes(&mut rng, 100),
             encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![garbage_op.clone()], more: true }),
             encode(&SyncResponse::Ops { doc: "other".into(), ops: vec![ByteBuf::from(forged(1))], more: false }),
             // Over H1's response limit: the pull fails, but that is no
@@ -537,7 +521,7 @@ async fn malformed_messages_are_rejected() {
             vec![0xa0; 100 << 10],
         ];
         let mut bad = Client::spawn_with(None, answers).await;
-        let topic = common::topic();
+        let topic = crate::common::topic();
         bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
 
         // Gossip.
@@ -558,7 +542,7 @@ async fn malformed_messages_are_rejected() {
         let h1_id = h1.peer_id();
         let req =
             |doc: &str| encode(&SyncRequest { doc: doc.into(), clock: VersionVector::default(), budget: 1 << 20 });
-        let garbage = bad.request(h1_id, rng.bytes(64)).await;
+        let garbage = bad.request(h1_id, bytes(&mut rng, 64)).await;
         assert!(garbage.is_err(), "a garbage request must get no answer: {garbage:?}");
         let wrong_type = bad.request(h1_id, encode(&Gossip { doc: DOC.into(), ops: vec![] })).await;
         assert!(wrong_type.is_err(), "a request of the wrong type must get no answer: {wrong_type:?}");
@@ -712,7 +696,7 @@ async fn forged_and_equivocating_operations_are_refused() {
         let page =
             encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![bytes(&as_victim), bytes(&damaged)], more: false });
         let mut bad = Client::spawn_with(None, vec![page]).await;
-        let topic = common::topic();
+        let topic = crate::common::topic();
         bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
         let publish = |ops: Vec<ByteBuf>| encode(&Gossip { doc: DOC.into(), ops });
         bad.publish(topic.clone(), publish(vec![bytes(&as_victim)])).await.unwrap();

@@ -8,12 +8,10 @@
 //! never happened (a refused peer never connected), it first waits for an
 //! event proving the attempt was made and turned away.
 
-mod common;
-
 use std::time::Duration;
 
-use common::client::{self, Client};
-use common::{
+use crate::common::client::{self, Client};
+use crate::common::{
     banned, config, connected, disconnected, faulted, put, start, values, wait_value, within, Ev, Events, DOC,
 };
 use tokio::time::Instant;
@@ -235,7 +233,7 @@ async fn misbehave_until_banned(
     idx: usize,
     round: u8,
 ) -> (Instant, usize) {
-    let topic = common::topic();
+    let topic = crate::common::topic();
     let mark = events.log.len();
     let began = Instant::now();
     for i in 0..2u8 {
@@ -261,7 +259,7 @@ async fn garbage_gets_a_peer_banned_until_the_ban_ends() {
         cfg.ban_duration = ban;
         let (a, _) = start(cfg, &mut events, 0).await;
         let a_id = a.peer_id();
-        let topic = common::topic();
+        let topic = crate::common::topic();
 
         // Two misbehaving peers that A keeps connected to (configured).
         let mut g = Client::spawn(None).await;
@@ -353,7 +351,7 @@ async fn a_peer_cut_off_with_a_pull_waiting_is_pulled_again() {
         let a_id = a.peer_id();
         // It answers no pull: each fails at once.
         let mut c = Client::spawn(None).await;
-        c.subscribe(common::topic());
+        c.subscribe(crate::common::topic());
         a.connect(c.addr.clone()).await.unwrap();
         c.wait("the first pull", |s| matches!(s, client::Seen::Pulled(p, _) if *p == a_id)).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;

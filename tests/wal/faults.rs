@@ -9,13 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 
+use crate::helpers::options;
 use walrus::wal::{Error, FaultInjector, FileOp, Injected, LogReader, SyncPolicy, Wal, WalOptions};
-
-fn options(sync: SyncPolicy, segment_size: u64, preallocate: bool) -> WalOptions {
-    let mut o = WalOptions::new(sync).segment_size(segment_size);
-    o.preallocate = preallocate;
-    o
-}
 
 /// A fault injector made of a closure.
 struct FnFaults<F>(F);

@@ -52,7 +52,8 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use walrus::replica::{ActorId, ActorKey, Catchup, Document, KvDoc, KvDocExt, Replica, ReplicaOptions};
+use crate::helpers::{actor_of, copy_dir, env_u64, roll_back_in_place, scratch_dir, values};
+use walrus::replica::{ActorId, Catchup, Document, KvDoc, KvDocExt, Replica, ReplicaOptions};
 use walrus::wal::{PowerLoss, SyncPolicy, WalOptions};
 
 const REPLICA: &str = "r";
@@ -68,22 +69,6 @@ enum Variant {
     /// R wrote k9; C's log no longer holds the actor's operations, so it
     /// answers with a snapshot.
     Snapshot,
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The real directories are only vehicles (the model decides what
-/// survives), so they live on tmpfs when there is one.
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new().prefix("walrus-fork-power-").tempdir_in(shm) {
-            return d;
-        }
-    }
-    tempfile::tempdir().unwrap()
 }
 
 /// `Always` and no preallocation: no background thread, so operation
@@ -102,49 +87,6 @@ fn faulty(power: &Arc<PowerLoss>) -> ReplicaOptions {
 
 fn open(dir: &Path) -> Replica<KvDoc> {
     Replica::open(dir, opts()).expect("open replica")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// Puts `backup` back into `dir` the way a filesystem snapshot or a VM
-/// rollback does: the same files (same inodes), their old contents.
-fn roll_back_in_place(backup: &Path, dir: &Path) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let old = backup.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            roll_back_in_place(&old, &entry.path());
-        } else if old.exists() {
-            let was = fs::read(&old).unwrap();
-            if fs::read(entry.path()).unwrap() != was {
-                fs::write(entry.path(), was).unwrap();
-            }
-        } else {
-            fs::remove_file(entry.path()).unwrap();
-        }
-    }
-    for entry in fs::read_dir(backup).unwrap() {
-        let entry = entry.unwrap();
-        let now = dir.join(entry.file_name());
-        if !now.exists() {
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &now);
-            } else {
-                fs::copy(entry.path(), &now).unwrap();
-            }
-        }
-    }
 }
 
 /// Pulls everything `to` is missing from `from`. Returns the first error
@@ -321,12 +263,6 @@ fn process(variant: Variant, dir: &Path, c: &Replica<KvDoc>, power: &Arc<PowerLo
     run
 }
 
-fn values(r: &Replica<KvDoc>, key: &str) -> Vec<String> {
-    let mut v: Vec<String> = r.doc().values_of(key);
-    v.sort();
-    v
-}
-
 /// Syncs both ways until a round moves nothing.
 fn settle(r: &mut Replica<KvDoc>, c: &mut Replica<KvDoc>, ctx: &str) {
     for _ in 0..6 {
@@ -355,11 +291,6 @@ struct Totals {
     fork_forgotten: usize,
     /// States checked in full in which R had acknowledged its forked k9.
     fork_kept: usize,
-}
-
-fn actor_of(seed: &[u8]) -> Option<ActorId> {
-    let seed: [u8; 32] = seed.try_into().ok()?;
-    Some(ActorKey::from_seed(seed).actor())
 }
 
 /// Opens the crash state of R in `dir` strictly, settles it with C and

@@ -49,6 +49,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::helpers::{actor_of, env_u64, scratch_dir};
 use walrus::replica::{
     ActorId, ActorKey, KvDoc, KvDocExt, OpEnvelope, Recovered, Replica, ReplicaOptions, RetireReason,
 };
@@ -65,35 +66,6 @@ const KEY_FILE: &str = "actor.key";
 const HOME_FILE: &str = "actor.home";
 const GENERATIONS: [&str; 2] = ["checkpoint", "checkpoint.prev"];
 
-/// A seeded generator, for reproducible workloads.
-struct Rng(fastrand::Rng);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.u64(..n.max(1))
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0.u64(lo..=hi)
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The real directory is only a vehicle (the model decides what survives),
-/// so it lives on tmpfs when there is one, where `fsync` is cheap.
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new().prefix("walrus-replica-power-").tempdir_in(shm) {
-            return d;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
 fn options(policy: SyncPolicy, preallocate: bool, checkpoint_bytes: u64) -> ReplicaOptions {
     let mut wal = WalOptions::new(policy).segment_size(SEGMENT);
     wal.preallocate = preallocate;
@@ -104,11 +76,6 @@ fn with_faults(opts: &ReplicaOptions, power: &Arc<PowerLoss>) -> ReplicaOptions 
     let mut o = opts.clone();
     o.wal = o.wal.with_faults(power.clone());
     o
-}
-
-fn actor_of(seed: &[u8]) -> Option<ActorId> {
-    let seed: [u8; 32] = seed.try_into().ok()?;
-    Some(ActorKey::from_seed(seed).actor())
 }
 
 /// Whether `bytes` is a whole checkpoint file: magic, version 1, body
@@ -212,7 +179,7 @@ fn create(dir: &Path, opts: &ReplicaOptions) {
 /// Runs the workload of `seed` until it ends or the power fails. Any error
 /// before the power fails is a bug.
 fn workload(seed: u64, opts: &ReplicaOptions, dir: &Path, power: &Arc<PowerLoss>) -> History {
-    let mut rng = Rng(fastrand::Rng::with_seed(seed));
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut h = History::default();
     h.note_identity(dir);
     let faulty = with_faults(opts, power);
@@ -227,12 +194,12 @@ fn workload(seed: u64, opts: &ReplicaOptions, dir: &Path, power: &Arc<PowerLoss>
         }
     };
     for _ in 0..36 {
-        let x = rng.below(100);
+        let x = rng.u64(..100);
         if x < 62 {
-            let n = if x < 42 { 1 } else { rng.range(2, 4) as usize };
+            let n = if x < 42 { 1 } else { rng.u64(2..=4) as usize };
             let first = h.puts.len();
             let puts: Vec<(String, String)> =
-                (0..n).map(|i| (format!("k{}", rng.below(KEYS)), value(seed, first + i, rng.range(0, 400)))).collect();
+                (0..n).map(|i| (format!("k{}", rng.u64(..KEYS)), value(seed, first + i, rng.u64(0..=400)))).collect();
             let actor = r.actor();
             let have = r.clock().get(&actor);
             h.attempted.insert(actor, have + n as u64);
@@ -549,7 +516,7 @@ fn second_power_loss(
         (root, second, h2)
     };
     let (_dry, dry, _) = life(None);
-    let cut = Rng(fastrand::Rng::with_seed(seed)).range(1, dry.operations());
+    let cut = fastrand::Rng::with_seed(seed).u64(1..=dry.operations());
     let (_root, second, h2) = life(Some(cut));
     totals.second_losses += usize::from(second.power_lost());
     for state2 in 0..3 {
@@ -586,10 +553,10 @@ fn run_policy(policy: SyncPolicy, salt: u64) -> Totals {
         dry_checkpoints += h.checkpoints;
         dry_retirements += h.retired.len();
 
-        let mut rng = Rng(fastrand::Rng::with_seed(seed ^ 0x5eed));
-        let mut cuts: Vec<u64> = (0..6).map(|_| rng.range(1, ops)).collect();
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+        let mut cuts: Vec<u64> = (0..6).map(|_| rng.u64(1..=ops)).collect();
         for &(a, b) in &h.windows {
-            cuts.push(rng.range(a, b.max(a)));
+            cuts.push(rng.u64(a..=b.max(a)));
         }
         cuts.sort_unstable();
         cuts.dedup();

@@ -1,23 +1,11 @@
 //! Replica behaviour: write-ahead, causal delivery, catch-up, snapshots,
 //! checkpoints and the change feed.
 
-use std::path::Path;
-
+use crate::helpers::{open, opts};
 use walrus::replica::{
     ActorKey, Catchup, Change, CounterDoc, Document, KvDoc, KvDocExt, OpEnvelope, Origin, Replica, ReplicaError,
     ReplicaOptions, VersionVector,
 };
-use walrus::wal::{SyncPolicy, WalOptions};
-
-fn opts() -> ReplicaOptions {
-    let mut wal = WalOptions::new(SyncPolicy::batch()).segment_size(4096);
-    wal.preallocate = false;
-    ReplicaOptions { wal, checkpoint_bytes: 0, ..ReplicaOptions::default() }
-}
-
-fn open(dir: &Path) -> Replica<KvDoc> {
-    Replica::open(dir, opts()).expect("open replica")
-}
 
 /// Pulls everything `to` is missing from `from`, page by page.
 fn sync(from: &Replica<KvDoc>, to: &mut Replica<KvDoc>, budget: usize) -> usize {

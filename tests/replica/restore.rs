@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
+use crate::helpers::{copy_dir, roll_back_in_place, values};
 use walrus::replica::{ActorId, Catchup, Document, KvDoc, KvDocExt, Recovered, Replica, ReplicaOptions, RetireReason};
 use walrus::wal::{SyncPolicy, WalOptions};
 
@@ -39,60 +40,10 @@ fn sync(from: &Replica<KvDoc>, to: &mut Replica<KvDoc>) {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// Puts `backup` back into `dir` the way a filesystem snapshot or a VM
-/// rollback does: the same files (same inodes), their old contents.
-fn roll_back_in_place(backup: &Path, dir: &Path) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let old = backup.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            roll_back_in_place(&old, &entry.path());
-        } else if old.exists() {
-            // A snapshot restores contents and leaves unchanged files be.
-            let was = fs::read(&old).unwrap();
-            if fs::read(entry.path()).unwrap() != was {
-                fs::write(entry.path(), was).unwrap();
-            }
-        } else {
-            fs::remove_file(entry.path()).unwrap();
-        }
-    }
-    for entry in fs::read_dir(backup).unwrap() {
-        let entry = entry.unwrap();
-        let now = dir.join(entry.file_name());
-        if !now.exists() {
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &now);
-            } else {
-                fs::copy(entry.path(), &now).unwrap();
-            }
-        }
-    }
-}
-
 /// The actors of two fresh replicas, for a writer list naming both.
 fn writers_of(r: &Path, c: &Path) -> Option<BTreeSet<ActorId>> {
     let ids = [r, c].map(|d| open(d, &None).actor());
     Some(ids.into_iter().collect())
-}
-
-fn values(r: &Replica<KvDoc>, key: &str) -> Vec<String> {
-    let mut v: Vec<String> = r.doc().values_of(key);
-    v.sort();
-    v
 }
 
 fn converged(a: &Replica<KvDoc>, b: &Replica<KvDoc>) {

@@ -6,14 +6,12 @@
 //!
 //! Nothing sleeps to synchronise: every wait is on node events.
 
-mod common;
-
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::{config, put, start, values, wait_value, within, Events, DOC, WAIT};
+use crate::common::{config, put, start, values, wait_value, within, Events, DOC, WAIT};
 use tokio::sync::watch;
 use walrus::net::{NodeError, NodeEvent};
 use walrus::replica::{KvDocExt, ReplicaError};
@@ -46,11 +44,11 @@ impl FaultInjector for Disk {
     }
 }
 
-fn failed(ev: &common::Ev) -> bool {
+fn failed(ev: &crate::common::Ev) -> bool {
     matches!(ev, NodeEvent::DocumentFailed { doc, .. } if doc == DOC)
 }
 
-fn reopened(ev: &common::Ev) -> bool {
+fn reopened(ev: &crate::common::Ev) -> bool {
     matches!(ev, NodeEvent::DocumentReopened { doc } if doc == DOC)
 }
 
