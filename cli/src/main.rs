@@ -1,7 +1,6 @@
 //! The `walrus` command-line tool: inspect and drive write-ahead logs and
 //! replicas, run a networked node, and run the demo.
 
-mod bench;
 mod demo;
 mod doc_cmd;
 mod log_cmd;
@@ -11,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use walrus_cli::sync_bench;
 
 #[derive(Parser)]
 #[command(name = "walrus", version, about = "Local-first replication on a durable write-ahead log")]
@@ -84,8 +84,8 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Replication over loopback: convergence time, ops/s and bytes on the
-    /// wire per op; catch-up of a new node; automerge's sync on the same
-    /// catch-up (with feature `automerge`).
+    /// wire per op; catch-up of a new node (`cargo bench --bench sync` in the
+    /// source tree also runs automerge's sync on the same catch-up).
     Sync {
         /// Operations written, spread over the nodes.
         #[arg(long, default_value_t = 100_000)]
@@ -240,7 +240,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { log } => demo::run(log),
         Command::Bench(BenchCommand::Sync { ops, catchup, nodes }) => {
-            bench::run_sync(bench::SyncBenchArgs { ops, catchup, nodes }).map(|()| ExitCode::SUCCESS)
+            sync_bench::run_sync(sync_bench::SyncBenchArgs { ops, catchup, nodes }, None).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {
