@@ -83,15 +83,8 @@ impl Workload {
 
 /// `n` pseudo-random lowercase letters, a pure function of `seed`.
 fn letters(seed: u64, n: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| rng.lowercase()).collect()
 }
 
 fn replica_options() -> ReplicaOptions {
