@@ -5,11 +5,14 @@ mod demo;
 mod doc_cmd;
 mod log_cmd;
 mod node_cmd;
+mod progress;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 use walrus_cli::sync_bench;
 
 #[derive(Parser)]
@@ -219,8 +222,21 @@ fn parse_peer_id(arg: &str) -> Result<walrus::net::PeerId, String> {
     arg.parse().map_err(|e| format!("not a peer id (they look like 12D3KooW…): {e}"))
 }
 
+/// Sends the library's logs to standard error, filtered by `RUST_LOG` (for
+/// example `walrus=debug`; warnings and errors only when it is unset).
+/// Standard output stays the commands' own (JSON lines of `walrus node`).
+fn init_logging() {
+    let filter = EnvFilter::builder().with_default_directive(LevelFilter::WARN.into()).from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
         Command::Doc(cmd) => doc_cmd::run(cmd),

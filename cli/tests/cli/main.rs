@@ -5,10 +5,12 @@
 //!
 //! - `log`: `walrus log …`, and SIGKILLed appenders losing no acknowledged record;
 //! - `doc`: `walrus doc …` on replica directories;
-//! - `node`: `walrus node` processes replicating over loopback.
+//! - `node`: `walrus node` processes replicating over loopback;
+//! - `logging`: `RUST_LOG` and the library's logs on standard error.
 
 mod doc;
 mod log;
+mod logging;
 mod node;
 
 use std::path::Path;
