@@ -29,7 +29,7 @@ pub fn spinner(what: impl Into<Cow<'static, str>>) -> ProgressBar {
     bar("{spinner} {msg} ({elapsed})", what)
 }
 
-/// A running count of items done (`inc`), with the rate.
+/// A running count of items done (`inc`).
 pub fn counter(what: impl Into<Cow<'static, str>>) -> ProgressBar {
-    bar("{spinner} {msg}: {human_pos} ({per_sec}, {elapsed})", what)
+    bar("{spinner} {msg}: {human_pos} ({elapsed})", what)
 }
