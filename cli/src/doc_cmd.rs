@@ -6,7 +6,7 @@
 //! unambiguous. Writes (`put`, `del`, `import`) print only after the
 //! operation is durable. Errors go to standard error with a non-zero exit.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -16,7 +16,7 @@ use walrus::replica::{
 };
 use walrus::wal;
 
-use crate::DocCommand;
+use crate::{progress, DocCommand};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -219,6 +219,10 @@ fn import(dir: &Path) -> Result<()> {
     let mut r = open(dir, Open::CreateIfMissing)?;
     let actor = r.actor().to_string();
     let mut out = io::stdout().lock();
+    // On a terminal the acknowledgements already show the progress; the
+    // count is for acknowledgements going to a file or a pipe.
+    let bar =
+        if io::stdout().is_terminal() { indicatif::ProgressBar::hidden() } else { progress::counter("keys imported") };
     for (n, line) in io::stdin().lock().lines().enumerate() {
         let line = line.map_err(|e| format!("standard input, line {}: {e}", n + 1))?;
         let Some((key, value)) = line.split_once(' ') else {
@@ -226,7 +230,9 @@ fn import(dir: &Path) -> Result<()> {
         };
         let env = r.update(|d, a| d.put_op(a, key, value))?;
         print_ack(&mut out, &json!({"ok": "put", "key": key, "actor": actor, "seq": env.seq}))?;
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     r.close()?;
     Ok(())
 }

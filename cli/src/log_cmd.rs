@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use walrus::wal::{plan_repair, repair as repair_log, DiscardKind, LogReader, Lsn, SyncPolicy, Wal, WalOptions};
 
-use crate::LogCommand;
+use crate::{progress, LogCommand};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -20,7 +20,10 @@ pub fn run(cmd: LogCommand) -> Result<ExitCode> {
         }
         LogCommand::Dump { dir, from, hex } => dump(&dir, from, hex),
         LogCommand::Verify { dir } => {
-            let reader = LogReader::open(&dir, &WalOptions::default())?;
+            let bar = progress::spinner(format!("verifying {}", dir.display()));
+            let reader = LogReader::open(&dir, &WalOptions::default());
+            bar.finish_and_clear();
+            let reader = reader?;
             println!("{}", reader.summary());
             Ok(ExitCode::SUCCESS)
         }
@@ -73,10 +76,16 @@ fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
     let covered = covered_by_checkpoint(dir);
     // Read-only first, so the plan is shown even when it is refused; the
     // repair re-plans under the directory lock and refuses the same way.
-    let plan = plan_repair(dir, covered)?;
+    let bar = progress::spinner(format!("reading {}", dir.display()));
+    let plan = plan_repair(dir, covered);
+    bar.finish_and_clear();
+    let plan = plan?;
     if plan.is_noop() {
         // Still open the log: it takes the lock and discards a torn tail.
-        repair_log(dir, WalOptions::default(), covered, false)?;
+        let bar = progress::spinner(format!("opening {}", dir.display()));
+        let opened = repair_log(dir, WalOptions::default(), covered, false);
+        bar.finish_and_clear();
+        opened?;
         match &plan.kept {
             Some(r) => println!("nothing to repair: records {}..={}", r.start(), r.end()),
             None => println!("nothing to repair: no records"),
@@ -102,7 +111,10 @@ fn repair(dir: &Path, force: bool) -> Result<ExitCode> {
             format!("marking {} to retire its actor failed: {e}; nothing was changed", replica.display())
         })?;
     }
-    let done = repair_log(dir, WalOptions::default(), covered, force)?;
+    let bar = progress::spinner(format!("repairing {}", dir.display()));
+    let done = repair_log(dir, WalOptions::default(), covered, force);
+    bar.finish_and_clear();
+    let done = done?;
     match &done.kept {
         Some(r) => println!("repaired: records {}..={} kept; next LSN {}", r.start(), r.end(), done.next_lsn),
         None => println!("repaired: no records kept; next LSN {}", done.next_lsn),

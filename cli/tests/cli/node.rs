@@ -17,12 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const EXE: &str = env!("CARGO_BIN_EXE_walrus");
-/// How long to wait for a child's next line (or for convergence) before
-/// declaring it hung. Nothing waits for it to elapse.
-const PATIENCE: Duration = Duration::from_secs(60);
+use crate::{copy_tree, EXE, PATIENCE, SIGKILL};
+
 const SYNC_INTERVAL_MS: &str = "300";
-const SIGKILL: i32 = 9;
 /// Events that answer a command; everything else is asynchronous.
 const ANSWERS: &[&str] = &["ok", "error", "value", "dump", "peers"];
 
@@ -1064,18 +1061,6 @@ fn writer_allow_list() {
         drop(n.stdin.take());
         let status = n.wait_exit();
         n.assert_clean_exit(status);
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
     }
 }
 

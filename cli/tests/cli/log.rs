@@ -11,15 +11,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use walrus::wal::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 
-const EXE: &str = env!("CARGO_BIN_EXE_walrus");
+use crate::{EXE, PATIENCE};
 
-/// How long to wait for a child's output before declaring it hung. This only
-/// turns a hang into a failure; nothing waits for it to elapse.
-const PATIENCE: Duration = Duration::from_secs(60);
+mod crash;
 
 // ---------------------------------------------------------------------------
 // Running the binary

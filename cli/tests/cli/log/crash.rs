@@ -25,17 +25,14 @@ use std::time::{Duration, Instant};
 
 use walrus::wal::{LogReader, Record, SyncPolicy, Wal, WalOptions};
 
-const EXE: &str = env!("CARGO_BIN_EXE_walrus");
+use crate::{EXE, PATIENCE, SIGKILL};
+
 const DEFAULT_SEED: u64 = 0x5eed_c0ff_ee15_900d;
 const DEFAULT_ROUNDS: u64 = 30;
 /// Rounds always run; past this many, no new round starts once the time
 /// budget is spent (slow machines, slow disks).
 const MIN_ROUNDS: u64 = 12;
 const TIME_BUDGET: Duration = Duration::from_secs(25);
-/// How long to wait for a child's next acknowledgement before declaring it
-/// hung. This only turns a hang into a failure; nothing waits for it to elapse.
-const PATIENCE: Duration = Duration::from_secs(60);
-const SIGKILL: i32 = 9;
 
 /// xorshift64, seeded through splitmix64 so that any seed gives a usable,
 /// well-mixed state.

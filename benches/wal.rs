@@ -2,8 +2,8 @@
 //! in the same run, with the ratio and the target it is held to.
 //!
 //! ```sh
-//! cargo bench --bench log
-//! WALRUS_BENCH_SECS=0.5 WALRUS_BENCH_RECOVERY_MB=128 cargo bench --bench log   # quick
+//! cargo bench --bench wal
+//! WALRUS_BENCH_SECS=0.5 WALRUS_BENCH_RECOVERY_MB=128 cargo bench --bench wal   # quick
 //! ```
 //!
 //! 1. One writer, `SyncPolicy::Always`: durable appends/s, next to a raw
@@ -102,17 +102,13 @@ fn env_number<T: std::str::FromStr + Copy + std::fmt::Display>(name: &str, defau
     }
 }
 
-/// Deterministic, incompressible-looking payload.
+/// Deterministic, incompressible-looking payload: the same bytes for the
+/// same length in every run.
 fn payload(len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ len as u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15u64 ^ len as u64);
+    let mut bytes = vec![0; len];
+    rng.fill(&mut bytes);
+    bytes
 }
 
 fn framed(size: usize) -> usize {

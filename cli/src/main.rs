@@ -1,16 +1,19 @@
 //! The `walrus` command-line tool: inspect and drive write-ahead logs and
 //! replicas, run a networked node, and run the demo.
 
-mod bench;
 mod demo;
 mod doc_cmd;
 mod log_cmd;
 mod node_cmd;
+mod progress;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use walrus_cli::sync_bench;
 
 #[derive(Parser)]
 #[command(name = "walrus", version, about = "Local-first replication on a durable write-ahead log")]
@@ -84,8 +87,8 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Replication over loopback: convergence time, ops/s and bytes on the
-    /// wire per op; catch-up of a new node; automerge's sync on the same
-    /// catch-up (with feature `automerge`).
+    /// wire per op; catch-up of a new node (`cargo bench --bench sync` in the
+    /// source tree also runs automerge's sync on the same catch-up).
     Sync {
         /// Operations written, spread over the nodes.
         #[arg(long, default_value_t = 100_000)]
@@ -219,8 +222,21 @@ fn parse_peer_id(arg: &str) -> Result<walrus::net::PeerId, String> {
     arg.parse().map_err(|e| format!("not a peer id (they look like 12D3KooW…): {e}"))
 }
 
+/// Sends the library's logs to standard error, filtered by `RUST_LOG` (for
+/// example `walrus=debug`; warnings and errors only when it is unset).
+/// Standard output stays the commands' own (JSON lines of `walrus node`).
+fn init_logging() {
+    let filter = EnvFilter::builder().with_default_directive(LevelFilter::WARN.into()).from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         Command::Log(cmd) => log_cmd::run(cmd),
         Command::Doc(cmd) => doc_cmd::run(cmd),
@@ -240,7 +256,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { log } => demo::run(log),
         Command::Bench(BenchCommand::Sync { ops, catchup, nodes }) => {
-            bench::run_sync(bench::SyncBenchArgs { ops, catchup, nodes }).map(|()| ExitCode::SUCCESS)
+            sync_bench::run_sync(sync_bench::SyncBenchArgs { ops, catchup, nodes }, None).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

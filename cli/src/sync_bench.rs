@@ -1,6 +1,10 @@
-//! `walrus bench sync`: replication throughput and bytes on the wire, next
-//! to the size of the operations themselves and (with feature `automerge`)
-//! to the automerge crate's sync protocol on the same catch-up workload.
+//! The sync benchmark: replication throughput and bytes on the wire, next to
+//! the size of the operations themselves and, when a comparison is given, to
+//! another sync protocol on the same catch-up workload.
+//!
+//! `walrus bench sync` runs the walrus sections; `cargo bench --bench sync`
+//! (in the source tree) runs them all, with the automerge crate's sync
+//! protocol as the comparison.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,23 +14,38 @@ use walrus::net::{Multiaddr, Node, NodeConfig, NodeHandle, Traffic};
 use walrus::replica::{ActorId, ActorKey, KvDoc, KvDocExt, KvOp, OpEnvelope, Replica, ReplicaOptions};
 use walrus::sync::{self, Limits};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+/// What the benchmark's steps return.
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Another sync protocol's in-process catch-up of `ops` writes of a
+/// workload: the time it took and the bytes of its sync messages.
+pub type Comparison<'a> = &'a dyn Fn(usize, Workload) -> Result<(Duration, u64)>;
 
 const DOC: &str = "bench";
 /// Writers per node, so that the group commit batches.
 const WRITERS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Options of `walrus bench sync`.
+/// Options of the benchmark (`walrus bench sync`'s arguments).
 pub struct SyncBenchArgs {
+    /// Operations written, spread over the nodes.
     pub ops: usize,
+    /// Operations a new node catches up on.
     pub catchup: usize,
+    /// Cluster sizes to run.
     pub nodes: Vec<usize>,
+}
+
+impl Default for SyncBenchArgs {
+    /// The defaults of `walrus bench sync`.
+    fn default() -> Self {
+        SyncBenchArgs { ops: 100_000, catchup: 50_000, nodes: vec![3, 10] }
+    }
 }
 
 /// What the written keys and values look like.
 #[derive(Clone, Copy)]
-enum Workload {
+pub enum Workload {
     /// `item-00000042` = `value 0000000042`: as regular as data gets.
     Sequential,
     /// 13 random letters = three random 5-letter words.
@@ -34,21 +53,24 @@ enum Workload {
 }
 
 impl Workload {
-    fn name(self) -> &'static str {
+    /// The workload, as the report names it.
+    pub fn name(self) -> &'static str {
         match self {
             Workload::Sequential => "sequential keys and values",
             Workload::Random => "random keys and values",
         }
     }
 
-    fn key(self, i: usize) -> String {
+    /// The key of write `i`.
+    pub fn key(self, i: usize) -> String {
         match self {
             Workload::Sequential => format!("item-{i:08}"),
             Workload::Random => letters(i as u64 * 2, 13),
         }
     }
 
-    fn value(self, i: usize) -> String {
+    /// The value of write `i`.
+    pub fn value(self, i: usize) -> String {
         match self {
             Workload::Sequential => format!("value {i:010}"),
             Workload::Random => {
@@ -61,15 +83,8 @@ impl Workload {
 
 /// `n` pseudo-random lowercase letters, a pure function of `seed`.
 fn letters(seed: u64, n: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| rng.lowercase()).collect()
 }
 
 fn replica_options() -> ReplicaOptions {
@@ -256,52 +271,6 @@ fn catchup_in_process(ops: usize, w: Workload) -> Result<(Duration, u64)> {
     Ok((t0.elapsed(), bytes))
 }
 
-#[cfg(feature = "automerge")]
-fn catchup_automerge(ops: usize, w: Workload) -> Result<Option<(Duration, u64)>> {
-    use automerge::sync::{Message, State, SyncDoc};
-    use automerge::transaction::Transactable;
-    use automerge::{Automerge, ROOT};
-    let mut a = Automerge::new();
-    for i in 0..ops {
-        // One change per write, as each walrus op is one write.
-        let mut tx = a.transaction();
-        tx.put(ROOT, w.key(i), w.value(i))?;
-        tx.commit();
-    }
-    let mut b = Automerge::new();
-    let (mut sa, mut sb) = (State::new(), State::new());
-    let t0 = Instant::now();
-    let mut bytes = 0u64;
-    loop {
-        let mut moved = false;
-        if let Some(m) = a.generate_sync_message(&mut sa) {
-            let wire = m.encode();
-            bytes += wire.len() as u64;
-            b.receive_sync_message(&mut sb, Message::decode(&wire)?)?;
-            moved = true;
-        }
-        if let Some(m) = b.generate_sync_message(&mut sb) {
-            let wire = m.encode();
-            bytes += wire.len() as u64;
-            a.receive_sync_message(&mut sa, Message::decode(&wire)?)?;
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
-    let took = t0.elapsed();
-    if b.get_heads() != a.get_heads() {
-        return Err("automerge replicas did not converge".into());
-    }
-    Ok(Some((took, bytes)))
-}
-
-#[cfg(not(feature = "automerge"))]
-fn catchup_automerge(_ops: usize, _w: Workload) -> Result<Option<(Duration, u64)>> {
-    Ok(None)
-}
-
 /// An envelope as it would be without a signature, for comparison.
 #[derive(serde::Serialize)]
 struct Unsigned<'a> {
@@ -368,7 +337,9 @@ signatures: {n} ops ({})",
     Ok(())
 }
 
-pub fn run_sync(args: SyncBenchArgs) -> Result<()> {
+/// Runs every section and prints its figures on standard output; `compare`,
+/// if given, runs on each catch-up workload too.
+pub fn run_sync(args: SyncBenchArgs, compare: Option<Comparison>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     println!("walrus bench sync (loopback TCP, durable writes with group commit)");
     for w in [Workload::Sequential, Workload::Random] {
@@ -382,12 +353,12 @@ pub fn run_sync(args: SyncBenchArgs) -> Result<()> {
         rt.block_on(spread(n, args.ops))?;
     }
     for w in [Workload::Sequential, Workload::Random] {
-        catchup(&rt, args.catchup, w)?;
+        catchup(&rt, args.catchup, w, compare)?;
     }
     Ok(())
 }
 
-fn catchup(rt: &tokio::runtime::Runtime, ops: usize, w: Workload) -> Result<()> {
+fn catchup(rt: &tokio::runtime::Runtime, ops: usize, w: Workload, compare: Option<Comparison>) -> Result<()> {
     println!("\ncatch-up: a new node pulls {ops} ops from one peer ({})", w.name());
     let (took, wire, op_bytes) = rt.block_on(catchup_network(ops, w))?;
     println!(
@@ -404,7 +375,7 @@ fn catchup(rt: &tokio::runtime::Runtime, ops: usize, w: Workload) -> Result<()> 
         bytes_p as f64 / 1e6,
         bytes_p as f64 / op_bytes as f64
     );
-    match catchup_automerge(ops, w)? {
+    match compare.map(|c| c(ops, w)).transpose()? {
         Some((took_a, bytes_a)) => {
             println!(
                 "  automerge in-process: {:.2}s, {:.2} MB of sync messages",
@@ -417,7 +388,7 @@ fn catchup(rt: &tokio::runtime::Runtime, ops: usize, w: Workload) -> Result<()> 
                 took_p.as_secs_f64() / took_a.as_secs_f64().max(1e-9)
             );
         }
-        None => println!("  automerge: not built in (rebuild with `--features automerge` to compare)"),
+        None => println!("  automerge: not measured here (`cargo bench --bench sync` in the source tree compares)"),
     }
     Ok(())
 }

@@ -11,15 +11,11 @@ use std::process::{Command, Output, Stdio};
 use serde_json::{json, Value};
 use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
 
+use crate::{copy_tree, EXE};
+
 /// Runs `walrus doc <sub> <dir> <rest…>`.
 fn walrus<S: AsRef<OsStr>>(sub: &str, dir: &Path, rest: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_walrus"))
-        .args(["doc", sub])
-        .arg(dir)
-        .args(rest)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run walrus")
+    Command::new(EXE).args(["doc", sub]).arg(dir).args(rest).stdin(Stdio::null()).output().expect("run walrus")
 }
 
 fn stderr(out: &Output) -> String {
@@ -266,7 +262,7 @@ fn malformed_arguments_and_input_fail_cleanly() {
     assert_eq!(walrus("put", &dir, &["only-key"]).status.code(), Some(2));
 
     // import stops at the first bad line; the lines before it are durable.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walrus"))
+    let mut child = Command::new(EXE)
         .args(["doc", "import"])
         .arg(&dir)
         .stdin(Stdio::piped())
@@ -317,7 +313,7 @@ fn sequence_numbers_are_never_reused_after_sigkill() {
     let mut actor: Option<String> = None;
     let mut total_acked = 0;
     for round in 0..10u64 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_walrus"))
+        let mut child = Command::new(EXE)
             .args(["doc", "import"])
             .arg(&dir)
             .stdin(Stdio::piped())
@@ -382,18 +378,6 @@ fn sequence_numbers_are_never_reused_after_sigkill() {
         }
     }
     assert!(total_acked >= 10, "only {total_acked} ops acknowledged");
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]
