@@ -188,7 +188,7 @@ impl<D: Document> Driver<D> {
                         // Like a crash of the network side: no goodbye to
                         // peers, documents left to close on their own.
                         self.docs.clear();
-                        warn!("node aborted");
+                        info!("node aborted");
                         return;
                     }
                     Some(c) => self.on_control(c),
