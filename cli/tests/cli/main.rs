@@ -4,10 +4,12 @@
 //! built once.
 //!
 //! - `log`: `walrus log …`, and SIGKILLed appenders losing no acknowledged record;
+//! - `demo`: `walrus demo`, the main job, passes every check;
 //! - `doc`: `walrus doc …` on replica directories;
 //! - `node`: `walrus node` processes replicating over loopback;
 //! - `logging`: `RUST_LOG` and the library's logs on standard error.
 
+mod demo;
 mod doc;
 mod log;
 mod logging;
