@@ -13,7 +13,7 @@ use libp2p::PeerId;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use super::error::NodeError;
 use super::event::NodeEvent;
@@ -315,8 +315,13 @@ impl<D: Document> Worker<D> {
             }
             DocCmd::Gossip { source, id, bytes } => self.gossip(replica, source, id, &bytes),
             DocCmd::Request { token, req } => {
+                let span =
+                    info_span!("sync_answer", doc = %self.name, their_ops = req.clock.total(), budget = req.budget);
+                let _g = span.enter();
                 let resp = sync::respond(replica, &self.name, &req, &self.limits);
-                self.send(FromDoc::Respond { token, bytes: sync::encode(&resp) });
+                let bytes = sync::encode(&resp);
+                debug!(answer = resp.kind(), bytes = bytes.len(), "answered");
+                self.send(FromDoc::Respond { token, bytes });
             }
             DocCmd::Pull { peer } => {
                 // Never ask for more than our own codec accepts.
@@ -402,6 +407,10 @@ impl<D: Document> Worker<D> {
     }
 
     fn response(&mut self, replica: &mut Replica<D>, peer: PeerId, bytes: &[u8]) {
+        // One sync round as the puller sees it: the answer's size, what it
+        // brought and how long applying it took.
+        let span = info_span!("sync_round", doc = %self.name, %peer, bytes = bytes.len());
+        let _g = span.enter();
         let started = Instant::now();
         let resp: Result<SyncResponse, SyncError> =
             sync::decode(bytes, self.limits.max_response, "sync response").map_err(SyncError::from);
@@ -422,7 +431,15 @@ impl<D: Document> Worker<D> {
                 if applied.received.applied > 0 || applied.snapshot {
                     // Subscribers see the changes before the summary.
                     self.forward_changes();
-                    debug!(doc = %self.name, %peer, applied = applied.received.applied, elapsed = ?started.elapsed(), "pulled");
+                    debug!(
+                        applied = applied.received.applied,
+                        buffered = applied.received.buffered,
+                        duplicates = applied.received.duplicates,
+                        snapshot = applied.snapshot,
+                        more = applied.more,
+                        elapsed = ?started.elapsed(),
+                        "pulled"
+                    );
                     let _ = self.events.send(NodeEvent::Synced {
                         doc: self.name.clone(),
                         peer,

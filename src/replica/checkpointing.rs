@@ -13,7 +13,7 @@ impl<D: Document> Replica<D> {
     /// segments it makes redundant.
     pub fn checkpoint(&mut self) -> Result<()> {
         self.check()?;
-        let span = info_span!("replica_checkpoint");
+        let span = info_span!("replica_checkpoint", doc = %self.document, ops = self.clock.total());
         let _g = span.enter();
         let lsn = self.wal.sync()?;
         let cp =

@@ -121,7 +121,7 @@ impl<D: Document> Replica<D> {
 
     fn open_inner(dir: &Path, opts: ReplicaOptions, rebuild: bool) -> Result<Replica<D>> {
         let dir = dir.to_path_buf();
-        let span = info_span!("replica_open", dir = %dir.display());
+        let span = info_span!("replica_open", dir = %dir.display(), doc = tracing::field::Empty);
         let _g = span.enter();
         let files = Files::new(opts.wal.faults.clone());
         files.create_dir_all(&dir)?;
@@ -135,6 +135,7 @@ impl<D: Document> Replica<D> {
         durable::remove_stale(&files, &dir.join(ACTOR_FILE))?;
         let key = load_or_create_key(&files, &dir)?;
         let document = load_or_create_document(&files, &dir, opts.document.as_deref())?;
+        span.record("doc", document.as_str());
         let base = load_base::<D>(&dir, &opts, wal.first_lsn(), wal.last_lsn(), rebuild)?;
         let rebuilding = base.rebuilt;
         // A damaged generation is moved aside (kept for inspection), so the

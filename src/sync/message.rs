@@ -89,6 +89,17 @@ impl SyncResponse {
             | SyncResponse::Refused { doc, .. } => doc,
         }
     }
+
+    /// What kind of answer this is, for logs: `ops`, `snapshot`,
+    /// `unknown_doc` or `refused`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncResponse::Ops { .. } => "ops",
+            SyncResponse::Snapshot { .. } => "snapshot",
+            SyncResponse::UnknownDoc { .. } => "unknown_doc",
+            SyncResponse::Refused { .. } => "refused",
+        }
+    }
 }
 
 /// Decodes an array of at most [`MAX_OPS_PER_MESSAGE`] byte strings.
