@@ -57,8 +57,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use crate::replica::{
-    ActorId, ActorKey, Catchup, CausalBuffer, CounterDoc, Document, Hlc, KvDoc, KvDocExt, Offer, OpEnvelope,
-    RegisterDoc, Replica, ReplicaOptions, SetDoc, VersionVector,
+    ActorId, ActorKey, Catchup, CausalBuffer, CounterDoc, Document, Hlc, KvDoc, Offer, OpEnvelope, RegisterDoc,
+    Replica, ReplicaOptions, SetDoc, VersionVector,
 };
 use crate::wal::{SyncPolicy, WalOptions};
 

@@ -20,7 +20,7 @@
 //!
 //! ```no_run
 //! use walrus::net::{Node, NodeConfig};
-//! use walrus::replica::{KvDoc, KvDocExt};
+//! use walrus::replica::KvDoc;
 //! # async fn run() -> Result<(), walrus::net::NodeError> {
 //! let mut cfg = NodeConfig::new("/var/lib/myapp/walrus");
 //! cfg.docs = vec!["todos".into()];

@@ -51,7 +51,7 @@ pub use document::{canonical_cbor, Document};
 pub use envelope::{signing_bytes, EnvelopeError, OpEnvelope, Signature};
 pub use error::{ReplicaError, Result};
 pub use key::{ActorKey, KeyError};
-pub use kv::{CausalContext, Dot, KvDoc, KvDocExt, KvOp};
+pub use kv::{CausalContext, Dot, KvDoc, KvOp};
 pub use load::Recovered;
 pub use options::ReplicaOptions;
 pub use replica::Replica;
