@@ -66,7 +66,7 @@ pub use identity::{read_psk_file, IDENTITY_FILE};
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use lock::LOCK_FILE;
-pub use node::NodeHandle;
+pub use node::Node;
 pub use traffic::Traffic;
 
 use crate::replica::Document;
@@ -74,9 +74,6 @@ use crate::wal::durable::{self, Files};
 
 /// Events buffered per subscriber before it lags.
 const EVENT_CAPACITY: usize = 4096;
-
-/// Starts nodes; see [`Node::start`].
-pub struct Node<D>(std::marker::PhantomData<D>);
 
 impl<D: Document> Node<D> {
     /// Starts a node: locks `cfg.data_dir` for as long as the node runs
@@ -86,9 +83,7 @@ impl<D: Document> Node<D> {
     /// Returns once every listener has its first address; the receiver
     /// already holds the `Listening` events. Must be called within a tokio
     /// runtime.
-    pub async fn start(
-        cfg: NodeConfig,
-    ) -> Result<(NodeHandle<D>, broadcast::Receiver<NodeEvent<D::Operation>>), NodeError> {
+    pub async fn start(cfg: NodeConfig) -> Result<(Node<D>, broadcast::Receiver<NodeEvent<D::Operation>>), NodeError> {
         for doc in &cfg.docs {
             check_local_doc_name(doc)?;
         }
@@ -144,7 +139,7 @@ impl<D: Document> Node<D> {
             driver.add_configured(addr.clone());
         }
         tokio::spawn(driver.run(control_rx, from_docs_rx));
-        let handle = NodeHandle { peer_id, control: control_tx, docs, events, counters };
+        let handle = Node { peer_id, control: control_tx, docs, events, counters };
         for doc in &cfg.docs {
             if let Err(e) = handle.open_doc(doc).await {
                 // Leave nothing running behind a failed start.
