@@ -12,6 +12,9 @@
 //!   applying gossip and answers, the anti-entropy schedule.
 //! - `net` (feature `net`, default): the libp2p node that runs it.
 //! - `testing` (feature `testing`): CRDT law checks for your own documents.
+//! - `internals` (feature `internals`): items walrus's own tests, fuzz
+//!   targets and benchmarks reach into. Not a stable API: semver does not
+//!   cover it.
 //!
 //! ```
 //! use walrus::wal::{SyncPolicy, Wal, WalOptions};
@@ -25,6 +28,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "internals")]
+pub mod internals;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod replica;

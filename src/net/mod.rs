@@ -13,8 +13,8 @@
 //! many faults are banned for a while ([`NodeEvent::PeerBanned`]).
 //! docs/PROTOCOL.md §12 has the rules.
 //!
-//! A data directory serves one node at a time: a node holds a lock on
-//! [`LOCK_FILE`] in it while it runs ([`NodeError::Locked`] for another).
+//! A data directory serves one node at a time: a node holds a lock on the
+//! file `LOCK` in it while it runs ([`NodeError::Locked`] for another).
 //! A document whose log cannot be written (a full disk) is reopened by the
 //! node itself, with backoff ([`NodeEvent::DocumentFailed`]).
 //!
@@ -35,16 +35,16 @@
 //! ```
 
 mod admission;
-mod behaviour;
-mod codec;
+pub(crate) mod behaviour;
+pub(crate) mod codec;
 mod config;
 mod dialer;
 mod doc_workers;
 mod driver;
 mod error;
 mod event;
-mod identity;
-mod lock;
+pub(crate) mod identity;
+pub(crate) mod lock;
 mod node;
 mod pulls;
 mod queued;
@@ -57,15 +57,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tracing::info;
 
-pub use behaviour::{IDENTIFY_VERSION, TOPIC_PREFIX};
-pub use codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL};
 pub use config::{check_local_doc_name, NodeConfig};
 pub use error::NodeError;
 pub use event::{NodeEvent, PeerInfo};
-pub use identity::{read_psk_file, IDENTITY_FILE};
+pub use identity::read_psk_file;
+use identity::IDENTITY_FILE;
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
-pub use lock::LOCK_FILE;
 pub use node::Node;
 pub use traffic::Traffic;
 

@@ -90,6 +90,8 @@ impl<O> CausalBuffer<O> {
     }
 
     /// Bytes held (the sum of the sizes given to [`offer_sized`](Self::offer_sized)).
+    // For the unit tests and `crate::internals`.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -100,11 +102,16 @@ impl<O> CausalBuffer<O> {
     }
 
     /// True if nothing is held.
+    // The replica asks `len`; this is for the unit tests and `crate::internals`.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.held == 0
     }
 
     /// Decides what to do with `env`, given the operations already applied.
+    // The replica offers sized operations; this is for `crate::testing`,
+    // the unit tests and `crate::internals`.
+    #[cfg_attr(not(any(feature = "internals", feature = "testing")), allow(dead_code))]
     pub fn offer(&mut self, env: OpEnvelope<O>, applied: &VersionVector) -> Result<Offer<O>, BufferFull> {
         self.offer_sized(env, applied, 0)
     }

@@ -27,7 +27,7 @@
 pub(crate) mod durable;
 mod error;
 mod fault;
-pub mod format;
+pub(crate) mod format;
 mod power_loss;
 mod reader;
 mod recovery;
