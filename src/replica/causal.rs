@@ -39,20 +39,6 @@ pub struct BufferFull {
 }
 
 /// Holds operations that arrived before their predecessors.
-///
-/// ```
-/// use walrus::replica::{ActorId, CausalBuffer, Offer, OpEnvelope, VersionVector};
-/// let key = walrus::replica::ActorKey::from_seed([7; 32]);
-/// let a = key.actor();
-/// let env = |seq| OpEnvelope::signed(&key, "doc", seq, format!("op {seq}")).unwrap();
-/// let mut applied = VersionVector::default();
-/// let mut buf = CausalBuffer::new(100);
-/// assert_eq!(buf.offer(env(2), &applied), Ok(Offer::Buffered));
-/// let Ok(Offer::Ready(ops)) = buf.offer(env(1), &applied) else { panic!() };
-/// assert_eq!(ops.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
-/// applied.observe(a, 2);
-/// assert_eq!(buf.offer(env(1), &applied), Ok(Offer::Duplicate));
-/// ```
 #[derive(Debug)]
 pub struct CausalBuffer<O> {
     /// Per actor, by sequence number: the operation and its size.
@@ -218,6 +204,20 @@ mod tests {
             sig: crate::replica::Signature([0; 64]),
             succeeds: None,
         }
+    }
+
+    #[test]
+    fn holds_early_operations_until_their_predecessors_come() {
+        let key = crate::replica::ActorKey::from_seed([7; 32]);
+        let a = key.actor();
+        let env = |seq| OpEnvelope::signed(&key, "doc", seq, format!("op {seq}")).unwrap();
+        let mut applied = VersionVector::default();
+        let mut buf = CausalBuffer::new(100);
+        assert_eq!(buf.offer(env(2), &applied), Ok(Offer::Buffered));
+        let Ok(Offer::Ready(ops)) = buf.offer(env(1), &applied) else { panic!("1 then 2 should be ready") };
+        assert_eq!(ops.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        applied.observe(a, 2);
+        assert_eq!(buf.offer(env(1), &applied), Ok(Offer::Duplicate));
     }
 
     #[test]
