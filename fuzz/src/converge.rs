@@ -38,7 +38,7 @@ use std::sync::OnceLock;
 
 use crdts::CmRDT;
 use walrus::replica::{
-    ActorKey, Catchup, Document, EnvelopeError, KvDoc, KvDocExt, KvOp, OpEnvelope, Replica, ReplicaError,
+    ActorKey, Catchup, Document, EnvelopeError, KvDoc, KvOp, OpEnvelope, Replica, ReplicaError,
     ReplicaOptions, VersionVector,
 };
 use walrus::sync::{self, SyncRequest, SyncResponse};
