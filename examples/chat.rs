@@ -23,8 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast::error::RecvError;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent};
-use walrus::replica::{Change, KvDoc, KvOp};
+use walrus::net::Multiaddr;
+use walrus::replica::KvOp;
+use walrus::{Change, KvDoc, Node, NodeConfig, NodeEvent};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

@@ -40,8 +40,9 @@ use std::path::PathBuf;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast::error::RecvError;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent};
-use walrus::replica::{ActorId, Change, KvDoc, KvOp, Origin};
+use walrus::net::Multiaddr;
+use walrus::replica::{KvOp, Origin};
+use walrus::{ActorId, Change, KvDoc, Node, NodeConfig, NodeEvent};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
