@@ -64,11 +64,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde_bytes::ByteBuf;
-use walrus::replica::{
-    ActorId, ActorKey, Document, Dot, KvDoc, KvOp, OpEnvelope, Received, Replica, ReplicaError,
-    ReplicaOptions, Signature, VersionVector,
-};
 use walrus::internals::ACTOR_FILE;
+use walrus::replica::{
+    ActorId, ActorKey, Document, Dot, KvDoc, KvOp, OpEnvelope, Received, Replica, ReplicaError, ReplicaOptions,
+    Signature, VersionVector,
+};
 use walrus::sync::{self, Limits, SyncError};
 use walrus::wal::{SyncPolicy, WalOptions};
 
