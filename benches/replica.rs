@@ -34,7 +34,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crdts::CmRDT;
-use walrus::replica::{ActorId, KvDoc, KvDocExt, Replica, ReplicaOptions};
+use walrus::replica::{ActorId, KvDoc, Replica, ReplicaOptions};
 use walrus::wal::{SyncPolicy, WalOptions};
 
 const KEYS: usize = 10_000;

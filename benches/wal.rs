@@ -34,7 +34,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use walrus::wal::format::FRAME_HEADER_LEN;
+use walrus::internals::format::FRAME_HEADER_LEN;
 use walrus::wal::{LogReader, SyncPolicy, Wal, WalOptions};
 
 /// Record payload sizes measured.

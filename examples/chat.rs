@@ -23,8 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast::error::RecvError;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle};
-use walrus::replica::{Change, KvDoc, KvDocExt, KvOp};
+use walrus::net::Multiaddr;
+use walrus::replica::KvOp;
+use walrus::{Change, KvDoc, Node, NodeConfig, NodeEvent};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -131,7 +132,7 @@ fn parse_args() -> std::result::Result<(NodeConfig, String), String> {
 
 /// Prints every message, oldest first: keys sort by time, as the timestamp
 /// has a fixed width.
-async fn history(node: &NodeHandle<KvDoc>) -> Result<()> {
+async fn history(node: &Node<KvDoc>) -> Result<()> {
     for (key, texts) in node.with(DOC, |r| r.doc().entries()).await? {
         for text in texts {
             show(&key, &text);
@@ -140,7 +141,7 @@ async fn history(node: &NodeHandle<KvDoc>) -> Result<()> {
     Ok(())
 }
 
-async fn peers(node: &NodeHandle<KvDoc>) -> Result<()> {
+async fn peers(node: &Node<KvDoc>) -> Result<()> {
     let peers = node.peers().await?;
     if peers.is_empty() {
         println!("* nobody else is here");

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 
 use crdts::{CmRDT, CvRDT};
 use serde::{Deserialize, Serialize};
-use walrus::replica::{ActorId, Document, Replica, ReplicaOptions};
+use walrus::{ActorId, Document, Replica, ReplicaOptions};
 
 /// For each player, the best score ever reported. Merge = pointwise max, so
 /// any order of reports gives the same board.

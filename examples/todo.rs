@@ -40,8 +40,9 @@ use std::path::PathBuf;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast::error::RecvError;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle};
-use walrus::replica::{ActorId, Change, KvDoc, KvDocExt, KvOp, Origin};
+use walrus::net::Multiaddr;
+use walrus::replica::{KvOp, Origin};
+use walrus::{ActorId, Change, KvDoc, Node, NodeConfig, NodeEvent};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -112,7 +113,7 @@ fn parse_args() -> std::result::Result<NodeConfig, String> {
 }
 
 /// Runs one command line; `false` means quit.
-async fn command(node: &NodeHandle<KvDoc>, line: &str) -> Result<bool> {
+async fn command(node: &Node<KvDoc>, line: &str) -> Result<bool> {
     let (cmd, arg) = line.split_once(' ').map_or((line, ""), |(c, rest)| (c, rest.trim()));
     match (cmd, arg) {
         ("", _) => {}
@@ -149,7 +150,7 @@ async fn command(node: &NodeHandle<KvDoc>, line: &str) -> Result<bool> {
 
 /// Sets todo `id`, superseding every version of it this replica has seen;
 /// durable when this returns (then gossiped to peers).
-async fn write(node: &NodeHandle<KvDoc>, id: &str, done: bool, text: &str) -> Result<()> {
+async fn write(node: &Node<KvDoc>, id: &str, done: bool, text: &str) -> Result<()> {
     let key = format!("{PREFIX}{id}");
     let value = format!("{}|{text}", if done { "done" } else { "open" });
     let shown = describe(id, std::slice::from_ref(&value));
@@ -159,7 +160,7 @@ async fn write(node: &NodeHandle<KvDoc>, id: &str, done: bool, text: &str) -> Re
 }
 
 /// The one todo whose id starts with `prefix`: its full id and values.
-async fn find(node: &NodeHandle<KvDoc>, prefix: &str) -> Result<(String, Vec<String>)> {
+async fn find(node: &Node<KvDoc>, prefix: &str) -> Result<(String, Vec<String>)> {
     let mut hits: Vec<_> = todos(node).await?.into_iter().filter(|(id, _)| id.starts_with(prefix)).collect();
     match hits.len() {
         1 => Ok(hits.remove(0)),
@@ -169,13 +170,13 @@ async fn find(node: &NodeHandle<KvDoc>, prefix: &str) -> Result<(String, Vec<Str
 }
 
 /// Every todo: id and values (several after concurrent edits).
-async fn todos(node: &NodeHandle<KvDoc>) -> Result<Vec<(String, Vec<String>)>> {
+async fn todos(node: &Node<KvDoc>) -> Result<Vec<(String, Vec<String>)>> {
     let entries = node.with(DOC, |r| r.doc().entries()).await?;
     Ok(entries.into_iter().filter_map(|(k, v)| Some((k.strip_prefix(PREFIX)?.to_string(), v))).collect())
 }
 
 /// Prints the list: open todos first, then by text.
-async fn list(node: &NodeHandle<KvDoc>) -> Result<()> {
+async fn list(node: &Node<KvDoc>) -> Result<()> {
     let mut all = todos(node).await?;
     if all.is_empty() {
         println!("(no todos)");
@@ -187,7 +188,7 @@ async fn list(node: &NodeHandle<KvDoc>) -> Result<()> {
     Ok(())
 }
 
-async fn show_event(node: &NodeHandle<KvDoc>, event: NodeEvent<KvOp>) -> Result<()> {
+async fn show_event(node: &Node<KvDoc>, event: NodeEvent<KvOp>) -> Result<()> {
     match event {
         NodeEvent::PeerConnected { peer, addr } => println!("peer {peer} connected ({addr})"),
         NodeEvent::PeerDisconnected { peer } => println!("peer {peer} disconnected"),

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use walrus::wal::{SyncPolicy, Wal, WalOptions};
+use walrus::{SyncPolicy, Wal, WalOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;

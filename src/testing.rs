@@ -11,7 +11,7 @@
 //!   the same state, equal to the merge of the actors' states (operations
 //!   may be delivered before operations of *other* actors they were made
 //!   after: a [`Replica`] only guarantees per-actor order), also when the
-//!   operations go through a [`CausalBuffer`] with drops, duplicates and
+//!   operations go through a replica's causal buffer with drops, duplicates and
 //!   reordering before everything is delivered again;
 //! - a state survives a CBOR round trip (checkpoints and snapshots);
 //! - durable [`Replica`]s that write operations, receive each other's with
@@ -57,8 +57,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use crate::replica::{
-    ActorId, ActorKey, Catchup, CausalBuffer, CounterDoc, Document, Hlc, KvDoc, KvDocExt, Offer, OpEnvelope,
-    RegisterDoc, Replica, ReplicaOptions, SetDoc, VersionVector,
+    ActorId, ActorKey, Catchup, CausalBuffer, CounterDoc, Document, Hlc, KvDoc, Offer, OpEnvelope, RegisterDoc,
+    Replica, ReplicaOptions, SetDoc, VersionVector,
 };
 use crate::wal::{SyncPolicy, WalOptions};
 
@@ -556,8 +556,8 @@ pub fn replica_opts() -> ReplicaOptions {
     ReplicaOptions { wal, checkpoint_bytes: 2048, ..ReplicaOptions::default() }
 }
 
-/// Prepares `dir` for a replica with the given actor key (writes its
-/// [`ACTOR_FILE`](crate::replica::ACTOR_FILE)), so that runs are
+/// Prepares `dir` for a replica with the given actor key (writes its key
+/// file, `actor.key`), so that runs are
 /// reproducible; [`Replica::open`] then uses that key. Fails if `dir`
 /// already has a key.
 pub fn create_replica_dir(dir: &Path, key: &ActorKey) -> std::io::Result<()> {

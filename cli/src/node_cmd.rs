@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle, PeerId};
-use walrus::replica::{ActorId, Change, KvDoc, KvDocExt, KvOp, Origin, Recovered, ReplicaOptions, VersionVector};
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, PeerId};
+use walrus::replica::{ActorId, Change, KvDoc, KvOp, Origin, Recovered, ReplicaOptions, VersionVector};
 
 use crate::doc_cmd::{json_values, SEGMENT_SIZE};
 
@@ -237,7 +237,7 @@ fn key_and_rest(args: &str) -> (&str, &str) {
 }
 
 /// Runs one command line; false means stop.
-async fn command(node: &NodeHandle<KvDoc>, doc: &str, line: &str) -> bool {
+async fn command(node: &Node<KvDoc>, doc: &str, line: &str) -> bool {
     let (cmd, args) = key_and_rest(line.trim_start());
     match (cmd, args) {
         ("", _) => {}

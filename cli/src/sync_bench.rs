@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crdts::CmRDT;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeHandle, Traffic};
-use walrus::replica::{ActorId, ActorKey, KvDoc, KvDocExt, KvOp, OpEnvelope, Replica, ReplicaOptions};
+use walrus::net::{Multiaddr, Node, NodeConfig, Traffic};
+use walrus::replica::{ActorId, ActorKey, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions};
 use walrus::sync::{self, Limits};
 
 /// What the benchmark's steps return.
@@ -102,18 +102,18 @@ fn config(dir: &Path, peers: Vec<Multiaddr>) -> NodeConfig {
     cfg
 }
 
-async fn start(dir: &Path, peers: Vec<Multiaddr>) -> Result<(NodeHandle<KvDoc>, Multiaddr)> {
+async fn start(dir: &Path, peers: Vec<Multiaddr>) -> Result<(Node<KvDoc>, Multiaddr)> {
     let (node, _events) = Node::<KvDoc>::start(config(dir, peers)).await?;
     let addr = node.listen_addrs().await?.into_iter().next().ok_or("no listening address")?;
     Ok((node, addr))
 }
 
-fn total_traffic(nodes: &[NodeHandle<KvDoc>]) -> u64 {
+fn total_traffic(nodes: &[Node<KvDoc>]) -> u64 {
     nodes.iter().map(|n| n.traffic().sent).sum()
 }
 
 /// Waits until every node has applied `ops` operations in all.
-async fn await_total(nodes: &[NodeHandle<KvDoc>], ops: u64) -> Result<()> {
+async fn await_total(nodes: &[Node<KvDoc>], ops: u64) -> Result<()> {
     let mut events: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
@@ -140,7 +140,7 @@ async fn await_total(nodes: &[NodeHandle<KvDoc>], ops: u64) -> Result<()> {
 }
 
 /// Waits until every node has a peer that replicates the document.
-async fn await_peers(nodes: &[NodeHandle<KvDoc>]) -> Result<()> {
+async fn await_peers(nodes: &[Node<KvDoc>]) -> Result<()> {
     let mut events: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
@@ -164,7 +164,7 @@ async fn await_peers(nodes: &[NodeHandle<KvDoc>]) -> Result<()> {
 }
 
 /// Writes `ops` puts spread over `nodes`; returns the encoded bytes of all of them.
-async fn write_spread(nodes: &[NodeHandle<KvDoc>], ops: usize, w: Workload) -> Result<u64> {
+async fn write_spread(nodes: &[Node<KvDoc>], ops: usize, w: Workload) -> Result<u64> {
     let mut tasks = Vec::new();
     let streams = nodes.len() * WRITERS;
     for s in 0..streams {

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 
 use crdts::CmRDT;
 use serde_bytes::ByteBuf;
-use walrus::replica::{Catchup, KvDoc, KvOp, OpEnvelope, VersionVector};
-use walrus::sync::{self, Gossip, SyncRequest, SyncResponse};
-use walrus::wal::format::{
+use walrus::internals::format::{
     encode_frame, SegmentHeader, FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, KIND_MORE, MAX_PAYLOAD_LEN,
 };
+use walrus::replica::{Catchup, KvDoc, KvOp, OpEnvelope, VersionVector};
+use walrus::sync::{self, Gossip, SyncRequest, SyncResponse};
 use walrus::wal::{SyncPolicy, Wal, WalOptions};
 use walrus_fuzz::envelope::Edit;
 use walrus_fuzz::harness::{

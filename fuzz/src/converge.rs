@@ -38,8 +38,8 @@ use std::sync::OnceLock;
 
 use crdts::CmRDT;
 use walrus::replica::{
-    ActorKey, Catchup, Document, EnvelopeError, KvDoc, KvDocExt, KvOp, OpEnvelope, Replica, ReplicaError,
-    ReplicaOptions, VersionVector,
+    ActorKey, Catchup, Document, EnvelopeError, KvDoc, KvOp, OpEnvelope, Replica, ReplicaError, ReplicaOptions,
+    VersionVector,
 };
 use walrus::sync::{self, SyncRequest, SyncResponse};
 use walrus::wal::{SyncPolicy, WalOptions};

@@ -64,9 +64,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde_bytes::ByteBuf;
+use walrus::internals::ACTOR_FILE;
 use walrus::replica::{
-    ActorId, ActorKey, Document, Dot, KvDoc, KvDocExt, KvOp, OpEnvelope, Received, Replica, ReplicaError,
-    ReplicaOptions, Signature, VersionVector, ACTOR_FILE,
+    ActorId, ActorKey, Document, Dot, KvDoc, KvOp, OpEnvelope, Received, Replica, ReplicaError, ReplicaOptions,
+    Signature, VersionVector,
 };
 use walrus::sync::{self, Limits, SyncError};
 use walrus::wal::{SyncPolicy, WalOptions};

@@ -13,7 +13,7 @@
 //! as a segment header; if that succeeds, the bytes after the header are
 //! decoded as frames with the header's salt, as a segment reader would.
 
-use walrus::wal::format::{
+use walrus::internals::format::{
     check_header, decode_frame, encode_frame, Decoded, FrameError, HeaderError, SegmentHeader, FLAG_SYNCED_BEFORE,
     FRAME_HEADER_LEN, KIND_LAST, KIND_MORE, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN,
 };

@@ -33,7 +33,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use walrus::wal::format::{encode_frame, SegmentHeader, MAX_LSN};
+use walrus::internals::format::{encode_frame, SegmentHeader, MAX_LSN};
 use walrus::wal::{Error, LogReader, Lsn, Record, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
 use crate::Bytes;

@@ -29,9 +29,9 @@ pub enum NodeError {
     /// A file of the data directory could not be created, written or read.
     #[error(transparent)]
     Storage(#[from] crate::wal::Error),
-    /// Another node holds the data directory (its lock file,
-    /// [`LOCK_FILE`](super::LOCK_FILE)): a data directory is one node's,
-    /// since two nodes on it would share one peer id.
+    /// Another node holds the data directory (its lock file, `LOCK`): a
+    /// data directory is one node's, since two nodes on it would share one
+    /// peer id.
     #[error("data directory {} is locked by another node{}", dir.display(), holder(*pid))]
     Locked {
         /// The data directory.

@@ -13,14 +13,14 @@
 //! many faults are banned for a while ([`NodeEvent::PeerBanned`]).
 //! docs/PROTOCOL.md §12 has the rules.
 //!
-//! A data directory serves one node at a time: a node holds a lock on
-//! [`LOCK_FILE`] in it while it runs ([`NodeError::Locked`] for another).
+//! A data directory serves one node at a time: a node holds a lock on the
+//! file `LOCK` in it while it runs ([`NodeError::Locked`] for another).
 //! A document whose log cannot be written (a full disk) is reopened by the
 //! node itself, with backoff ([`NodeEvent::DocumentFailed`]).
 //!
 //! ```no_run
 //! use walrus::net::{Node, NodeConfig};
-//! use walrus::replica::{KvDoc, KvDocExt};
+//! use walrus::replica::KvDoc;
 //! # async fn run() -> Result<(), walrus::net::NodeError> {
 //! let mut cfg = NodeConfig::new("/var/lib/myapp/walrus");
 //! cfg.docs = vec!["todos".into()];
@@ -35,16 +35,16 @@
 //! ```
 
 mod admission;
-mod behaviour;
-mod codec;
+pub(crate) mod behaviour;
+pub(crate) mod codec;
 mod config;
 mod dialer;
 mod doc_workers;
 mod driver;
 mod error;
 mod event;
-mod identity;
-mod lock;
+pub(crate) mod identity;
+pub(crate) mod lock;
 mod node;
 mod pulls;
 mod queued;
@@ -57,16 +57,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc};
 use tracing::info;
 
-pub use behaviour::{IDENTIFY_VERSION, TOPIC_PREFIX};
-pub use codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL};
 pub use config::{check_local_doc_name, NodeConfig};
 pub use error::NodeError;
 pub use event::{NodeEvent, PeerInfo};
-pub use identity::{read_psk_file, IDENTITY_FILE};
+pub use identity::read_psk_file;
+use identity::IDENTITY_FILE;
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
-pub use lock::LOCK_FILE;
-pub use node::NodeHandle;
+pub use node::Node;
 pub use traffic::Traffic;
 
 use crate::replica::Document;
@@ -74,9 +72,6 @@ use crate::wal::durable::{self, Files};
 
 /// Events buffered per subscriber before it lags.
 const EVENT_CAPACITY: usize = 4096;
-
-/// Starts nodes; see [`Node::start`].
-pub struct Node<D>(std::marker::PhantomData<D>);
 
 impl<D: Document> Node<D> {
     /// Starts a node: locks `cfg.data_dir` for as long as the node runs
@@ -86,9 +81,7 @@ impl<D: Document> Node<D> {
     /// Returns once every listener has its first address; the receiver
     /// already holds the `Listening` events. Must be called within a tokio
     /// runtime.
-    pub async fn start(
-        cfg: NodeConfig,
-    ) -> Result<(NodeHandle<D>, broadcast::Receiver<NodeEvent<D::Operation>>), NodeError> {
+    pub async fn start(cfg: NodeConfig) -> Result<(Node<D>, broadcast::Receiver<NodeEvent<D::Operation>>), NodeError> {
         for doc in &cfg.docs {
             check_local_doc_name(doc)?;
         }
@@ -144,7 +137,7 @@ impl<D: Document> Node<D> {
             driver.add_configured(addr.clone());
         }
         tokio::spawn(driver.run(control_rx, from_docs_rx));
-        let handle = NodeHandle { peer_id, control: control_tx, docs, events, counters };
+        let handle = Node { peer_id, control: control_tx, docs, events, counters };
         for doc in &cfg.docs {
             if let Err(e) = handle.open_doc(doc).await {
                 // Leave nothing running behind a failed start.

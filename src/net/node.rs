@@ -1,4 +1,4 @@
-//! The cloneable handle an app drives a node with, and the requests it
+//! The node an app drives (a cloneable handle), and the requests it
 //! sends to the task driving the swarm.
 
 use std::collections::HashMap;
@@ -16,7 +16,7 @@ use crate::replica::{Document, OpEnvelope, Replica};
 
 pub(crate) type DocSenders<D> = Arc<Mutex<HashMap<String, mpsc::Sender<DocCmd<D>>>>>;
 
-/// What a [`NodeHandle`] asks of the task driving the swarm.
+/// What a [`Node`] asks of the task driving the swarm.
 pub(crate) enum Control<D: Document> {
     OpenDoc {
         name: String,
@@ -57,8 +57,9 @@ pub(crate) enum Control<D: Document> {
     },
 }
 
-/// A cloneable handle to a running node.
-pub struct NodeHandle<D: Document> {
+/// A running node, started with [`Node::start`]: a cloneable handle to it
+/// (every clone drives the same node).
+pub struct Node<D: Document> {
     pub(crate) peer_id: PeerId,
     pub(crate) control: mpsc::UnboundedSender<Control<D>>,
     pub(crate) docs: DocSenders<D>,
@@ -66,9 +67,9 @@ pub struct NodeHandle<D: Document> {
     pub(crate) counters: Arc<Counters>,
 }
 
-impl<D: Document> Clone for NodeHandle<D> {
+impl<D: Document> Clone for Node<D> {
     fn clone(&self) -> Self {
-        NodeHandle {
+        Node {
             peer_id: self.peer_id,
             control: self.control.clone(),
             docs: self.docs.clone(),
@@ -78,7 +79,7 @@ impl<D: Document> Clone for NodeHandle<D> {
     }
 }
 
-impl<D: Document> NodeHandle<D> {
+impl<D: Document> Node<D> {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id

@@ -30,7 +30,7 @@ impl<D: Document> Replica<D> {
     /// as stored (each the encoding [`OpEnvelope::encode`] gives), ready to
     /// send without decoding and re-encoding them; `None` means a snapshot
     /// is needed.
-    pub fn encoded_ops_since(
+    pub(crate) fn encoded_ops_since(
         &self,
         theirs: &VersionVector,
         byte_budget: usize,

@@ -39,20 +39,6 @@ pub struct BufferFull {
 }
 
 /// Holds operations that arrived before their predecessors.
-///
-/// ```
-/// use walrus::replica::{ActorId, CausalBuffer, Offer, OpEnvelope, VersionVector};
-/// let key = walrus::replica::ActorKey::from_seed([7; 32]);
-/// let a = key.actor();
-/// let env = |seq| OpEnvelope::signed(&key, "doc", seq, format!("op {seq}")).unwrap();
-/// let mut applied = VersionVector::default();
-/// let mut buf = CausalBuffer::new(100);
-/// assert_eq!(buf.offer(env(2), &applied), Ok(Offer::Buffered));
-/// let Ok(Offer::Ready(ops)) = buf.offer(env(1), &applied) else { panic!() };
-/// assert_eq!(ops.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
-/// applied.observe(a, 2);
-/// assert_eq!(buf.offer(env(1), &applied), Ok(Offer::Duplicate));
-/// ```
 #[derive(Debug)]
 pub struct CausalBuffer<O> {
     /// Per actor, by sequence number: the operation and its size.
@@ -90,6 +76,8 @@ impl<O> CausalBuffer<O> {
     }
 
     /// Bytes held (the sum of the sizes given to [`offer_sized`](Self::offer_sized)).
+    // For the unit tests and `crate::internals`.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -100,11 +88,16 @@ impl<O> CausalBuffer<O> {
     }
 
     /// True if nothing is held.
+    // The replica asks `len`; this is for the unit tests and `crate::internals`.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.held == 0
     }
 
     /// Decides what to do with `env`, given the operations already applied.
+    // The replica offers sized operations; this is for `crate::testing`,
+    // the unit tests and `crate::internals`.
+    #[cfg_attr(not(any(feature = "internals", feature = "testing")), allow(dead_code))]
     pub fn offer(&mut self, env: OpEnvelope<O>, applied: &VersionVector) -> Result<Offer<O>, BufferFull> {
         self.offer_sized(env, applied, 0)
     }
@@ -211,6 +204,20 @@ mod tests {
             sig: crate::replica::Signature([0; 64]),
             succeeds: None,
         }
+    }
+
+    #[test]
+    fn holds_early_operations_until_their_predecessors_come() {
+        let key = crate::replica::ActorKey::from_seed([7; 32]);
+        let a = key.actor();
+        let env = |seq| OpEnvelope::signed(&key, "doc", seq, format!("op {seq}")).unwrap();
+        let mut applied = VersionVector::default();
+        let mut buf = CausalBuffer::new(100);
+        assert_eq!(buf.offer(env(2), &applied), Ok(Offer::Buffered));
+        let Ok(Offer::Ready(ops)) = buf.offer(env(1), &applied) else { panic!("1 then 2 should be ready") };
+        assert_eq!(ops.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        applied.observe(a, 2);
+        assert_eq!(buf.offer(env(1), &applied), Ok(Offer::Duplicate));
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub enum Catchup<D: Document> {
     },
 }
 
-/// What [`Replica::receive`] did with a set of operations.
+/// What [`Replica::receive`](super::Replica::receive) did with a set of operations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Received {
     /// Applied now (including buffered ones they unblocked).
@@ -59,7 +59,7 @@ pub struct Received {
     pub buffered: usize,
     /// Already known.
     pub duplicates: usize,
-    /// Operations of actors not in [`ReplicaOptions::writers`], skipped
+    /// Operations of actors not in [`ReplicaOptions::writers`](super::ReplicaOptions::writers), skipped
     /// (every replica with the same list skips the same ones; they are not
     /// an error, so peers whose logs still hold them are not at fault).
     pub not_writers: usize,

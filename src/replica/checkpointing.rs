@@ -59,8 +59,9 @@ impl<D: Document> Replica<D> {
     /// Test hook: make the next checkpoints stop after `step` steps (1:
     /// header written, 2: body written, 3: temp file synced, 4: renamed),
     /// as if the process crashed there.
-    #[doc(hidden)]
-    pub fn set_checkpoint_crash_point(&mut self, step: Option<u8>) {
+    // Called through `crate::internals` only (by the crash tests).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn set_checkpoint_crash_point(&mut self, step: Option<u8>) {
         self.checkpoint_stop = step;
     }
 }

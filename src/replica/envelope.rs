@@ -27,7 +27,8 @@ pub struct OpEnvelope<O> {
     pub seq: u64,
     /// The CRDT operation.
     pub op: O,
-    /// The author's signature of [`signing_bytes`]`(document, actor, seq, op)`.
+    /// The author's signature of the document id, `actor`, `seq` and `op`
+    /// (the bytes are in `docs/REPLICA.md`, "Signature").
     pub sig: Signature,
     /// On the first operation of an actor that replaced a retired one: the
     /// retired actor's certificate naming it (see [`Succession`]). `sig`

@@ -105,7 +105,7 @@ pub enum KvOp {
 /// removes only the values it saw.
 ///
 /// ```
-/// use walrus::replica::{ActorId, KvDoc, KvDocExt};
+/// use walrus::replica::{ActorId, KvDoc};
 /// use crdts::CmRDT;
 /// let (a, b) = (ActorId([1; 32]), ActorId([2; 32]));
 /// let mut phone = KvDoc::default();
@@ -123,19 +123,6 @@ pub enum KvOp {
 pub struct KvDoc {
     entries: BTreeMap<String, BTreeMap<Dot, String>>,
     context: CausalContext,
-}
-
-/// Building and reading [`KvDoc`] operations.
-pub trait KvDocExt {
-    /// Operation setting `key` to `value`, superseding every value seen.
-    fn put_op(&self, actor: ActorId, key: &str, value: &str) -> KvOp;
-    /// Operation deleting `key` (values written concurrently survive).
-    fn del_op(&self, key: &str) -> KvOp;
-    /// Current values of `key`, sorted: one normally, several after
-    /// concurrent writes, none if absent.
-    fn values_of(&self, key: &str) -> Vec<String>;
-    /// All keys with their values, sorted.
-    fn entries(&self) -> BTreeMap<String, Vec<String>>;
 }
 
 impl KvDoc {
@@ -158,23 +145,29 @@ impl KvDoc {
     }
 }
 
-impl KvDocExt for KvDoc {
-    fn put_op(&self, actor: ActorId, key: &str, value: &str) -> KvOp {
+/// Building and reading operations.
+impl KvDoc {
+    /// Operation setting `key` to `value`, superseding every value seen.
+    pub fn put_op(&self, actor: ActorId, key: &str, value: &str) -> KvOp {
         let dot = Dot { actor, counter: self.context.upto(&actor).saturating_add(1) };
         KvOp::Put { key: key.to_string(), dot, value: value.to_string(), seen: self.seen(key) }
     }
 
-    fn del_op(&self, key: &str) -> KvOp {
+    /// Operation deleting `key` (values written concurrently survive).
+    pub fn del_op(&self, key: &str) -> KvOp {
         KvOp::Del { key: key.to_string(), seen: self.seen(key) }
     }
 
-    fn values_of(&self, key: &str) -> Vec<String> {
+    /// Current values of `key`, sorted: one normally, several after
+    /// concurrent writes, none if absent.
+    pub fn values_of(&self, key: &str) -> Vec<String> {
         let mut v: Vec<String> = self.entries.get(key).map(|vals| vals.values().cloned().collect()).unwrap_or_default();
         v.sort();
         v
     }
 
-    fn entries(&self) -> BTreeMap<String, Vec<String>> {
+    /// All keys with their values, sorted.
+    pub fn entries(&self) -> BTreeMap<String, Vec<String>> {
         self.entries
             .iter()
             .map(|(k, vals)| {

@@ -6,23 +6,23 @@
 //! (actor, per-actor sequence number, op, the actor's signature), written to
 //! the log and made durable before it is applied. The actor id is the
 //! public half of the replica's [`ActorKey`]; remote operations are checked
-//! against it before they are buffered or logged. Remote operations go through a
-//! [`CausalBuffer`] so each actor's operations apply in order. A
+//! against it before they are buffered or logged. Remote operations wait in a
+//! bounded buffer until each actor's earlier operations have applied. A
 //! [`VersionVector`] says what was applied; [`Replica::ops_since`] answers
 //! what a peer is missing, falling back to a snapshot when the log was
 //! truncated by a checkpoint.
 
 mod actor;
 mod catchup;
-mod causal;
+pub(crate) mod causal;
 mod change;
 mod checkpoint;
 mod checkpointing;
 mod clock;
-mod dir;
+pub(crate) mod dir;
 mod docs;
-mod document;
-mod envelope;
+pub(crate) mod document;
+pub(crate) mod envelope;
 mod error;
 mod index;
 mod key;
@@ -41,17 +41,18 @@ mod view;
 mod write;
 
 pub use actor::{ActorId, ParseActorIdError, ACTOR_ID_LEN};
-pub use causal::{BufferFull, CausalBuffer, Offer};
+pub use causal::BufferFull;
+pub(crate) use causal::{CausalBuffer, Offer};
 pub use change::{Catchup, Change, Equivocation, Origin, Received};
 pub use checkpoint::checkpointed_lsn;
 pub use clock::VersionVector;
-pub use dir::{ACTOR_FILE, DOCUMENT_FILE, WAL_DIR};
+pub(crate) use dir::{ACTOR_FILE, WAL_DIR};
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
-pub use document::{canonical_cbor, Document};
-pub use envelope::{signing_bytes, EnvelopeError, OpEnvelope, Signature};
+pub use document::Document;
+pub use envelope::{EnvelopeError, OpEnvelope, Signature};
 pub use error::{ReplicaError, Result};
 pub use key::{ActorKey, KeyError};
-pub use kv::{CausalContext, Dot, KvDoc, KvDocExt, KvOp};
+pub use kv::{CausalContext, Dot, KvDoc, KvOp};
 pub use load::Recovered;
 pub use options::ReplicaOptions;
 pub use replica::Replica;

@@ -28,7 +28,7 @@ pub struct ReplicaOptions {
     /// Most bytes of early operations held at once (their encoded size).
     pub buffer_bytes: usize,
     /// The document id that every operation's signature binds (see
-    /// [`signing_bytes`](super::signing_bytes)). All replicas of a document
+    /// "Signature" in `docs/REPLICA.md`). All replicas of a document
     /// must use the same id; `walrus::net` uses the document name. It is
     /// stored in the replica directory when the replica is created (`None`
     /// then means `""`); opening it later with another id is an error, and

@@ -41,7 +41,7 @@ pub(super) struct PendingRetire {
 /// A durable replica of one document.
 ///
 /// ```
-/// use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
+/// use walrus::replica::{KvDoc, Replica, ReplicaOptions};
 /// let dir = tempfile::tempdir()?;
 /// let mut r: Replica<KvDoc> = Replica::open(dir.path(), ReplicaOptions::default())?;
 /// r.update(|doc, actor| doc.put_op(actor, "greeting", "hello"))?; // durable on return
@@ -298,7 +298,7 @@ impl<D: Document> Replica<D> {
 
     /// The equivocations [`receive`](Self::receive) found since the last
     /// call (at most 1024 are kept), including those in calls that
-    /// returned an error, whose [`Received`] report was lost.
+    /// returned an error, whose [`Received`](super::Received) report was lost.
     pub fn take_equivocations(&mut self) -> Vec<Equivocation> {
         std::mem::take(&mut self.equivocations)
     }

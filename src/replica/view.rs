@@ -20,7 +20,7 @@ const ATTEMPTS: usize = 5;
 /// checkpoint plus the log records that were durable when it was opened.
 ///
 /// ```
-/// use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions, ReplicaView};
+/// use walrus::replica::{KvDoc, Replica, ReplicaOptions, ReplicaView};
 /// let dir = tempfile::tempdir()?;
 /// let mut r: Replica<KvDoc> = Replica::open(dir.path(), ReplicaOptions::default())?;
 /// r.update(|doc, actor| doc.put_op(actor, "k", "v"))?;

@@ -60,7 +60,7 @@ impl<D: Document> Replica<D> {
     /// subscribers and before this returns.
     ///
     /// ```
-    /// use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
+    /// use walrus::replica::{KvDoc, Replica, ReplicaOptions};
     /// let dir = tempfile::tempdir()?;
     /// let mut r: Replica<KvDoc> = Replica::open(dir.path(), ReplicaOptions::default())?;
     /// let makers = (0..3).map(|i| move |d: &KvDoc, a| d.put_op(a, &format!("k{i}"), "v"));
@@ -169,7 +169,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use crate::replica::{Change, KvDoc, KvDocExt, Origin, Replica, ReplicaOptions};
+    use crate::replica::{Change, KvDoc, Origin, Replica, ReplicaOptions};
     use crate::wal::{FaultInjector, FileOp, Injected, WalOptions};
 
     /// While armed, fails the creation of checkpoint files.

@@ -266,7 +266,7 @@ pub fn gossip_messages<O: serde::Serialize>(doc: &str, ops: &[OpEnvelope<O>], ma
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::{KvDoc, KvDocExt, ReplicaOptions};
+    use crate::replica::{KvDoc, ReplicaOptions};
 
     fn open(dir: &std::path::Path) -> Replica<KvDoc> {
         Replica::open(dir, ReplicaOptions::default()).unwrap()

@@ -10,7 +10,7 @@
 //! guarantees convergence; gossip only makes it fast.
 //!
 //! ```
-//! use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
+//! use walrus::replica::{KvDoc, Replica, ReplicaOptions};
 //! use walrus::sync::{apply_response, request, respond, Limits};
 //! let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
 //! let mut a: Replica<KvDoc> = Replica::open(da.path(), ReplicaOptions::default())?;

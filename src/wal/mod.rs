@@ -8,6 +8,13 @@
 //! [`Error::Corrupt`] naming the segment and offset. The byte layout is in
 //! `docs/FORMAT.md`.
 //!
+//! Offline tools: [`LogReader`] reads a log without taking it over, and
+//! [`plan_repair`] and [`repair`] say what a repair would discard and do
+//! it. Testing aids for your own crash tests: a [`FaultInjector`] installed
+//! with [`WalOptions::with_faults`] sees every file operation of the log and
+//! can fail it, and [`PowerLoss`] is one that simulates a power cut (what
+//! was not synced may be lost or torn).
+//!
 //! ```
 //! use walrus::wal::{SyncPolicy, Wal, WalOptions};
 //!
@@ -27,7 +34,7 @@
 pub(crate) mod durable;
 mod error;
 mod fault;
-pub mod format;
+pub(crate) mod format;
 mod power_loss;
 mod reader;
 mod recovery;
@@ -139,7 +146,7 @@ pub struct WalOptions {
     pub buffer_size: usize,
     /// What to do about damaged records.
     pub recovery: RecoveryMode,
-    /// Failure injection for tests.
+    /// Failure injection for tests ([`FaultInjector`], [`PowerLoss`]).
     pub faults: Option<Arc<dyn FaultInjector>>,
 }
 

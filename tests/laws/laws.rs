@@ -6,7 +6,7 @@
 use crdts::{CmRDT, CvRDT};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use walrus::replica::{ActorKey, CounterDoc, Document, KvDoc, KvDocExt, KvOp, RegisterDoc, SetDoc};
+use walrus::replica::{ActorKey, CounterDoc, Document, KvDoc, KvOp, RegisterDoc, SetDoc};
 use walrus::testing::{check_convergence_seed, check_laws_seed, counter_op, kv_op, register_op, set_op};
 
 /// The saved failing seeds sit next to this file (proptest's default would

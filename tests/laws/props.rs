@@ -18,9 +18,10 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use quickcheck::QuickCheck;
+use walrus::internals::{set_checkpoint_crash_point, ACTOR_FILE};
 use walrus::replica::{
     ActorKey, Catchup, CounterDoc, Document, KvDoc, OpEnvelope, RegisterDoc, Replica, ReplicaOptions, SetDoc,
-    VersionVector, ACTOR_FILE,
+    VersionVector,
 };
 use walrus::testing::{
     check_case, create_replica_dir, history, replica_opts, Case, CounterOps, KvOps, OpGen, RegisterOps, Rng, SetOps,
@@ -203,11 +204,11 @@ fn crash_during_checkpoint<D: Document>(gen: &impl OpGen<D>, seed: u64, step: u8
     let mut r: Replica<D> = open(d.path(), 9, &o);
     for (i, ev) in events.iter().enumerate() {
         if i == crash_from {
-            r.set_checkpoint_crash_point(Some(step));
+            set_checkpoint_crash_point(&mut r, Some(step));
         }
         play(&mut r, gen, ev);
     }
-    r.set_checkpoint_crash_point(Some(step));
+    set_checkpoint_crash_point(&mut r, Some(step));
     let acknowledged = state(&r);
     r.checkpoint().expect("interrupted checkpoint");
     drop(r); // the crash
@@ -451,7 +452,7 @@ fn crash_during_checkpoint_with_fsync() {
             }
         }
         let acknowledged = state(&r);
-        r.set_checkpoint_crash_point(Some(step));
+        set_checkpoint_crash_point(&mut r, Some(step));
         r.checkpoint().unwrap();
         drop(r);
         let r: Replica<KvDoc> = Replica::open(d.path(), o).unwrap();

@@ -14,22 +14,20 @@ use crate::common::{config, del, put, start, values, within, Ev, Events, DOC, SY
 use crdts::CmRDT;
 use futures::future::join_all;
 use tokio::time::Instant;
-use walrus::net::{Multiaddr, NodeEvent, NodeHandle, PeerId};
-use walrus::replica::{
-    ActorId, ActorKey, Catchup, Change, Document, KvDoc, KvDocExt, KvOp, OpEnvelope, Origin, VersionVector,
-};
+use walrus::net::{Multiaddr, Node, NodeEvent, PeerId};
+use walrus::replica::{ActorId, ActorKey, Catchup, Change, Document, KvDoc, KvOp, OpEnvelope, Origin, VersionVector};
 
-async fn state(node: &NodeHandle<KvDoc>) -> (VersionVector, Vec<u8>) {
+async fn state(node: &Node<KvDoc>) -> (VersionVector, Vec<u8>) {
     node.with(DOC, |r| (r.clock().clone(), r.doc().canonical())).await.expect("node answers")
 }
 
-async fn actor(node: &NodeHandle<KvDoc>) -> ActorId {
+async fn actor(node: &Node<KvDoc>) -> ActorId {
     node.with(DOC, |r| r.actor()).await.expect("node answers")
 }
 
 /// Waits until every node's clock is `want`, then checks that their
 /// canonical states are byte-identical; returns that state.
-async fn converge(nodes: &[&NodeHandle<KvDoc>], events: &mut Events, want: &VersionVector) -> Vec<u8> {
+async fn converge(nodes: &[&Node<KvDoc>], events: &mut Events, want: &VersionVector) -> Vec<u8> {
     let deadline = Instant::now() + WAIT;
     loop {
         let mut states = Vec::new();
@@ -119,7 +117,7 @@ fn bytes(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
 /// `rounds` rounds of `per_round` concurrent random puts (70%) and deletes
 /// on keys `k0..k{keys}`; returns the acknowledged envelopes.
 async fn random_writes(
-    node: NodeHandle<KvDoc>,
+    node: Node<KvDoc>,
     seed: u64,
     rounds: usize,
     per_round: usize,
@@ -174,7 +172,7 @@ async fn five_nodes_converge() {
         let want = writes.clock();
         assert_eq!(want.len(), 5, "one actor per node");
         assert_eq!(want.total(), 300);
-        let refs: Vec<&NodeHandle<KvDoc>> = nodes.iter().collect();
+        let refs: Vec<&Node<KvDoc>> = nodes.iter().collect();
         let canonical = converge(&refs, &mut events, &want).await;
         assert_eq!(canonical, writes.oracle(), "replicas differ from the acknowledged writes applied in order");
         for n in &nodes {
@@ -218,7 +216,7 @@ async fn five_nodes_converge() {
 
 /// Waits until node `isolated` has no connection and no other node is
 /// connected to it.
-async fn wait_isolated(nodes: &[&NodeHandle<KvDoc>], isolated: usize, events: &mut Events) {
+async fn wait_isolated(nodes: &[&Node<KvDoc>], isolated: usize, events: &mut Events) {
     let id = nodes[isolated].peer_id();
     let deadline = Instant::now() + WAIT;
     loop {

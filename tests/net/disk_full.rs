@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::common::{config, put, start, values, wait_value, within, Events, DOC, WAIT};
 use tokio::sync::watch;
 use walrus::net::{NodeError, NodeEvent};
-use walrus::replica::{KvDocExt, ReplicaError};
+use walrus::replica::ReplicaError;
 use walrus::wal::{self, FaultInjector, FileOp, Injected};
 
 /// A disk that, while full, fails every write and every sync (so that a

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeError, NodeEvent, NodeHandle};
-use walrus::replica::{KvDoc, KvDocExt, KvOp};
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeError, NodeEvent};
+use walrus::replica::{KvDoc, KvOp};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn start(dir: &std::path::Path, docs: &[&str], peers: Vec<Multiaddr>) -> (NodeHandle<KvDoc>, Multiaddr) {
+async fn start(dir: &std::path::Path, docs: &[&str], peers: Vec<Multiaddr>) -> (Node<KvDoc>, Multiaddr) {
     let mut cfg = NodeConfig::new(dir);
     cfg.docs = docs.iter().map(|d| d.to_string()).collect();
     cfg.peers = peers;
@@ -20,13 +20,13 @@ async fn start(dir: &std::path::Path, docs: &[&str], peers: Vec<Multiaddr>) -> (
     (node, addr)
 }
 
-async fn values(node: &NodeHandle<KvDoc>, doc: &str, key: &str) -> Vec<String> {
+async fn values(node: &Node<KvDoc>, doc: &str, key: &str) -> Vec<String> {
     let key = key.to_string();
     node.with(doc, move |r| r.doc().values_of(&key)).await.unwrap()
 }
 
 /// Waits until `doc` on `node` has `key` = `value`, on events only.
-async fn await_value(node: &NodeHandle<KvDoc>, doc: &str, key: &str, value: &str) {
+async fn await_value(node: &Node<KvDoc>, doc: &str, key: &str, value: &str) {
     let mut events = node.subscribe();
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while values(node, doc, key).await != [value] {
@@ -38,7 +38,7 @@ async fn await_value(node: &NodeHandle<KvDoc>, doc: &str, key: &str, value: &str
     }
 }
 
-async fn put(node: &NodeHandle<KvDoc>, doc: &str, key: &str, value: &str) {
+async fn put(node: &Node<KvDoc>, doc: &str, key: &str, value: &str) {
     let (k, v) = (key.to_string(), value.to_string());
     node.update(doc, move |d, a| d.put_op(a, &k, &v)).await.unwrap();
 }
@@ -62,7 +62,7 @@ async fn documents_replicate_only_with_peers_that_have_them() {
 
     // The hub knows who has what.
     let peers = hub.peers().await.unwrap();
-    let docs_of = |p: &NodeHandle<KvDoc>| peers.iter().find(|i| i.peer == p.peer_id()).map(|i| i.docs.clone());
+    let docs_of = |p: &Node<KvDoc>| peers.iter().find(|i| i.peer == p.peer_id()).map(|i| i.docs.clone());
     assert_eq!(docs_of(&notes_only), Some(vec!["notes".to_string()]));
     assert_eq!(docs_of(&todos_only), Some(vec!["todos".to_string()]));
 

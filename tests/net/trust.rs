@@ -15,8 +15,8 @@ use crate::common::{
     banned, config, connected, disconnected, faulted, put, start, values, wait_value, within, Ev, Events, DOC,
 };
 use tokio::time::Instant;
-use walrus::net::{Multiaddr, Node, NodeError, NodeEvent, NodeHandle, PeerId, PreSharedKey};
-use walrus::replica::{KvDoc, KvDocExt, VersionVector};
+use walrus::net::{Multiaddr, Node, NodeError, NodeEvent, PeerId, PreSharedKey};
+use walrus::replica::{KvDoc, VersionVector};
 use walrus::sync::{encode, Gossip, SyncRequest, SyncResponse};
 
 /// `addr` without its `/p2p/<peer id>` suffix.
@@ -228,7 +228,7 @@ async fn a_request_flood_gets_the_peer_banned_while_others_sync() {
 /// `round` makes the gossip unique (gossipsub drops repeated messages).
 async fn misbehave_until_banned(
     bad: &Client,
-    a: &NodeHandle<KvDoc>,
+    a: &Node<KvDoc>,
     events: &mut Events,
     idx: usize,
     round: u8,

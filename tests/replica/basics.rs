@@ -3,8 +3,8 @@
 
 use crate::helpers::{open, opts};
 use walrus::replica::{
-    ActorKey, Catchup, Change, CounterDoc, Document, KvDoc, KvDocExt, OpEnvelope, Origin, Replica, ReplicaError,
-    ReplicaOptions, VersionVector,
+    ActorKey, Catchup, Change, CounterDoc, Document, KvDoc, OpEnvelope, Origin, Replica, ReplicaError, ReplicaOptions,
+    VersionVector,
 };
 
 /// Pulls everything `to` is missing from `from`, page by page.

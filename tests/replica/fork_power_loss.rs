@@ -53,7 +53,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::helpers::{actor_of, copy_dir, env_u64, roll_back_in_place, scratch_dir, values};
-use walrus::replica::{ActorId, Catchup, Document, KvDoc, KvDocExt, Replica, ReplicaOptions};
+use walrus::replica::{ActorId, Catchup, Document, KvDoc, Replica, ReplicaOptions};
 use walrus::wal::{PowerLoss, SyncPolicy, WalOptions};
 
 const REPLICA: &str = "r";

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use walrus::replica::{ActorId, ActorKey, KvDoc, KvDocExt, Replica, ReplicaOptions};
+use walrus::replica::{ActorId, ActorKey, KvDoc, Replica, ReplicaOptions};
 use walrus::wal::{SyncPolicy, WalOptions};
 
 /// Batched syncs, 4 KiB segments without preallocation (so a few writes

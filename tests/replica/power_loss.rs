@@ -50,9 +50,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::helpers::{actor_of, env_u64, scratch_dir};
-use walrus::replica::{
-    ActorId, ActorKey, KvDoc, KvDocExt, OpEnvelope, Recovered, Replica, ReplicaOptions, RetireReason,
-};
+use walrus::replica::{ActorId, ActorKey, KvDoc, OpEnvelope, Recovered, Replica, ReplicaOptions, RetireReason};
 use walrus::wal::{CrashSummary, PowerLoss, SyncPolicy, WalOptions};
 
 const SEGMENT: u64 = 4096;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::helpers::{open, opts};
-use walrus::replica::{Catchup, KvDoc, KvDocExt, Recovered, Replica, ReplicaError, ReplicaView, VersionVector};
+use walrus::replica::{Catchup, KvDoc, Recovered, Replica, ReplicaError, ReplicaView, VersionVector};
 use walrus::wal::{LogReader, WalOptions};
 
 fn put_many(r: &mut Replica<KvDoc>, prefix: &str, n: usize) {
@@ -182,7 +182,7 @@ fn a_crash_at_any_checkpoint_step_loses_nothing_and_keeps_two_generations() {
         r.checkpoint().unwrap();
         put_many(&mut r, "c", 120);
         let acknowledged = state(&r);
-        r.set_checkpoint_crash_point(Some(step));
+        walrus::internals::set_checkpoint_crash_point(&mut r, Some(step));
         r.checkpoint().unwrap();
         drop(r);
         let mut r = open(d.path());

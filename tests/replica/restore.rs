@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::helpers::{copy_dir, roll_back_in_place, values};
-use walrus::replica::{ActorId, Catchup, Document, KvDoc, KvDocExt, Recovered, Replica, ReplicaOptions, RetireReason};
+use walrus::replica::{ActorId, Catchup, Document, KvDoc, Recovered, Replica, ReplicaOptions, RetireReason};
 use walrus::wal::{SyncPolicy, WalOptions};
 
 fn opts(writers: Option<BTreeSet<ActorId>>) -> ReplicaOptions {

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use walrus::replica::{
-    ActorKey, Catchup, Document, Dot, EnvelopeError, Equivocation, KvDoc, KvDocExt, KvOp, OpEnvelope, Replica,
-    ReplicaError, ReplicaOptions, VersionVector,
+    ActorKey, Catchup, Document, Dot, EnvelopeError, Equivocation, KvDoc, KvOp, OpEnvelope, Replica, ReplicaError,
+    ReplicaOptions, VersionVector,
 };
 use walrus::wal::{SyncPolicy, WalOptions};
 
@@ -290,7 +290,7 @@ fn document_ids_are_checked_before_they_are_stored() {
         let err =
             Replica::<KvDoc>::open(d.path(), ReplicaOptions { document: Some(bad), ..opts() }).err().expect("refused");
         assert!(matches!(err, ReplicaError::InvalidDocumentId(_)), "{err}");
-        assert!(!d.path().join(walrus::replica::DOCUMENT_FILE).exists());
+        assert!(!d.path().join(walrus::internals::DOCUMENT_FILE).exists());
     }
 }
 

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use quickcheck::{QuickCheck, TestResult};
 use tempfile::TempDir;
-use walrus::replica::{
-    ActorId, Document, KvDoc, KvDocExt, KvOp, OpEnvelope, Replica, ReplicaOptions, VersionVector, WAL_DIR,
-};
+use walrus::internals::WAL_DIR;
+use walrus::replica::{ActorId, Document, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions, VersionVector};
 use walrus::sync::{
     apply_gossip, apply_response, decode, encode, gossip_messages, request, respond, Applied, Limits, Schedule,
     SyncRequest, SyncResponse,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::helpers::{options, records};
 use proptest::prelude::*;
 use quickcheck::{QuickCheck, TestResult};
-use walrus::wal::format::{FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, SEGMENT_HEADER_LEN};
+use walrus::internals::format::{FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, SEGMENT_HEADER_LEN};
 use walrus::wal::{Error, LogReader, Lsn, RecoveryMode, SyncPolicy, Wal, WalIter, WalOptions};
 
 // ---------------------------------------------------------------------------

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle};
-use walrus::replica::{Document, KvDoc, KvDocExt, ReplicaOptions, VersionVector};
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent};
+use walrus::replica::{Document, KvDoc, ReplicaOptions, VersionVector};
 
 use super::{Checks, Result};
 
@@ -21,7 +21,7 @@ struct Demo {
     started: Instant,
     checks: Checks,
     dirs: Vec<PathBuf>,
-    nodes: Vec<Option<NodeHandle<KvDoc>>>,
+    nodes: Vec<Option<Node<KvDoc>>>,
     addrs: Vec<Multiaddr>,
     /// Something happened on some node: worth re-checking convergence.
     poke_tx: mpsc::UnboundedSender<()>,
@@ -39,7 +39,7 @@ impl Demo {
         println!("  [{:6.2}s] {what}", secs(self.started.elapsed()));
     }
 
-    fn node(&self, i: usize) -> Result<&NodeHandle<KvDoc>> {
+    fn node(&self, i: usize) -> Result<&Node<KvDoc>> {
         self.nodes[i].as_ref().ok_or_else(|| format!("node {} is down", NAMES[i]).into())
     }
 

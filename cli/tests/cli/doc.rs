@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
-use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions};
+use walrus::replica::{KvDoc, Replica, ReplicaOptions};
 
 use crate::{copy_tree, EXE};
 

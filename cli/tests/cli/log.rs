@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::SystemTime;
 
-use walrus::wal::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use walrus::internals::format::{FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 
 use crate::{EXE, PATIENCE};
 
@@ -985,7 +985,7 @@ fn repair_of_a_missing_segment_keeps_the_newest_segments() {
 /// covers it: repair drops it without --force, and the replica opens.
 #[test]
 fn repair_of_a_replica_log_drops_what_its_checkpoint_covers() {
-    use walrus::replica::{KvDoc, KvDocExt, Replica, ReplicaOptions, ReplicaView};
+    use walrus::replica::{KvDoc, Replica, ReplicaOptions, ReplicaView};
     let tmp = tempfile::tempdir().unwrap();
     let replica_dir = tmp.path().join("replica");
     let wal_dir = replica_dir.join("wal");
@@ -1041,7 +1041,7 @@ fn repair_of_a_replica_log_drops_what_its_checkpoint_covers() {
 /// covers makes the replica retire its actor: peers may hold them.
 #[test]
 fn a_forced_repair_of_a_replica_log_retires_its_actor() {
-    use walrus::replica::{KvDoc, KvDocExt, Recovered, Replica, ReplicaOptions, ReplicaView};
+    use walrus::replica::{KvDoc, Recovered, Replica, ReplicaOptions, ReplicaView};
     let tmp = tempfile::tempdir().unwrap();
     let replica_dir = tmp.path().join("replica");
     let wal_dir = replica_dir.join("wal");

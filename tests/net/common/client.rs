@@ -16,7 +16,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
-use walrus::net::{FrameCodec, IDENTIFY_VERSION, SYNC_PROTOCOL};
+use walrus::internals::{FrameCodec, IDENTIFY_VERSION, SYNC_PROTOCOL};
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -187,7 +187,7 @@ impl Client {
                                     if let Some(a) = answers.next() {
                                         let _ = swarm.behaviour_mut().sync.send_response(channel, a);
                                     }
-                                    if let walrus::net::RequestFrame::Bytes(request) = request {
+                                    if let walrus::internals::RequestFrame::Bytes(request) = request {
                                         let _ = seen_tx.send(Seen::Pulled(peer, request));
                                     }
                                 }

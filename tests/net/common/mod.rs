@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
-use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, NodeHandle, PeerId};
-use walrus::replica::{KvDoc, KvDocExt, KvOp, OpEnvelope};
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeEvent, PeerId};
+use walrus::replica::{KvDoc, KvOp, OpEnvelope};
 
 pub const DOC: &str = "d";
 /// Hard limit on each test, whatever it waits for.
@@ -158,7 +158,7 @@ impl Events {
 }
 
 /// Starts a node, its events attached as node `idx`; returns it and its address.
-pub async fn start(cfg: NodeConfig, events: &mut Events, idx: usize) -> (NodeHandle<KvDoc>, Multiaddr) {
+pub async fn start(cfg: NodeConfig, events: &mut Events, idx: usize) -> (Node<KvDoc>, Multiaddr) {
     let (node, rx) = Node::<KvDoc>::start(cfg).await.expect("node starts");
     events.attach(idx, rx);
     let addr = node.listen_addrs().await.expect("listen addresses").into_iter().next().expect("one listen address");
@@ -166,20 +166,20 @@ pub async fn start(cfg: NodeConfig, events: &mut Events, idx: usize) -> (NodeHan
     (node, addr)
 }
 
-pub async fn values(node: &NodeHandle<KvDoc>, key: &'static str) -> Vec<String> {
+pub async fn values(node: &Node<KvDoc>, key: &'static str) -> Vec<String> {
     node.with(DOC, move |r| r.doc().values_of(key)).await.expect("node answers")
 }
 
-pub async fn put(node: &NodeHandle<KvDoc>, key: &'static str, value: &'static str) -> OpEnvelope<KvOp> {
+pub async fn put(node: &Node<KvDoc>, key: &'static str, value: &'static str) -> OpEnvelope<KvOp> {
     node.update(DOC, move |d, a| d.put_op(a, key, value)).await.expect("put acknowledged")
 }
 
-pub async fn del(node: &NodeHandle<KvDoc>, key: &'static str) -> OpEnvelope<KvOp> {
+pub async fn del(node: &Node<KvDoc>, key: &'static str) -> OpEnvelope<KvOp> {
     node.update(DOC, move |d, _| d.del_op(key)).await.expect("delete acknowledged")
 }
 
 /// Waits until `node` holds exactly `value` under `key` (it replicated from a peer).
-pub async fn wait_value(node: &NodeHandle<KvDoc>, events: &mut Events, key: &'static str, value: &'static str) {
+pub async fn wait_value(node: &Node<KvDoc>, events: &mut Events, key: &'static str, value: &'static str) {
     let deadline = Instant::now() + WAIT;
     while values(node, key).await != vec![value.to_string()] {
         if !events.wait(deadline).await {
@@ -190,7 +190,7 @@ pub async fn wait_value(node: &NodeHandle<KvDoc>, events: &mut Events, key: &'st
 
 /// The gossip topic of [`DOC`].
 pub fn topic() -> libp2p::gossipsub::IdentTopic {
-    libp2p::gossipsub::IdentTopic::new(format!("{}{DOC}", walrus::net::TOPIC_PREFIX))
+    libp2p::gossipsub::IdentTopic::new(format!("{}{DOC}", walrus::internals::TOPIC_PREFIX))
 }
 
 pub fn connected(peer: PeerId) -> impl Fn(&Ev) -> bool {
