@@ -3,21 +3,14 @@
 use std::path::PathBuf;
 
 use crate::replica::ReplicaError;
+use crate::wal::IoError;
 
 /// Errors of a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// A file operation failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// File involved.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(IoError),
     /// The identity file is unusable.
     #[error("identity {path}: {reason}")]
     Identity {

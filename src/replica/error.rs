@@ -12,16 +12,8 @@ pub enum ReplicaError {
     #[error(transparent)]
     Wal(#[from] wal::Error),
     /// A file operation outside the log failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// File involved.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(wal::IoError),
     /// A file of the replica directory is damaged or inconsistent.
     #[error("corrupt replica file {path}: {reason}")]
     Corrupt {

@@ -59,8 +59,7 @@ impl<D: Document> ReplicaView<D> {
                 // between the two reads: read both again.
                 // (A damaged replica fails the same way each time.)
                 Err(
-                    ReplicaError::Corrupt { .. }
-                    | ReplicaError::Wal(wal::Error::Io { .. } | wal::Error::Truncated { .. }),
+                    ReplicaError::Corrupt { .. } | ReplicaError::Wal(wal::Error::Io(_) | wal::Error::Truncated { .. }),
                 ) if attempt < ATTEMPTS => continue,
                 other => return other,
             }
