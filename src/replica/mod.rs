@@ -49,7 +49,7 @@ pub use dir::{ACTOR_FILE, DOCUMENT_FILE, WAL_DIR};
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
 pub use document::{canonical_cbor, Document};
 pub use envelope::{signing_bytes, EnvelopeError, OpEnvelope, Signature};
-pub use error::{ReplicaError, Result};
+pub use error::{OpenError, PeerError, ReceiveError, ReplicaError, Result, StorageError, WriteError};
 pub use key::{ActorKey, KeyError};
 pub use kv::{CausalContext, Dot, KvDoc, KvDocExt, KvOp};
 pub use load::Recovered;

@@ -8,7 +8,7 @@ use tracing::debug;
 use super::message::{
     self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_OPS_PER_MESSAGE,
 };
-use crate::replica::{Document, EnvelopeError, OpEnvelope, Received, Replica, ReplicaError};
+use crate::replica::{Document, EnvelopeError, OpEnvelope, ReceiveError, Received, Replica};
 
 /// Why an incoming message was not (fully) applied.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +27,11 @@ pub enum SyncError {
         /// What it names.
         got: String,
     },
-    /// The replica refused or failed (a rejected operation, a log error).
+    /// The replica refused what the message carried, or failed taking it
+    /// (a rejected operation, a log error):
+    /// [`ReceiveError::is_peer_fault`] tells which.
     #[error(transparent)]
-    Replica(#[from] ReplicaError),
+    Receive(#[from] ReceiveError),
     /// A request of this replica would exceed the request size limit (its
     /// version vector names too many actors): a peer with the same limit
     /// would refuse it, so it is not sent.
@@ -58,15 +60,11 @@ impl SyncError {
     /// True if the message proves the sender faulty or hostile (as opposed
     /// to a local failure or a peer that merely lacks the document).
     pub fn is_peer_fault(&self) -> bool {
-        matches!(
-            self,
-            SyncError::Message(_)
-                | SyncError::Envelope(_)
-                | SyncError::WrongDoc { .. }
-                | SyncError::Replica(
-                    ReplicaError::Rejected { .. } | ReplicaError::SnapshotRejected(_) | ReplicaError::Envelope(_)
-                )
-        )
+        match self {
+            SyncError::Message(_) | SyncError::Envelope(_) | SyncError::WrongDoc { .. } => true,
+            SyncError::Receive(e) => e.is_peer_fault(),
+            SyncError::RequestTooLarge { .. } | SyncError::Remote { .. } => false,
+        }
     }
 }
 
