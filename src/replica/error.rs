@@ -1,32 +1,7 @@
 //! The errors of replicas: one type per kind of operation, and
 //! [`ReplicaError`], the union of them all.
 //!
-//! | Operation | Error |
-//! |---|---|
-//! | [`Replica::open`], [`Replica::rebuild`], [`ReplicaView::open`] | [`OpenError`] |
-//! | [`Replica::update`], [`Replica::update_many`], [`Replica::retire_actor`] | [`WriteError`] |
-//! | [`Replica::receive`], [`Replica::merge_snapshot`], [`Replica::learn_successions`] | [`ReceiveError`] |
-//! | [`Replica::checkpoint`], [`Replica::ops_since`], [`Replica::close`], [`checkpointed_lsn`] | [`StorageError`] |
-//!
-//! Each of them holds a [`StorageError`] for what failed locally (the log,
-//! a file, a damaged replica file). A [`ReceiveError`] tells the sender's
-//! fault ([`ReceiveError::Peer`], see [`ReceiveError::is_peer_fault`]) from
-//! a local failure. Every one converts into [`ReplicaError`] with `?`, for
-//! callers that want a single type.
-//!
-//! [`Replica::open`]: super::Replica::open
-//! [`Replica::rebuild`]: super::Replica::rebuild
-//! [`ReplicaView::open`]: super::ReplicaView::open
-//! [`Replica::update`]: super::Replica::update
-//! [`Replica::update_many`]: super::Replica::update_many
-//! [`Replica::retire_actor`]: super::Replica::retire_actor
-//! [`Replica::receive`]: super::Replica::receive
-//! [`Replica::merge_snapshot`]: super::Replica::merge_snapshot
-//! [`Replica::learn_successions`]: super::Replica::learn_successions
-//! [`Replica::checkpoint`]: super::Replica::checkpoint
-//! [`Replica::ops_since`]: super::Replica::ops_since
-//! [`Replica::close`]: super::Replica::close
-//! [`checkpointed_lsn`]: super::checkpointed_lsn
+//! Which operation returns which is on [`ReplicaError`].
 
 use std::path::PathBuf;
 
@@ -271,7 +246,35 @@ impl From<EnvelopeError> for ReceiveError {
 /// Any error of a replica: the union of [`OpenError`], [`WriteError`],
 /// [`ReceiveError`] and [`StorageError`], flattened, for callers that
 /// handle every operation's errors in one place. Each converts into it
-/// with `?`.
+/// with `?`; a variant keeps its kind's message.
+///
+/// | Operation | Error |
+/// |---|---|
+/// | [`Replica::open`], [`Replica::rebuild`], [`ReplicaView::open`] | [`OpenError`] |
+/// | [`Replica::update`], [`Replica::update_many`], [`Replica::retire_actor`] | [`WriteError`] |
+/// | [`Replica::receive`], [`Replica::merge_snapshot`], [`Replica::learn_successions`] | [`ReceiveError`] |
+/// | [`Replica::checkpoint`], [`Replica::ops_since`], [`Replica::encoded_ops_since`], [`Replica::close`], [`checkpointed_lsn`] | [`StorageError`] |
+///
+/// Each of them holds a [`StorageError`] for what failed locally (the log,
+/// a file, a damaged replica file). A [`ReceiveError`] tells the sender's
+/// fault ([`ReceiveError::Peer`], see [`ReceiveError::is_peer_fault`]) from
+/// a local failure. Every one converts into [`ReplicaError`] with `?`, for
+/// callers that want a single type.
+///
+/// [`Replica::open`]: super::Replica::open
+/// [`Replica::rebuild`]: super::Replica::rebuild
+/// [`ReplicaView::open`]: super::ReplicaView::open
+/// [`Replica::update`]: super::Replica::update
+/// [`Replica::update_many`]: super::Replica::update_many
+/// [`Replica::retire_actor`]: super::Replica::retire_actor
+/// [`Replica::receive`]: super::Replica::receive
+/// [`Replica::merge_snapshot`]: super::Replica::merge_snapshot
+/// [`Replica::learn_successions`]: super::Replica::learn_successions
+/// [`Replica::checkpoint`]: super::Replica::checkpoint
+/// [`Replica::ops_since`]: super::Replica::ops_since
+/// [`Replica::encoded_ops_since`]: super::Replica::encoded_ops_since
+/// [`Replica::close`]: super::Replica::close
+/// [`checkpointed_lsn`]: super::checkpointed_lsn
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
     /// The log failed.

@@ -11,6 +11,12 @@
 //! [`VersionVector`] says what was applied; [`Replica::ops_since`] answers
 //! what a peer is missing, falling back to a snapshot when the log was
 //! truncated by a checkpoint.
+//!
+//! Each kind of operation has its own error: [`OpenError`], [`WriteError`],
+//! [`ReceiveError`] (which tells a peer's fault, [`PeerError`], from a
+//! local failure) and [`StorageError`] for what failed locally.
+//! [`ReplicaError`] is their union; its documentation lists which
+//! operation returns which.
 
 mod actor;
 mod catchup;
