@@ -142,11 +142,8 @@ impl<D: Document> Replica<D> {
                 // actor's later ones wait for it again.
                 Err(
                     e @ (ReceiveError::Peer(PeerError::Rejected { .. })
-                    | ReceiveError::Write(
-                        WriteError::TooLarge { .. }
-                        | WriteError::Rejected { .. }
-                        | WriteError::SequenceExhausted { .. },
-                    )),
+                    | ReceiveError::TooLarge { .. }
+                    | ReceiveError::Write(WriteError::Rejected { .. } | WriteError::SequenceExhausted { .. })),
                 ) => {
                     warn!(error = %e, "an operation held until a snapshot was refused");
                 }

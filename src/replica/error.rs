@@ -202,10 +202,20 @@ pub enum ReceiveError {
         /// Sequence number.
         seq: u64,
     },
+    /// An operation is larger than this replica's
+    /// `ReplicaOptions::max_op_size`. No fault of the sender: its limit
+    /// may be larger.
+    #[error("operation of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Its encoded size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A write of this replica's own failed while taking what was
-    /// received: an operation over this replica's `max_op_size`, or the
-    /// retirement of its actor that the operations called for (see
-    /// [`Replica::retire_actor`](super::Replica::retire_actor)).
+    /// received: the retirement of its actor that the operations called
+    /// for (see [`Replica::retire_actor`](super::Replica::retire_actor))
+    /// could not write the actor's operations again.
     #[error(transparent)]
     Write(WriteError),
     /// The log or a file failed, or the replica is poisoned.
@@ -226,6 +236,7 @@ impl From<WriteError> for ReceiveError {
     fn from(e: WriteError) -> ReceiveError {
         match e {
             WriteError::Storage(s) => ReceiveError::Local(s),
+            WriteError::TooLarge { len, limit } => ReceiveError::TooLarge { len, limit },
             other => ReceiveError::Write(other),
         }
     }
@@ -400,6 +411,7 @@ impl From<ReceiveError> for ReplicaError {
             ReceiveError::Peer(e) => e.into(),
             ReceiveError::BufferFull(e) => ReplicaError::BufferFull(e),
             ReceiveError::NotAWriter { actor, seq } => ReplicaError::NotAWriter { actor, seq },
+            ReceiveError::TooLarge { len, limit } => ReplicaError::TooLarge { len, limit },
             ReceiveError::Write(e) => e.into(),
             ReceiveError::Local(e) => e.into(),
         }
@@ -442,6 +454,7 @@ mod tests {
             ReceiveError::BufferFull(BufferFull { actor: actor(), seq: 9, held: 1, limit: 1 }),
             ReceiveError::NotAWriter { actor: actor(), seq: 3 },
             ReceiveError::from(WriteError::TooLarge { len: 2, limit: 1 }),
+            ReceiveError::TooLarge { len: 2, limit: 1 },
             ReceiveError::from(WriteError::Rejected { actor: actor(), seq: 1, reason: "no".into() }),
         ];
         for e in not_peer {
