@@ -344,6 +344,19 @@ mod tests {
     }
 
     #[test]
+    fn a_receive_error_is_a_peer_fault_only_when_the_replica_says_so() {
+        use crate::replica::{PeerError, StorageError};
+        let peer = SyncError::from(ReceiveError::Peer(PeerError::SnapshotRejected("no".into())));
+        assert!(peer.is_peer_fault(), "{peer}");
+        let local = SyncError::from(ReceiveError::Local(StorageError::Poisoned));
+        assert!(!local.is_peer_fault(), "{local}");
+        let large = SyncError::from(ReceiveError::TooLarge { len: 2, limit: 1 });
+        assert!(!large.is_peer_fault(), "{large}");
+        let remote = SyncError::Remote { doc: "d".into(), reason: "busy".into() };
+        assert!(!remote.is_peer_fault());
+    }
+
+    #[test]
     fn answers_without_a_replica() {
         let limits = Limits::default();
         let refused: SyncResponse = message::decode(&encode_refusal("d", "busy"), limits.max_response, "r").unwrap();
