@@ -108,6 +108,11 @@ impl<D: Document> Replica<D> {
     /// checkpoint that fails afterwards is no error of the call: the
     /// operations are durable and applied; it is logged, and the next
     /// write tries it again.
+    ///
+    /// What the sender did wrong (a bad signature or succession, an
+    /// operation the document rejects) is a [`ReceiveError::Peer`]; a
+    /// full buffer, an operation over `max_op_size` and a local failure
+    /// are not ([`ReceiveError::is_peer_fault`]).
     pub fn receive<I>(&mut self, ops: I) -> Result<Received, ReceiveError>
     where
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
