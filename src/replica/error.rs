@@ -147,6 +147,7 @@ impl From<wal::Error> for WriteError {
     }
 }
 
+/// A local operation that cannot be encoded or signed is a local failure.
 impl From<EnvelopeError> for WriteError {
     fn from(e: EnvelopeError) -> WriteError {
         WriteError::Storage(e.into())
@@ -248,6 +249,9 @@ impl From<wal::Error> for ReceiveError {
     }
 }
 
+/// An envelope that fails to decode or verify is what a sender sent: the
+/// sender's fault. (This replica's own encoding failures are
+/// [`StorageError::Envelope`].)
 impl From<EnvelopeError> for ReceiveError {
     fn from(e: EnvelopeError) -> ReceiveError {
         ReceiveError::Peer(e.into())
