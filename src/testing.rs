@@ -202,8 +202,8 @@ pub struct Case {
 impl Case {
     /// The case a seed stands for: 2 to 4 actors, 10 to 60 steps.
     pub fn from_seed(seed: u64) -> Case {
-        let mut rng = Rng(seed ^ 0x2545_f491_4f6c_dd1d);
-        Case { seed, actors: 2 + rng.below(3) as usize, steps: 10 + rng.below(51) as usize }
+        let mut rng = Rng::with_seed(seed ^ 0x2545_f491_4f6c_dd1d);
+        Case { seed, actors: 2 + rng.usize(..3), steps: 10 + rng.usize(..51) }
     }
 
     /// Cases with fewer actors or fewer steps (for shrinking).
@@ -329,39 +329,9 @@ fn in_context<D, R>(what: &str, case: &Case, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Deterministic pseudo-random numbers (xorshift64*).
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// Next number.
-    pub fn next_u64(&mut self) -> u64 {
-        if self.0 == 0 {
-            self.0 = 0x9e37_79b9_7f4a_7c15;
-        }
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number below `n` (0 if `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// True with probability `num / den`.
-    pub fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.below(den) < num
-    }
-
-    /// Shuffles `items` (Fisher-Yates).
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i as u64 + 1) as usize);
-        }
-    }
-}
+/// The seeded pseudo-random generator the checks use (`fastrand`'s): start
+/// one with `Rng::with_seed(seed)`; the same seed gives the same numbers.
+pub use fastrand::Rng;
 
 /// A history: each actor's operations in order, each actor's final state,
 /// and some earlier states of the actors.
@@ -381,7 +351,7 @@ pub struct History<D: Document> {
 /// checked with [`Document::check_op`] before they are applied.
 pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps: usize) -> History<D> {
     let actors = actors.max(1);
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::with_seed(seed);
     let keys: Vec<ActorKey> = (0..actors).map(actor_key).collect();
     let ids: Vec<ActorId> = keys.iter().map(ActorKey::actor).collect();
     let mut states = vec![D::default(); actors];
@@ -390,9 +360,9 @@ pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps
     // seen[i][j]: how many of j's operations actor i's state includes.
     let mut seen = vec![vec![0usize; actors]; actors];
     for _ in 0..steps {
-        let i = rng.below(actors as u64) as usize;
-        let j = rng.below(actors as u64) as usize;
-        match rng.below(8) {
+        let i = rng.usize(..actors);
+        let j = rng.usize(..actors);
+        match rng.u32(..8) {
             0 | 1 if i != j => {
                 // Catch up on j's own operations, in j's order.
                 for env in &ops[j][seen[i][j]..] {
@@ -416,7 +386,7 @@ pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps
                 }
             }
             _ => {
-                let op = gen.op(&states[i], ids[i], rng.next_u64());
+                let op = gen.op(&states[i], ids[i], rng.u64(..));
                 if let Err(e) = states[i].check_op(&op) {
                     panic!("the generator made an operation its own state rejects: {e} ({op:?})");
                 }
@@ -428,7 +398,7 @@ pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps
                 seen[i][i] = ops[i].len();
             }
         }
-        if earlier.len() < 6 && rng.chance(1, 6) {
+        if earlier.len() < 6 && rng.u32(..6) == 0 {
             earlier.push((i, states[i].clone()));
         }
     }
@@ -464,7 +434,7 @@ pub fn deliver_interleaved<D: Document>(h: &History<D>, rng: &mut Rng) -> D {
         if open.is_empty() {
             return d;
         }
-        let i = open[rng.below(open.len() as u64) as usize];
+        let i = open[rng.usize(..open.len())];
         apply_checked(&mut d, &h.ops[i][next[i]]);
         next[i] += 1;
     }
@@ -482,7 +452,7 @@ fn apply_checked<D: Document>(d: &mut D, env: &OpEnvelope<D::Operation>) {
 
 fn state_laws<D: Document>(gen: &impl OpGen<D>, case: &Case) {
     let h = history(gen, case.seed, case.actors, case.steps);
-    let mut rng = Rng(case.seed.rotate_left(17) | 1);
+    let mut rng = Rng::with_seed(case.seed.rotate_left(17));
     let n = h.states.len();
     // Final and earlier states alike are states the lattice laws cover.
     let pool: Vec<&D> = h.states.iter().chain(h.earlier.iter().map(|(_, s)| s)).collect();
@@ -507,7 +477,7 @@ fn state_laws<D: Document>(gen: &impl OpGen<D>, case: &Case) {
     // Associativity on the first three states and on random triples.
     let mut triples = vec![(0, 1 % n, 2 % n)];
     for _ in 0..8 {
-        let mut pick = || rng.below(pool.len() as u64) as usize;
+        let mut pick = || rng.usize(..pool.len());
         triples.push((pick(), pick(), pick()));
     }
     for (a, b, c) in triples {
@@ -555,7 +525,7 @@ fn state_laws<D: Document>(gen: &impl OpGen<D>, case: &Case) {
     let all: Vec<OpEnvelope<D::Operation>> = h.ops.iter().flatten().cloned().collect();
     let mut stream = Vec::new();
     for env in &all {
-        match rng.below(8) {
+        match rng.u32(..8) {
             0 | 1 => {}
             2 => stream.extend([env.clone(), env.clone()]),
             _ => stream.push(env.clone()),
@@ -673,13 +643,13 @@ fn reopen<D: Document>(replicas: &mut Vec<Replica<D>>, k: usize, opts: &ReplicaO
 }
 
 fn replica_convergence<D: Document>(gen: &impl OpGen<D>, case: &Case) {
-    let mut rng = Rng(case.seed.rotate_left(29) ^ 0x5851_f42d_4c95_7f2d);
+    let mut rng = Rng::with_seed(case.seed.rotate_left(29) ^ 0x5851_f42d_4c95_7f2d);
     let keys = case.actor_keys();
     let n = keys.len();
     let mut opts = replica_opts();
     // Frequent automatic checkpoints truncate logs, so catch-up also goes
     // through snapshots.
-    opts.checkpoint_bytes = 256 + rng.below(2048);
+    opts.checkpoint_bytes = 256 + rng.u64(..2048);
     let dirs: Vec<tempfile::TempDir> =
         (0..n).map(|_| tempfile::tempdir().expect("creating a temporary directory")).collect();
     let mut replicas: Vec<Replica<D>> = dirs
@@ -693,10 +663,10 @@ fn replica_convergence<D: Document>(gen: &impl OpGen<D>, case: &Case) {
     // Every operation written so far ("the network" replays them at will).
     let mut sent: Vec<OpEnvelope<D::Operation>> = Vec::new();
     for _ in 0..case.steps {
-        let k = rng.below(n as u64) as usize;
-        match rng.below(12) {
+        let k = rng.usize(..n);
+        match rng.u32(..12) {
             0..=5 => {
-                let r = rng.next_u64();
+                let r = rng.u64(..);
                 let env = replicas[k]
                     .update(|doc, actor| gen.op(doc, actor, r))
                     .unwrap_or_else(|e| panic!("a replica refused a generated operation: {e}"));
@@ -706,14 +676,14 @@ fn replica_convergence<D: Document>(gen: &impl OpGen<D>, case: &Case) {
                 // Lossy, duplicating, reordering delivery in 1 to 3 batches.
                 let mut batch = Vec::new();
                 for env in &sent {
-                    match rng.below(10) {
+                    match rng.u32(..10) {
                         0..=2 => {}
                         3 => batch.extend([env.clone(), env.clone()]),
                         _ => batch.push(env.clone()),
                     }
                 }
                 rng.shuffle(&mut batch);
-                let parts = 1 + rng.below(3) as usize;
+                let parts = 1 + rng.usize(..3);
                 let size = batch.len().div_ceil(parts).max(1);
                 for part in batch.chunks(size) {
                     if let Err(e) = replicas[k].receive(part.to_vec()) {
@@ -723,9 +693,9 @@ fn replica_convergence<D: Document>(gen: &impl OpGen<D>, case: &Case) {
             }
             8 | 9 => {
                 // One page of catch-up from another replica.
-                let j = rng.below(n as u64) as usize;
+                let j = rng.usize(..n);
                 if j != k {
-                    let budget = 1 + rng.below(300) as usize;
+                    let budget = 1 + rng.usize(..300);
                     let theirs = replicas[k].clock().clone();
                     match replicas[j].ops_since(&theirs, budget).unwrap_or_else(|e| panic!("ops_since failed: {e}")) {
                         Catchup::Ops { ops, more } => {
@@ -748,7 +718,7 @@ fn replica_convergence<D: Document>(gen: &impl OpGen<D>, case: &Case) {
     for i in 0..n {
         for j in 0..n {
             if i != j {
-                let budget = 1 + rng.below(400) as usize;
+                let budget = 1 + rng.usize(..400);
                 let (from, to) = pair(&mut replicas, i, j);
                 catch_up(from, to, budget);
             }

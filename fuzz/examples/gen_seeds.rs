@@ -19,13 +19,13 @@ use walrus::wal::format::{
     encode_frame, SegmentHeader, FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, KIND_MORE, MAX_PAYLOAD_LEN,
 };
 use walrus::wal::{SyncPolicy, Wal, WalOptions};
-use walrus_fuzz::decode::Config;
 use walrus_fuzz::envelope::Edit;
-use walrus_fuzz::recover::{CraftedFrame, Op, Plan, SEGMENT_SIZE};
-use walrus_fuzz::sync::{
+use walrus_fuzz::harness::{
     messages_to_bytes, seq_byte, MessageSpec, OpSpec, Setup, DOC, LOCAL_OPS, OTHER_DOC, TAMPER_ACTOR, TAMPER_DOC,
     TAMPER_NOT_A_KEY, TAMPER_OP, TAMPER_PREV_SIG, TAMPER_SEQ, TAMPER_SIG_BIT,
 };
+use walrus_fuzz::record_decode::Config;
+use walrus_fuzz::recover_dir::{CraftedFrame, Op, Plan, SEGMENT_SIZE};
 
 fn frame(salt: u32, lsn: u64, kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -239,7 +239,7 @@ fn gossip(doc: &str, envs: &[OpEnvelope<KvOp>]) -> Vec<u8> {
 /// its peers would have received them.
 fn own_ops(setup: Setup) -> Vec<OpEnvelope<KvOp>> {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let r = walrus_fuzz::sync::replica(tmp.path(), Setup { checkpoint: false, ..setup });
+    let r = walrus_fuzz::harness::replica(tmp.path(), Setup { checkpoint: false, ..setup });
     match r.ops_since(&VersionVector::default(), 1 << 20).expect("ops_since") {
         Catchup::Ops { ops, .. } => ops,
         Catchup::Snapshot { .. } => unreachable!("never checkpointed"),
@@ -382,7 +382,7 @@ fn sync_exchange_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let plain = Setup::default();
     let checkpointed = Setup { checkpoint: true, extra: 2 };
     let with = |kind: u8, setup: Setup, body: &[u8]| [&[kind, setup.to_byte()][..], body].concat();
-    let me = walrus_fuzz::sync::actor(3);
+    let me = walrus_fuzz::harness::actor(3);
     let request = |clock: VersionVector, budget| sync::encode(&SyncRequest { doc: DOC.into(), clock, budget });
     let at = |seq: u64| -> VersionVector { [(me, seq)].into_iter().collect() };
     let page = |envs: &[OpEnvelope<KvOp>], more| {
@@ -532,12 +532,12 @@ fn emit(corpus: &Path, target: &str, seeds: Vec<(&'static str, Vec<u8>)>, check:
 fn main() {
     let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
     for (name, bytes) in record_decode_seeds() {
-        walrus_fuzz::decode::check(&bytes);
+        walrus_fuzz::record_decode::check(&bytes);
         write(&corpus.join("record_decode"), name, &bytes);
     }
     for (name, bytes) in recover_dir_seeds() {
         assert_eq!(Plan::parse(&bytes).to_bytes(), bytes, "seed {name} does not round-trip");
-        walrus_fuzz::recover::check(&bytes);
+        walrus_fuzz::recover_dir::check(&bytes);
         write(&corpus.join("recover_dir"), name, &bytes);
     }
     emit(&corpus, "envelope", envelope_seeds(), walrus_fuzz::envelope::check);

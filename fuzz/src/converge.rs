@@ -44,8 +44,8 @@ use walrus::replica::{
 use walrus::sync::{self, SyncRequest, SyncResponse};
 use walrus::wal::{SyncPolicy, WalOptions};
 
-use crate::sync::{check_reopen, from_template, limits, observe, open_as, DOC};
-use crate::{Bytes, Rng};
+use crate::harness::{check_reopen, from_template, limits, observe, open_as, DOC};
+use crate::Bytes;
 
 /// Keys of the authors of the histories.
 pub const ACTOR_SEEDS: [[u8; 32]; 3] = [[0x31; 32], [0x32; 32], [0x33; 32]];
@@ -85,27 +85,27 @@ impl History {
 /// keys `a`, `b`, `c`) or catches one actor up on another's operations.
 fn build_history(seed: u64, actors: usize, len: usize) -> History {
     let keys: Vec<ActorKey> = ACTOR_SEEDS[..actors].iter().map(|s| ActorKey::from_seed(*s)).collect();
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut states = vec![KvDoc::default(); actors];
     // seen[i][j]: how many of j's operations actor i has applied.
     let mut seen = vec![vec![0usize; actors]; actors];
     let mut by_actor: Vec<Vec<OpEnvelope<KvOp>>> = vec![Vec::new(); actors];
     let mut ops = Vec::new();
     while ops.len() < len {
-        let (i, j) = (rng.below(actors), rng.below(actors));
-        if i != j && rng.below(3) == 0 {
+        let (i, j) = (rng.usize(..actors), rng.usize(..actors));
+        if i != j && rng.usize(..3) == 0 {
             for env in &by_actor[j][seen[i][j]..] {
                 states[i].apply(env.op.clone());
             }
             seen[i][j] = by_actor[j].len();
             continue;
         }
-        let key = ["a", "b", "c"][rng.below(3)];
-        let op = if rng.below(5) == 0 {
+        let key = ["a", "b", "c"][rng.usize(..3)];
+        let op = if rng.usize(..5) == 0 {
             states[i].del_op(key)
         } else {
             // Long values: a history spans several log segments.
-            let value = format!("{i}:{}:{}", rng.below(100), "x".repeat(700));
+            let value = format!("{i}:{}:{}", rng.u32(..100), "x".repeat(700));
             states[i].put_op(keys[i].actor(), key, &value)
         };
         states[i].apply(op.clone());
@@ -375,7 +375,7 @@ pub fn check(data: &[u8]) {
     let targets: Vec<usize> = if via_first { vec![0] } else { (0..n).collect() };
     for i in targets {
         let mut ops = h.ops.clone();
-        Rng(u64::from(order_seed) << 8 | i as u64).shuffle(&mut ops);
+        fastrand::Rng::with_seed(u64::from(order_seed) << 8 | i as u64).shuffle(&mut ops);
         if one_by_one {
             for env in ops {
                 run.receive(i, vec![env]);

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | 1 | signer: `ActorKey::from_seed([b; 32])` |
 //! | 2 | sequence number ([`seq_of`]) |
-//! | 3, 4 | the operation: shape and seen bytes of an [`OpSpec`](crate::sync::OpSpec) (a forged put names the first peer) |
+//! | 3, 4 | the operation: shape and seen bytes of an [`OpSpec`](crate::harness::OpSpec) (a forged put names the first peer) |
 //! | 5 | number of edits, modulo `MAX_EDITS + 1` |
 //! | 6.. | edits of 4 bytes: kind (modulo 6, see [`Edit`]), position (u16 LE, modulo the current length), value |
 //!
@@ -36,7 +36,7 @@
 use crdts::CmRDT;
 use walrus::replica::{ActorKey, Document, EnvelopeError, KvDoc, KvOp, OpEnvelope, ReplicaError, VersionVector};
 
-use crate::sync::{
+use crate::harness::{
     actor, check_reopen, from_template, kv_op, limits, observe, open_as, options, seq_of, DOC, LOCAL_SEED,
 };
 use crate::Bytes;

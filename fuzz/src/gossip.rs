@@ -1,6 +1,6 @@
 //! The `gossip` target: gossip messages from a hostile peer, applied by the
 //! replica under test with `sync::apply_gossip` (replica, limits and oracle:
-//! see [`crate::sync`]).
+//! see [`crate::harness`]).
 //!
 //! Input layout:
 //!
@@ -8,10 +8,10 @@
 //! |---|---|
 //! | 0 | mode: even = raw, odd = structured |
 //! | 1 | [`Setup`] of the replica |
-//! | 2.. | raw: one gossip message as it comes off the network; structured: up to [`MAX_MESSAGES`](crate::sync::MAX_MESSAGES) [`MessageSpec`](crate::sync::MessageSpec)s, whose operations the harness signs (and damages as told) before encoding each as a gossip message |
+//! | 2.. | raw: one gossip message as it comes off the network; structured: up to [`MAX_MESSAGES`](crate::harness::MAX_MESSAGES) [`MessageSpec`](crate::harness::MessageSpec)s, whose operations the harness signs (and damages as told) before encoding each as a gossip message |
 //!
 //! Checks, after every message: nothing panics, and the oracle of
-//! [`crate::sync`] holds (a message refused as a whole or without a valid
+//! [`crate::harness`] holds (a message refused as a whole or without a valid
 //! operation changes neither version vector, state nor buffer; a mixed one
 //! does exactly what its valid operations before the first bad signature
 //! do; valid operations are
@@ -21,7 +21,7 @@
 
 use walrus::sync::{self, Gossip};
 
-use crate::sync::{
+use crate::harness::{
     check_reopen, judge_ops, limits, observe, options, parse_messages, replica, Setup, Twin, Verdict, DOC, LOCAL_SEED,
 };
 use crate::Bytes;

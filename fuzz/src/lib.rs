@@ -6,11 +6,11 @@
 //! layout the targets parse.
 
 pub mod converge;
-pub mod decode;
 pub mod envelope;
 pub mod gossip;
-pub mod recover;
-pub mod sync;
+pub mod harness;
+pub mod record_decode;
+pub mod recover_dir;
 pub mod sync_exchange;
 
 /// Reads fuzz input front to back. Reads past the end yield zeros or
@@ -63,39 +63,9 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// Deterministic pseudo-random numbers (xorshift64*), for choices an input
-/// makes through a seed rather than byte by byte.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        if self.0 == 0 {
-            // Zero is a fixed point of xorshift.
-            self.0 = 0x9e37_79b9_7f4a_7c15;
-        }
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number below `n` (0 if `n` is 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-
-    /// Shuffles `items` (Fisher-Yates).
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
-}
-
-/// A fresh temporary directory for one input, under [`recover::temp_base`].
+/// A fresh temporary directory for one input, under [`recover_dir::temp_base`].
 pub(crate) fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("walrus-fuzz-").tempdir_in(recover::temp_base()).expect("creating a temp dir")
+    tempfile::Builder::new().prefix("walrus-fuzz-").tempdir_in(recover_dir::temp_base()).expect("creating a temp dir")
 }
 
 /// Installs (once per process) a tracing subscriber that enables every span

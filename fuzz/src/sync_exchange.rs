@@ -1,5 +1,5 @@
 //! The `sync_exchange` target: anti-entropy requests and answers from a
-//! hostile peer. The replica under test (see [`crate::sync`]) answers
+//! hostile peer. The replica under test (see [`crate::harness`]) answers
 //! requests with `sync::respond` and applies answers with
 //! `sync::apply_response`.
 //!
@@ -9,7 +9,7 @@
 //! |---|---|
 //! | 0 | kind, modulo 3: 0 = a raw request, 1 = a raw answer, 2 = structured pages |
 //! | 1 | [`Setup`] of the replica (a checkpoint makes it answer with snapshots) |
-//! | 2.. | raw: one `SyncRequest` or `SyncResponse` as it comes off the network; structured: up to [`MAX_MESSAGES`](crate::sync::MAX_MESSAGES) [`MessageSpec`](crate::sync::MessageSpec)s, each sent as a `SyncResponse::Ops` page (through the codec) of operations the harness signs and damages as told |
+//! | 2.. | raw: one `SyncRequest` or `SyncResponse` as it comes off the network; structured: up to [`MAX_MESSAGES`](crate::harness::MAX_MESSAGES) [`MessageSpec`](crate::harness::MessageSpec)s, each sent as a `SyncResponse::Ops` page (through the codec) of operations the harness signs and damages as told |
 //!
 //! Checks:
 //! - nothing panics;
@@ -22,7 +22,7 @@
 //!   not empty; a snapshot only comes from a truncated log and is exactly
 //!   the replica's state and version vector;
 //! - a page of operations is checked like a gossip message (the oracle of
-//!   [`crate::sync`]), and its `more` is honoured only if it brought
+//!   [`crate::harness`]), and its `more` is honoured only if it brought
 //!   progress;
 //! - a snapshot answer does exactly what the model in [`check_snapshot`]
 //!   says: refused (changing nothing) if misaddressed, undecodable or
@@ -36,7 +36,7 @@
 use walrus::replica::{Document, KvDoc, KvOp, OpEnvelope, Replica, ReplicaError};
 use walrus::sync::{self, SyncError, SyncRequest, SyncResponse};
 
-use crate::sync::{
+use crate::harness::{
     check_reopen, is_refusal, is_valid, judge_ops, limits, observe, options, parse_messages, replica, Setup, Twin,
     Verdict, DOC, LOCAL_SEED,
 };

@@ -28,12 +28,12 @@ fn replay(target: &str, check: fn(&[u8])) {
 
 #[test]
 fn record_decode_seeds() {
-    replay("record_decode", walrus_fuzz::decode::check);
+    replay("record_decode", walrus_fuzz::record_decode::check);
 }
 
 #[test]
 fn recover_dir_seeds() {
-    replay("recover_dir", walrus_fuzz::recover::check);
+    replay("recover_dir", walrus_fuzz::recover_dir::check);
 }
 
 #[test]

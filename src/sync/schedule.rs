@@ -48,23 +48,19 @@ impl Pair {
 pub struct Schedule<P> {
     interval: Duration,
     pairs: BTreeMap<(P, String), Pair>,
-    rng: u64,
+    rng: fastrand::Rng,
 }
 
 impl<P: Ord + Clone> Schedule<P> {
     /// A schedule with rounds every `interval` (jittered); `seed` drives the jitter.
     pub fn new(interval: Duration, seed: u64) -> Schedule<P> {
-        Schedule { interval, pairs: BTreeMap::new(), rng: seed | 1 }
+        Schedule { interval, pairs: BTreeMap::new(), rng: fastrand::Rng::with_seed(seed) }
     }
 
     fn jittered(&mut self) -> Duration {
-        // xorshift64: plenty for spreading timers.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let permille = 750 + self.rng % 501; // 0.75 .. 1.25
-                                             // Saturating: an absurd interval means "practically never", not a panic.
-        self.interval.checked_mul(permille as u32).map_or(Duration::MAX, |d| d / 1000)
+        let permille = self.rng.u32(750..=1250); // 0.75 .. 1.25
+                                                 // Saturating: an absurd interval means "practically never", not a panic.
+        self.interval.checked_mul(permille).map_or(Duration::MAX, |d| d / 1000)
     }
 
     /// `peer` replicates `doc`: pull from it now.

@@ -1,0 +1,394 @@
+//! The sync benchmark: replication throughput and bytes on the wire, next to
+//! the size of the operations themselves and, when a comparison is given, to
+//! another sync protocol on the same catch-up workload.
+//!
+//! `walrus bench sync` runs the walrus sections; `cargo bench --bench sync`
+//! (in the source tree) runs them all, with the automerge crate's sync
+//! protocol as the comparison.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crdts::CmRDT;
+use walrus::net::{Multiaddr, Node, NodeConfig, NodeHandle, Traffic};
+use walrus::replica::{ActorId, ActorKey, KvDoc, KvDocExt, KvOp, OpEnvelope, Replica, ReplicaOptions};
+use walrus::sync::{self, Limits};
+
+/// What the benchmark's steps return.
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Another sync protocol's in-process catch-up of `ops` writes of a
+/// workload: the time it took and the bytes of its sync messages.
+pub type Comparison<'a> = &'a dyn Fn(usize, Workload) -> Result<(Duration, u64)>;
+
+const DOC: &str = "bench";
+/// Writers per node, so that the group commit batches.
+const WRITERS: usize = 16;
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Options of the benchmark (`walrus bench sync`'s arguments).
+pub struct SyncBenchArgs {
+    /// Operations written, spread over the nodes.
+    pub ops: usize,
+    /// Operations a new node catches up on.
+    pub catchup: usize,
+    /// Cluster sizes to run.
+    pub nodes: Vec<usize>,
+}
+
+impl Default for SyncBenchArgs {
+    /// The defaults of `walrus bench sync`.
+    fn default() -> Self {
+        SyncBenchArgs { ops: 100_000, catchup: 50_000, nodes: vec![3, 10] }
+    }
+}
+
+/// What the written keys and values look like.
+#[derive(Clone, Copy)]
+pub enum Workload {
+    /// `item-00000042` = `value 0000000042`: as regular as data gets.
+    Sequential,
+    /// 13 random letters = three random 5-letter words.
+    Random,
+}
+
+impl Workload {
+    /// The workload, as the report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Sequential => "sequential keys and values",
+            Workload::Random => "random keys and values",
+        }
+    }
+
+    /// The key of write `i`.
+    pub fn key(self, i: usize) -> String {
+        match self {
+            Workload::Sequential => format!("item-{i:08}"),
+            Workload::Random => letters(i as u64 * 2, 13),
+        }
+    }
+
+    /// The value of write `i`.
+    pub fn value(self, i: usize) -> String {
+        match self {
+            Workload::Sequential => format!("value {i:010}"),
+            Workload::Random => {
+                let w = letters(i as u64 * 2 + 1, 15);
+                format!("{} {} {}", &w[..5], &w[5..10], &w[10..])
+            }
+        }
+    }
+}
+
+/// `n` pseudo-random lowercase letters, a pure function of `seed`.
+fn letters(seed: u64, n: usize) -> String {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| rng.lowercase()).collect()
+}
+
+fn replica_options() -> ReplicaOptions {
+    let d = ReplicaOptions::default();
+    ReplicaOptions { wal: d.wal.clone().segment_size(16 << 20), checkpoint_bytes: 0, ..d }
+}
+
+fn config(dir: &Path, peers: Vec<Multiaddr>) -> NodeConfig {
+    let mut cfg = NodeConfig::new(dir);
+    cfg.docs = vec![DOC.into()];
+    cfg.peers = peers;
+    // The default anti-entropy interval: gossip carries the load.
+    cfg.heartbeat = Duration::from_millis(200);
+    cfg.replica = replica_options();
+    cfg
+}
+
+async fn start(dir: &Path, peers: Vec<Multiaddr>) -> Result<(NodeHandle<KvDoc>, Multiaddr)> {
+    let (node, _events) = Node::<KvDoc>::start(config(dir, peers)).await?;
+    let addr = node.listen_addrs().await?.into_iter().next().ok_or("no listening address")?;
+    Ok((node, addr))
+}
+
+fn total_traffic(nodes: &[NodeHandle<KvDoc>]) -> u64 {
+    nodes.iter().map(|n| n.traffic().sent).sum()
+}
+
+/// Waits until every node has applied `ops` operations in all.
+async fn await_total(nodes: &[NodeHandle<KvDoc>], ops: u64) -> Result<()> {
+    let mut events: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let mut done = true;
+        for n in nodes {
+            if n.with(DOC, |r| r.clock().total()).await? < ops {
+                done = false;
+                break;
+            }
+        }
+        if done {
+            return Ok(());
+        }
+        // Any event on any node is a reason to look again; drain the
+        // backlog first so the check does not compete with the work.
+        let waits = events.iter_mut().map(|e| Box::pin(e.recv()));
+        if tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await.is_err() {
+            return Err(format!("not converged within {TIMEOUT:?}").into());
+        }
+        for e in events.iter_mut() {
+            while e.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// Waits until every node has a peer that replicates the document.
+async fn await_peers(nodes: &[NodeHandle<KvDoc>]) -> Result<()> {
+    let mut events: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let mut ready = true;
+        for n in nodes {
+            if !n.peers().await?.iter().any(|p| p.docs.iter().any(|d| d == DOC)) {
+                ready = false;
+                break;
+            }
+        }
+        if ready {
+            return Ok(());
+        }
+        let waits = events.iter_mut().map(|e| Box::pin(e.recv()));
+        // Subscriptions arrive without an event of their own: look again soon.
+        let _ = tokio::time::timeout(Duration::from_millis(50), futures::future::select_all(waits)).await;
+        if tokio::time::Instant::now() > deadline {
+            return Err("peers never connected".into());
+        }
+    }
+}
+
+/// Writes `ops` puts spread over `nodes`; returns the encoded bytes of all of them.
+async fn write_spread(nodes: &[NodeHandle<KvDoc>], ops: usize, w: Workload) -> Result<u64> {
+    let mut tasks = Vec::new();
+    let streams = nodes.len() * WRITERS;
+    for s in 0..streams {
+        let node = nodes[s % nodes.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut bytes = 0u64;
+            for i in (s..ops).step_by(streams) {
+                let env = node.update(DOC, move |d, a| d.put_op(a, &w.key(i), &w.value(i))).await?;
+                bytes += env.encode()?.len() as u64;
+            }
+            Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(bytes)
+        }));
+    }
+    let mut bytes = 0;
+    for t in tasks {
+        bytes += t.await?.map_err(|e| e.to_string())?;
+    }
+    Ok(bytes)
+}
+
+async fn spread(n: usize, ops: usize) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut nodes = Vec::new();
+    let mut addrs: Vec<Multiaddr> = Vec::new();
+    for i in 0..n {
+        // Each node keeps the first node and its predecessor as peers.
+        let mut peers: Vec<Multiaddr> = addrs.first().cloned().into_iter().collect();
+        if i > 1 {
+            peers.push(addrs[i - 1].clone());
+        }
+        let (node, addr) = start(&tmp.path().join(format!("n{i}")), peers).await?;
+        nodes.push(node);
+        addrs.push(addr);
+    }
+    // Let every node learn its peers' documents first, so the traffic
+    // counted is the workload's.
+    await_peers(&nodes).await?;
+    let before = total_traffic(&nodes);
+    let t0 = Instant::now();
+    let op_bytes = write_spread(&nodes, ops, Workload::Random).await?;
+    let written = t0.elapsed();
+    await_total(&nodes, ops as u64).await?;
+    let took = t0.elapsed();
+    let wire = total_traffic(&nodes) - before;
+    let per_op = op_bytes as f64 / ops as f64;
+    let deliveries = (ops * (n - 1)) as f64;
+    println!(
+        "  {n:>2} nodes, {ops} ops: written in {:.2}s, converged in {:.2}s ({:.0} ops/s)",
+        written.as_secs_f64(),
+        took.as_secs_f64(),
+        ops as f64 / took.as_secs_f64()
+    );
+    println!(
+        "           wire {:.1} MB: {:.0} B per op delivered to a peer vs {:.0} B encoded op = {:.2}x (target <= 1.5x)",
+        wire as f64 / 1e6,
+        wire as f64 / deliveries,
+        per_op,
+        wire as f64 / deliveries / per_op
+    );
+    for node in nodes {
+        node.shutdown().await?;
+    }
+    Ok(())
+}
+
+async fn catchup_network(ops: usize, w: Workload) -> Result<(Duration, u64, u64)> {
+    let tmp = tempfile::tempdir()?;
+    let (a, addr) = start(&tmp.path().join("a"), vec![]).await?;
+    let op_bytes = write_spread(std::slice::from_ref(&a), ops, w).await?;
+    let before = a.traffic();
+    let t0 = Instant::now();
+    let (b, _) = start(&tmp.path().join("b"), vec![addr]).await?;
+    await_total(&[a.clone(), b.clone()], ops as u64).await?;
+    let took = t0.elapsed();
+    let after = a.traffic();
+    let moved = Traffic { sent: after.sent - before.sent, received: after.received - before.received };
+    a.shutdown().await?;
+    b.shutdown().await?;
+    Ok((took, moved.sent + moved.received, op_bytes))
+}
+
+/// The same catch-up with the sync protocol driven in-process: message bytes only.
+fn catchup_in_process(ops: usize, w: Workload) -> Result<(Duration, u64)> {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut a: Replica<KvDoc> = Replica::open(da.path(), replica_options())?;
+    let makers = (0..ops).map(|i| move |d: &KvDoc, act| d.put_op(act, &w.key(i), &w.value(i)));
+    for r in a.update_many(makers) {
+        r?;
+    }
+    let mut b: Replica<KvDoc> = Replica::open(db.path(), replica_options())?;
+    let limits = Limits::default();
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    loop {
+        let req = sync::encode(&sync::request(&b, DOC, 1 << 20));
+        let resp = sync::encode(&sync::respond(&a, DOC, &sync::decode(&req, limits.max_request, "request")?, &limits));
+        bytes += (req.len() + resp.len()) as u64;
+        let applied =
+            sync::apply_response(&mut b, DOC, sync::decode(&resp, limits.max_response, "response")?, &limits)?;
+        if !applied.more {
+            break;
+        }
+    }
+    Ok((t0.elapsed(), bytes))
+}
+
+/// An envelope as it would be without a signature, for comparison.
+#[derive(serde::Serialize)]
+struct Unsigned<'a> {
+    actor: &'a ActorId,
+    seq: u64,
+    op: &'a KvOp,
+}
+
+/// What signing every operation costs: bytes per operation against an
+/// unsigned envelope and against a hash chain with one signature per run,
+/// and verification time against applying the operation.
+fn signatures(n: usize, w: Workload) -> Result<()> {
+    let key = ActorKey::from_seed([7; 32]);
+    let mut doc = KvDoc::default();
+    let mut envs = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for i in 0..n {
+        let op = doc.put_op(key.actor(), &w.key(i), &w.value(i));
+        doc.apply(op.clone());
+        envs.push(OpEnvelope::signed(&key, DOC, i as u64 + 1, op)?);
+    }
+    let sign_and_apply = t0.elapsed();
+    let (mut signed, mut unsigned) = (0usize, 0usize);
+    for env in &envs {
+        signed += env.encode()?.len();
+        let mut out = Vec::new();
+        ciborium::into_writer(&Unsigned { actor: &env.actor, seq: env.seq, op: &env.op }, &mut out)?;
+        unsigned += out.len();
+    }
+    let t0 = Instant::now();
+    for env in &envs {
+        env.verify(DOC)?;
+    }
+    let verify = t0.elapsed();
+    let mut check = KvDoc::default();
+    let t0 = Instant::now();
+    for env in &envs {
+        check.apply(env.op.clone());
+    }
+    let apply = t0.elapsed();
+    let per = |b: usize| b as f64 / n as f64;
+    let (u, sg) = (per(unsigned), per(signed));
+    println!(
+        "
+signatures: {n} ops ({})",
+        w.name()
+    );
+    println!("  envelope without signature:  {u:.1} B/op");
+    println!("  one signature per op (used): {sg:.1} B/op = {:.2}x unsigned", sg / u);
+    for run in [16, 256] {
+        let chained = u + 64.0 / run as f64;
+        println!(
+            "  hash chain, a signature per {run:>3} ops (unsigned + 64 B/run, lower bound): {chained:.1} B/op = {:.2}x",
+            chained / u
+        );
+    }
+    println!(
+        "  verify {:.1} us/op; applying the op {:.2} us/op (verify/apply {:.0}x); sign+apply {:.1} us/op",
+        verify.as_secs_f64() * 1e6 / n as f64,
+        apply.as_secs_f64() * 1e6 / n as f64,
+        verify.as_secs_f64() / apply.as_secs_f64().max(1e-9),
+        sign_and_apply.as_secs_f64() * 1e6 / n as f64,
+    );
+    Ok(())
+}
+
+/// Runs every section and prints its figures on standard output; `compare`,
+/// if given, runs on each catch-up workload too.
+pub fn run_sync(args: SyncBenchArgs, compare: Option<Comparison>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!("walrus bench sync (loopback TCP, durable writes with group commit)");
+    for w in [Workload::Sequential, Workload::Random] {
+        signatures(args.catchup.clamp(1, 20_000), w)?;
+    }
+    println!("\nspread: ops written concurrently on every node until all have all");
+    for &n in &args.nodes {
+        if n < 2 {
+            return Err("--nodes needs at least 2 nodes per run".into());
+        }
+        rt.block_on(spread(n, args.ops))?;
+    }
+    for w in [Workload::Sequential, Workload::Random] {
+        catchup(&rt, args.catchup, w, compare)?;
+    }
+    Ok(())
+}
+
+fn catchup(rt: &tokio::runtime::Runtime, ops: usize, w: Workload, compare: Option<Comparison>) -> Result<()> {
+    println!("\ncatch-up: a new node pulls {ops} ops from one peer ({})", w.name());
+    let (took, wire, op_bytes) = rt.block_on(catchup_network(ops, w))?;
+    println!(
+        "  walrus over TCP:      {:.2}s, {:.2} MB both ways vs {:.2} MB of ops = {:.2}x (target <= 1.3x)",
+        took.as_secs_f64(),
+        wire as f64 / 1e6,
+        op_bytes as f64 / 1e6,
+        wire as f64 / op_bytes as f64
+    );
+    let (took_p, bytes_p) = catchup_in_process(ops, w)?;
+    println!(
+        "  walrus in-process:    {:.2}s, {:.2} MB of sync messages = {:.2}x the ops",
+        took_p.as_secs_f64(),
+        bytes_p as f64 / 1e6,
+        bytes_p as f64 / op_bytes as f64
+    );
+    match compare.map(|c| c(ops, w)).transpose()? {
+        Some((took_a, bytes_a)) => {
+            println!(
+                "  automerge in-process: {:.2}s, {:.2} MB of sync messages",
+                took_a.as_secs_f64(),
+                bytes_a as f64 / 1e6
+            );
+            println!(
+                "  walrus/automerge (in-process): bytes {:.2}x, time {:.2}x (target: both < 1)",
+                bytes_p as f64 / bytes_a as f64,
+                took_p.as_secs_f64() / took_a.as_secs_f64().max(1e-9)
+            );
+        }
+        None => println!("  automerge: not measured here (`cargo bench --bench sync` in the source tree compares)"),
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Tests of durable replicas (`walrus::replica`), one module per concern.
+
+mod basics;
+mod fork_power_loss;
+mod helpers;
+mod power_loss;
+mod recovery;
+mod restore;
+mod trust;
