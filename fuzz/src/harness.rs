@@ -65,7 +65,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde_bytes::ByteBuf;
 use walrus::replica::{
-    ActorId, ActorKey, Document, Dot, KvDoc, KvDocExt, KvOp, OpEnvelope, Received, Replica, ReplicaError,
+    ActorId, ActorKey, Document, Dot, KvDoc, KvDocExt, KvOp, OpEnvelope, ReceiveError, Received, Replica,
     ReplicaOptions, Signature, VersionVector, ACTOR_FILE,
 };
 use walrus::sync::{self, Limits, SyncError};
@@ -597,7 +597,7 @@ impl Twin {
         if valid.len() == total {
             if let Err(e) = result {
                 assert!(
-                    matches!(e, SyncError::Replica(ReplicaError::BufferFull(_))),
+                    matches!(e, SyncError::Receive(ReceiveError::BufferFull(_))),
                     "a message of validly signed operations failed: {e}"
                 );
             }
