@@ -63,8 +63,8 @@ pub enum OpenError {
     #[error("invalid document id {0:?}: at most 4096 bytes, no control characters")]
     InvalidDocumentId(String),
     /// Finishing a retirement of the actor that opening found due (a
-    /// copied directory, a rewrite interrupted by a crash) failed to
-    /// write the actor's operations again.
+    /// rebuild, or a rewrite a crash interrupted) failed to write the
+    /// actor's operations again under its successor.
     #[error(transparent)]
     Write(WriteError),
 }
