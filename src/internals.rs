@@ -7,7 +7,7 @@
 //! crate; if you find yourself needing something from this module, please
 //! open an issue instead.
 
-use crate::replica::{Document, Replica, Result, VersionVector};
+use crate::replica::{Document, Replica, StorageError, VersionVector};
 
 /// The byte layout of log segment headers and record frames
 /// (`docs/FORMAT.md`): pure encoders and decoders.
@@ -35,6 +35,9 @@ pub fn set_checkpoint_crash_point<D: Document>(replica: &mut Replica<D>, step: O
     replica.set_checkpoint_crash_point(step);
 }
 
+/// A page of encoded operations and whether more follow.
+pub type EncodedPage = (Vec<Vec<u8>>, bool);
+
 /// [`Replica::ops_since`] with the operations as stored in the log (each
 /// the encoding `OpEnvelope::encode` gives) and whether more follow;
 /// `None` means a snapshot is needed.
@@ -42,6 +45,6 @@ pub fn encoded_ops_since<D: Document>(
     replica: &Replica<D>,
     theirs: &VersionVector,
     byte_budget: usize,
-) -> Result<Option<(Vec<Vec<u8>>, bool)>> {
+) -> Result<Option<EncodedPage>, StorageError> {
     replica.encoded_ops_since(theirs, byte_budget)
 }

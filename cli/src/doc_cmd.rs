@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
-use walrus::replica::{KvDoc, Recovered, Replica, ReplicaError, ReplicaOptions, ReplicaView};
+use walrus::replica::{KvDoc, OpenError, Recovered, Replica, ReplicaOptions, ReplicaView, StorageError};
 use walrus::wal;
 
 use crate::{progress, DocCommand};
@@ -114,17 +114,17 @@ fn view_dir_check(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn explain(dir: &Path, e: ReplicaError) -> Box<dyn std::error::Error> {
+fn explain(dir: &Path, e: OpenError) -> Box<dyn std::error::Error> {
     let shown = dir.display();
-    match e {
-        ReplicaError::Wal(wal::Error::Locked { .. }) => {
+    match e.as_storage().and_then(StorageError::as_wal) {
+        Some(wal::Error::Locked { .. }) => {
             format!("replica directory {shown} is in use by another process (its log is locked)").into()
         }
-        e @ ReplicaError::Wal(wal::Error::Corrupt { .. }) => {
+        Some(wal::Error::Corrupt { .. }) => {
             let log = dir.join(WAL_DIR);
             format!("{e} (inspect it with `walrus log verify {}`)", log.display()).into()
         }
-        e => e.into(),
+        _ => e.into(),
     }
 }
 

@@ -38,8 +38,8 @@ use std::sync::OnceLock;
 
 use crdts::CmRDT;
 use walrus::replica::{
-    ActorKey, Catchup, Document, EnvelopeError, KvDoc, KvOp, OpEnvelope, Replica, ReplicaError, ReplicaOptions,
-    VersionVector,
+    ActorKey, Catchup, Document, EnvelopeError, KvDoc, KvOp, OpEnvelope, PeerError, ReceiveError, Replica,
+    ReplicaOptions, VersionVector,
 };
 use walrus::sync::{self, SyncRequest, SyncResponse};
 use walrus::wal::{SyncPolicy, WalOptions};
@@ -324,7 +324,7 @@ impl Run<'_> {
                 let result = self.get(x).receive([env.clone()]);
                 match &result {
                     Ok(report) => assert_eq!(report.duplicates, 1, "a damaged operation was taken: {report:?}"),
-                    Err(ReplicaError::Envelope(EnvelopeError::BadSignature { actor, seq }))
+                    Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { actor, seq })))
                         if *actor == env.actor && *seq == env.seq => {}
                     Err(e) => panic!("a damaged operation gave {e}"),
                 }

@@ -34,7 +34,9 @@
 //!   is buffered and nothing else changes.
 
 use crdts::CmRDT;
-use walrus::replica::{ActorKey, Document, EnvelopeError, KvDoc, KvOp, OpEnvelope, ReplicaError, VersionVector};
+use walrus::replica::{
+    ActorKey, Document, EnvelopeError, KvDoc, KvOp, OpEnvelope, PeerError, ReceiveError, VersionVector,
+};
 
 use crate::harness::{
     actor, check_reopen, from_template, kv_op, limits, observe, open_as, options, seq_of, DOC, LOCAL_SEED,
@@ -144,7 +146,7 @@ fn check_decoded(env: &OpEnvelope<KvOp>) {
     let after = observe(&r);
     if env.verify(DOC).is_err() {
         assert!(
-            matches!(&result, Err(ReplicaError::Envelope(EnvelopeError::BadSignature { actor, seq }))
+            matches!(&result, Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { actor, seq })))
                 if *actor == env.actor && *seq == env.seq),
             "receiving a badly signed operation gave {result:?}"
         );
@@ -153,7 +155,7 @@ fn check_decoded(env: &OpEnvelope<KvOp>) {
     }
     if KvDoc::check_author(&env.op, &env.actor).is_err() {
         assert!(
-            matches!(&result, Err(ReplicaError::Rejected { actor, seq, .. }) if *actor == env.actor && *seq == env.seq),
+            matches!(&result, Err(ReceiveError::Peer(PeerError::Rejected { actor, seq, .. })) if *actor == env.actor && *seq == env.seq),
             "receiving a forged put gave {result:?}"
         );
         assert_eq!(after, before, "a forged put changed the replica");
@@ -167,7 +169,7 @@ fn check_decoded(env: &OpEnvelope<KvOp>) {
         return;
     }
     if bytes.len() > opts.max_op_size {
-        assert!(matches!(result, Err(ReplicaError::TooLarge { .. })), "an oversized operation gave {result:?}");
+        assert!(matches!(result, Err(ReceiveError::TooLarge { .. })), "an oversized operation gave {result:?}");
         assert_eq!(after, before, "an oversized operation changed the replica");
         return;
     }

@@ -66,7 +66,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use serde_bytes::ByteBuf;
 use walrus::internals::ACTOR_FILE;
 use walrus::replica::{
-    ActorId, ActorKey, Document, Dot, KvDoc, KvOp, OpEnvelope, Received, Replica, ReplicaError, ReplicaOptions,
+    ActorId, ActorKey, Document, Dot, KvDoc, KvOp, OpEnvelope, ReceiveError, Received, Replica, ReplicaOptions,
     Signature, VersionVector,
 };
 use walrus::sync::{self, Limits, SyncError};
@@ -598,7 +598,7 @@ impl Twin {
         if valid.len() == total {
             if let Err(e) = result {
                 assert!(
-                    matches!(e, SyncError::Replica(ReplicaError::BufferFull(_))),
+                    matches!(e, SyncError::Receive(ReceiveError::BufferFull(_))),
                     "a message of validly signed operations failed: {e}"
                 );
             }

@@ -33,7 +33,7 @@
 //! - if anything was applied, the replica reopens to the same version
 //!   vector and state.
 
-use walrus::replica::{Document, KvDoc, KvOp, OpEnvelope, Replica, ReplicaError};
+use walrus::replica::{Document, KvDoc, KvOp, OpEnvelope, PeerError, ReceiveError, Replica};
 use walrus::sync::{self, SyncError, SyncRequest, SyncResponse};
 
 use crate::harness::{
@@ -193,7 +193,7 @@ fn check_snapshot(r: &mut Replica<KvDoc>, resp: SyncResponse) {
     };
     if clock.get(&own) > before.clock.get(&own) {
         assert!(
-            matches!(result, Err(SyncError::Replica(ReplicaError::SnapshotRejected(_)))),
+            matches!(result, Err(SyncError::Receive(ReceiveError::Peer(PeerError::SnapshotRejected(_))))),
             "a snapshot claiming unwritten operations of the replica's own actor gave {result:?}"
         );
         assert_eq!(after, before, "a rejected snapshot changed the replica");

@@ -2,22 +2,15 @@
 
 use std::path::PathBuf;
 
-use crate::replica::ReplicaError;
+use crate::replica::{OpenError, ReceiveError, ReplicaError, StorageError, WriteError};
+use crate::wal::IoError;
 
 /// Errors of a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// A file operation failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// File involved.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(IoError),
     /// The identity file is unusable.
     #[error("identity {path}: {reason}")]
     Identity {
@@ -40,7 +33,8 @@ pub enum NodeError {
         /// for display only, it may be stale.
         pid: Option<u32>,
     },
-    /// A replica failed.
+    /// A replica failed (any of its operation errors, converted into the
+    /// union [`ReplicaError`]).
     #[error(transparent)]
     Replica(#[from] ReplicaError),
     /// The document's replica failed (its log could not be written, for
@@ -81,6 +75,20 @@ pub enum NodeError {
     #[error("the node has shut down or dropped the request")]
     Stopped,
 }
+
+/// Each kind of replica error converts, through [`ReplicaError`], so `?`
+/// works on any replica operation.
+macro_rules! from_replica {
+    ($($t:ty),*) => {$(
+        impl From<$t> for NodeError {
+            fn from(e: $t) -> NodeError {
+                NodeError::Replica(e.into())
+            }
+        }
+    )*};
+}
+
+from_replica!(OpenError, WriteError, ReceiveError, StorageError);
 
 fn holder(pid: Option<u32>) -> String {
     pid.map_or_else(|| " (its process id is unknown)".to_string(), |p| format!(" (process {p})"))

@@ -11,6 +11,7 @@ use libp2p::pnet::{KeyParseError, PreSharedKey};
 
 use super::error::NodeError;
 use crate::wal::durable::{self, Files};
+use crate::wal::IoError;
 
 /// File holding the node's keypair (libp2p protobuf encoding) in its data dir.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -68,17 +69,11 @@ const MAX_PSK_LEN: u64 = 4096;
 /// Errors name the file and what is wrong with it; they never show the key.
 pub fn read_psk_file(path: &Path) -> Result<PreSharedKey, NodeError> {
     let bad = |reason: &str| NodeError::Psk { path: path.to_path_buf(), reason: reason.to_string() };
-    let file = File::open(path).map_err(|e| NodeError::Io {
-        op: "opening pre-shared key file",
-        path: path.into(),
-        source: e,
-    })?;
+    let file = File::open(path).map_err(|e| NodeError::Io(IoError::new("opening pre-shared key file", path, e)))?;
     let mut bytes = Vec::new();
-    file.take(MAX_PSK_LEN + 1).read_to_end(&mut bytes).map_err(|e| NodeError::Io {
-        op: "reading pre-shared key file",
-        path: path.into(),
-        source: e,
-    })?;
+    file.take(MAX_PSK_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| NodeError::Io(IoError::new("reading pre-shared key file", path, e)))?;
     if bytes.len() as u64 > MAX_PSK_LEN {
         return Err(bad("larger than 4096 bytes: not a swarm.key file"));
     }
@@ -147,7 +142,7 @@ mod tests {
         }
         let missing = dir.path().join("missing.key");
         let err = read_psk_file(&missing).unwrap_err();
-        assert!(matches!(err, NodeError::Io { .. }) && err.to_string().contains("missing.key"), "{err}");
+        assert!(matches!(err, NodeError::Io(_)) && err.to_string().contains("missing.key"), "{err}");
     }
 
     #[test]

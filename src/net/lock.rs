@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::error::NodeError;
 use crate::wal::durable::{self, Files};
-use crate::wal::{FaultInjector, FileOp};
+use crate::wal::{FaultInjector, FileOp, IoError};
 
 /// File in a node's data directory that a running node holds an exclusive
 /// advisory lock on; it holds the holder's process id, for messages only.
@@ -32,7 +32,7 @@ pub(crate) struct DirLock {
 pub(crate) fn lock_data_dir(dir: &Path, faults: Option<Arc<dyn FaultInjector>>) -> Result<DirLock, NodeError> {
     Files::new(faults.clone()).create_dir_all(dir)?;
     let path = dir.join(LOCK_FILE);
-    let io = |op: &'static str, e| NodeError::Io { op, path: path.clone(), source: e };
+    let io = |op: &'static str, e| NodeError::Io(IoError::new(op, &path, e));
     // Never truncated on open: the holder's pid is in it.
     let mut file = OpenOptions::new()
         .read(true)

@@ -7,13 +7,15 @@ use tracing::{info_span, warn};
 
 use super::checkpoint::{self, Checkpoint};
 use super::succession::RetireReason;
-use super::{Catchup, Change, Document, OpEnvelope, Replica, ReplicaError, Result, VersionVector};
+use super::{
+    Catchup, Change, Document, OpEnvelope, PeerError, ReceiveError, Replica, StorageError, VersionVector, WriteError,
+};
 
 impl<D: Document> Replica<D> {
     /// What a peer whose version vector is `theirs` is missing: operations
     /// in an order it can apply, at most about `byte_budget` encoded bytes
     /// (always at least one operation), or a snapshot if some were truncated.
-    pub fn ops_since(&self, theirs: &VersionVector, byte_budget: usize) -> Result<Catchup<D>> {
+    pub fn ops_since(&self, theirs: &VersionVector, byte_budget: usize) -> Result<Catchup<D>, StorageError> {
         match self.encoded_ops_since(theirs, byte_budget)? {
             Some((records, more)) => {
                 let mut ops = Vec::with_capacity(records.len());
@@ -30,11 +32,12 @@ impl<D: Document> Replica<D> {
     /// as stored (each the encoding [`OpEnvelope::encode`] gives), ready to
     /// send without decoding and re-encoding them; `None` means a snapshot
     /// is needed.
+    #[allow(clippy::type_complexity)]
     pub(crate) fn encoded_ops_since(
         &self,
         theirs: &VersionVector,
         byte_budget: usize,
-    ) -> Result<Option<(Vec<Vec<u8>>, bool)>> {
+    ) -> Result<Option<(Vec<Vec<u8>>, bool)>, StorageError> {
         self.check()?;
         let mut wanted = BTreeSet::new();
         for (actor, &have) in self.clock.iter() {
@@ -79,15 +82,15 @@ impl<D: Document> Replica<D> {
 
     /// Merges a peer's snapshot (state + the operations it includes). The
     /// merged state is checkpointed before it becomes visible.
-    pub fn merge_snapshot(&mut self, state: D, clock: VersionVector) -> Result<()> {
+    pub fn merge_snapshot(&mut self, state: D, clock: VersionVector) -> Result<(), ReceiveError> {
         self.check()?;
         let span = info_span!("replica_merge_snapshot", actors = clock.len());
         let _g = span.enter();
-        self.doc.check_merge(&state).map_err(ReplicaError::SnapshotRejected)?;
+        self.doc.check_merge(&state).map_err(PeerError::SnapshotRejected)?;
         // Not `SnapshotRejected`: an honest peer's state may hold them
         // (written before the list changed), so it is no fault.
         if let Some((actor, seq)) = clock.iter().find(|(a, s)| self.check_writer(a, **s).is_err()) {
-            return Err(ReplicaError::NotAWriter { actor: *actor, seq: *seq });
+            return Err(ReceiveError::NotAWriter { actor: *actor, seq: *seq });
         }
         if clock.get(&self.actor) > self.clock.get(&self.actor) {
             // A peer holds more of this replica's actor than it does: the
@@ -97,11 +100,12 @@ impl<D: Document> Replica<D> {
             // deleted. A snapshot's clock is not signed: once per open, so
             // lying snapshots cannot make it retire actor after actor.
             if self.snapshot_retired {
-                return Err(ReplicaError::SnapshotRejected(format!(
+                return Err(PeerError::SnapshotRejected(format!(
                     "it claims {} operations of this replica's actor, which has {}, again",
                     clock.get(&self.actor),
                     self.clock.get(&self.actor)
-                )));
+                ))
+                .into());
             }
             let (had, seen) = (self.clock.get(&self.actor), clock.get(&self.actor));
             self.behind_own(RetireReason::Behind { had, seen }, had);
@@ -136,7 +140,11 @@ impl<D: Document> Replica<D> {
                 // Their actor's doing, not the snapshot's: the snapshot
                 // stays merged; a refused operation is dropped, and its
                 // actor's later ones wait for it again.
-                Err(e @ (ReplicaError::Rejected { .. } | ReplicaError::TooLarge { .. })) => {
+                Err(
+                    e @ (ReceiveError::Peer(PeerError::Rejected { .. })
+                    | ReceiveError::TooLarge { .. }
+                    | ReceiveError::Write(WriteError::Rejected { .. } | WriteError::SequenceExhausted { .. })),
+                ) => {
                     warn!(error = %e, "an operation held until a snapshot was refused");
                 }
                 Err(e) => return Err(e),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ReplicaError, Succession, VersionVector};
+use super::{StorageError, Succession, VersionVector};
 use crate::wal::durable::{self, Files};
 use crate::wal::Lsn;
 
@@ -49,9 +49,9 @@ pub fn write<D: Serialize>(
     dir: &Path,
     cp: &Checkpoint<D>,
     crash_after: Option<u8>,
-) -> Result<(), ReplicaError> {
+) -> Result<(), StorageError> {
     let mut body = Vec::new();
-    ciborium::into_writer(cp, &mut body).map_err(|e| ReplicaError::Encode(e.to_string()))?;
+    ciborium::into_writer(cp, &mut body).map_err(|e| StorageError::Encode(e.to_string()))?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
@@ -63,8 +63,8 @@ pub fn write<D: Serialize>(
 }
 
 /// Reads one checkpoint file; `Ok(None)` if it does not exist.
-pub fn read_file<D: DeserializeOwned>(path: &Path, limit: u64) -> Result<Option<Checkpoint<D>>, ReplicaError> {
-    let corrupt = |reason: String| ReplicaError::Corrupt { path: path.to_path_buf(), reason };
+pub fn read_file<D: DeserializeOwned>(path: &Path, limit: u64) -> Result<Option<Checkpoint<D>>, StorageError> {
+    let corrupt = |reason: String| StorageError::Corrupt { path: path.to_path_buf(), reason };
     let bytes = match durable::read_bounded(path, limit) {
         Ok(Some(b)) => b,
         Ok(None) => return Ok(None),
@@ -99,12 +99,12 @@ pub struct Generations<D> {
     pub older_lsn: Lsn,
     /// Generations that exist but are damaged, with the error: the newest
     /// one first.
-    pub damaged: Vec<(PathBuf, ReplicaError)>,
+    pub damaged: Vec<(PathBuf, StorageError)>,
 }
 
 /// Reads both generations. A damaged file is reported in `damaged`, not
 /// as an error; the caller decides whether what is left suffices.
-pub fn read_generations<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<Generations<D>, ReplicaError> {
+pub fn read_generations<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<Generations<D>, StorageError> {
     let mut found = Vec::new();
     let mut damaged = Vec::new();
     for name in [CHECKPOINT_FILE, PREVIOUS_FILE] {
@@ -112,7 +112,7 @@ pub fn read_generations<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<G
         match read_file::<D>(&path, limit) {
             Ok(Some(cp)) => found.push((cp, name == PREVIOUS_FILE)),
             Ok(None) => {}
-            Err(e @ ReplicaError::Corrupt { .. }) => damaged.push((path, e)),
+            Err(e @ StorageError::Corrupt { .. }) => damaged.push((path, e)),
             Err(e) => return Err(e),
         }
     }
@@ -130,7 +130,7 @@ pub fn read_generations<D: DeserializeOwned>(dir: &Path, limit: u64) -> Result<G
 /// If a checkpoint write stopped after moving `checkpoint` to
 /// `checkpoint.prev` and before renaming the new one in, renames it in now
 /// (its temp file is complete and verified), so both generations exist.
-pub fn promote_interrupted<D: DeserializeOwned>(files: &Files, dir: &Path, limit: u64) -> Result<(), ReplicaError> {
+pub fn promote_interrupted<D: DeserializeOwned>(files: &Files, dir: &Path, limit: u64) -> Result<(), StorageError> {
     let (newest, tmp) = (dir.join(CHECKPOINT_FILE), dir.join(format!("{CHECKPOINT_FILE}{}", durable::TMP_SUFFIX)));
     if newest.exists() || !tmp.exists() || !dir.join(PREVIOUS_FILE).exists() {
         return Ok(());
@@ -150,7 +150,7 @@ pub fn read_generations_below<D: DeserializeOwned>(
     dir: &Path,
     limit: u64,
     lsn: Lsn,
-) -> Result<Option<Checkpoint<D>>, ReplicaError> {
+) -> Result<Option<Checkpoint<D>>, StorageError> {
     let mut best: Option<Checkpoint<D>> = None;
     for name in [CHECKPOINT_FILE, PREVIOUS_FILE] {
         if let Ok(Some(cp)) = read_file::<D>(&dir.join(name), limit) {
@@ -166,7 +166,7 @@ pub fn read_generations_below<D: DeserializeOwned>(
 /// covers its log (`None` without one): records up to it are redundant, so
 /// a repair of the log may drop them. Reads the checkpoint whole (to verify
 /// its checksum) but decodes no document state.
-pub fn checkpointed_lsn(dir: &Path) -> Result<Option<Lsn>, ReplicaError> {
+pub fn checkpointed_lsn(dir: &Path) -> Result<Option<Lsn>, StorageError> {
     let gens = read_generations::<serde::de::IgnoredAny>(dir, u64::MAX)?;
     Ok(gens.newest.map(|cp| cp.lsn))
 }

@@ -5,13 +5,13 @@
 use tracing::{info, info_span};
 
 use super::checkpoint::{self, Checkpoint};
-use super::{Document, Replica, Result};
+use super::{Document, Replica, StorageError};
 use crate::wal::Lsn;
 
 impl<D: Document> Replica<D> {
     /// Writes a checkpoint of the current state and deletes the log
     /// segments it makes redundant.
-    pub fn checkpoint(&mut self) -> Result<()> {
+    pub fn checkpoint(&mut self) -> Result<(), StorageError> {
         self.check()?;
         let span = info_span!("replica_checkpoint", doc = %self.document, ops = self.clock.total());
         let _g = span.enter();
@@ -25,7 +25,7 @@ impl<D: Document> Replica<D> {
         self.after_checkpoint(lsn)
     }
 
-    pub(super) fn after_checkpoint(&mut self, lsn: Lsn) -> Result<()> {
+    pub(super) fn after_checkpoint(&mut self, lsn: Lsn) -> Result<(), StorageError> {
         // The generation that was newest is now the older one: the log is
         // kept from just after it, so a damaged newest checkpoint still
         // leaves a way back to every acknowledged write.
@@ -43,7 +43,7 @@ impl<D: Document> Replica<D> {
     /// written since the last checkpoint.
     ///
     /// [`ReplicaOptions::checkpoint_bytes`]: super::ReplicaOptions::checkpoint_bytes
-    pub(super) fn maybe_checkpoint(&mut self) -> Result<()> {
+    pub(super) fn maybe_checkpoint(&mut self) -> Result<(), StorageError> {
         // Not during a rewrite, nor while a retirement is due: either may
         // need operations still in the log, and the older generation.
         if !self.rewriting

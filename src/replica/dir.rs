@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{ActorKey, ReplicaError, Result};
+use super::{ActorKey, OpenError, StorageError};
 use crate::wal;
 use crate::wal::durable::{self, Files};
 
@@ -25,9 +25,9 @@ const OLD_ACTOR_FILE: &str = "actor";
 pub const WAL_DIR: &str = "wal";
 
 /// The document id stored in the replica directory `dir`, if any.
-pub(crate) fn read_document(dir: &Path) -> Result<Option<String>> {
+pub(crate) fn read_document(dir: &Path) -> Result<Option<String>, StorageError> {
     let path = dir.join(DOCUMENT_FILE);
-    let corrupt = |reason: String| ReplicaError::Corrupt { path: path.clone(), reason };
+    let corrupt = |reason: String| StorageError::Corrupt { path: path.clone(), reason };
     match durable::read_bounded(&path, MAX_DOCUMENT_ID) {
         Ok(Some(bytes)) => Ok(Some(String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))?)),
         Ok(None) => Ok(None),
@@ -36,21 +36,21 @@ pub(crate) fn read_document(dir: &Path) -> Result<Option<String>> {
     }
 }
 
-pub(super) fn load_or_create_document(files: &Files, dir: &Path, wanted: Option<&str>) -> Result<String> {
+pub(super) fn load_or_create_document(files: &Files, dir: &Path, wanted: Option<&str>) -> Result<String, OpenError> {
     match read_document(dir)? {
         Some(stored) => match wanted {
-            Some(w) if w != stored => Err(ReplicaError::Corrupt {
+            Some(w) if w != stored => Err(OpenError::Storage(StorageError::Corrupt {
                 path: dir.join(DOCUMENT_FILE),
                 reason: format!(
                     "this replica belongs to document {stored:?}, not {w:?}: operations signed for one are invalid in the other"
                 ),
-            }),
+            })),
             _ => Ok(stored),
         },
         None => {
             let id = wanted.unwrap_or_default().to_string();
             if id.len() as u64 > MAX_DOCUMENT_ID || id.chars().any(char::is_control) {
-                return Err(ReplicaError::InvalidDocumentId(id.chars().take(64).collect()));
+                return Err(OpenError::InvalidDocumentId(id.chars().take(64).collect()));
             }
             files.write_atomic(&dir.join(DOCUMENT_FILE), id.as_bytes(), false)?;
             Ok(id)
@@ -58,10 +58,10 @@ pub(super) fn load_or_create_document(files: &Files, dir: &Path, wanted: Option<
     }
 }
 
-pub(super) fn load_or_create_key(files: &Files, dir: &Path) -> Result<ActorKey> {
+pub(super) fn load_or_create_key(files: &Files, dir: &Path) -> Result<ActorKey, StorageError> {
     let path = dir.join(ACTOR_FILE);
     if !path.exists() && dir.join(OLD_ACTOR_FILE).exists() {
-        return Err(ReplicaError::Corrupt {
+        return Err(StorageError::Corrupt {
             path: dir.join(OLD_ACTOR_FILE),
             reason: "this replica was written by an earlier version without signed operations; \
                      start a new replica directory and sync it from peers"

@@ -10,6 +10,7 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
 use super::ActorId;
 use crate::wal::durable::Files;
+use crate::wal::IoError;
 
 /// Length of the key file: the 32-byte ed25519 secret seed.
 const KEY_LEN: usize = 32;
@@ -21,16 +22,8 @@ pub enum KeyError {
     #[error("no randomness for a new key: {0}")]
     Random(String),
     /// A file operation failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// File involved.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(IoError),
     /// The key file is not a key.
     #[error("corrupt key file {path}: {reason}")]
     Corrupt {
@@ -103,7 +96,7 @@ impl ActorKey {
     /// key file).
     pub(crate) fn load_or_create_in(files: &Files, path: &Path) -> Result<ActorKey, KeyError> {
         match ActorKey::load(path) {
-            Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(KeyError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = ActorKey::generate()?;
                 if files.create_new(path, &key.seed(), true).map_err(|e| wal_to_key(path, e))? {
                     Ok(key)
@@ -117,7 +110,7 @@ impl ActorKey {
 
     /// Reads the key in `path`.
     pub fn load(path: &Path) -> Result<ActorKey, KeyError> {
-        let io = |op, e| KeyError::Io { op, path: path.to_path_buf(), source: e };
+        let io = |op, e| KeyError::Io(IoError::new(op, path, e));
         let len = fs::metadata(path).map_err(|e| io("reading", e))?.len();
         if len != KEY_LEN as u64 {
             return Err(KeyError::Corrupt { path: path.into(), reason: format!("{len} bytes, expected {KEY_LEN}") });
@@ -133,7 +126,7 @@ impl ActorKey {
     /// Writes the key to `path` (which must not exist yet) with owner-only
     /// permissions, durably.
     pub fn store(&self, path: &Path) -> Result<(), KeyError> {
-        let io = |op, p: &Path, e| KeyError::Io { op, path: p.to_path_buf(), source: e };
+        let io = |op, p: &Path, e| KeyError::Io(IoError::new(op, p, e));
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(".tmp");
@@ -152,10 +145,8 @@ impl ActorKey {
 
 fn wal_to_key(path: &Path, e: crate::wal::Error) -> KeyError {
     match e {
-        crate::wal::Error::Io { op, path, source } => KeyError::Io { op, path, source },
-        other => {
-            KeyError::Io { op: "creating", path: path.to_path_buf(), source: std::io::Error::other(other.to_string()) }
-        }
+        crate::wal::Error::Io(e) => KeyError::Io(e),
+        other => KeyError::Io(IoError::new("creating", path, std::io::Error::other(other.to_string()))),
     }
 }
 

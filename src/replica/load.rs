@@ -7,9 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, CHECKPOINT_FILE};
-use super::{
-    ActorId, Document, OpEnvelope, ReplicaError, ReplicaOptions, Result, RetireReason, VersionVector, WAL_DIR,
-};
+use super::{ActorId, Document, OpEnvelope, ReplicaOptions, RetireReason, StorageError, VersionVector, WAL_DIR};
 use crate::wal::Lsn;
 
 /// Something found wrong, and worked around, when a replica was opened.
@@ -95,7 +93,7 @@ pub(crate) fn load_base<D: Document>(
     first_lsn: Lsn,
     last_lsn: Lsn,
     rebuild: bool,
-) -> Result<Base<D>> {
+) -> Result<Base<D>, StorageError> {
     let gens = checkpoint::read_generations::<D>(dir, opts.max_checkpoint_size)?;
     let (doc, clock, lsn, successions) = match gens.newest {
         Some(cp) => (cp.state, cp.clock, cp.lsn, cp.successions),
@@ -103,7 +101,7 @@ pub(crate) fn load_base<D: Document>(
     };
     let path = dir.join(CHECKPOINT_FILE);
     if lsn > last_lsn {
-        return Err(ReplicaError::Corrupt {
+        return Err(StorageError::Corrupt {
             path,
             reason: format!("checkpoint covers LSN {lsn} but the log ends at {last_lsn}"),
         });
@@ -135,7 +133,7 @@ pub(crate) fn load_base<D: Document>(
             None => format!("log starts at LSN {first_lsn} but the checkpoint ends at {lsn}"),
         };
         let path = gens.damaged.first().map_or_else(|| dir.join(WAL_DIR), |(p, _)| p.clone());
-        return Err(ReplicaError::Corrupt { path, reason });
+        return Err(StorageError::Corrupt { path, reason });
     }
     let recovered = damaged_notes(gens.damaged, lsn);
     // Without the newer generation (damaged, moved aside, or never
@@ -146,12 +144,12 @@ pub(crate) fn load_base<D: Document>(
     Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, successions, recovered, rebuilt: false, tolerant })
 }
 
-fn damaged_notes(damaged: Vec<(PathBuf, ReplicaError)>, used_lsn: Lsn) -> Vec<Recovered> {
+fn damaged_notes(damaged: Vec<(PathBuf, StorageError)>, used_lsn: Lsn) -> Vec<Recovered> {
     damaged
         .into_iter()
         .map(|(path, e)| {
             let reason = match e {
-                ReplicaError::Corrupt { reason, .. } => reason,
+                StorageError::Corrupt { reason, .. } => reason,
                 other => other.to_string(),
             };
             Recovered::DamagedCheckpoint { path, reason, moved_to: None, used_lsn }
@@ -178,7 +176,7 @@ pub(crate) fn replay_step<O>(
     lsn: Lsn,
     tolerant: bool,
     dir: &Path,
-) -> Result<Step> {
+) -> Result<Step, StorageError> {
     let have = clock.get(&env.actor);
     if env.seq <= have {
         return Ok(Step::Skip);
@@ -189,7 +187,7 @@ pub(crate) fn replay_step<O>(
     if tolerant {
         return Ok(Step::Skip);
     }
-    Err(ReplicaError::Corrupt {
+    Err(StorageError::Corrupt {
         path: dir.join(WAL_DIR),
         reason: format!("LSN {lsn} holds ({}, {}) but ({}, {}) was expected", env.actor, env.seq, env.actor, have + 1),
     })

@@ -11,6 +11,12 @@
 //! [`VersionVector`] says what was applied; [`Replica::ops_since`] answers
 //! what a peer is missing, falling back to a snapshot when the log was
 //! truncated by a checkpoint.
+//!
+//! Each kind of operation has its own error: [`OpenError`], [`WriteError`],
+//! [`ReceiveError`] (which tells a peer's fault, [`PeerError`], from a
+//! local failure) and [`StorageError`] for what failed locally.
+//! [`ReplicaError`] is their union; its documentation lists which
+//! operation returns which.
 
 mod actor;
 mod catchup;
@@ -50,7 +56,7 @@ pub(crate) use dir::{ACTOR_FILE, WAL_DIR};
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
 pub use document::Document;
 pub use envelope::{EnvelopeError, OpEnvelope, Signature};
-pub use error::{ReplicaError, Result};
+pub use error::{OpenError, PeerError, ReceiveError, ReplicaError, Result, StorageError, WriteError};
 pub use key::{ActorKey, KeyError};
 pub use kv::{CausalContext, Dot, KvDoc, KvOp};
 pub use load::Recovered;

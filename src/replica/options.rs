@@ -35,9 +35,12 @@ pub struct ReplicaOptions {
     /// `None` means "whatever is stored".
     pub document: Option<String>,
     /// If set, only these actors may write: operations of any other actor
-    /// (local writes included) are rejected with
-    /// [`ReplicaError::NotAWriter`](super::ReplicaError::NotAWriter), and snapshots that include any are
-    /// refused. Give every replica of the document the same set, so that
+    /// are rejected (a local write with
+    /// [`WriteError::NotAWriter`](super::WriteError::NotAWriter); a received
+    /// one is skipped and counted in
+    /// [`Received::not_writers`](super::Received::not_writers)), and
+    /// snapshots that include any are refused
+    /// ([`ReceiveError::NotAWriter`](super::ReceiveError::NotAWriter)). Give every replica of the document the same set, so that
     /// all of them reject the same operations and still converge.
     pub writers: Option<BTreeSet<ActorId>>,
 }

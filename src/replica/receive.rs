@@ -6,7 +6,7 @@ use tracing::warn;
 
 use super::verify::{verify_batch, VERIFY_ROUND};
 use super::{
-    Document, EnvelopeError, Equivocation, Offer, OpEnvelope, Origin, Received, Replica, ReplicaError, Result,
+    Document, EnvelopeError, Equivocation, Offer, OpEnvelope, Origin, PeerError, ReceiveError, Received, Replica,
 };
 use crate::wal::Lsn;
 
@@ -49,7 +49,7 @@ impl<D: Document> Replica<D> {
     /// of checking it already, if known), repeats included: so a bad
     /// signature ends a batch at the same place on every replica, whatever
     /// each already holds.
-    fn admit(&mut self, env: &OpEnvelope<D::Operation>, mut verified: Option<bool>) -> Result<Admit> {
+    fn admit(&mut self, env: &OpEnvelope<D::Operation>, mut verified: Option<bool>) -> Result<Admit, ReceiveError> {
         if let Some(c) = &env.succeeds {
             // The operation's signature covers the certificate: check it
             // first, so nobody but the actor can attach one; then the
@@ -80,7 +80,7 @@ impl<D: Document> Replica<D> {
             None => {}
         }
         // Signed by its actor, but it may still name another actor inside.
-        D::check_author(&env.op, &env.actor).map_err(|reason| ReplicaError::Rejected {
+        D::check_author(&env.op, &env.actor).map_err(|reason| PeerError::Rejected {
             actor: env.actor,
             seq: env.seq,
             reason,
@@ -108,7 +108,12 @@ impl<D: Document> Replica<D> {
     /// checkpoint that fails afterwards is no error of the call: the
     /// operations are durable and applied; it is logged, and the next
     /// write tries it again.
-    pub fn receive<I>(&mut self, ops: I) -> Result<Received>
+    ///
+    /// What the sender did wrong (a bad signature or succession, an
+    /// operation the document rejects) is a [`ReceiveError::Peer`]; a
+    /// full buffer, an operation over `max_op_size` and a local failure
+    /// are not ([`ReceiveError::is_peer_fault`]).
+    pub fn receive<I>(&mut self, ops: I) -> Result<Received, ReceiveError>
     where
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
     {
@@ -160,7 +165,7 @@ impl<D: Document> Replica<D> {
         report: &mut Received,
         ready: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
         own: &mut Vec<OpEnvelope<D::Operation>>,
-        first_error: &mut Option<ReplicaError>,
+        first_error: &mut Option<ReceiveError>,
     ) -> bool {
         let admitted = self.admit(&env, verified);
         if env.actor == self.actor {
@@ -207,7 +212,9 @@ impl<D: Document> Replica<D> {
                 // operation's error may already be held there.
                 let forged = matches!(
                     e,
-                    ReplicaError::Envelope(EnvelopeError::BadSignature { .. } | EnvelopeError::BadSuccession { .. })
+                    ReceiveError::Peer(PeerError::Envelope(
+                        EnvelopeError::BadSignature { .. } | EnvelopeError::BadSuccession { .. }
+                    ))
                 );
                 first_error.get_or_insert(e);
                 return forged;
@@ -246,12 +253,12 @@ impl<D: Document> Replica<D> {
         list: Vec<OpEnvelope<D::Operation>>,
         done: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
         report: &mut Received,
-    ) -> Result<()> {
+    ) -> Result<(), ReceiveError> {
         let count = list.len();
         for (i, env) in list.into_iter().enumerate() {
             let checked = match self.doc.check_op(&env.op) {
-                Ok(()) => self.encode_checked(&env),
-                Err(reason) => Err(ReplicaError::Rejected { actor: env.actor, seq: env.seq, reason }),
+                Ok(()) => self.encode_checked(&env).map_err(ReceiveError::from),
+                Err(reason) => Err(PeerError::Rejected { actor: env.actor, seq: env.seq, reason }.into()),
             };
             let bytes = match checked {
                 Ok(b) => b,

@@ -16,8 +16,8 @@ use super::index::OpIndex;
 use super::load::{load_base, replay_step, Recovered, Step};
 use super::succession::{self, RetireReason, Succession, MAX_SUCCESSIONS};
 use super::{
-    ActorId, ActorKey, CausalBuffer, Change, Document, Equivocation, OpEnvelope, ReplicaError, ReplicaOptions, Result,
-    VersionVector,
+    ActorId, ActorKey, CausalBuffer, Change, Document, Equivocation, OpEnvelope, OpenError, ReplicaOptions,
+    StorageError, VersionVector, WriteError,
 };
 use crate::wal::durable::{self, Files};
 use crate::wal::{Lsn, Wal};
@@ -101,7 +101,7 @@ pub struct Replica<D: Document> {
 impl<D: Document> Replica<D> {
     /// Opens (creating if needed) the replica in `dir`: loads the latest
     /// checkpoint and replays the log after it.
-    pub fn open(dir: impl AsRef<Path>, opts: ReplicaOptions) -> Result<Replica<D>> {
+    pub fn open(dir: impl AsRef<Path>, opts: ReplicaOptions) -> Result<Replica<D>, OpenError> {
         Self::open_inner(dir.as_ref(), opts, false)
     }
 
@@ -115,11 +115,11 @@ impl<D: Document> Replica<D> {
     /// operations come back from peers. The damaged checkpoints are kept
     /// as `checkpoint.damaged`. On a replica that opens normally, this is
     /// [`open`](Self::open).
-    pub fn rebuild(dir: impl AsRef<Path>, opts: ReplicaOptions) -> Result<Replica<D>> {
+    pub fn rebuild(dir: impl AsRef<Path>, opts: ReplicaOptions) -> Result<Replica<D>, OpenError> {
         Self::open_inner(dir.as_ref(), opts, true)
     }
 
-    fn open_inner(dir: &Path, opts: ReplicaOptions, rebuild: bool) -> Result<Replica<D>> {
+    fn open_inner(dir: &Path, opts: ReplicaOptions, rebuild: bool) -> Result<Replica<D>, OpenError> {
         let dir = dir.to_path_buf();
         let span = info_span!("replica_open", dir = %dir.display(), doc = tracing::field::Empty);
         let _g = span.enter();
@@ -231,7 +231,7 @@ impl<D: Document> Replica<D> {
         Ok(r)
     }
 
-    fn replay(&mut self) -> Result<()> {
+    fn replay(&mut self) -> Result<(), StorageError> {
         let from = self.checkpoint_lsn + 1;
         for record in self.wal.iter_from(from)? {
             let record = record?;
@@ -290,7 +290,7 @@ impl<D: Document> Replica<D> {
     }
 
     /// Whether an earlier failure (of the log, typically) poisoned this
-    /// replica: it then refuses everything with [`ReplicaError::Poisoned`]
+    /// replica: it then refuses everything with [`StorageError::Poisoned`]
     /// until it is dropped and opened again.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
@@ -310,9 +310,9 @@ impl<D: Document> Replica<D> {
         rx
     }
 
-    pub(super) fn check(&self) -> Result<()> {
+    pub(super) fn check(&self) -> Result<(), StorageError> {
         if self.poisoned {
-            return Err(ReplicaError::Poisoned);
+            return Err(StorageError::Poisoned);
         }
         Ok(())
     }
@@ -333,7 +333,7 @@ impl<D: Document> Replica<D> {
 
     /// Whether `actor` may write operation `seq`: under a writer list, if
     /// it is on it or succeeds (through certified retirements) one that is.
-    pub(super) fn check_writer(&self, actor: &ActorId, seq: u64) -> Result<()> {
+    pub(super) fn check_writer(&self, actor: &ActorId, seq: u64) -> Result<(), WriteError> {
         let Some(writers) = &self.opts.writers else { return Ok(()) };
         // A writer's successor may write too, however many times it was
         // retired (bounded: a cycle or a long chain ends the search).
@@ -347,11 +347,11 @@ impl<D: Document> Replica<D> {
                 None => break,
             }
         }
-        Err(ReplicaError::NotAWriter { actor: *actor, seq })
+        Err(WriteError::NotAWriter { actor: *actor, seq })
     }
 
     /// Makes everything durable and closes the log.
-    pub fn close(self) -> Result<()> {
+    pub fn close(self) -> Result<(), StorageError> {
         self.wal.close()?;
         Ok(())
     }

@@ -13,7 +13,7 @@ use super::load::{replay_step, Recovered, Step};
 use super::receive::Admit;
 use super::replica::PendingRetire;
 use super::succession::{self, RetireReason, Succession, MAX_SUCCESSIONS};
-use super::{ActorId, Change, Document, OpEnvelope, Replica, Result, VersionVector};
+use super::{ActorId, Change, Document, OpEnvelope, ReceiveError, Replica, VersionVector, WriteError};
 
 impl<D: Document> Replica<D> {
     /// Retires this replica's actor now: a new key, certified by the old
@@ -23,14 +23,14 @@ impl<D: Document> Replica<D> {
     /// may hold operations of the actor that this replica lacks. (A copied
     /// or restored directory is noticed on open, and a peer holding more of
     /// the actor as soon as its operations arrive.)
-    pub fn retire_actor(&mut self) -> Result<ActorId> {
+    pub fn retire_actor(&mut self) -> Result<ActorId, WriteError> {
         self.check()?;
         self.retire.get_or_insert(PendingRetire { reason: RetireReason::Requested, forked: None, distrust: true });
         self.complete_retire()?;
         Ok(self.actor)
     }
 
-    pub(super) fn retire_actor_for(&mut self, reason: RetireReason) -> Result<()> {
+    pub(super) fn retire_actor_for(&mut self, reason: RetireReason) -> Result<(), WriteError> {
         self.retire.get_or_insert(PendingRetire { reason, forked: None, distrust: true });
         self.complete_retire()
     }
@@ -48,7 +48,7 @@ impl<D: Document> Replica<D> {
     /// Learns successions from a peer (sent with a snapshot, whose version
     /// vector may name successors of writers). Each is checked; a bad one
     /// is an error and none after it is learned.
-    pub fn learn_successions(&mut self, certs: &[Succession]) -> Result<usize> {
+    pub fn learn_successions(&mut self, certs: &[Succession]) -> Result<usize, ReceiveError> {
         let mut learned = 0;
         for c in certs {
             c.verify(&self.document)?;
@@ -83,7 +83,7 @@ impl<D: Document> Replica<D> {
     /// A peer sent an operation of this replica's own actor: one beyond
     /// what it holds means it is behind its own history; another version
     /// of one it wrote means two copies of it wrote.
-    pub(super) fn note_own(&mut self, env: &OpEnvelope<D::Operation>, admitted: &Result<Admit>) {
+    pub(super) fn note_own(&mut self, env: &OpEnvelope<D::Operation>, admitted: &Result<Admit, ReceiveError>) {
         let had = self.clock.get(&self.actor);
         let reason = match admitted {
             Ok(Admit::New) if env.seq > had => RetireReason::Behind { had, seen: env.seq },
@@ -121,7 +121,7 @@ impl<D: Document> Replica<D> {
     /// its state is rebuilt without them (from a checkpoint generation
     /// older than they are) and each is written again under the new actor,
     /// where the document can ([`Document::reissue`]).
-    pub(super) fn complete_retire(&mut self) -> Result<()> {
+    pub(super) fn complete_retire(&mut self) -> Result<(), WriteError> {
         let Some(pending) = self.retire.take() else { return Ok(()) };
         let old = self.actor;
         let key_file = self.dir.join(ACTOR_FILE);
@@ -165,7 +165,7 @@ impl<D: Document> Replica<D> {
     /// Rewrites a fork and clears its record. A failure poisons the
     /// replica: the record stays, and the next open finishes the job
     /// before anything else is written.
-    pub(super) fn finish_rewrite(&mut self, job: succession::Rewrite) -> Result<()> {
+    pub(super) fn finish_rewrite(&mut self, job: succession::Rewrite) -> Result<(), WriteError> {
         // While the record exists, the log keeps the operations to rewrite:
         // no truncation, no automatic checkpoint.
         self.rewriting = true;
@@ -183,7 +183,7 @@ impl<D: Document> Replica<D> {
     /// `old`'s operations from `from` on (peers send theirs again).
     /// Idempotent: after a crash it rebuilds only if the state still holds
     /// them, and writes again only what the current actor has not.
-    fn rewrite_fork(&mut self, job: succession::Rewrite) -> Result<()> {
+    fn rewrite_fork(&mut self, job: succession::Rewrite) -> Result<(), WriteError> {
         let succession::Rewrite { old, from, to, forked: distrust } = job;
         // The operations, from the log (the first record of each number:
         // the one this replica wrote).
@@ -206,7 +206,7 @@ impl<D: Document> Replica<D> {
             // A rebuilt replica's own operations: nothing to take out of the
             // state. Then a checkpoint, so later opens start from it.
             self.reissue(forked, false)?;
-            return self.checkpoint();
+            return Ok(self.checkpoint()?);
         }
         if self.clock.get(&old) < from {
             // Taken out already, before a crash.
@@ -247,7 +247,7 @@ impl<D: Document> Replica<D> {
     /// After opening from an empty state: retires the actor and writes
     /// its operations that are still in the log again, then checkpoints,
     /// so the next open starts from this state.
-    pub(super) fn finish_rebuild(&mut self) -> Result<()> {
+    pub(super) fn finish_rebuild(&mut self) -> Result<(), WriteError> {
         // An interrupted rebuild left its record: the open finishes it.
         if succession::load_rewrite(&self.dir)?.is_none() {
             let old = self.actor;
@@ -267,7 +267,7 @@ impl<D: Document> Replica<D> {
     /// same numbers (then what they saw of their old actor that this state
     /// lacks is not trusted). A rebuilt replica's own operations were not
     /// forked: everything they saw stands.
-    fn reissue(&mut self, ops: Vec<OpEnvelope<D::Operation>>, forked: bool) -> Result<()> {
+    fn reissue(&mut self, ops: Vec<OpEnvelope<D::Operation>>, forked: bool) -> Result<(), WriteError> {
         // Those the current actor wrote already (before a crash) are not
         // written twice: it writes nothing else while a rewrite is recorded.
         let mut skip = self.clock.get(&self.actor);

@@ -185,13 +185,13 @@ pub(crate) fn save_rewrite(files: &Files, dir: &Path, job: &Rewrite) -> crate::w
 }
 
 /// The rewrite left unfinished, if any (an unreadable record is reported).
-pub(crate) fn load_rewrite(dir: &Path) -> Result<Option<Rewrite>, super::ReplicaError> {
+pub(crate) fn load_rewrite(dir: &Path) -> Result<Option<Rewrite>, super::StorageError> {
     let path = dir.join(REWRITE_FILE);
     match durable::read_bounded(&path, 4096)? {
         None => Ok(None),
         Some(bytes) => ciborium::from_reader(bytes.as_slice())
             .map(Some)
-            .map_err(|e| super::ReplicaError::Corrupt { path, reason: e.to_string() }),
+            .map_err(|e| super::StorageError::Corrupt { path, reason: e.to_string() }),
     }
 }
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::load::{load_base, replay_step, Recovered, Step};
-use super::{ActorId, ActorKey, Document, OpEnvelope, ReplicaError, ReplicaOptions, Result, VersionVector};
+use super::{ActorId, ActorKey, Document, OpEnvelope, OpenError, ReplicaOptions, StorageError, VersionVector};
 use super::{ACTOR_FILE, WAL_DIR};
 use crate::wal::{self, LogReader};
 
@@ -42,14 +42,15 @@ pub struct ReplicaView<D: Document> {
 impl<D: Document> ReplicaView<D> {
     /// Reads the replica in `dir` (which must exist) without modifying
     /// anything. Of `opts`, the size limits apply.
-    pub fn open(dir: impl AsRef<Path>, opts: &ReplicaOptions) -> Result<ReplicaView<D>> {
+    pub fn open(dir: impl AsRef<Path>, opts: &ReplicaOptions) -> Result<ReplicaView<D>, OpenError> {
         let dir = dir.as_ref();
         let log = dir.join(WAL_DIR);
         if !log.is_dir() {
-            return Err(ReplicaError::Corrupt {
+            return Err(StorageError::Corrupt {
                 path: dir.to_path_buf(),
                 reason: format!("not a replica directory (no {WAL_DIR}/ inside)"),
-            });
+            }
+            .into());
         }
         let mut attempt = 0;
         loop {
@@ -59,15 +60,14 @@ impl<D: Document> ReplicaView<D> {
                 // between the two reads: read both again.
                 // (A damaged replica fails the same way each time.)
                 Err(
-                    ReplicaError::Corrupt { .. }
-                    | ReplicaError::Wal(wal::Error::Io { .. } | wal::Error::Truncated { .. }),
+                    StorageError::Corrupt { .. } | StorageError::Wal(wal::Error::Io(_) | wal::Error::Truncated { .. }),
                 ) if attempt < ATTEMPTS => continue,
-                other => return other,
+                other => return Ok(other?),
             }
         }
     }
 
-    fn read(dir: &Path, log: &Path, opts: &ReplicaOptions) -> Result<ReplicaView<D>> {
+    fn read(dir: &Path, log: &Path, opts: &ReplicaOptions) -> Result<ReplicaView<D>, StorageError> {
         let reader = LogReader::open(log, &opts.wal)?;
         let summary = reader.summary();
         let base = load_base::<D>(dir, opts, summary.first_lsn, summary.last_lsn, false)?;

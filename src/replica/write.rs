@@ -3,37 +3,33 @@
 
 use tracing::warn;
 
-use super::{ActorId, Change, Document, OpEnvelope, Origin, Replica, ReplicaError, Result};
+use super::{ActorId, Change, Document, OpEnvelope, Origin, Replica, StorageError, WriteError};
 use crate::wal::Lsn;
 
 impl<D: Document> Replica<D> {
     /// This replica's next sequence number (a merged hostile snapshot could
     /// claim the last one).
-    fn next_seq(&self) -> Result<u64> {
+    fn next_seq(&self) -> Result<u64, WriteError> {
         let have = self.clock.get(&self.actor);
-        have.checked_add(1).ok_or(ReplicaError::Rejected {
-            actor: self.actor,
-            seq: have,
-            reason: "this actor's sequence numbers are exhausted".into(),
-        })
+        have.checked_add(1).ok_or(WriteError::SequenceExhausted { actor: self.actor, seq: have })
     }
 
-    pub(super) fn encode_checked(&self, env: &OpEnvelope<D::Operation>) -> Result<Vec<u8>> {
+    pub(super) fn encode_checked(&self, env: &OpEnvelope<D::Operation>) -> Result<Vec<u8>, WriteError> {
         let bytes = env.encode()?;
         if bytes.len() > self.opts.max_op_size {
-            return Err(ReplicaError::TooLarge { len: bytes.len(), limit: self.opts.max_op_size });
+            return Err(WriteError::TooLarge { len: bytes.len(), limit: self.opts.max_op_size });
         }
         Ok(bytes)
     }
 
     /// Checks a local operation and signs it as `seq` of this replica's actor.
-    fn sign_local(&self, seq: u64, op: D::Operation) -> Result<OpEnvelope<D::Operation>> {
+    fn sign_local(&self, seq: u64, op: D::Operation) -> Result<OpEnvelope<D::Operation>, WriteError> {
         self.check_writer(&self.actor, seq)?;
         if let Err(reason) = D::check_author(&op, &self.actor) {
-            return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
+            return Err(WriteError::Rejected { actor: self.actor, seq, reason });
         }
         if let Err(reason) = self.doc.check_op(&op) {
-            return Err(ReplicaError::Rejected { actor: self.actor, seq, reason });
+            return Err(WriteError::Rejected { actor: self.actor, seq, reason });
         }
         let cert = if seq == 1 { self.successions.get(&self.actor).copied() } else { None };
         Ok(OpEnvelope::signed_succeeding(&self.key, &self.document, seq, op, cert)?)
@@ -45,12 +41,12 @@ impl<D: Document> Replica<D> {
     /// envelope is what to send to peers.
     ///
     /// It is [`update_many`](Self::update_many) of one operation.
-    pub fn update<F>(&mut self, make: F) -> Result<OpEnvelope<D::Operation>>
+    pub fn update<F>(&mut self, make: F) -> Result<OpEnvelope<D::Operation>, WriteError>
     where
         F: FnOnce(&D, ActorId) -> D::Operation,
     {
         // One maker gives one result; the fallback is never taken.
-        self.update_many([make]).pop().unwrap_or(Err(ReplicaError::Poisoned))
+        self.update_many([make]).pop().unwrap_or(Err(WriteError::Storage(StorageError::Poisoned)))
     }
 
     /// Writes several local operations with one wait for durability (one
@@ -69,7 +65,7 @@ impl<D: Document> Replica<D> {
     /// assert_eq!(r.clock().get(&r.actor()), 3);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn update_many<I, F>(&mut self, makes: I) -> Vec<Result<OpEnvelope<D::Operation>>>
+    pub fn update_many<I, F>(&mut self, makes: I) -> Vec<Result<OpEnvelope<D::Operation>, WriteError>>
     where
         I: IntoIterator<Item = F>,
         F: FnOnce(&D, ActorId) -> D::Operation,
@@ -85,7 +81,7 @@ impl<D: Document> Replica<D> {
             }
         }
         for make in makes {
-            let written = self.check().and_then(|()| {
+            let written = self.check().map_err(WriteError::from).and_then(|()| {
                 let op = make(&self.doc, self.actor);
                 let env = self.sign_local(self.next_seq()?, op)?;
                 let bytes = self.encode_checked(&env)?;
@@ -102,7 +98,7 @@ impl<D: Document> Replica<D> {
             // Applied in memory but not durable: nothing may be acknowledged.
             let mut first = Some(e);
             for r in results.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(first.take().unwrap_or(ReplicaError::Poisoned));
+                *r = Err(WriteError::Storage(first.take().unwrap_or(StorageError::Poisoned)));
             }
         }
         results
@@ -112,7 +108,7 @@ impl<D: Document> Replica<D> {
     /// it: the first half of every write, local or remote. A log failure
     /// poisons the replica, as what was applied and what was logged may
     /// then differ.
-    pub(super) fn log_and_apply(&mut self, env: OpEnvelope<D::Operation>, bytes: &[u8]) -> Result<Lsn> {
+    pub(super) fn log_and_apply(&mut self, env: OpEnvelope<D::Operation>, bytes: &[u8]) -> Result<Lsn, StorageError> {
         let lsn = match self.wal.append_nowait(bytes) {
             Ok(lsn) => lsn,
             Err(e) => {
@@ -139,7 +135,7 @@ impl<D: Document> Replica<D> {
         origin: Origin,
         last: Option<Lsn>,
         written: impl IntoIterator<Item = &'a OpEnvelope<D::Operation>>,
-    ) -> Result<()>
+    ) -> Result<(), StorageError>
     where
         D::Operation: 'a,
     {

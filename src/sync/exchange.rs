@@ -8,7 +8,7 @@ use tracing::debug;
 use super::message::{
     self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_OPS_PER_MESSAGE,
 };
-use crate::replica::{Document, EnvelopeError, OpEnvelope, Received, Replica, ReplicaError};
+use crate::replica::{Document, EnvelopeError, OpEnvelope, ReceiveError, Received, Replica};
 
 /// Why an incoming message was not (fully) applied.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +27,11 @@ pub enum SyncError {
         /// What it names.
         got: String,
     },
-    /// The replica refused or failed (a rejected operation, a log error).
+    /// The replica refused what the message carried, or failed taking it
+    /// (a rejected operation, a log error):
+    /// [`ReceiveError::is_peer_fault`] tells which.
     #[error(transparent)]
-    Replica(#[from] ReplicaError),
+    Receive(#[from] ReceiveError),
     /// A request of this replica would exceed the request size limit (its
     /// version vector names too many actors): a peer with the same limit
     /// would refuse it, so it is not sent.
@@ -58,15 +60,11 @@ impl SyncError {
     /// True if the message proves the sender faulty or hostile (as opposed
     /// to a local failure or a peer that merely lacks the document).
     pub fn is_peer_fault(&self) -> bool {
-        matches!(
-            self,
-            SyncError::Message(_)
-                | SyncError::Envelope(_)
-                | SyncError::WrongDoc { .. }
-                | SyncError::Replica(
-                    ReplicaError::Rejected { .. } | ReplicaError::SnapshotRejected(_) | ReplicaError::Envelope(_)
-                )
-        )
+        match self {
+            SyncError::Message(_) | SyncError::Envelope(_) | SyncError::WrongDoc { .. } => true,
+            SyncError::Receive(e) => e.is_peer_fault(),
+            SyncError::RequestTooLarge { .. } | SyncError::Remote { .. } => false,
+        }
     }
 }
 
@@ -343,6 +341,19 @@ mod tests {
         assert!(decode_request(b"\xff\x00garbage", &limits).is_err());
         let bad_name = message::encode(&request(&a, "", 10));
         assert!(decode_request(&bad_name, &limits).is_err());
+    }
+
+    #[test]
+    fn a_receive_error_is_a_peer_fault_only_when_the_replica_says_so() {
+        use crate::replica::{PeerError, StorageError};
+        let peer = SyncError::from(ReceiveError::Peer(PeerError::SnapshotRejected("no".into())));
+        assert!(peer.is_peer_fault(), "{peer}");
+        let local = SyncError::from(ReceiveError::Local(StorageError::Poisoned));
+        assert!(!local.is_peer_fault(), "{local}");
+        let large = SyncError::from(ReceiveError::TooLarge { len: 2, limit: 1 });
+        assert!(!large.is_peer_fault(), "{large}");
+        let remote = SyncError::Remote { doc: "d".into(), reason: "busy".into() };
+        assert!(!remote.is_peer_fault());
     }
 
     #[test]

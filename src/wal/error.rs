@@ -1,20 +1,59 @@
+use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// A failed operating-system call on a file or directory: what was being
+/// done, to which path, and the cause. Every layer reports file failures
+/// with it (the log's [`Error::Io`], and the replica's and node's errors
+/// through theirs).
+///
+/// Displayed as `{op} {path}: {source}`, for example
+/// `opening /data/wal/00000001.seg: Permission denied (os error 13)`.
+#[derive(Debug)]
+pub struct IoError {
+    /// What was being done ("opening", "syncing", …).
+    pub op: &'static str,
+    /// The file or directory involved.
+    pub path: PathBuf,
+    /// The underlying error.
+    pub source: io::Error,
+}
+
+impl IoError {
+    /// The failure of `op` on `path`.
+    pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> IoError {
+        IoError { op, path: path.into(), source }
+    }
+
+    /// The kind of the underlying error.
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+
+    /// The file or directory involved.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.op, self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
 
 /// Errors of the write-ahead log.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An operating-system call failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The file or directory involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(IoError),
     /// The device is full. Records acknowledged before this error are intact;
     /// the log is poisoned and must be reopened once space is freed.
     #[error("no space left on device while {op} {path}")]
@@ -75,7 +114,7 @@ impl Error {
         if source.raw_os_error() == Some(28) || source.kind() == io::ErrorKind::StorageFull {
             Error::NoSpace { op, path }
         } else {
-            Error::Io { op, path, source }
+            Error::Io(IoError { op, path, source })
         }
     }
 

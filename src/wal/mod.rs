@@ -45,7 +45,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::{Error, Result};
+pub use error::{Error, IoError, Result};
 pub use fault::{FaultInjector, FileEvent, FileOp, Injected};
 pub use power_loss::{CrashSummary, PowerLoss};
 pub use reader::{LogReader, LogSummary, Record, WalIter};

@@ -66,7 +66,7 @@ impl WalIter {
                     return Err(Error::Truncated { lsn: self.next, first: self.segments.first().map_or(1, |s| s.0) });
                 };
                 let reader = match SegmentReader::open(path) {
-                    Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                         let first = self.segments.get(self.seg_idx + 1).map_or(*first, |s| s.0);
                         return Err(Error::Truncated { lsn: self.next, first });
                     }

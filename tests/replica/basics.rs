@@ -3,7 +3,7 @@
 
 use crate::helpers::{open, opts};
 use walrus::replica::{
-    ActorKey, Catchup, Change, CounterDoc, Document, KvDoc, OpEnvelope, Origin, Replica, ReplicaError, ReplicaOptions,
+    ActorKey, Catchup, Change, CounterDoc, Document, KvDoc, OpEnvelope, Origin, ReceiveError, Replica, ReplicaOptions,
     VersionVector,
 };
 
@@ -78,7 +78,7 @@ fn causal_buffer_is_bounded() {
     let ops: Vec<_> = (0..10).map(|i| a.update(|d, actor| d.put_op(actor, "k", &i.to_string())).unwrap()).collect();
     let mut b: Replica<KvDoc> = Replica::open(db.path(), ReplicaOptions { buffer_limit: 3, ..opts() }).unwrap();
     let err = b.receive(ops[1..].to_vec()).unwrap_err();
-    assert!(matches!(err, ReplicaError::BufferFull(_)), "{err}");
+    assert!(matches!(err, ReceiveError::BufferFull(_)), "{err}");
     assert_eq!(b.buffered(), 3);
     // Anti-entropy fills the gap later.
     assert_eq!(sync(&a, &mut b, 1 << 20), 10);

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::helpers::{open, opts};
-use walrus::replica::{Catchup, KvDoc, Recovered, Replica, ReplicaError, ReplicaView, VersionVector};
+use walrus::replica::{Catchup, KvDoc, OpenError, Recovered, Replica, ReplicaView, StorageError, VersionVector};
 use walrus::wal::{LogReader, WalOptions};
 
 fn put_many(r: &mut Replica<KvDoc>, prefix: &str, n: usize) {
@@ -131,7 +131,7 @@ fn without_an_intact_generation_the_error_says_what_to_do() {
     flip_bit(&d.path().join("checkpoint.prev"));
     let err = Replica::<KvDoc>::open(d.path(), opts()).err().expect("nothing can restore it");
     let msg = err.to_string();
-    assert!(matches!(err, ReplicaError::Corrupt { .. }), "{msg}");
+    assert!(matches!(err, OpenError::Storage(StorageError::Corrupt { .. })), "{msg}");
     assert!(msg.contains("rebuild"), "{msg}");
     // Nothing was moved or deleted by the failed open.
     assert!(d.path().join("checkpoint").exists() && d.path().join("checkpoint.prev").exists());

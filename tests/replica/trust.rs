@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use walrus::replica::{
-    ActorKey, Catchup, Document, Dot, EnvelopeError, Equivocation, KvDoc, KvOp, OpEnvelope, Replica, ReplicaError,
-    ReplicaOptions, VersionVector,
+    ActorKey, Catchup, Document, Dot, EnvelopeError, Equivocation, KvDoc, KvOp, OpEnvelope, OpenError, PeerError,
+    ReceiveError, Replica, ReplicaOptions, StorageError, VersionVector, WriteError,
 };
 use walrus::wal::{SyncPolicy, WalOptions};
 
@@ -51,22 +51,31 @@ fn forged_and_misattributed_operations_are_refused_before_the_log() {
         let mut env = put(&alice, seq, "k", "v");
         env.sig.0[7] ^= 0x40;
         let err = r.receive([env]).unwrap_err();
-        assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { seq: s, .. }) if s == seq), "{err}");
+        assert!(
+            matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: s, .. })) if s == seq),
+            "{err}"
+        );
     }
     // Mallory signs an operation but names Alice as its actor.
     let mut claimed = put(&mallory, 1, "k", "mallory");
     claimed.actor = alice.actor();
-    assert!(matches!(r.receive([claimed]), Err(ReplicaError::Envelope(EnvelopeError::BadSignature { .. }))));
+    assert!(matches!(
+        r.receive([claimed]),
+        Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { .. })))
+    ));
     // Mallory signs as herself, but the write's dot names Alice.
     let dot = Dot { actor: alice.actor(), counter: 1 };
     let op = KvOp::Put { key: "k".into(), dot, value: "shadow".into(), seen: vec![] };
     let shadow = OpEnvelope::signed(&mallory, DOC, 1, op).unwrap();
-    assert!(matches!(r.receive([shadow]), Err(ReplicaError::Rejected { .. })));
+    assert!(matches!(r.receive([shadow]), Err(ReceiveError::Peer(PeerError::Rejected { .. }))));
     // Signed for another document.
     let dot = Dot { actor: alice.actor(), counter: 1 };
     let op = KvOp::Put { key: "k".into(), dot, value: "v".into(), seen: vec![] };
     let elsewhere = OpEnvelope::signed(&alice, "other", 1, op).unwrap();
-    assert!(matches!(r.receive([elsewhere]), Err(ReplicaError::Envelope(EnvelopeError::BadSignature { .. }))));
+    assert!(matches!(
+        r.receive([elsewhere]),
+        Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { .. })))
+    ));
     untouched(r);
 }
 
@@ -78,7 +87,10 @@ fn a_forged_operation_ends_the_batch_and_what_came_before_stays() {
     let mut bad = put(&alice, 2, "k", "forged");
     bad.sig.0[0] ^= 1;
     let err = r.receive([put(&alice, 1, "a", "1"), bad, put(&alice, 3, "c", "3")]).unwrap_err();
-    assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { seq: 2, .. })), "{err}");
+    assert!(
+        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 2, .. }))),
+        "{err}"
+    );
     assert_eq!(r.clock().get(&alice.actor()), 1);
     assert_eq!(r.buffered(), 0, "nothing after a forgery is looked at");
     let got = r.receive([put(&alice, 2, "b", "2"), put(&alice, 3, "c", "3")]).unwrap();
@@ -94,7 +106,7 @@ fn a_forged_operation_ends_the_batch_and_what_came_before_stays() {
     let mut bad = put(&bob, 1, "k", "forged");
     bad.sig.0[0] ^= 1;
     let err = r.receive([misattributed, bad, put(&bob, 1, "k", "bob")]).unwrap_err();
-    assert!(matches!(err, ReplicaError::Rejected { .. }), "{err}");
+    assert!(matches!(err, ReceiveError::Peer(PeerError::Rejected { .. })), "{err}");
     assert_eq!(r.clock().get(&bob.actor()), 0, "an operation after a forgery was applied");
 
     // A damaged copy of an operation the replica already has is a forgery
@@ -102,7 +114,10 @@ fn a_forged_operation_ends_the_batch_and_what_came_before_stays() {
     let mut copy = put(&alice, 1, "a", "1");
     copy.sig.0[3] ^= 1; // in R: the second half still matches the applied one
     let err = r.receive([copy, put(&alice, 4, "d", "4")]).unwrap_err();
-    assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { seq: 1, .. })), "{err}");
+    assert!(
+        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 1, .. }))),
+        "{err}"
+    );
     assert_eq!(r.clock().get(&alice.actor()), 3, "an operation after a forged repeat was applied");
 }
 
@@ -120,7 +135,7 @@ fn early_operations_are_bounded_in_bytes() {
             break;
         }
     }
-    assert!(matches!(full, Some(ReplicaError::BufferFull(_))), "{full:?}");
+    assert!(matches!(full, Some(ReceiveError::BufferFull(_))), "{full:?}");
     assert!(r.buffered() <= 4, "{} held", r.buffered());
 }
 
@@ -152,7 +167,10 @@ fn equivocation_is_detected_and_the_first_operation_stays() {
     let mut fake = put(&mallory, 1, "k", "fake");
     fake.sig.0[3] ^= 1;
     r.take_equivocations();
-    assert!(matches!(r.receive([fake.clone()]), Err(ReplicaError::Envelope(EnvelopeError::BadSignature { .. }))));
+    assert!(matches!(
+        r.receive([fake.clone()]),
+        Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { .. })))
+    ));
     assert!(r.take_equivocations().is_empty());
     // An equivocation in a batch that fails otherwise is still reported.
     assert!(r.receive([other.clone(), fake]).is_err());
@@ -191,14 +209,14 @@ fn write_allow_list_is_enforced_identically() {
         r.receive(ops).unwrap();
         // A local write by a replica that is not on the list.
         let err = r.update(|d, a| d.put_op(a, "k", "me")).unwrap_err();
-        assert!(matches!(err, ReplicaError::NotAWriter { .. }), "{err}");
+        assert!(matches!(err, WriteError::NotAWriter { .. }), "{err}");
         // A snapshot including a non-writer's operations: refused, but no
         // peer fault (an honest peer's state may predate the list).
         let mut clock = VersionVector::default();
         clock.observe(bob.actor(), 1);
         let err = r.merge_snapshot(KvDoc::default(), clock).unwrap_err();
-        assert!(matches!(err, ReplicaError::NotAWriter { seq: 1, .. }), "{err}");
-        assert!(!walrus::sync::SyncError::Replica(err).is_peer_fault());
+        assert!(matches!(err, ReceiveError::NotAWriter { seq: 1, .. }), "{err}");
+        assert!(!walrus::sync::SyncError::Receive(err).is_peer_fault());
     }
     assert_eq!(replicas[0].doc().canonical(), replicas[1].doc().canonical());
     assert_eq!(replicas[0].clock(), replicas[1].clock());
@@ -237,7 +255,10 @@ fn a_replica_belongs_to_one_document() {
     let err = Replica::<KvDoc>::open(d.path(), ReplicaOptions { document: Some("other".into()), ..opts() })
         .err()
         .expect("another document id must be refused");
-    assert!(matches!(err, ReplicaError::Corrupt { .. }) && err.to_string().contains("other"), "{err}");
+    assert!(
+        matches!(err, OpenError::Storage(StorageError::Corrupt { .. })) && err.to_string().contains("other"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -267,7 +288,10 @@ fn large_batches_are_verified_as_strictly_as_small_ones() {
     let mut batch = all.clone();
     batch[149].sig.0[1] ^= 1; // alice 150
     let err = r.receive(batch).unwrap_err();
-    assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { seq: 150, .. })), "{err}");
+    assert!(
+        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 150, .. }))),
+        "{err}"
+    );
     assert_eq!(r.clock().get(&alice.actor()), 149);
     assert_eq!(r.clock().get(&bob.actor()), 0);
     assert_eq!(r.buffered(), 0);
@@ -279,7 +303,10 @@ fn large_batches_are_verified_as_strictly_as_small_ones() {
     as_bob.actor = bob.actor();
     batch.push(as_bob);
     let err = r.receive(batch).unwrap_err();
-    assert!(matches!(err, ReplicaError::Envelope(EnvelopeError::BadSignature { seq: 101, .. })), "{err}");
+    assert!(
+        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 101, .. }))),
+        "{err}"
+    );
     assert_eq!((r.clock().get(&alice.actor()), r.clock().get(&bob.actor())), (200, 100));
 }
 
@@ -289,7 +316,7 @@ fn document_ids_are_checked_before_they_are_stored() {
         let d = tempfile::tempdir().unwrap();
         let err =
             Replica::<KvDoc>::open(d.path(), ReplicaOptions { document: Some(bad), ..opts() }).err().expect("refused");
-        assert!(matches!(err, ReplicaError::InvalidDocumentId(_)), "{err}");
+        assert!(matches!(err, OpenError::InvalidDocumentId(_)), "{err}");
         assert!(!d.path().join(walrus::internals::DOCUMENT_FILE).exists());
     }
 }
@@ -323,7 +350,7 @@ fn a_held_operation_refused_later_is_not_the_delivery_s_fault() {
     let mut r2: Replica<SetDoc> = Replica::open(d2.path(), opts()).unwrap();
     r2.receive([first]).unwrap();
     let err = r2.receive([skipping]).unwrap_err();
-    assert!(matches!(err, ReplicaError::Rejected { seq: 2, .. }), "{err}");
+    assert!(matches!(err, ReceiveError::Peer(PeerError::Rejected { seq: 2, .. })), "{err}");
     // Both refused the same operations.
     assert_eq!(r.clock(), r2.clock());
     assert_eq!(r.doc(), r2.doc());

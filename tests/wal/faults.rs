@@ -110,7 +110,7 @@ fn failed_sync_poisons_the_log() {
 
     fail.store(true, Ordering::SeqCst);
     match wal.append(b"not acknowledged") {
-        Err(Error::Io { .. }) => {}
+        Err(Error::Io(_)) => {}
         Err(e) => panic!("expected the injected I/O error, got {e}"),
         Ok(lsn) => panic!("append acknowledged LSN {lsn} although fdatasync failed"),
     }
@@ -228,7 +228,7 @@ fn failed_group(fail_op: FileOp, fail: fn() -> Injected, leader_error: fn(&Error
 
 #[test]
 fn failed_group_sync_fails_every_waiter() {
-    failed_group(FileOp::SyncData, eio, |e| matches!(e, Error::Io { .. }));
+    failed_group(FileOp::SyncData, eio, |e| matches!(e, Error::Io(_)));
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn failed_write_poisons_the_log() {
     }
     fail.store(true, Ordering::SeqCst);
     let err = wal.append(b"lost").unwrap_err();
-    assert!(matches!(err, Error::Io { .. }) && !err.is_no_space(), "{err}");
+    assert!(matches!(err, Error::Io(_)) && !err.is_no_space(), "{err}");
     fail.store(false, Ordering::SeqCst);
     assert_poisoned(wal.append(b"later"), "append");
     drop(wal);
@@ -541,7 +541,7 @@ fn failed_sync_sealing_a_full_segment() {
         assert!(acked.len() < 150, "the segment never filled up");
     };
     assert_eq!(fired.load(Ordering::SeqCst), 1);
-    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(matches!(err, Error::Io(_)), "{err}");
     assert!(acked.len() > 10);
     assert_poisoned(wal.append(b"later"), "append");
     drop(wal);
