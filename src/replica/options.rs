@@ -13,7 +13,8 @@ pub struct ReplicaOptions {
     /// were already handed to peers, and this replica may then reuse their
     /// sequence numbers: use a durable policy for data you replicate.
     pub wal: WalOptions,
-    /// Largest encoded operation accepted, local or remote.
+    /// Largest encoded operation accepted, local or remote (at most the
+    /// log's `wal.max_record_size`, whichever is smaller).
     pub max_op_size: usize,
     /// Most early (out-of-order) operations held at once.
     pub buffer_limit: usize,

@@ -16,8 +16,12 @@ impl<D: Document> Replica<D> {
 
     pub(super) fn encode_checked(&self, env: &OpEnvelope<D::Operation>) -> Result<Vec<u8>, WriteError> {
         let bytes = env.encode()?;
-        if bytes.len() > self.opts.max_op_size {
-            return Err(WriteError::TooLarge { len: bytes.len(), limit: self.opts.max_op_size });
+        // The log's record limit caps the option: an operation the log
+        // would refuse is refused here, before anything is written (a
+        // refused append would poison the replica).
+        let limit = self.opts.max_op_size.min(self.opts.wal.max_record_size as usize);
+        if bytes.len() > limit {
+            return Err(WriteError::TooLarge { len: bytes.len(), limit });
         }
         Ok(bytes)
     }
@@ -151,6 +155,11 @@ impl<D: Document> Replica<D> {
         for env in written {
             self.notify(|| Change::Op { origin, op: env.clone() });
         }
+        // A poisoned replica cannot checkpoint; saying so on every call
+        // would only repeat the error the caller already has.
+        if self.poisoned {
+            return Ok(());
+        }
         if let Err(e) = self.maybe_checkpoint() {
             warn!(error = %e, "automatic checkpoint failed; the next write tries again");
         }
@@ -216,5 +225,21 @@ mod tests {
         assert_eq!(b.doc().values_of("theirs"), vec!["v"]);
         assert_eq!(b.doc().values_of("mine"), vec!["w"]);
         assert_eq!(b.doc().values_of("later"), vec!["x"]);
+    }
+
+    #[test]
+    fn an_operation_over_the_log_s_record_limit_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = WalOptions::default();
+        wal.max_record_size = 4096;
+        // The replica's own limit is larger than the log's.
+        let opts = ReplicaOptions { wal, max_op_size: 1 << 20, ..ReplicaOptions::default() };
+        let mut r: Replica<KvDoc> = Replica::open(dir.path(), opts).unwrap();
+        let big = "x".repeat(8192);
+        let err = r.update(|d, actor| d.put_op(actor, "big", &big)).unwrap_err();
+        assert!(matches!(err, crate::replica::WriteError::TooLarge { limit: 4096, .. }), "{err}");
+        assert!(!r.is_poisoned(), "nothing was written, so nothing is out of step");
+        r.update(|d, actor| d.put_op(actor, "small", "v")).unwrap();
+        assert_eq!(r.clock().get(&r.actor()), 1);
     }
 }
