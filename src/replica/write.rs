@@ -230,8 +230,7 @@ mod tests {
     #[test]
     fn an_operation_over_the_log_s_record_limit_is_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = WalOptions::default();
-        wal.max_record_size = 4096;
+        let wal = WalOptions { max_record_size: 4096, ..WalOptions::default() };
         // The replica's own limit is larger than the log's.
         let opts = ReplicaOptions { wal, max_op_size: 1 << 20, ..ReplicaOptions::default() };
         let mut r: Replica<KvDoc> = Replica::open(dir.path(), opts).unwrap();

@@ -38,6 +38,7 @@ pub(crate) mod format;
 mod power_loss;
 mod reader;
 mod recovery;
+mod repair;
 mod segment;
 mod writer;
 
@@ -50,7 +51,8 @@ pub use fault::{FaultInjector, FileEvent, FileOp, Injected};
 pub use power_loss::{CrashSummary, PowerLoss};
 pub use reader::{LogReader, LogSummary, Record, WalIter};
 pub use recovery::{plan_repair, DiscardKind, Discarded, RepairPlan};
-pub use writer::{repair, Wal};
+pub use repair::repair;
+pub use writer::Wal;
 
 /// Log sequence number: 1 for the first record ever appended, then +1 per
 /// record. 0 means "no record".

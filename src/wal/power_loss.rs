@@ -1,4 +1,8 @@
 //! A power-loss simulator on the fault seam: see [`PowerLoss`].
+//!
+//! One file of about 750 lines, a quarter of them its own tests: the model
+//! (files, directory entries, what a crash keeps of each) is one state
+//! machine, and its parts are only correct together.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
