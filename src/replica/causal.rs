@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ActorId, OpEnvelope, VersionVector};
+use super::{ActorId, BufferFull, OpEnvelope, VersionVector};
 
 /// What to do with an offered operation.
 #[derive(Debug, PartialEq)]
@@ -20,22 +20,6 @@ pub enum Offer<O> {
     Buffered,
     /// Already applied or already buffered: nothing to do.
     Duplicate,
-}
-
-/// The buffer is full, in all or for this actor; the operation was not
-/// kept. Ask the peer again later (anti-entropy resends what is still
-/// missing).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("causal buffer full ({held} operations held, limit {limit}); dropped ({actor}, {seq})")]
-pub struct BufferFull {
-    /// Author of the dropped operation.
-    pub actor: ActorId,
-    /// Its sequence number.
-    pub seq: u64,
-    /// Operations held (in all, or of this actor if that limit was hit).
-    pub held: usize,
-    /// The limit that was hit.
-    pub limit: usize,
 }
 
 /// Holds operations that arrived before their predecessors.

@@ -2,12 +2,10 @@
 //! the author's sequence and the author's signature; CBOR-encoded as one
 //! log record.
 
-use std::fmt;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ActorId, ActorKey, Succession};
+use super::{ActorId, ActorKey, EnvelopeError, Signature, Succession};
 
 /// An operation as stored in the log and sent to peers.
 ///
@@ -37,42 +35,6 @@ pub struct OpEnvelope<O> {
     /// byte for byte what they were before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub succeeds: Option<Box<Succession>>,
-}
-
-/// An ed25519 signature (64 bytes; a CBOR byte string on the wire).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Signature(pub [u8; 64]);
-
-impl fmt::Debug for Signature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature(")?;
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, "…)")
-    }
-}
-
-impl Serialize for Signature {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Signature {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Signature, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Signature;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a 64-byte signature")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Signature, E> {
-                v.try_into().map(Signature).map_err(|_| E::invalid_length(v.len(), &self))
-            }
-        }
-        d.deserialize_bytes(Visitor)
-    }
 }
 
 /// Domain separation: these signatures cannot be mistaken for any other
@@ -106,46 +68,6 @@ fn append_succession(bytes: &mut Vec<u8>, c: &Succession) {
     bytes.extend_from_slice(&c.from.0);
     bytes.extend_from_slice(&c.to.0);
     bytes.extend_from_slice(&c.sig.0);
-}
-
-/// Why bytes are not a valid envelope.
-#[derive(Debug, thiserror::Error)]
-pub enum EnvelopeError {
-    /// Larger than the limit; not decoded at all.
-    #[error("operation of {len} bytes exceeds the limit of {limit} bytes")]
-    TooLarge {
-        /// Size of the input.
-        len: usize,
-        /// Limit.
-        limit: usize,
-    },
-    /// Not the CBOR of an envelope of this document type.
-    #[error("malformed operation: {0}")]
-    Malformed(String),
-    /// The operation could not be serialized.
-    #[error("cannot encode operation: {0}")]
-    Encode(String),
-    /// Sequence numbers start at 1.
-    #[error("operation has sequence number 0")]
-    ZeroSeq,
-    /// A succession certificate that is not `from`'s signature naming `to`
-    /// in this document, or that is not on the first operation of `to`.
-    #[error("succession of {to} from {from} is not validly signed for this document and position")]
-    BadSuccession {
-        /// The actor it says retired.
-        from: ActorId,
-        /// The actor it names.
-        to: ActorId,
-    },
-    /// The signature is not the named actor's signature of this operation
-    /// in this document.
-    #[error("operation ({actor}, {seq}) has a bad signature")]
-    BadSignature {
-        /// The actor it claims.
-        actor: ActorId,
-        /// Its sequence number.
-        seq: u64,
-    },
 }
 
 impl<O: Serialize> OpEnvelope<O> {

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{ActorId, BufferFull, EnvelopeError, KeyError};
+use super::{ActorId, KeyError};
 use crate::wal;
 
 /// A local failure: the log, a file of the replica directory, the actor
@@ -424,6 +424,22 @@ impl From<ReceiveError> for ReplicaError {
 /// Result alias for replicas.
 pub type Result<T, E = ReplicaError> = std::result::Result<T, E>;
 
+/// The buffer is full, in all or for this actor; the operation was not
+/// kept. Ask the peer again later (anti-entropy resends what is still
+/// missing).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("causal buffer full ({held} operations held, limit {limit}); dropped ({actor}, {seq})")]
+pub struct BufferFull {
+    /// Author of the dropped operation.
+    pub actor: ActorId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Operations held (in all, or of this actor if that limit was hit).
+    pub held: usize,
+    /// The limit that was hit.
+    pub limit: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,4 +509,44 @@ mod tests {
         let text = e.to_string();
         assert_eq!(ReplicaError::from(e).to_string(), text);
     }
+}
+
+/// Why bytes are not a valid envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Larger than the limit; not decoded at all.
+    #[error("operation of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the input.
+        len: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// Not the CBOR of an envelope of this document type.
+    #[error("malformed operation: {0}")]
+    Malformed(String),
+    /// The operation could not be serialized.
+    #[error("cannot encode operation: {0}")]
+    Encode(String),
+    /// Sequence numbers start at 1.
+    #[error("operation has sequence number 0")]
+    ZeroSeq,
+    /// A succession certificate that is not `from`'s signature naming `to`
+    /// in this document, or that is not on the first operation of `to`.
+    #[error("succession of {to} from {from} is not validly signed for this document and position")]
+    BadSuccession {
+        /// The actor it says retired.
+        from: ActorId,
+        /// The actor it names.
+        to: ActorId,
+    },
+    /// The signature is not the named actor's signature of this operation
+    /// in this document.
+    #[error("operation ({actor}, {seq}) has a bad signature")]
+    BadSignature {
+        /// The actor it claims.
+        actor: ActorId,
+        /// Its sequence number.
+        seq: u64,
+    },
 }

@@ -47,7 +47,6 @@ mod view;
 mod write;
 
 pub use actor::{ActorId, ParseActorIdError, ACTOR_ID_LEN};
-pub use causal::BufferFull;
 pub(crate) use causal::{CausalBuffer, Offer};
 pub use change::{Catchup, Change, Equivocation, Origin, Received};
 pub use checkpoint::checkpointed_lsn;
@@ -55,9 +54,11 @@ pub use clock::VersionVector;
 pub(crate) use dir::{ACTOR_FILE, WAL_DIR};
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
 pub use document::Document;
-pub use envelope::{EnvelopeError, OpEnvelope, Signature};
-pub use error::{OpenError, PeerError, ReceiveError, ReplicaError, Result, StorageError, WriteError};
-pub use key::{ActorKey, KeyError};
+pub use envelope::OpEnvelope;
+pub use error::{
+    BufferFull, EnvelopeError, OpenError, PeerError, ReceiveError, ReplicaError, Result, StorageError, WriteError,
+};
+pub use key::{ActorKey, KeyError, Signature};
 pub use kv::{CausalContext, Dot, KvDoc, KvOp};
 pub use load::Recovered;
 pub use options::ReplicaOptions;

@@ -43,6 +43,7 @@ mod segment;
 mod writer;
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +52,6 @@ pub use fault::{FaultInjector, FileEvent, FileOp, Injected};
 pub use power_loss::{CrashSummary, PowerLoss};
 pub use reader::{LogReader, LogSummary, Record, WalIter};
 pub use recovery::{plan_repair, DiscardKind, Discarded, RepairPlan};
-pub use repair::repair;
 pub use writer::Wal;
 
 /// Log sequence number: 1 for the first record ever appended, then +1 per
@@ -225,4 +225,49 @@ impl WalOptions {
         }
         Ok(())
     }
+}
+
+/// Repairs the log in `dir` so that it opens again, and returns the plan it
+/// carried out (see [`plan_repair`] and the rules in `docs/FORMAT.md`).
+/// Records up to `covered` are redundant (a checkpoint holds them; 0 for
+/// none). Unless `allow_loss` is set, a plan that would discard an intact
+/// record not covered is refused with [`Error::InvalidArgument`] and nothing
+/// changes. A clean log is left as it is (a torn tail is discarded, as on
+/// every open). Takes the directory lock for the duration.
+///
+/// ```
+/// use walrus::wal::{repair, SyncPolicy, Wal, WalOptions};
+///
+/// let dir = tempfile::tempdir()?;
+/// let wal = Wal::open(dir.path(), WalOptions::new(SyncPolicy::Always).segment_size(4096))?;
+/// for _ in 0..100 {
+///     wal.append(&[7u8; 100])?;
+/// }
+/// drop(wal);
+/// // Lose the oldest segment's successor: the oldest one is now stale.
+/// let mut segments: Vec<_> = std::fs::read_dir(dir.path())?
+///     .map(|e| e.map(|e| e.path()))
+///     .collect::<Result<_, _>>()?;
+/// segments.retain(|p| p.extension().is_some_and(|x| x == "wal"));
+/// segments.sort();
+/// std::fs::remove_file(&segments[1])?;
+///
+/// // The records of the stale segment are intact: refused unless allowed…
+/// assert!(repair(dir.path(), WalOptions::default(), 0, false).is_err());
+/// // …or covered by a checkpoint.
+/// let plan = repair(dir.path(), WalOptions::default(), 100, false)?;
+/// assert_eq!(plan.kept.as_ref().map(|r| *r.end()), Some(100));
+/// let wal = Wal::open(dir.path(), WalOptions::default())?;
+/// assert_eq!(wal.append(b"next")?, 101);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn repair(dir: impl AsRef<Path>, opts: WalOptions, covered: Lsn, allow_loss: bool) -> Result<RepairPlan> {
+    let dir = dir.as_ref();
+    if !dir.is_dir() {
+        return Err(Error::InvalidArgument(format!("{} is not a directory", dir.display())));
+    }
+    let request = repair::RepairRequest { covered, allow_loss, only_if_damaged: false };
+    let (wal, plan) = writer::Wal::open_inner(dir, opts, Some(request))?;
+    wal.close()?;
+    plan.ok_or_else(|| Error::InvalidArgument("repair produced no plan".into()))
 }

@@ -14,6 +14,7 @@ use super::fault::{FaultInjector, FileEvent, FileOp};
 use super::format::{
     self, Decoded, Frame, FrameError, SegmentHeader, FRAME_HEADER_LEN, MAX_PAYLOAD_LEN, SEGMENT_HEADER_LEN,
 };
+use super::WalOptions;
 
 /// Extension of segment files; the stem is the first LSN, zero-padded to 20 digits.
 pub const SEGMENT_EXT: &str = "wal";
@@ -387,6 +388,24 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Creates the file a new segment is prepared in (zero-filled to its full
+/// size when the options ask for it).
+pub(super) fn new_segment_file(dir: &Path, io: &Io, opts: &WalOptions) -> Result<(File, PathBuf)> {
+    let path = dir.join(NEW_SEGMENT_FILE);
+    let file = if opts.zero_fill() {
+        match io.preallocate(&path, opts.segment_size, &AtomicBool::new(false)) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        }
+    } else {
+        io.create(&path)?
+    };
+    Ok((file, path))
 }
 
 #[cfg(test)]

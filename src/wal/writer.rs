@@ -28,7 +28,7 @@ use super::format::{
 use super::reader::WalIter;
 use super::recovery::{plan_repair, scan_dir, RepairPlan, Scan};
 use super::repair::{apply_repair, RepairRequest};
-use super::segment::{self, Io, LOCK_FILE, NEW_SEGMENT_FILE, PREALLOC_FILE};
+use super::segment::{self, new_segment_file, Io, LOCK_FILE, NEW_SEGMENT_FILE, PREALLOC_FILE};
 use super::{Lsn, RecoveryMode, SyncPolicy, WalOptions};
 
 /// Commit units a `Batch` leader waits for before syncing (see `gather`).
@@ -687,22 +687,6 @@ impl Drop for Wal {
             let _ = std::fs::remove_file(self.dir.join(PREALLOC_FILE));
         }
     }
-}
-
-pub(super) fn new_segment_file(dir: &Path, io: &Io, opts: &WalOptions) -> Result<(File, PathBuf)> {
-    let path = dir.join(NEW_SEGMENT_FILE);
-    let file = if opts.zero_fill() {
-        match io.preallocate(&path, opts.segment_size, &AtomicBool::new(false)) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
-        }
-    } else {
-        io.create(&path)?
-    };
-    Ok((file, path))
 }
 
 /// Segments, the active segment and the next LSN of a recovered log.
