@@ -280,18 +280,6 @@ fn malformed_arguments_and_input_fail_cleanly() {
     assert_eq!(ok("dump", &dir, NONE)["entries"], json!({"a": "1", "b": "two words"}));
 }
 
-/// xorshift64*, for reproducible kill points without extra dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
 /// Keys cycle so later writes overwrite earlier ones.
 const KEYS: u64 = 50;
 
@@ -305,7 +293,7 @@ fn origin(value: &str) -> (u64, u64) {
 fn sequence_numbers_are_never_reused_after_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("replica");
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut rng = fastrand::Rng::with_seed(0x5eed_1234_abcd_0001);
     // Per key, the (round, line) of the last acknowledged write.
     let mut acked: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     // Highest sequence number used: printed, or found in the log after a crash.
@@ -331,7 +319,7 @@ fn sequence_numbers_are_never_reused_after_sigkill() {
             }
         });
         // Every fourth round: 0, a kill while the replica is still opening.
-        let kill_after = if round % 4 == 3 { 0 } else { 1 + rng.below(200) };
+        let kill_after = if round % 4 == 3 { 0 } else { 1 + rng.u64(..200) };
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         for i in 0..kill_after {
             let Some(Ok(line)) = lines.next() else {

@@ -34,34 +34,6 @@ const DEFAULT_ROUNDS: u64 = 30;
 const MIN_ROUNDS: u64 = 12;
 const TIME_BUDGET: Duration = Duration::from_secs(25);
 
-/// xorshift64, seeded through splitmix64 so that any seed gives a usable,
-/// well-mixed state.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> XorShift {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        XorShift(if z == 0 { 1 } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform enough in `0..n` for test choices.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(v) => {
@@ -82,15 +54,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// then larger than a 4096-byte segment. A pure function of its arguments,
 /// so recovered records can be checked without remembering what was sent.
 fn payload(seed: u64, round: u64, idx: u64) -> Vec<u8> {
-    let mut rng =
-        XorShift::new(seed ^ round.wrapping_mul(0xd6e8_feb8_6659_fd93) ^ idx.wrapping_mul(0xa076_1d64_78bd_642f));
-    let len = match rng.below(40) {
-        0 => 4000 + rng.below(4000),
-        1..=6 => 200 + rng.below(1200),
-        _ => rng.below(100),
+    let mut rng = fastrand::Rng::with_seed(
+        seed ^ round.wrapping_mul(0xd6e8_feb8_6659_fd93) ^ idx.wrapping_mul(0xa076_1d64_78bd_642f),
+    );
+    let len = match rng.u64(..40) {
+        0 => 4000 + rng.u64(..4000),
+        1..=6 => 200 + rng.u64(..1200),
+        _ => rng.u64(..100),
     };
     let mut p = format!("r{round}:i{idx}:").into_bytes();
-    p.extend((0..len).map(|_| match rng.next() as u8 {
+    p.extend((0..len).map(|_| match rng.u8(..) {
         b'\n' => b'N',
         b => b,
     }));
@@ -112,15 +85,15 @@ struct Plan {
 }
 
 impl Plan {
-    fn for_round(round: u64, rng: &mut XorShift) -> Plan {
+    fn for_round(round: u64, rng: &mut fastrand::Rng) -> Plan {
         // Fixed cycles of coprime lengths cover every policy with every
         // segment size; the kill point is random.
         let sync = ["always", "batch", "always", "none", "always", "batch"][(round % 6) as usize];
         let segment_size = [4096, 1 << 20, 4096, 16 << 10, 4096][(round % 5) as usize];
-        let kill_after = match (rng.below(10), sync) {
+        let kill_after = match (rng.u64(..10), sync) {
             (0, _) => 0,
-            (_, "always") => 1 + rng.below(150),
-            _ => 1 + rng.below(1500),
+            (_, "always") => 1 + rng.u64(..150),
+            _ => 1 + rng.u64(..1500),
         };
         Plan { sync, segment_size, kill_after }
     }
@@ -276,7 +249,7 @@ fn sigkill_never_loses_an_acknowledged_record() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let started = Instant::now();
-    let mut rng = XorShift::new(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     // Payloads of LSN 1, 2, … as recovered after the previous round.
     let mut log: Vec<Vec<u8>> = Vec::new();
     let (mut ran, mut total_acked, mut adopted) = (0u64, 0u64, 0u64);
