@@ -16,8 +16,7 @@ pub mod format {
 }
 
 pub use crate::replica::causal::{CausalBuffer, Offer};
-pub use crate::replica::dir::{ACTOR_FILE, DOCUMENT_FILE, WAL_DIR};
-pub use crate::replica::document::canonical_cbor;
+pub use crate::replica::dir::DOCUMENT_FILE;
 pub use crate::replica::envelope::signing_bytes;
 
 #[cfg(feature = "net")]

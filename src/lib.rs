@@ -60,8 +60,8 @@
 //! - `testing` (feature `testing`): CRDT law checks to run on your own
 //!   [`Document`] type (`testing::check_laws`).
 //!
-//! Features: `net` (default) builds the network layer; `cli` (default)
-//! the `walrus` command-line tool; `testing` the law checks; `internals`
+//! Features: `net` (default) builds the network layer; `testing` the law
+//! checks; `internals`
 //! exposes `walrus::internals`, items walrus's own tests, fuzz targets and
 //! benchmarks reach into. **`internals` is not a stable API**: semver does
 //! not cover it. Embedders that only need the log and replicas build with

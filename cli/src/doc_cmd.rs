@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
-use walrus::replica::{KvDoc, OpenError, Recovered, Replica, ReplicaOptions, ReplicaView, StorageError};
+use walrus::replica::{
+    KvDoc, OpenError, Recovered, Replica, ReplicaOptions, ReplicaView, StorageError, ACTOR_FILE, WAL_DIR,
+};
 use walrus::wal;
 
 use crate::{progress, DocCommand};
@@ -23,11 +25,6 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// command pays for the segment size; 4 MiB keeps that small. Replicas
 /// created with other sizes open normally.
 pub(crate) const SEGMENT_SIZE: u64 = 4 << 20;
-
-/// A replica directory's actor key file and log directory
-/// (`docs/REPLICA.md`), by which the tool recognizes one.
-pub(crate) const ACTOR_FILE: &str = "actor.key";
-const WAL_DIR: &str = "wal";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Open {

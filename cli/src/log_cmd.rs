@@ -44,7 +44,7 @@ pub fn run(cmd: LogCommand) -> Result<ExitCode> {
 fn replica_of(dir: &Path) -> Option<std::path::PathBuf> {
     // Canonical, so that `wal`, `.` or `x/..` still have the right parent.
     let dir = std::fs::canonicalize(dir).ok()?;
-    dir.parent().filter(|p| p.join(crate::doc_cmd::ACTOR_FILE).is_file()).map(Path::to_path_buf)
+    dir.parent().filter(|p| p.join(walrus::replica::ACTOR_FILE).is_file()).map(Path::to_path_buf)
 }
 
 /// Name of a replica's checkpoint file, next to its `wal` directory.

@@ -64,7 +64,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde_bytes::ByteBuf;
-use walrus::internals::ACTOR_FILE;
+use walrus::replica::ACTOR_FILE;
 use walrus::replica::{
     ActorId, ActorKey, Document, Dot, KvDoc, KvOp, OpEnvelope, ReceiveError, Received, Replica, ReplicaOptions,
     Signature, VersionVector,

@@ -144,7 +144,7 @@ impl<D: Document> Replica<D> {
                     e @ (ReceiveError::Peer(PeerError::Rejected { .. })
                     | ReceiveError::TooLarge { .. }
                     | ReceiveError::Write(WriteError::Rejected { .. } | WriteError::SequenceExhausted { .. })),
-                ) => {
+                ) if !self.poisoned => {
                     warn!(error = %e, "an operation held until a snapshot was refused");
                 }
                 Err(e) => return Err(e),

@@ -51,9 +51,9 @@ pub(crate) use causal::{CausalBuffer, Offer};
 pub use change::{Catchup, Change, Equivocation, Origin, Received};
 pub use checkpoint::checkpointed_lsn;
 pub use clock::VersionVector;
-pub(crate) use dir::{ACTOR_FILE, WAL_DIR};
+pub use dir::{ACTOR_FILE, WAL_DIR};
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
-pub use document::Document;
+pub use document::{canonical_cbor, Document};
 pub use envelope::OpEnvelope;
 pub use error::{
     BufferFull, EnvelopeError, OpenError, PeerError, ReceiveError, ReplicaError, Result, StorageError, WriteError,

@@ -7,6 +7,7 @@ use tracing::warn;
 use super::verify::{verify_batch, VERIFY_ROUND};
 use super::{
     Document, EnvelopeError, Equivocation, Offer, OpEnvelope, Origin, PeerError, ReceiveError, Received, Replica,
+    StorageError,
 };
 use crate::wal::Lsn;
 
@@ -43,6 +44,32 @@ impl<D: Document> Replica<D> {
         verify_batch::<D>(&self.document, ops, todo)
     }
 
+    /// Checks one remote operation's signature. An operation this
+    /// replica's own type cannot encode again (to compute the signed
+    /// bytes) is a local failure, not the sender's: its encoding decoded.
+    fn verify_one(&self, env: &OpEnvelope<D::Operation>) -> Result<(), ReceiveError> {
+        env.verify(&self.document).map_err(|e| match e {
+            EnvelopeError::Encode(_) => ReceiveError::Local(StorageError::Envelope(e)),
+            other => other.into(),
+        })
+    }
+
+    /// Keeps the error `receive` reports for a batch: the first, unless a
+    /// later one matters more. A local failure that poisoned the replica
+    /// comes first (the document has stopped), then the sender's fault (so
+    /// an error that blames nobody, such as a full buffer, cannot hide a
+    /// forgery that followed it).
+    fn keep_error(&self, kept: &mut Option<ReceiveError>, e: ReceiveError) {
+        let rank = |e: &ReceiveError| match e {
+            ReceiveError::Local(_) if self.poisoned => 2,
+            e if e.is_peer_fault() => 1,
+            _ => 0,
+        };
+        if kept.as_ref().is_none_or(|k| rank(&e) > rank(k)) {
+            *kept = Some(e);
+        }
+    }
+
     /// Decides whether a remote operation is new, a repeat, or a second
     /// signed operation for a taken (actor, seq). Every operation from a
     /// writer must carry its actor's valid signature (`verified`: the result
@@ -60,7 +87,7 @@ impl<D: Document> Replica<D> {
             match verified {
                 Some(true) => {}
                 Some(false) => return Err(EnvelopeError::BadSignature { actor: env.actor, seq: env.seq }.into()),
-                None => env.verify(&self.document)?,
+                None => self.verify_one(env)?,
             }
             verified = Some(true);
             c.verify(&self.document)?;
@@ -72,7 +99,7 @@ impl<D: Document> Replica<D> {
         match verified {
             Some(true) => {}
             Some(false) => return Err(EnvelopeError::BadSignature { actor: env.actor, seq: env.seq }.into()),
-            None => env.verify(&self.document)?,
+            None => self.verify_one(env)?,
         }
         match self.known(env) {
             Some(true) => return Ok(Admit::Duplicate),
@@ -216,7 +243,7 @@ impl<D: Document> Replica<D> {
                         EnvelopeError::BadSignature { .. } | EnvelopeError::BadSuccession { .. }
                     ))
                 );
-                first_error.get_or_insert(e);
+                self.keep_error(first_error, e);
                 return forged;
             }
         }
@@ -228,14 +255,12 @@ impl<D: Document> Replica<D> {
             Ok(Offer::Ready(list)) => {
                 // Apply now so later offers see the advanced clock.
                 if let Err(e) = self.write_remote(list, ready, report) {
-                    first_error.get_or_insert(e);
+                    self.keep_error(first_error, e);
                 }
             }
             Ok(Offer::Buffered) => report.buffered += 1,
             Ok(Offer::Duplicate) => report.duplicates += 1,
-            Err(full) => {
-                first_error.get_or_insert(full.into());
-            }
+            Err(full) => self.keep_error(first_error, full.into()),
         }
         false
     }

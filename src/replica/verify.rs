@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use super::{Document, OpEnvelope};
+use super::{Document, EnvelopeError, OpEnvelope};
 
 /// Batches of remote operations at least this large are verified on
 /// several threads.
@@ -50,7 +50,20 @@ pub(super) fn verify_batch<D: Document>(
     let verify = move |share: Share<D::Operation>| -> Vec<(OpEnvelope<D::Operation>, Option<bool>)> {
         share
             .into_iter()
-            .map(|(env, check)| (check.then(|| env.verify(doc).is_ok()), env))
+            // An operation its own type cannot encode again is left for
+            // the caller, which tells that local failure from a forgery.
+            .map(|(env, check)| {
+                let ok = if check {
+                    match env.verify(doc) {
+                        Ok(()) => Some(true),
+                        Err(EnvelopeError::Encode(_)) => None,
+                        Err(_) => Some(false),
+                    }
+                } else {
+                    None
+                };
+                (ok, env)
+            })
             .map(|(ok, env)| (env, ok))
             .collect()
     };

@@ -18,7 +18,8 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use quickcheck::QuickCheck;
-use walrus::internals::{set_checkpoint_crash_point, ACTOR_FILE};
+use walrus::internals::set_checkpoint_crash_point;
+use walrus::replica::ACTOR_FILE;
 use walrus::replica::{
     ActorKey, Catchup, CounterDoc, Document, KvDoc, OpEnvelope, RegisterDoc, Replica, ReplicaOptions, SetDoc,
     VersionVector,

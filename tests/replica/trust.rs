@@ -355,3 +355,94 @@ fn a_held_operation_refused_later_is_not_the_delivery_s_fault() {
     assert_eq!(r.clock(), r2.clock());
     assert_eq!(r.doc(), r2.doc());
 }
+
+#[test]
+fn an_error_that_blames_nobody_does_not_hide_a_forgery_after_it() {
+    let d = tempfile::tempdir().unwrap();
+    // One early operation per actor may wait.
+    let mut r = open_with(d.path(), ReplicaOptions { buffer_per_actor: 1, ..opts() });
+    let alice = ActorKey::from_seed([1; 32]);
+    // 3 waits for 1 and 2; 4 finds the buffer full (no one's fault); then
+    // a forged operation: the batch is the sender's fault all the same.
+    let mut forged = put(&alice, 1, "k", "forged");
+    forged.sig.0[3] ^= 0x01;
+    let err = r.receive([put(&alice, 3, "c", "v"), put(&alice, 4, "d", "v"), forged]).unwrap_err();
+    assert!(err.is_peer_fault(), "a forgery must blame its sender: {err}");
+    assert!(
+        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 1, .. }))),
+        "{err}"
+    );
+    // A full buffer alone blames nobody.
+    let err = r.receive([put(&alice, 5, "e", "v")]).unwrap_err();
+    assert!(matches!(err, ReceiveError::BufferFull(_)), "{err}");
+    assert!(!err.is_peer_fault());
+}
+
+/// A max register whose operation type cannot encode the value 13 (it
+/// decodes it): a replica whose own type is stricter than its peers'.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Picky(u64);
+
+#[derive(Debug, Clone, PartialEq)]
+struct PickyOp(u64);
+
+impl serde::Serialize for PickyOp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            return Err(serde::ser::Error::custom("13 cannot be written"));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PickyOp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PickyOp, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(PickyOp)
+    }
+}
+
+impl crdts::CmRDT for Picky {
+    type Op = PickyOp;
+    type Validation = std::convert::Infallible;
+    fn validate_op(&self, _: &PickyOp) -> Result<(), Self::Validation> {
+        Ok(())
+    }
+    fn apply(&mut self, op: PickyOp) {
+        self.0 = self.0.max(op.0);
+    }
+}
+
+impl crdts::CvRDT for Picky {
+    type Validation = std::convert::Infallible;
+    fn validate_merge(&self, _: &Picky) -> Result<(), Self::Validation> {
+        Ok(())
+    }
+    fn merge(&mut self, other: Picky) {
+        self.0 = self.0.max(other.0);
+    }
+}
+
+impl Document for Picky {
+    type Operation = PickyOp;
+}
+
+#[test]
+fn an_operation_this_replica_cannot_encode_again_is_a_local_failure_not_the_sender_s() {
+    let alice = ActorKey::from_seed([1; 32]);
+    // Alice's type writes 13 without trouble; ours cannot write it again
+    // to check the signature. Alone, and in a batch verified on threads.
+    for count in [13u64, 80] {
+        let d = tempfile::tempdir().unwrap();
+        let mut r: Replica<Picky> = Replica::open(d.path(), opts()).unwrap();
+        let sent: Vec<OpEnvelope<PickyOp>> = (1..=count)
+            .map(|seq| {
+                let bytes = OpEnvelope::signed(&alice, DOC, seq, seq).unwrap().encode().unwrap();
+                OpEnvelope::decode(&bytes, 1 << 20).unwrap()
+            })
+            .collect();
+        let err = r.receive(sent).unwrap_err();
+        assert!(!err.is_peer_fault(), "{count} ops: our type's limit is not the sender's fault: {err}");
+        assert!(matches!(err, ReceiveError::Local(StorageError::Envelope(EnvelopeError::Encode(_)))), "{err}");
+        assert_eq!(r.clock().get(&alice.actor()), 12, "what came before is applied");
+    }
+}

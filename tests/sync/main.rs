@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use quickcheck::{QuickCheck, TestResult};
 use tempfile::TempDir;
-use walrus::internals::WAL_DIR;
+use walrus::replica::WAL_DIR;
 use walrus::replica::{ActorId, Document, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions, VersionVector};
 use walrus::sync::{
     apply_gossip, apply_response, decode, encode, gossip_messages, request, respond, Applied, Limits, Schedule,
