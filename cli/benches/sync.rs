@@ -10,6 +10,13 @@
 //! `--ops` (default 100000) operations are written spread over each cluster
 //! size of `--nodes` (comma-separated, default 3,10); a new node catches up
 //! on `--catchup` (default 50000) operations.
+//!
+//! With `WALRUS_BENCH_JSON=FILE`, the figures are also appended to `FILE`
+//! as one JSON object per line, the automerge columns filled in:
+//!
+//! ```sh
+//! WALRUS_BENCH_JSON=sync.jsonl cargo bench --bench sync
+//! ```
 
 use std::time::{Duration, Instant};
 

@@ -5,14 +5,22 @@
 //! `walrus bench sync` runs the walrus sections; `cargo bench --bench sync`
 //! (in the source tree) runs them all, with the automerge crate's sync
 //! protocol as the comparison.
+//!
+//! When the environment variable `WALRUS_BENCH_JSON` names a file, every
+//! section also appends its figures to it as one JSON object per line
+//! (`{"bench":"catchup",…}`, `"spread"`, `"log"`, `"verify"`), for scripts
+//! that track them from run to run.
 
+use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crdts::CmRDT;
 use walrus::net::{Multiaddr, Node, NodeConfig, Traffic};
-use walrus::replica::{ActorId, ActorKey, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions};
+use walrus::replica::{ActorId, ActorKey, Catchup, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions};
 use walrus::sync::{self, Limits};
+use walrus::SyncPolicy;
 
 /// What the benchmark's steps return.
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -25,6 +33,89 @@ const DOC: &str = "bench";
 /// Writers per node, so that the group commit batches.
 const WRITERS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(600);
+/// The environment variable naming the file the figures are appended to.
+pub const JSON_ENV: &str = "WALRUS_BENCH_JSON";
+
+/// Targets the figures are printed against, as ratios (below 1 meets it).
+mod target {
+    /// Log bytes on disk per op, as a multiple of key+value bytes.
+    pub const LOG_PER_KV: f64 = 3.0;
+    /// Microseconds per op spent receiving a catch-up page.
+    pub const VERIFY_US: f64 = 2.0;
+    /// Wire bytes per op delivered to a peer in the spread runs.
+    pub const WIRE_PER_OP: f64 = 80.0;
+    /// The ops count the convergence targets are set for.
+    pub const SPREAD_OPS: usize = 100_000;
+
+    /// Seconds to converge `SPREAD_OPS` ops over `nodes` nodes, if set.
+    pub fn converge_s(nodes: usize) -> Option<f64> {
+        match nodes {
+            3 => Some(3.0),
+            10 => Some(8.0),
+            _ => None,
+        }
+    }
+}
+
+/// One line of `WALRUS_BENCH_JSON`: `bench` names the section, then its
+/// figures, in this order (seconds and bytes unless the name says otherwise).
+#[derive(serde::Serialize)]
+#[serde(tag = "bench", rename_all = "lowercase")]
+enum Line {
+    /// A new replica catches up on `ops` writes of a workload.
+    Catchup {
+        workload: &'static str,
+        ops: usize,
+        /// In-process: the sync messages both ways, and their time.
+        walrus_bytes: u64,
+        walrus_s: f64,
+        /// The comparison's in-process catch-up (`null` when it is not run).
+        automerge_bytes: Option<u64>,
+        automerge_s: Option<f64>,
+        /// Two nodes over loopback TCP: every byte both ways, and the time.
+        tcp_bytes: u64,
+        tcp_s: f64,
+    },
+    /// `ops` writes spread over `nodes` nodes until every node has all.
+    Spread { nodes: usize, ops: usize, converge_s: f64, wire_bytes_per_op: f64 },
+    /// A bulk write's log bytes on disk per op, next to its key and value bytes.
+    Log { workload: &'static str, ops: usize, log_bytes_per_op: f64, key_value_bytes_per_op: f64 },
+    /// Receiving a catch-up, per op, next to applying the ops to a bare document.
+    Verify { us_per_op_catchup: f64, us_per_op_apply: f64 },
+}
+
+/// Where the figures go as JSON lines: the file `WALRUS_BENCH_JSON` names,
+/// or nowhere.
+struct JsonLines(Option<File>);
+
+impl JsonLines {
+    /// Opens the file named by `WALRUS_BENCH_JSON` for appending (creating
+    /// it), if the variable is set and not empty.
+    fn from_env() -> Result<JsonLines> {
+        match std::env::var_os(JSON_ENV).filter(|p| !p.is_empty()) {
+            None => Ok(JsonLines(None)),
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| format!("{JSON_ENV}: cannot open {}: {e}", Path::new(&path).display()))?;
+                Ok(JsonLines(Some(file)))
+            }
+        }
+    }
+
+    /// Appends `line`, written at once so that a run cut short leaves
+    /// whole lines behind.
+    fn emit(&mut self, line: Line) -> Result<()> {
+        if let Some(file) = &mut self.0 {
+            let mut bytes = serde_json::to_vec(&line)?;
+            bytes.push(b'\n');
+            file.write_all(&bytes)?;
+        }
+        Ok(())
+    }
+}
 
 /// Options of the benchmark (`walrus bench sync`'s arguments).
 pub struct SyncBenchArgs {
@@ -53,6 +144,14 @@ pub enum Workload {
 }
 
 impl Workload {
+    /// The workload in the JSON lines: `sequential` or `random`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Workload::Sequential => "sequential",
+            Workload::Random => "random",
+        }
+    }
+
     /// The workload, as the report names it.
     pub fn name(self) -> &'static str {
         match self {
@@ -185,7 +284,7 @@ async fn write_spread(nodes: &[Node<KvDoc>], ops: usize, w: Workload) -> Result<
     Ok(bytes)
 }
 
-async fn spread(n: usize, ops: usize) -> Result<()> {
+async fn spread(n: usize, ops: usize, out: &mut JsonLines) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut nodes = Vec::new();
     let mut addrs: Vec<Multiaddr> = Vec::new();
@@ -217,13 +316,27 @@ async fn spread(n: usize, ops: usize) -> Result<()> {
         took.as_secs_f64(),
         ops as f64 / took.as_secs_f64()
     );
+    let wire_per_op = wire as f64 / deliveries;
     println!(
         "           wire {:.1} MB: {:.0} B per op delivered to a peer vs {:.0} B encoded op = {:.2}x (target <= 1.5x)",
         wire as f64 / 1e6,
-        wire as f64 / deliveries,
+        wire_per_op,
         per_op,
-        wire as f64 / deliveries / per_op
+        wire_per_op / per_op
     );
+    let converge = match target::converge_s(n) {
+        Some(t) if ops == target::SPREAD_OPS => {
+            format!("converged {:.2}x the target (< {t:.0}s)", took.as_secs_f64() / t)
+        }
+        Some(t) => format!("convergence < {t:.0}s is set for {} ops", target::SPREAD_OPS),
+        None => format!("no convergence target for {n} nodes"),
+    };
+    println!(
+        "           targets: {converge}; wire per op delivered {:.2}x the target (<= {:.0} B)",
+        wire_per_op / target::WIRE_PER_OP,
+        target::WIRE_PER_OP
+    );
+    out.emit(Line::Spread { nodes: n, ops, converge_s: took.as_secs_f64(), wire_bytes_per_op: wire_per_op })?;
     for node in nodes {
         node.shutdown().await?;
     }
@@ -337,28 +450,150 @@ signatures: {n} ops ({})",
     Ok(())
 }
 
-/// Runs every section and prints its figures on standard output; `compare`,
-/// if given, runs on each catch-up workload too.
+/// Runs every section and prints its figures on standard output (and, if
+/// `WALRUS_BENCH_JSON` names a file, appends them to it as JSON lines);
+/// `compare`, if given, runs on each catch-up workload too.
 pub fn run_sync(args: SyncBenchArgs, compare: Option<Comparison>) -> Result<()> {
+    let mut out = JsonLines::from_env()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     println!("walrus bench sync (loopback TCP, durable writes with group commit)");
     for w in [Workload::Sequential, Workload::Random] {
         signatures(args.catchup.clamp(1, 20_000), w)?;
     }
+    let (dir, written) = log(args.catchup.max(1), &mut out)?;
+    verify(&written, &mut out)?;
+    // The replica first, then its directory.
+    drop(written);
+    drop(dir);
     println!("\nspread: ops written concurrently on every node until all have all");
     for &n in &args.nodes {
         if n < 2 {
             return Err("--nodes needs at least 2 nodes per run".into());
         }
-        rt.block_on(spread(n, args.ops))?;
+        rt.block_on(spread(n, args.ops, &mut out))?;
     }
     for w in [Workload::Sequential, Workload::Random] {
-        catchup(&rt, args.catchup, w, compare)?;
+        catchup(&rt, args.catchup, w, compare, &mut out)?;
     }
     Ok(())
 }
 
-fn catchup(rt: &tokio::runtime::Runtime, ops: usize, w: Workload, compare: Option<Comparison>) -> Result<()> {
+/// The bytes of the log segments in the replica directory `dir`.
+fn segment_bytes(dir: &Path) -> Result<u64> {
+    let mut bytes = 0;
+    // `wal/` holds the replica's log (docs/REPLICA.md); `*.wal` are its
+    // segments, next to the lock file and any gap markers.
+    for entry in std::fs::read_dir(dir.join("wal"))? {
+        let entry = entry?;
+        if entry.path().extension().is_some_and(|e| e == "wal") {
+            bytes += entry.metadata()?.len();
+        }
+    }
+    Ok(bytes)
+}
+
+/// Log bytes on disk per op for a bulk write (`update_many` of `n` puts of
+/// the sequential workload into a fresh replica, durable policy), next to
+/// the key and value bytes the puts carry. Returns the replica (and its
+/// directory) for [`verify`] to catch up from.
+fn log(n: usize, out: &mut JsonLines) -> Result<(tempfile::TempDir, Replica<KvDoc>)> {
+    let w = Workload::Sequential;
+    let dir = tempfile::tempdir()?;
+    let mut opts = replica_options();
+    // Bytes on disk are measured as the segment files' lengths: with
+    // preallocation off a segment is exactly its header and the frames
+    // written to it, where a preallocated one is zero-filled to its full
+    // size. This counts everything the log adds (segment headers, frame
+    // headers and checksums, records split over frames), which the bytes
+    // the replica hands to the log would not; preallocation changes the
+    // files' length only, not what is written.
+    opts.wal.preallocate = false;
+    let mut r: Replica<KvDoc> = Replica::open(dir.path(), opts)?;
+    let before = segment_bytes(dir.path())?;
+    let makers = (0..n).map(|i| move |d: &KvDoc, a| d.put_op(a, &w.key(i), &w.value(i)));
+    let t0 = Instant::now();
+    for written in r.update_many(makers) {
+        written?;
+    }
+    let took = t0.elapsed();
+    let log_bytes = segment_bytes(dir.path())? - before;
+    let kv: usize = (0..n).map(|i| w.key(i).len() + w.value(i).len()).sum();
+    let (log_per_op, kv_per_op) = (log_bytes as f64 / n as f64, kv as f64 / n as f64);
+    println!("\nlog: update_many of {n} puts into a fresh replica ({}, durable)", w.name());
+    println!(
+        "  {log_per_op:.1} B/op on disk vs {kv_per_op:.1} B/op of key+value = {:.2}x, {:.2}x the target \
+         (<= {:.0}x); written in {:.2}s",
+        log_per_op / kv_per_op,
+        log_per_op / kv_per_op / target::LOG_PER_KV,
+        target::LOG_PER_KV,
+        took.as_secs_f64()
+    );
+    out.emit(Line::Log { workload: w.id(), ops: n, log_bytes_per_op: log_per_op, key_value_bytes_per_op: kv_per_op })?;
+    Ok((dir, r))
+}
+
+/// What receiving a catch-up costs per op: `from`'s operations in pages as
+/// a catch-up answers them (`Replica::ops_since`, 1 MiB), each handed to
+/// `Replica::receive` of a fresh replica, whose time (signature checks,
+/// logging, applying) is divided by the ops; next to applying the same ops
+/// to a bare `KvDoc`. The receiving replica does not sync its log
+/// (`SyncPolicy::None`), so the figure is the work on the ops rather than
+/// the disk's sync latency.
+fn verify(from: &Replica<KvDoc>, out: &mut JsonLines) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut opts = replica_options();
+    opts.wal.sync = SyncPolicy::None;
+    let mut to: Replica<KvDoc> = Replica::open(dir.path(), opts)?;
+    let (mut receiving, mut pages) = (Duration::ZERO, 0usize);
+    let mut applied = Vec::new();
+    loop {
+        let (ops, more) = match from.ops_since(to.clock(), 1 << 20)? {
+            Catchup::Ops { ops, more } => (ops, more),
+            Catchup::Snapshot { .. } => return Err("catch-up answered with a snapshot".into()),
+        };
+        if ops.is_empty() {
+            break;
+        }
+        let count = ops.len();
+        applied.extend(ops.iter().map(|env| env.op.clone()));
+        let t0 = Instant::now();
+        let got = to.receive(ops)?;
+        receiving += t0.elapsed();
+        pages += 1;
+        if got.applied != count {
+            return Err(format!("a catch-up page of {count} ops applied {}", got.applied).into());
+        }
+        if !more {
+            break;
+        }
+    }
+    let n = applied.len().max(1);
+    let mut doc = KvDoc::default();
+    let t0 = Instant::now();
+    for op in applied {
+        doc.apply(op);
+    }
+    let apply = t0.elapsed();
+    let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    let (catchup_us, apply_us) = (us(receiving), us(apply));
+    println!("\nverify: a fresh replica receives {n} ops in {pages} catch-up page(s)");
+    println!(
+        "  receive (verify, log, apply) {catchup_us:.2} us/op vs applying to a KvDoc {apply_us:.2} us/op; \
+         {:.2}x the target (<= {:.0} us/op)",
+        catchup_us / target::VERIFY_US,
+        target::VERIFY_US
+    );
+    out.emit(Line::Verify { us_per_op_catchup: catchup_us, us_per_op_apply: apply_us })?;
+    Ok(())
+}
+
+fn catchup(
+    rt: &tokio::runtime::Runtime,
+    ops: usize,
+    w: Workload,
+    compare: Option<Comparison>,
+    out: &mut JsonLines,
+) -> Result<()> {
     println!("\ncatch-up: a new node pulls {ops} ops from one peer ({})", w.name());
     let (took, wire, op_bytes) = rt.block_on(catchup_network(ops, w))?;
     println!(
@@ -375,7 +610,8 @@ fn catchup(rt: &tokio::runtime::Runtime, ops: usize, w: Workload, compare: Optio
         bytes_p as f64 / 1e6,
         bytes_p as f64 / op_bytes as f64
     );
-    match compare.map(|c| c(ops, w)).transpose()? {
+    let compared = compare.map(|c| c(ops, w)).transpose()?;
+    match compared {
         Some((took_a, bytes_a)) => {
             println!(
                 "  automerge in-process: {:.2}s, {:.2} MB of sync messages",
@@ -390,5 +626,15 @@ fn catchup(rt: &tokio::runtime::Runtime, ops: usize, w: Workload, compare: Optio
         }
         None => println!("  automerge: not measured here (`cargo bench --bench sync` in the source tree compares)"),
     }
+    out.emit(Line::Catchup {
+        workload: w.id(),
+        ops,
+        walrus_bytes: bytes_p,
+        walrus_s: took_p.as_secs_f64(),
+        automerge_bytes: compared.map(|(_, b)| b),
+        automerge_s: compared.map(|(t, _)| t.as_secs_f64()),
+        tcp_bytes: wire,
+        tcp_s: took.as_secs_f64(),
+    })?;
     Ok(())
 }

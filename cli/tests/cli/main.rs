@@ -7,8 +7,10 @@
 //! - `demo`: `walrus demo`, the main job, passes every check;
 //! - `doc`: `walrus doc …` on replica directories;
 //! - `node`: `walrus node` processes replicating over loopback;
-//! - `logging`: `RUST_LOG` and the library's logs on standard error.
+//! - `logging`: `RUST_LOG` and the library's logs on standard error;
+//! - `bench`: `walrus bench sync` at tiny sizes, and its JSON lines.
 
+mod bench;
 mod demo;
 mod doc;
 mod log;
