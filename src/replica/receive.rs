@@ -139,7 +139,10 @@ impl<D: Document> Replica<D> {
     /// What the sender did wrong (a bad signature or succession, an
     /// operation the document rejects) is a [`ReceiveError::Peer`]; a
     /// full buffer, an operation over `max_op_size` and a local failure
-    /// are not ([`ReceiveError::is_peer_fault`]).
+    /// are not ([`ReceiveError::is_peer_fault`]). Of several errors in one
+    /// call, the one returned is a local failure that poisoned the replica
+    /// if there is one, else the first fault of the sender's, else the
+    /// first error.
     pub fn receive<I>(&mut self, ops: I) -> Result<Received, ReceiveError>
     where
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
