@@ -226,7 +226,13 @@ fn parse_peer_id(arg: &str) -> Result<walrus::net::PeerId, String> {
 /// example `walrus=debug`; warnings and errors only when it is unset).
 /// Standard output stays the commands' own (JSON lines of `walrus node`).
 fn init_logging() {
-    let filter = EnvFilter::builder().with_default_directive(LevelFilter::WARN.into()).from_env_lossy();
+    let builder = EnvFilter::builder().with_default_directive(LevelFilter::WARN.into());
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => builder.parse_lossy(directives),
+        // gossipsub warns of routine events (a message asked for after it
+        // left its cache), which would read as trouble to a user.
+        Err(_) => builder.parse_lossy("warn,libp2p_gossipsub=error"),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
