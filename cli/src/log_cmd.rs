@@ -47,14 +47,12 @@ fn replica_of(dir: &Path) -> Option<std::path::PathBuf> {
     dir.parent().filter(|p| p.join(walrus::replica::ACTOR_FILE).is_file()).map(Path::to_path_buf)
 }
 
-/// Name of a replica's checkpoint file, next to its `wal` directory.
-const CHECKPOINT_FILE: &str = "checkpoint";
-
 /// The LSN up to which a replica's checkpoint makes the records of its log
-/// in `dir` redundant (0 when `dir` is not a replica's log).
+/// in `dir` redundant (0 when `dir` is not a replica's log: no checkpoint
+/// generation beside it). Either generation counts, as on open.
 fn covered_by_checkpoint(dir: &Path) -> Lsn {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let Some(replica) = dir.parent().filter(|p| p.join(CHECKPOINT_FILE).is_file()) else { return 0 };
+    let Some(replica) = dir.parent() else { return 0 };
     match walrus::replica::checkpointed_lsn(replica) {
         Ok(Some(lsn)) => {
             println!("checkpoint of {} covers records up to LSN {lsn}", replica.display());

@@ -1037,6 +1037,30 @@ fn repair_of_a_replica_log_drops_what_its_checkpoint_covers() {
     assert_eq!(fs::read(replica_dir.join("actor.key")).unwrap(), actor);
 }
 
+/// The older checkpoint generation counts when it is the only one left
+/// (the newest lost or moved aside as damaged), as it does on open.
+#[test]
+fn repair_counts_the_older_checkpoint_generation_alone() {
+    use walrus::replica::{KvDoc, Replica, ReplicaOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let replica_dir = tmp.path().join("replica");
+    {
+        let mut r: Replica<KvDoc> = Replica::open(&replica_dir, ReplicaOptions::default()).unwrap();
+        for i in 0..5 {
+            r.update(|d, actor| d.put_op(actor, &format!("k{i}"), "v")).unwrap();
+        }
+        r.checkpoint().unwrap();
+        r.update(|d, actor| d.put_op(actor, "later", "v")).unwrap();
+        r.checkpoint().unwrap();
+        r.close().unwrap();
+    }
+    fs::remove_file(replica_dir.join("checkpoint")).unwrap();
+    let out = run(log_args("repair", &replica_dir.join("wal"), &[]), b"");
+    assert_success(&out, "repair of a replica's log with only its older checkpoint");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("covers records up to LSN 5"), "{}", describe(&out));
+}
+
 /// A forced repair inside a replica that discards records no checkpoint
 /// covers makes the replica retire its actor: peers may hold them.
 #[test]
