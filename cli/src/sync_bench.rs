@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use crdts::CmRDT;
 use walrus::net::{Multiaddr, Node, NodeConfig, Traffic};
-use walrus::replica::{ActorId, ActorKey, Catchup, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions};
+use walrus::replica::{ActorId, ActorKey, Catchup, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions, WAL_DIR};
 use walrus::sync::{self, Limits};
+use walrus::wal::{LogReader, WalOptions};
 use walrus::SyncPolicy;
 
 /// What the benchmark's steps return.
@@ -478,18 +479,10 @@ pub fn run_sync(args: SyncBenchArgs, compare: Option<Comparison>) -> Result<()> 
     Ok(())
 }
 
-/// The bytes of the log segments in the replica directory `dir`.
+/// The bytes of the log segment files of the replica in `dir`.
 fn segment_bytes(dir: &Path) -> Result<u64> {
-    let mut bytes = 0;
-    // `wal/` holds the replica's log (docs/REPLICA.md); `*.wal` are its
-    // segments, next to the lock file and any gap markers.
-    for entry in std::fs::read_dir(dir.join("wal"))? {
-        let entry = entry?;
-        if entry.path().extension().is_some_and(|e| e == "wal") {
-            bytes += entry.metadata()?.len();
-        }
-    }
-    Ok(bytes)
+    let log = LogReader::open(&dir.join(WAL_DIR), &WalOptions::default())?;
+    Ok(log.summary().file_bytes)
 }
 
 /// Log bytes on disk per op for a bulk write (`update_many` of `n` puts of
