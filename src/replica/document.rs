@@ -65,6 +65,35 @@ pub trait Document:
         None
     }
 
+    /// Appends the compact encoding of `op` (written by `cx.author` as its
+    /// operation `cx.seq`) to `out`: the bytes that are hashed into the
+    /// author's chain, logged and sent, encoded once when the operation is
+    /// written and never again. The operation may leave out what `cx`
+    /// already says (its author, its sequence number).
+    ///
+    /// The default is the operation's CBOR (its serde form); the
+    /// ready-made [`KvDoc`](super::KvDoc) has a smaller layout
+    /// (docs/REPLICA.md, "Operation bytes"). An override must be undone
+    /// exactly by [`decode_op`](Self::decode_op) with the same context.
+    fn encode_op(op: &Self::Operation, cx: &OpContext, out: &mut Vec<u8>) -> Result<(), String> {
+        let _ = cx;
+        ciborium::into_writer(op, out).map_err(|e| e.to_string())
+    }
+
+    /// Decodes an operation from untrusted bytes made by
+    /// [`encode_op`](Self::encode_op) with the same context; the whole
+    /// input must be one operation. Must not panic or allocate much more
+    /// than `bytes.len()`, whatever the bytes.
+    fn decode_op(bytes: &[u8], cx: &OpContext) -> Result<Self::Operation, String> {
+        let _ = cx;
+        let mut rest = bytes;
+        let op = ciborium::de::from_reader_with_recursion_limit(&mut rest, 64).map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after the operation", rest.len()));
+        }
+        Ok(op)
+    }
+
     /// An encoding that is equal for equal states, whatever the order in
     /// which operations arrived. The default serializes the state to CBOR
     /// and sorts every map and every array; that is right for types whose
@@ -73,6 +102,17 @@ pub trait Document:
     fn canonical(&self) -> Vec<u8> {
         canonical_cbor(self)
     }
+}
+
+/// Where an operation belongs, for [`Document::encode_op`] and
+/// [`Document::decode_op`]: what the surrounding frame already says, so
+/// the operation's own bytes need not repeat it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpContext<'a> {
+    /// The operation's author (its signer).
+    pub author: &'a ActorId,
+    /// Its position in the author's sequence (1, 2, …).
+    pub seq: u64,
 }
 
 /// CBOR of `value` with every map's entries and every array's elements

@@ -35,6 +35,7 @@ mod key;
 mod kv;
 mod load;
 mod options;
+pub(crate) mod varint;
 mod receive;
 // The `Replica` type, named as what it is; the modules around it add the
 // rest of its methods.
@@ -53,7 +54,7 @@ pub use checkpoint::checkpointed_lsn;
 pub use clock::VersionVector;
 pub use dir::{ACTOR_FILE, WAL_DIR};
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};
-pub use document::{canonical_cbor, Document};
+pub use document::{canonical_cbor, Document, OpContext};
 pub use envelope::OpEnvelope;
 pub use error::{
     BufferFull, EnvelopeError, OpenError, PeerError, ReceiveError, ReplicaError, Result, StorageError, WriteError,
