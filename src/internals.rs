@@ -17,7 +17,7 @@ pub mod format {
 
 pub use crate::replica::causal::{CausalBuffer, Offer};
 pub use crate::replica::dir::DOCUMENT_FILE;
-pub use crate::replica::envelope::signing_bytes;
+pub use crate::replica::legacy::{signing_bytes, LegacyEnvelope};
 
 #[cfg(feature = "net")]
 pub use crate::net::{

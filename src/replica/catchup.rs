@@ -1,26 +1,28 @@
 //! Catch-up answers: what a peer with a given version vector is missing
 //! (operations from the log, or a snapshot), and merging a peer's snapshot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{info_span, warn};
 
 use super::checkpoint::{self, Checkpoint};
 use super::succession::RetireReason;
+use super::run::{OwnedRun, Run};
 use super::{
-    Catchup, Change, Document, OpEnvelope, PeerError, ReceiveError, Replica, StorageError, VersionVector, WriteError,
+    ActorId, Catchup, ChainHash, Change, Document, EnvelopeError, PeerError, ReceiveError, Replica, StorageError,
+    VersionVector, WriteError,
 };
 
 impl<D: Document> Replica<D> {
     /// What a peer whose version vector is `theirs` is missing: operations
     /// in an order it can apply, at most about `byte_budget` encoded bytes
-    /// (always at least one operation), or a snapshot if some were truncated.
+    /// (always at least one run), or a snapshot if some were truncated.
     pub fn ops_since(&self, theirs: &VersionVector, byte_budget: usize) -> Result<Catchup<D>, StorageError> {
-        match self.encoded_ops_since(theirs, byte_budget)? {
-            Some((records, more)) => {
-                let mut ops = Vec::with_capacity(records.len());
-                for bytes in records {
-                    ops.push(OpEnvelope::decode(&bytes, self.opts.max_op_size)?);
+        match self.runs_since(theirs, byte_budget)? {
+            Some((runs, more)) => {
+                let mut ops = Vec::new();
+                for run in &runs {
+                    ops.extend(run.as_run().envelopes::<D>(&self.chain)?);
                 }
                 Ok(Catchup::Ops { ops, more })
             }
@@ -28,52 +30,114 @@ impl<D: Document> Replica<D> {
         }
     }
 
-    /// Like [`ops_since`](Self::ops_since), but the operations are returned
-    /// as stored (each the encoding [`OpEnvelope::encode`] gives), ready to
-    /// send without decoding and re-encoding them; `None` means a snapshot
-    /// is needed.
+    /// Like [`ops_since`](Self::ops_since), as runs of the operations'
+    /// bytes as stored, one per actor, each ending at a signed head,
+    /// ready to send without decoding them; `None` means a snapshot is
+    /// needed. Past the budget, an actor's run goes on to its next signed
+    /// operation (a stretch without one is at most one page: it arrived
+    /// in one).
     #[allow(clippy::type_complexity)]
-    pub(crate) fn encoded_ops_since(
+    pub(crate) fn runs_since(
         &self,
         theirs: &VersionVector,
         byte_budget: usize,
-    ) -> Result<Option<(Vec<Vec<u8>>, bool)>, StorageError> {
+    ) -> Result<Option<(Vec<OwnedRun>, bool)>, StorageError> {
         self.check()?;
-        let mut wanted = BTreeSet::new();
+        // Per actor: the operations wanted, and the run being built.
+        let mut wanted: BTreeMap<ActorId, (u64, u64)> = BTreeMap::new();
+        let mut runs: BTreeMap<ActorId, OwnedRun> = BTreeMap::new();
+        let mut lsns = BTreeSet::new();
         for (actor, &have) in self.clock.iter() {
             let from = theirs.get(actor).saturating_add(1);
             if from > have {
                 continue;
             }
-            let Some(lsns) = self.index.lsns(actor, from, have) else {
+            let Some((before, entries)) = self.index.range(actor, from, have) else {
                 return Ok(None);
             };
-            wanted.extend(lsns);
+            // Its last operation here is no signed head (a later one was
+            // refused): nothing can prove the run to the peer.
+            if !entries.last().is_some_and(|e| e.signed) {
+                return Ok(None);
+            }
+            lsns.extend(entries.iter().map(|e| e.lsn));
+            wanted.insert(*actor, (from, have));
+            runs.insert(
+                *actor,
+                OwnedRun { actor: *actor, first: from, prev: before, succeeds: None, ops: Vec::new(), sig: None },
+            );
         }
-        let Some(&start) = wanted.first() else {
+        let Some(&start) = lsns.first() else {
             return Ok(Some((Vec::new(), false)));
         };
         if start < self.wal.first_lsn() {
             return Ok(None);
         }
-        let mut ops = Vec::new();
         let mut used = 0usize;
+        // Past the budget, only actors whose run lacks its head go on.
+        let mut cut = false;
+        let mut order: Vec<ActorId> = Vec::new();
         for record in self.wal.iter_from(start)? {
             let record = record?;
-            if !wanted.contains(&record.lsn) {
+            if !lsns.contains(&record.lsn) {
                 continue;
             }
-            if !ops.is_empty() && used + record.payload.len() > byte_budget {
-                break;
+            let run = Run::from_block(&record.payload).map_err(|e| {
+                StorageError::Envelope(EnvelopeError::Malformed(format!("log record {}: {e}", record.lsn)))
+            })?;
+            let (Some(&(from, have)), Some(out)) = (wanted.get(&run.actor), runs.get_mut(&run.actor)) else {
+                continue;
+            };
+            let next = out.first + out.ops.len() as u64;
+            let open = !cut || (!out.ops.is_empty() && out.sig.is_none());
+            if !open {
+                continue;
             }
-            used += record.payload.len();
-            ops.push(record.payload);
-            if ops.len() == wanted.len() {
+            for (i, bytes) in run.ops.iter().enumerate() {
+                let seq = run.first + i as u64;
+                if seq < next.max(from) || seq > have {
+                    continue;
+                }
+                if seq == 1 {
+                    out.succeeds = run.succeeds;
+                }
+                if out.ops.is_empty() {
+                    order.push(run.actor);
+                }
+                out.ops.push(bytes.to_vec());
+                used += bytes.len();
+                out.sig = if i + 1 == run.ops.len() { run.sig } else { None };
+            }
+            if used >= byte_budget {
+                cut = true;
+            }
+            if cut && runs.values().all(|r| r.ops.is_empty() || r.sig.is_some()) {
                 break;
             }
         }
-        let more = ops.len() < wanted.len();
-        Ok(Some((ops, more)))
+        let mut more = false;
+        let mut out = Vec::new();
+        for actor in order {
+            if let Some(run) = runs.remove(&actor) {
+                let (_, have) = wanted[&actor];
+                more |= run.first + (run.ops.len() as u64) <= have;
+                if run.sig.is_none() {
+                    // The log ended before the head: it changed under us.
+                    return Err(StorageError::Envelope(EnvelopeError::Malformed(format!(
+                        "the log holds no signed head after operation {} of {actor}",
+                        run.first + run.ops.len() as u64 - 1
+                    ))));
+                }
+                out.push(run);
+            }
+        }
+        more |= !runs.is_empty();
+        Ok(Some((out, more)))
+    }
+
+    /// The chain heads a snapshot of this replica carries.
+    pub(crate) fn chain_heads(&self) -> Vec<(ActorId, ChainHash)> {
+        self.head_list()
     }
 
     fn snapshot(&self) -> Catchup<D> {
@@ -83,6 +147,18 @@ impl<D: Document> Replica<D> {
     /// Merges a peer's snapshot (state + the operations it includes). The
     /// merged state is checkpointed before it becomes visible.
     pub fn merge_snapshot(&mut self, state: D, clock: VersionVector) -> Result<(), ReceiveError> {
+        self.merge_snapshot_heads(state, clock, Vec::new())
+    }
+
+    /// [`merge_snapshot`](Self::merge_snapshot) with the chain heads the
+    /// snapshot's sender gave: the hash each actor's next operation must
+    /// follow (where not given, it is not checked).
+    pub(crate) fn merge_snapshot_heads(
+        &mut self,
+        state: D,
+        clock: VersionVector,
+        heads: Vec<(ActorId, ChainHash)>,
+    ) -> Result<(), ReceiveError> {
         self.check()?;
         let span = info_span!("replica_merge_snapshot", actors = clock.len());
         let _g = span.enter();
@@ -120,8 +196,23 @@ impl<D: Document> Replica<D> {
         merged.merge(state);
         let mut merged_clock = self.clock.clone();
         merged_clock.merge(&clock);
+        let given: BTreeMap<ActorId, ChainHash> = heads.into_iter().collect();
+        for (actor, &seq) in clock.iter() {
+            if seq > self.clock.get(actor) {
+                match given.get(actor) {
+                    Some(h) => self.heads.insert(*actor, *h),
+                    None => self.heads.remove(actor),
+                };
+            }
+        }
         let lsn = self.wal.sync()?;
-        let cp = Checkpoint { lsn, clock: merged_clock, state: merged, successions: self.succession_list() };
+        let cp = Checkpoint {
+            lsn,
+            clock: merged_clock,
+            state: merged,
+            successions: self.succession_list(),
+            heads: self.head_list(),
+        };
         checkpoint::write(&self.files, &self.dir, &cp, None)?;
         self.doc = cp.state;
         self.clock = cp.clock;

@@ -94,13 +94,13 @@ impl<O> CausalBuffer<O> {
         applied: &VersionVector,
         size: usize,
     ) -> Result<Offer<O>, BufferFull> {
-        let have = applied.get(&env.actor);
-        if env.seq <= have {
+        let have = applied.get(&env.actor());
+        if env.seq() <= have {
             return Ok(Offer::Duplicate);
         }
-        if env.seq > have + 1 {
-            let queue = self.pending.entry(env.actor).or_default();
-            if queue.contains_key(&env.seq) {
+        if env.seq() > have + 1 {
+            let queue = self.pending.entry(env.actor()).or_default();
+            if queue.contains_key(&env.seq()) {
                 return Ok(Offer::Duplicate);
             }
             let full = if self.held >= self.limit {
@@ -113,20 +113,20 @@ impl<O> CausalBuffer<O> {
                 None
             };
             if let Some((held, limit)) = full {
-                let (actor, seq) = (env.actor, env.seq);
+                let (actor, seq) = (env.actor(), env.seq());
                 if queue.is_empty() {
                     self.pending.remove(&actor);
                 }
                 return Err(BufferFull { actor, seq, held, limit });
             }
-            queue.insert(env.seq, (env, size));
+            queue.insert(env.seq(), (env, size));
             self.held += 1;
             self.bytes += size;
             return Ok(Offer::Buffered);
         }
-        let actor = env.actor;
+        let actor = env.actor();
         // None once u64::MAX is applied: everything held is then stale.
-        let mut next = env.seq.checked_add(1);
+        let mut next = env.seq().checked_add(1);
         let mut ready = vec![env];
         if let Some(queue) = self.pending.get_mut(&actor) {
             // Stale entries (at or below what is now applied) are dropped too.
@@ -199,7 +199,7 @@ mod tests {
         let mut buf = CausalBuffer::new(100);
         assert_eq!(buf.offer(env(2), &applied), Ok(Offer::Buffered));
         let Ok(Offer::Ready(ops)) = buf.offer(env(1), &applied) else { panic!("1 then 2 should be ready") };
-        assert_eq!(ops.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(ops.iter().map(|e| e.seq()).collect::<Vec<_>>(), [1, 2]);
         applied.observe(a, 2);
         assert_eq!(buf.offer(env(1), &applied), Ok(Offer::Duplicate));
     }
@@ -213,7 +213,7 @@ mod tests {
         let err = buf.offer(env(1, 5), &applied).unwrap_err();
         assert_eq!((err.seq, err.held, err.limit), (5, 2, 2));
         assert_eq!(buf.offer(env(2, 3), &applied), Ok(Offer::Buffered), "other actors still have room");
-        assert_eq!(buf.get(&ActorId([1; 32]), 4).map(|e| e.seq), Some(4));
+        assert_eq!(buf.get(&ActorId([1; 32]), 4).map(|e| e.seq()), Some(4));
         assert_eq!(buf.len(), 3);
     }
 
@@ -261,8 +261,8 @@ mod tests {
             for (a, s) in all {
                 if let Offer::Ready(ops) = buf.offer(env(a, s), &applied).unwrap() {
                     for e in ops {
-                        prop_assert_eq!(e.seq, applied.get(&e.actor) + 1);
-                        applied.observe(e.actor, e.seq);
+                        prop_assert_eq!(e.seq(), applied.get(&e.actor()) + 1);
+                        applied.observe(e.actor(), e.seq());
                         log.push(e.op);
                     }
                 }

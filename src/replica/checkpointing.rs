@@ -17,7 +17,13 @@ impl<D: Document> Replica<D> {
         let _g = span.enter();
         let lsn = self.wal.sync()?;
         let cp =
-            Checkpoint { lsn, clock: self.clock.clone(), state: self.doc.clone(), successions: self.succession_list() };
+            Checkpoint {
+            lsn,
+            clock: self.clock.clone(),
+            state: self.doc.clone(),
+            successions: self.succession_list(),
+            heads: self.head_list(),
+        };
         checkpoint::write(&self.files, &self.dir, &cp, self.checkpoint_stop)?;
         if self.checkpoint_stop.is_some() {
             return Ok(());

@@ -20,6 +20,7 @@
 
 mod actor;
 mod catchup;
+pub(crate) mod chain;
 pub(crate) mod causal;
 mod change;
 mod checkpoint;
@@ -29,6 +30,7 @@ pub(crate) mod dir;
 mod docs;
 pub(crate) mod document;
 pub(crate) mod envelope;
+pub(crate) mod legacy;
 mod error;
 mod index;
 mod key;
@@ -42,6 +44,7 @@ mod receive;
 #[allow(clippy::module_inception)]
 mod replica;
 mod retire;
+pub(crate) mod run;
 mod succession;
 mod verify;
 mod view;
@@ -51,6 +54,7 @@ pub use actor::{ActorId, ParseActorIdError, ACTOR_ID_LEN};
 pub(crate) use causal::{CausalBuffer, Offer};
 pub use change::{Catchup, Change, Equivocation, Origin, Received};
 pub use checkpoint::checkpointed_lsn;
+pub use chain::{ChainHash, ChainKey};
 pub use clock::VersionVector;
 pub use dir::{ACTOR_FILE, WAL_DIR};
 pub use docs::{CounterDoc, Hlc, RegisterDoc, SetDoc};

@@ -38,7 +38,7 @@ pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps
                 // Catch up on j's own operations, in j's order.
                 for env in &ops[j][seen[i][j]..] {
                     if let Err(e) = states[i].check_op(&env.op) {
-                        panic!("operation ({}, {}) rejected by a replica that has all of its author's earlier operations: {e}", env.actor, env.seq);
+                        panic!("operation ({}, {}) rejected by a replica that has all of its author's earlier operations: {e}", env.actor(), env.seq());
                     }
                     states[i].apply(env.op.clone());
                 }
@@ -115,7 +115,7 @@ pub(super) fn apply_checked<D: Document>(d: &mut D, env: &OpEnvelope<D::Operatio
     if let Err(e) = d.check_op(&env.op) {
         panic!(
             "operation ({}, {}) rejected although every earlier operation of its author was applied: {e}",
-            env.actor, env.seq
+            env.actor(), env.seq()
         );
     }
     d.apply(env.op.clone());
@@ -211,7 +211,7 @@ pub(super) fn state_laws<D: Document>(gen: &impl OpGen<D>, case: &Case) {
         if let Ok(Offer::Ready(ready)) = buffer.offer(env, &applied) {
             for env in ready {
                 apply_checked(&mut d, &env);
-                applied.observe(env.actor, env.seq);
+                applied.observe(env.actor(), env.seq());
             }
         }
     }

@@ -73,14 +73,14 @@ fn check_page<O: serde::Serialize>(theirs: &VersionVector, ops: &[OpEnvelope<O>]
     let mut bytes = 0;
     for env in ops {
         assert!(
-            env.seq == clock.get(&env.actor) + 1,
+            env.seq() == clock.get(&env.actor()) + 1,
             "ops_since page holds ({}, {}) but the peer needs ({}, {}) first",
-            env.actor,
-            env.seq,
-            env.actor,
-            clock.get(&env.actor) + 1
+            env.actor(),
+            env.seq(),
+            env.actor(),
+            clock.get(&env.actor()) + 1
         );
-        clock.observe(env.actor, env.seq);
+        clock.observe(env.actor(), env.seq());
         bytes += env.encode().map_or(0, |b| b.len());
     }
     assert!(
@@ -186,11 +186,11 @@ pub(super) fn replica_convergence<D: Document>(gen: &impl OpGen<D>, case: &Case)
     }
     // The reference: every operation applied once, author by author.
     let mut all = sent.clone();
-    all.sort_by_key(|e| (e.actor, e.seq));
+    all.sort_by_key(|e| (e.actor(), e.seq()));
     let mut reference = D::default();
     all.iter().for_each(|env| apply_checked(&mut reference, env));
     let expected = reference.canonical();
-    let clock: VersionVector = all.iter().map(|e| (e.actor, e.seq)).collect();
+    let clock: VersionVector = all.iter().map(|e| (e.actor(), e.seq())).collect();
     for (k, r) in replicas.iter().enumerate() {
         assert!(r.clock() == &clock, "replica {k}'s version vector {:?} is not {clock:?} after catch-up", r.clock());
         assert!(r.buffered() == 0, "replica {k} still holds {} early operations after catch-up", r.buffered());
