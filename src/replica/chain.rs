@@ -147,14 +147,17 @@ fn head_message(hash: &ChainHash) -> [u8; HEAD_DOMAIN.len() + CHAIN_HASH_LEN] {
     m
 }
 
-/// `key`'s signature of the chain head `hash`.
-pub fn sign_head(key: &ActorKey, hash: &ChainHash) -> Signature {
-    Signature(key.sign(&head_message(hash)))
-}
+impl ChainHash {
+    /// `key`'s signature of this hash as a chain head: it authenticates the
+    /// operation with this hash and every one before it in the chain.
+    pub fn sign_head(&self, key: &ActorKey) -> Signature {
+        Signature(key.sign(&head_message(self)))
+    }
 
-/// Whether `sig` is `actor`'s signature of the chain head `hash`.
-pub fn verify_head(actor: &ActorId, hash: &ChainHash, sig: &Signature) -> bool {
-    actor.verify(&head_message(hash), &sig.0)
+    /// Whether `sig` is `actor`'s signature of this hash as a chain head.
+    pub fn verify_head(&self, actor: &ActorId, sig: &Signature) -> bool {
+        actor.verify(&head_message(self), &sig.0)
+    }
 }
 
 #[cfg(test)]
@@ -180,9 +183,9 @@ mod tests {
     fn a_head_signature_is_its_actor_s_over_that_hash() {
         let key = ActorKey::from_seed([9; 32]);
         let h = ChainKey::new("d").op_hash(&key.actor(), 1, &ChainHash::ZERO, None, b"x");
-        let sig = sign_head(&key, &h);
-        assert!(verify_head(&key.actor(), &h, &sig));
-        assert!(!verify_head(&ActorKey::from_seed([8; 32]).actor(), &h, &sig));
-        assert!(!verify_head(&key.actor(), &ChainHash([7; 32]), &sig));
+        let sig = h.sign_head(&key);
+        assert!(h.verify_head(&key.actor(), &sig));
+        assert!(!h.verify_head(&ActorKey::from_seed([8; 32]).actor(), &sig));
+        assert!(!ChainHash([7; 32]).verify_head(&key.actor(), &sig));
     }
 }

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use super::chain::{sign_head, verify_head};
 use super::legacy::LegacyEnvelope;
 use super::{ActorId, ActorKey, ChainHash, ChainKey, Document, EnvelopeError, OpContext, Signature, Succession};
 
@@ -119,7 +118,7 @@ impl<O> OpEnvelope<O> {
 
     /// Signs this operation as a chain head with `key` (its actor's).
     pub(crate) fn sign(&mut self, key: &ActorKey) {
-        self.sig = Some(sign_head(key, &self.hash));
+        self.sig = Some(self.hash.sign_head(key));
     }
 
     /// This operation without its head signature (a run carries only its
@@ -182,7 +181,7 @@ impl<O> OpEnvelope<O> {
     /// operation's hash.
     pub fn verify_head(&self) -> Result<(), EnvelopeError> {
         match &self.sig {
-            Some(sig) if verify_head(&self.actor, &self.hash, sig) => Ok(()),
+            Some(sig) if self.hash.verify_head(&self.actor, sig) => Ok(()),
             _ => Err(EnvelopeError::BadSignature { actor: self.actor, seq: self.seq }),
         }
     }

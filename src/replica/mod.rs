@@ -22,6 +22,7 @@ mod actor;
 mod catchup;
 pub(crate) mod chain;
 pub(crate) mod causal;
+pub(crate) mod chain;
 mod change;
 mod checkpoint;
 mod checkpointing;
@@ -37,8 +38,8 @@ mod key;
 mod kv;
 mod load;
 mod options;
-pub(crate) mod varint;
 mod receive;
+pub(crate) mod varint;
 // The `Replica` type, named as what it is; the modules around it add the
 // rest of its methods.
 #[allow(clippy::module_inception)]
@@ -52,6 +53,7 @@ mod write;
 
 pub use actor::{ActorId, ParseActorIdError, ACTOR_ID_LEN};
 pub(crate) use causal::{CausalBuffer, Offer};
+pub use chain::{ChainHash, ChainKey};
 pub use change::{Catchup, Change, Equivocation, Origin, Received};
 pub use checkpoint::checkpointed_lsn;
 pub use chain::{ChainHash, ChainKey};

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use super::chain::verify_head;
 use super::{ActorId, ChainHash, OpEnvelope, Signature};
 
 /// Batches with at least this many head signatures are checked on several
@@ -65,7 +64,7 @@ pub(super) fn verify_runs<O>(ops: &[OpEnvelope<O>], todo: &[bool]) -> Vec<Option
 /// Checks head signatures, on several threads if there are many.
 fn check_all(jobs: &[(ActorId, ChainHash, Signature)]) -> Vec<bool> {
     let check = |part: &[(ActorId, ChainHash, Signature)]| -> Vec<bool> {
-        part.iter().map(|(a, h, s)| verify_head(a, h, s)).collect()
+        part.iter().map(|(a, h, s)| h.verify_head(a, s)).collect()
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_VERIFY_THREADS);
     if jobs.len() < PARALLEL_VERIFY_MIN || threads < 2 {
