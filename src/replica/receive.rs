@@ -9,7 +9,7 @@ use super::{
     Document, EnvelopeError, Equivocation, Offer, OpEnvelope, Origin, PeerError, ReceiveError, Received, Replica,
     StorageError,
 };
-use crate::wal::Lsn;
+
 
 /// Most equivocations kept for [`Replica::take_equivocations`].
 const MAX_HELD_EQUIVOCATIONS: usize = 1024;

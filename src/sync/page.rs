@@ -1,0 +1,225 @@
+//! Pages: the runs of operations a sync answer or a gossip message
+//! carries, behind a per-page actor table, optionally zstd-compressed; and
+//! the same compression frame around a snapshot's state. The layout is in
+//! docs/PROTOCOL.md, "Pages".
+
+use std::collections::BTreeMap;
+
+use super::message::{MessageError, MAX_OPS_PER_MESSAGE};
+use crate::replica::run::{OwnedRun, Run};
+use crate::replica::varint;
+use crate::replica::ActorId;
+
+/// The frame's codec byte: the payload is the body itself.
+const RAW: u8 = 0;
+/// The frame's codec byte: the payload is one zstd frame of the body.
+const ZSTD: u8 = 1;
+/// zstd level: pages are compressed once and may be read many times; 3
+/// is zstd's default, a good ratio at a fraction of the higher levels' cost.
+const ZSTD_LEVEL: i32 = 3;
+/// Bodies shorter than this are not worth a compression attempt.
+const COMPRESS_MIN: usize = 128;
+
+/// Frames `body`: codec byte, the body's length (varint), then the body,
+/// compressed with zstd when that makes it smaller.
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() / 2 + 12);
+    if body.len() >= COMPRESS_MIN {
+        if let Ok(z) = zstd::bulk::compress(body, ZSTD_LEVEL) {
+            if z.len() < body.len() {
+                out.push(ZSTD);
+                varint::put(&mut out, body.len() as u64);
+                out.extend_from_slice(&z);
+                return out;
+            }
+        }
+    }
+    out.push(RAW);
+    varint::put(&mut out, body.len() as u64);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Undoes [`frame`]: the body, if it is at most `limit` bytes. The
+/// declared length is checked against `limit` before anything is
+/// allocated, and decompression stops at it: a frame that would expand
+/// further is refused, whatever it claims.
+pub(crate) fn unframe(bytes: &[u8], limit: usize, what: &'static str) -> Result<Vec<u8>, MessageError> {
+    let bad = |reason: String| MessageError::Malformed { what, reason };
+    let (&codec, mut rest) = bytes.split_first().ok_or_else(|| bad("empty frame".into()))?;
+    let len = varint::take(&mut rest).map_err(|e| bad(format!("frame length: {e}")))?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > limit {
+        return Err(MessageError::TooLarge { what, len, limit });
+    }
+    match codec {
+        RAW if rest.len() == len => Ok(rest.to_vec()),
+        RAW => Err(bad(format!("frame says {len} bytes, holds {}", rest.len()))),
+        ZSTD => {
+            let body = zstd::bulk::decompress(rest, len).map_err(|e| bad(format!("zstd: {e}")))?;
+            if body.len() != len {
+                return Err(bad(format!("frame says {len} bytes, expands to {}", body.len())));
+            }
+            Ok(body)
+        }
+        other => Err(bad(format!("unknown codec {other}"))),
+    }
+}
+
+/// The body of a page of `runs`: the actor table (count, then each
+/// 32-byte id once), the run count, then each run as its actor's index in
+/// the table and its body.
+pub(crate) fn encode_runs<'a>(runs: impl IntoIterator<Item = Run<'a>>) -> Vec<u8> {
+    let runs: Vec<Run<'a>> = runs.into_iter().collect();
+    let mut table: Vec<ActorId> = Vec::new();
+    let mut index: BTreeMap<ActorId, u64> = BTreeMap::new();
+    for run in &runs {
+        index.entry(run.actor).or_insert_with(|| {
+            table.push(run.actor);
+            table.len() as u64 - 1
+        });
+    }
+    let mut out = Vec::with_capacity(runs.iter().map(|r| r.ops.iter().map(|o| o.len() + 2).sum::<usize>()).sum());
+    varint::put(&mut out, table.len() as u64);
+    for a in &table {
+        out.extend_from_slice(&a.0);
+    }
+    varint::put(&mut out, runs.len() as u64);
+    for run in &runs {
+        varint::put(&mut out, index.get(&run.actor).copied().unwrap_or(0));
+        run.put_body(&mut out);
+    }
+    out
+}
+
+/// A framed page of `runs` (see [`encode_runs`], [`frame`]).
+pub(crate) fn encode_page(runs: &[OwnedRun]) -> Vec<u8> {
+    frame(&encode_runs(runs.iter().map(OwnedRun::as_run)))
+}
+
+/// Reads a page body: its runs, borrowing from `body`. Every run must be
+/// signed (a page proves what it carries), the actor indexes must be in
+/// the table, and there are at most [`MAX_OPS_PER_MESSAGE`] operations
+/// in all, each at most `max_op` bytes.
+pub(crate) fn decode_runs(body: &[u8], max_op: usize, what: &'static str) -> Result<Vec<Run<'_>>, MessageError> {
+    let bad = |reason: String| MessageError::Malformed { what, reason };
+    let mut rest = body;
+    let actors = varint::take(&mut rest).map_err(|e| bad(format!("actor count: {e}")))?;
+    if actors > (rest.len() / 32) as u64 {
+        return Err(bad(format!("{actors} actors cannot fit in {} bytes", rest.len())));
+    }
+    let mut table = Vec::with_capacity(actors as usize);
+    for _ in 0..actors {
+        let (id, tail) = rest.split_at(32);
+        let mut a = [0u8; 32];
+        a.copy_from_slice(id);
+        table.push(ActorId(a));
+        rest = tail;
+    }
+    let count = varint::take(&mut rest).map_err(|e| bad(format!("run count: {e}")))?;
+    // A run takes at least 36 bytes (index, numbers, hash, flags).
+    if count > (rest.len() / 36) as u64 {
+        return Err(bad(format!("{count} runs cannot fit in {} bytes", rest.len())));
+    }
+    let mut runs = Vec::with_capacity(count as usize);
+    let mut ops = 0usize;
+    for i in 0..count {
+        let at = varint::take(&mut rest).map_err(|e| bad(format!("run {i}: actor index: {e}")))?;
+        let actor = usize::try_from(at)
+            .ok()
+            .and_then(|at| table.get(at))
+            .copied()
+            .ok_or_else(|| bad(format!("run {i}: actor index {at} outside the table of {}", table.len())))?;
+        let run = Run::take_body(actor, &mut rest).map_err(|e| bad(format!("run {i}: {e}")))?;
+        if run.sig.is_none() {
+            return Err(bad(format!("run {i} ({actor}) has no head signature")));
+        }
+        if let Some(len) = run.ops.iter().map(|o| o.len()).find(|&l| l > max_op) {
+            return Err(bad(format!("run {i}: an operation of {len} bytes, over the limit of {max_op}")));
+        }
+        ops += run.ops.len();
+        if ops > MAX_OPS_PER_MESSAGE {
+            return Err(bad(format!("more than {MAX_OPS_PER_MESSAGE} operations")));
+        }
+        runs.push(run);
+    }
+    if !rest.is_empty() {
+        return Err(bad(format!("{} bytes after the last run", rest.len())));
+    }
+    Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::{ChainHash, Signature};
+    use proptest::prelude::*;
+
+    fn owned(actor: u8, first: u64, ops: Vec<Vec<u8>>) -> OwnedRun {
+        OwnedRun {
+            actor: ActorId([actor; 32]),
+            first,
+            prev: ChainHash([actor ^ 0x55; 32]),
+            succeeds: None,
+            ops,
+            sig: Some(Signature([actor; 64])),
+        }
+    }
+
+    #[test]
+    fn pages_round_trip_compressed_or_not() {
+        let small = vec![owned(1, 1, vec![vec![1, 2, 3]])];
+        let big: Vec<OwnedRun> = (0..3).map(|a| owned(a, 5, (0..200).map(|i| format!("item-{i:08}").into_bytes()).collect())).collect();
+        for runs in [small, big] {
+            let page = encode_page(&runs);
+            let body = unframe(&page, 1 << 20, "page").unwrap();
+            let back = decode_runs(&body, 1 << 10, "page").unwrap();
+            assert_eq!(back, runs.iter().map(OwnedRun::as_run).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_frame_never_expands_past_its_limit() {
+        let body = vec![0u8; 1 << 20];
+        let framed = frame(&body);
+        assert!(framed.len() < 1024, "zeros compress");
+        assert!(matches!(unframe(&framed, (1 << 20) - 1, "page"), Err(MessageError::TooLarge { .. })));
+        // A frame that lies about its length, under the limit.
+        let mut lying = vec![ZSTD];
+        varint::put(&mut lying, 1000);
+        lying.extend_from_slice(&framed[framed.len() - (framed.len() - 4)..]);
+        assert!(unframe(&lying, 1 << 20, "page").is_err());
+        assert!(unframe(&[], 10, "page").is_err());
+        assert!(unframe(&[9, 0], 10, "page").is_err());
+    }
+
+    #[test]
+    fn unsigned_runs_and_bad_indexes_are_refused() {
+        let mut run = owned(1, 1, vec![vec![1]]);
+        run.sig = None;
+        let body = encode_runs([run.as_run()]);
+        assert!(decode_runs(&body, 100, "page").is_err());
+        let mut body = encode_runs([owned(1, 1, vec![vec![1]]).as_run()]);
+        // The run's actor index (after the table and the count).
+        body[1 + 32 + 1] = 5;
+        assert!(decode_runs(&body, 100, "page").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(body) = unframe(&bytes, 4096, "page") {
+                let _ = decode_runs(&body, 4096, "page");
+            }
+            let _ = decode_runs(&bytes, 4096, "page");
+        }
+
+        #[test]
+        fn random_pages_round_trip(runs in proptest::collection::vec((0u8..4, 1u64..1000, proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..20)), 0..6)) {
+            let runs: Vec<OwnedRun> = runs.into_iter().map(|(a, f, ops)| owned(a, f, ops)).collect();
+            let body = unframe(&encode_page(&runs), 1 << 20, "page").unwrap();
+            let back = decode_runs(&body, 1 << 10, "page").unwrap();
+            prop_assert_eq!(back, runs.iter().map(OwnedRun::as_run).collect::<Vec<_>>());
+        }
+    }
+}
