@@ -35,8 +35,8 @@ mod key;
 mod kv;
 mod load;
 mod options;
-pub(crate) mod varint;
 mod receive;
+pub(crate) mod varint;
 // The `Replica` type, named as what it is; the modules around it add the
 // rest of its methods.
 #[allow(clippy::module_inception)]

@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(take(&mut &[0x80][..]), Err(VarintError::Truncated));
         assert_eq!(take(&mut &[][..]), Err(VarintError::Truncated));
         assert_eq!(take(&mut &[0xff; 10][..]), Err(VarintError::Invalid));
-        assert_eq!(take(&mut &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..]), Err(VarintError::Invalid));
+        assert_eq!(
+            take(&mut &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..]),
+            Err(VarintError::Invalid)
+        );
         assert_eq!(take_bytes(&mut &[0x05, 1, 2][..]), Err(VarintError::Truncated));
     }
 
