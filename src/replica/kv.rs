@@ -292,20 +292,13 @@ impl Document for KvDoc {
     /// counter 0, or on an author's counter more than `i64::MAX` away from
     /// `cx.seq`: neither can be decoded.
     fn encode_op(op: &KvOp, cx: &OpContext, out: &mut Vec<u8>) -> Result<(), String> {
-        match op {
-            KvOp::Put { key, dot, value, seen } => {
-                out.push(OP_PUT);
-                varint::put_bytes(out, key.as_bytes());
-                varint::put_bytes(out, value.as_bytes());
-                put_dot(out, dot, cx).map_err(|e| format!("dot: {e}"))?;
-                put_seen(out, seen, cx)
-            }
-            KvOp::Del { key, seen } => {
-                out.push(OP_DEL);
-                varint::put_bytes(out, key.as_bytes());
-                put_seen(out, seen, cx)
-            }
+        let start = out.len();
+        let written = encode_kv_op(op, cx, out);
+        // A failed encoding leaves nothing half-written behind.
+        if written.is_err() {
+            out.truncate(start);
         }
+        written
     }
 
     /// Undoes [`encode_op`](Self::encode_op), refusing every byte string
@@ -346,6 +339,24 @@ const REF_OTHER: u8 = 0x01;
 /// The fewest bytes an actor reference takes (a tag and a varint), which
 /// bounds how many dots the rest of an input can claim.
 const MIN_REF_LEN: usize = 2;
+
+/// The layout of [`KvDoc::encode_op`].
+fn encode_kv_op(op: &KvOp, cx: &OpContext, out: &mut Vec<u8>) -> Result<(), String> {
+    match op {
+        KvOp::Put { key, dot, value, seen } => {
+            out.push(OP_PUT);
+            varint::put_bytes(out, key.as_bytes());
+            varint::put_bytes(out, value.as_bytes());
+            put_dot(out, dot, cx).map_err(|e| format!("dot: {e}"))?;
+            put_seen(out, seen, cx)
+        }
+        KvOp::Del { key, seen } => {
+            out.push(OP_DEL);
+            varint::put_bytes(out, key.as_bytes());
+            put_seen(out, seen, cx)
+        }
+    }
+}
 
 fn put_dot(out: &mut Vec<u8>, dot: &Dot, cx: &OpContext) -> Result<(), String> {
     if dot.counter == 0 {
@@ -563,6 +574,12 @@ mod tests {
         assert!(encode(&put(u64::MAX), u64::MAX).is_ok());
         let del = KvOp::Del { key: "k".into(), seen: vec![Dot { actor: ActorId([2; 32]), counter: 0 }] };
         assert!(encode(&del, 5).unwrap_err().contains("seen dot 0: counter 0"));
+        // After what `out` held: appended on success, untouched on failure.
+        let mut out = vec![0xaa];
+        assert!(KvDoc::encode_op(&del, &OpContext { author: &AUTHOR, seq: 5 }, &mut out).is_err());
+        assert_eq!(out, [0xaa]);
+        KvDoc::encode_op(&put(5), &OpContext { author: &AUTHOR, seq: 5 }, &mut out).unwrap();
+        assert_eq!(hex(&out), format!("aa{own}"));
     }
 
     fn unhex(h: &str) -> Vec<u8> {
