@@ -82,14 +82,23 @@ pub trait Document:
 
     /// Decodes an operation from untrusted bytes made by
     /// [`encode_op`](Self::encode_op) with the same context; the whole
-    /// input must be one operation. Must not panic or allocate much more
-    /// than `bytes.len()`, whatever the bytes.
+    /// input must be one operation, and exactly the bytes `encode_op`
+    /// makes of it (one operation, one encoding). Must not panic or
+    /// allocate much more than `bytes.len()`, whatever the bytes.
     fn decode_op(bytes: &[u8], cx: &OpContext) -> Result<Self::Operation, String> {
         let _ = cx;
         let mut rest = bytes;
         let op = ciborium::de::from_reader_with_recursion_limit(&mut rest, 64).map_err(|e| e.to_string())?;
         if !rest.is_empty() {
             return Err(format!("{} bytes after the operation", rest.len()));
+        }
+        // CBOR has other encodings of the same value (longer integer
+        // heads, indefinite lengths, fields in another order); only the
+        // one encode_op makes is accepted.
+        let mut again = Vec::with_capacity(bytes.len());
+        ciborium::into_writer(&op, &mut again).map_err(|e| e.to_string())?;
+        if again != bytes {
+            return Err("not the canonical CBOR of the operation it decodes to".to_string());
         }
         Ok(op)
     }
