@@ -283,14 +283,14 @@ impl Document for KvDoc {
     /// value    := len bytes                 (UTF-8)
     /// dot      := actorref
     /// seen     := n actorref*n
-    /// actorref := 0x00 zigzag(seq - counter)          (a dot of the author)
+    /// actorref := 0x00 (seq - counter mod 2^64)       (a dot of the author)
     ///           | 0x01 actor(32 bytes) counter        (any other actor's)
     /// ```
     ///
     /// The author's dots are written relative to the operation's sequence
-    /// number, usually one or two bytes instead of 33 or more. Fails on a
-    /// counter 0, or on an author's counter more than `i64::MAX` away from
-    /// `cx.seq`: neither can be decoded.
+    /// number (wrapping: every counter has exactly one encoding), usually
+    /// one byte instead of 33 or more. Fails on a counter 0, which no
+    /// write has.
     fn encode_op(op: &KvOp, cx: &OpContext, out: &mut Vec<u8>) -> Result<(), String> {
         let start = out.len();
         let written = encode_kv_op(op, cx, out);
@@ -363,11 +363,8 @@ fn put_dot(out: &mut Vec<u8>, dot: &Dot, cx: &OpContext) -> Result<(), String> {
         return Err("counter 0".to_string());
     }
     if dot.actor == *cx.author {
-        let d = i64::try_from(i128::from(cx.seq) - i128::from(dot.counter)).map_err(|_| {
-            format!("the author's counter {} is too far from sequence number {} to encode", dot.counter, cx.seq)
-        })?;
         out.push(REF_AUTHOR);
-        varint::put_signed(out, d);
+        varint::put(out, cx.seq.wrapping_sub(dot.counter));
     } else {
         out.push(REF_OTHER);
         out.extend_from_slice(&dot.actor.0);
@@ -422,11 +419,11 @@ impl<'a> Reader<'a> {
         let at = self.offset();
         match self.byte(what)? {
             REF_AUTHOR => {
-                let d = varint::take_signed(&mut self.rest).map_err(|e| format!("byte {at}: {what}: {e}"))?;
-                let counter =
-                    u64::try_from(i128::from(cx.seq) - i128::from(d)).ok().filter(|&c| c != 0).ok_or_else(|| {
-                        format!("byte {at}: {what}: sequence number {} minus {d} is not a counter", cx.seq)
-                    })?;
+                let d = varint::take(&mut self.rest).map_err(|e| format!("byte {at}: {what}: {e}"))?;
+                let counter = cx.seq.wrapping_sub(d);
+                if counter == 0 {
+                    return Err(format!("byte {at}: {what}: counter 0"));
+                }
                 Ok(Dot { actor: *cx.author, counter })
             }
             REF_OTHER => {
@@ -498,10 +495,10 @@ mod tests {
         // 01 76          value "v"
         // 00 00          dot: the author's, 5 - 5 = 0
         // 02             two seen dots
-        // 00 04          the author's, 5 - 3 = 2, zigzag 4
+        // 00 02          the author's, 5 - 3 = 2
         // 01 02×32 07    actor [2; 32], counter 7
-        // = 00016b017600000200040102020202020202020202020202020202020202020202020202020202020202020207
-        let expected = format!("00016b0176000002000401{}07", "02".repeat(32));
+        // = 00016b017600000200020102020202020202020202020202020202020202020202020202020202020202020207
+        let expected = format!("00016b0176000002000201{}07", "02".repeat(32));
         let bytes = encode(&op, 5).unwrap();
         assert_eq!(hex(&bytes), expected);
         assert_eq!(bytes.len(), 44);
