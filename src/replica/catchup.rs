@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info_span, warn};
 
 use super::checkpoint::{self, Checkpoint};
+use super::index::Entry;
+use super::run::{OwnedRun, Run, PAGE_CUT_OPS, RUN_SPLIT_BYTES, RUN_SPLIT_OPS};
 use super::succession::RetireReason;
-use super::run::{OwnedRun, Run};
 use super::{
-    ActorId, Catchup, ChainHash, Change, Document, EnvelopeError, PeerError, ReceiveError, Replica, StorageError,
-    VersionVector, WriteError,
+    ActorId, Catchup, ChainHash, ChainKey, Change, Document, EnvelopeError, PeerError, ReceiveError, Replica,
+    StorageError, VersionVector, WriteError,
 };
 
 impl<D: Document> Replica<D> {
@@ -31,11 +32,13 @@ impl<D: Document> Replica<D> {
     }
 
     /// Like [`ops_since`](Self::ops_since), as runs of the operations'
-    /// bytes as stored, one per actor, each ending at a signed head,
-    /// ready to send without decoding them; `None` means a snapshot is
-    /// needed. Past the budget, an actor's run goes on to its next signed
-    /// operation (a stretch without one is at most one page: it arrived
-    /// in one).
+    /// bytes as stored, each ending at a signed head, ready to send without
+    /// decoding them; `None` means a snapshot is needed. An actor's
+    /// operations are one run, split at signed heads every
+    /// [`RUN_SPLIT_OPS`] operations or [`RUN_SPLIT_BYTES`] bytes. Past the
+    /// budget (or [`PAGE_CUT_OPS`] operations), an actor's run goes on to
+    /// its next signed operation: a stretch without one is at most one
+    /// received run ([`MAX_RUN_OPS`]).
     #[allow(clippy::type_complexity)]
     pub(crate) fn runs_since(
         &self,
@@ -43,9 +46,14 @@ impl<D: Document> Replica<D> {
         byte_budget: usize,
     ) -> Result<Option<(Vec<OwnedRun>, bool)>, StorageError> {
         self.check()?;
-        // Per actor: the operations wanted, and the run being built.
-        let mut wanted: BTreeMap<ActorId, (u64, u64)> = BTreeMap::new();
-        let mut runs: BTreeMap<ActorId, OwnedRun> = BTreeMap::new();
+        struct Wanted {
+            from: u64,
+            have: u64,
+            entries: Vec<Entry>,
+            done: Vec<OwnedRun>,
+            open: OwnedRun,
+        }
+        let mut wanted: BTreeMap<ActorId, Wanted> = BTreeMap::new();
         let mut lsns = BTreeSet::new();
         for (actor, &have) in self.clock.iter() {
             let from = theirs.get(actor).saturating_add(1);
@@ -61,11 +69,9 @@ impl<D: Document> Replica<D> {
                 return Ok(None);
             }
             lsns.extend(entries.iter().map(|e| e.lsn));
-            wanted.insert(*actor, (from, have));
-            runs.insert(
-                *actor,
-                OwnedRun { actor: *actor, first: from, prev: before, succeeds: None, ops: Vec::new(), sig: None },
-            );
+            let open =
+                OwnedRun { actor: *actor, first: from, prev: before, succeeds: None, ops: Vec::new(), sig: None };
+            wanted.insert(*actor, Wanted { from, have, entries, done: Vec::new(), open });
         }
         let Some(&start) = lsns.first() else {
             return Ok(Some((Vec::new(), false)));
@@ -73,66 +79,82 @@ impl<D: Document> Replica<D> {
         if start < self.wal.first_lsn() {
             return Ok(None);
         }
-        let mut used = 0usize;
+        let (mut used, mut count) = (0usize, 0usize);
         // Past the budget, only actors whose run lacks its head go on.
         let mut cut = false;
         let mut order: Vec<ActorId> = Vec::new();
+        let corrupt =
+            |lsn, e: String| StorageError::Envelope(EnvelopeError::Malformed(format!("log record {lsn}: {e}")));
         for record in self.wal.iter_from(start)? {
             let record = record?;
             if !lsns.contains(&record.lsn) {
                 continue;
             }
-            let run = Run::from_block(&record.payload).map_err(|e| {
-                StorageError::Envelope(EnvelopeError::Malformed(format!("log record {}: {e}", record.lsn)))
-            })?;
-            let (Some(&(from, have)), Some(out)) = (wanted.get(&run.actor), runs.get_mut(&run.actor)) else {
-                continue;
-            };
-            let next = out.first + out.ops.len() as u64;
-            let open = !cut || (!out.ops.is_empty() && out.sig.is_none());
-            if !open {
-                continue;
-            }
+            let run = Run::from_block(&record.payload).map_err(|e| corrupt(record.lsn, e))?;
+            let Some(w) = wanted.get_mut(&run.actor) else { continue };
             for (i, bytes) in run.ops.iter().enumerate() {
                 let seq = run.first + i as u64;
-                if seq < next.max(from) || seq > have {
+                let next = w.from + (w.done.iter().map(|r| r.ops.len()).sum::<usize>() + w.open.ops.len()) as u64;
+                if seq != next || seq > w.have {
                     continue;
                 }
-                if seq == 1 {
-                    out.succeeds = run.succeeds;
+                if cut && (w.open.ops.is_empty() || w.open.sig.is_some()) {
+                    break;
                 }
-                if out.ops.is_empty() {
+                let Some(entry) = w.entries.get((seq - w.from) as usize) else {
+                    return Err(corrupt(record.lsn, format!("operation {seq} of {} is not indexed", run.actor)));
+                };
+                if seq == 1 {
+                    w.open.succeeds = run.succeeds;
+                }
+                if w.open.ops.is_empty() && w.done.is_empty() {
                     order.push(run.actor);
                 }
-                out.ops.push(bytes.to_vec());
-                used += bytes.len();
-                out.sig = if i + 1 == run.ops.len() { run.sig } else { None };
+                w.open.ops.push(bytes.to_vec());
+                used += bytes.len() + 1;
+                count += 1;
+                w.open.sig = if entry.signed && i + 1 == run.ops.len() { run.sig } else { None };
+                let big = w.open.ops.len() >= RUN_SPLIT_OPS
+                    || w.open.ops.iter().map(Vec::len).sum::<usize>() >= RUN_SPLIT_BYTES;
+                if w.open.sig.is_some() && big {
+                    let prev = entry.hash;
+                    let next_run =
+                        OwnedRun { actor: run.actor, first: seq + 1, prev, succeeds: None, ops: Vec::new(), sig: None };
+                    w.done.push(std::mem::replace(&mut w.open, next_run));
+                }
             }
-            if used >= byte_budget {
+            if used >= byte_budget || count >= PAGE_CUT_OPS {
                 cut = true;
             }
-            if cut && runs.values().all(|r| r.ops.is_empty() || r.sig.is_some()) {
+            if cut && wanted.values().all(|w| w.open.ops.is_empty() || w.open.sig.is_some()) {
                 break;
             }
         }
         let mut more = false;
         let mut out = Vec::new();
         for actor in order {
-            if let Some(run) = runs.remove(&actor) {
-                let (_, have) = wanted[&actor];
-                more |= run.first + (run.ops.len() as u64) <= have;
-                if run.sig.is_none() {
+            let Some(mut w) = wanted.remove(&actor) else { continue };
+            if !w.open.ops.is_empty() {
+                if w.open.sig.is_none() {
                     // The log ended before the head: it changed under us.
                     return Err(StorageError::Envelope(EnvelopeError::Malformed(format!(
                         "the log holds no signed head after operation {} of {actor}",
-                        run.first + run.ops.len() as u64 - 1
+                        w.open.first + w.open.ops.len() as u64 - 1
                     ))));
                 }
-                out.push(run);
+                w.done.push(w.open);
             }
+            let last = w.done.last().map_or(0, |r| r.first + r.ops.len() as u64 - 1);
+            more |= last < w.have;
+            out.extend(w.done);
         }
-        more |= !runs.is_empty();
+        more |= !wanted.is_empty();
         Ok(Some((out, more)))
+    }
+
+    /// The document's chain hashing keys.
+    pub(crate) fn chain_key(&self) -> &ChainKey {
+        &self.chain
     }
 
     /// The chain heads a snapshot of this replica carries.

@@ -16,8 +16,7 @@ impl<D: Document> Replica<D> {
         let span = info_span!("replica_checkpoint", doc = %self.document, ops = self.clock.total());
         let _g = span.enter();
         let lsn = self.wal.sync()?;
-        let cp =
-            Checkpoint {
+        let cp = Checkpoint {
             lsn,
             clock: self.clock.clone(),
             state: self.doc.clone(),

@@ -185,21 +185,6 @@ impl<O> OpEnvelope<O> {
             _ => Err(EnvelopeError::BadSignature { actor: self.actor, seq: self.seq }),
         }
     }
-
-    /// The same operation under another value type (tests build hostile
-    /// variants with it).
-    pub(crate) fn map_op<P>(self, f: impl FnOnce(O) -> P) -> OpEnvelope<P> {
-        OpEnvelope {
-            actor: self.actor,
-            seq: self.seq,
-            op: f(self.op),
-            bytes: self.bytes,
-            prev: self.prev,
-            hash: self.hash,
-            sig: self.sig,
-            succeeds: self.succeeds,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -217,8 +202,7 @@ mod tests {
         assert!(env.verify_head().is_err(), "not signed yet");
         env.sign(&key);
         env.verify_head().unwrap();
-        let again =
-            OpEnvelope::decode::<KvDoc>(&chain, a, 1, ChainHash::ZERO, env.op_bytes(), None, env.sig).unwrap();
+        let again = OpEnvelope::decode::<KvDoc>(&chain, a, 1, ChainHash::ZERO, env.op_bytes(), None, env.sig).unwrap();
         assert_eq!(again, env);
         let other_doc =
             OpEnvelope::decode::<KvDoc>(&ChainKey::new("e"), a, 1, ChainHash::ZERO, env.op_bytes(), None, env.sig)

@@ -41,7 +41,8 @@ impl OpIndex {
     /// without gaps: one that does not follow the run (after a snapshot
     /// merge, say) starts a new one.
     pub(super) fn insert(&mut self, actor: ActorId, seq: u64, prev: ChainHash, entry: Entry) {
-        let at = self.actors.entry(actor).or_insert_with(|| Indexed { first: seq, before: prev, entries: VecDeque::new() });
+        let at =
+            self.actors.entry(actor).or_insert_with(|| Indexed { first: seq, before: prev, entries: VecDeque::new() });
         if at.first + at.entries.len() as u64 != seq {
             *at = Indexed { first: seq, before: prev, entries: VecDeque::new() };
         }

@@ -6,7 +6,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ActorId, ActorKey, EnvelopeError, Signature, Succession};
+#[cfg(any(test, feature = "internals"))]
+use super::ActorKey;
+use super::{ActorId, EnvelopeError, Signature, Succession};
 
 /// An operation as format 2 stored it in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,7 @@ pub struct LegacyEnvelope<O> {
 
 /// Domain separation: these signatures cannot be mistaken for any other
 /// use of the same key.
+#[cfg(any(test, feature = "internals"))]
 const SIGNING_DOMAIN: &[u8] = b"walrus/op/v1\0";
 
 /// The bytes an operation's signature covers: a domain tag, the document
@@ -38,7 +41,13 @@ const SIGNING_DOMAIN: &[u8] = b"walrus/op/v1\0";
 /// CBOR of the operation. Binding the document and the sequence number
 /// means a signed operation cannot be replayed into another document or at
 /// another position.
-pub(crate) fn signing_bytes<O: Serialize>(doc: &str, actor: &ActorId, seq: u64, op: &O) -> Result<Vec<u8>, EnvelopeError> {
+#[cfg(any(test, feature = "internals"))]
+pub(crate) fn signing_bytes<O: Serialize>(
+    doc: &str,
+    actor: &ActorId,
+    seq: u64,
+    op: &O,
+) -> Result<Vec<u8>, EnvelopeError> {
     let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + 4 + doc.len() + 32 + 8 + 64);
     out.extend_from_slice(SIGNING_DOMAIN);
     let len = u32::try_from(doc.len()).map_err(|_| EnvelopeError::Encode("document id too long".into()))?;
@@ -55,6 +64,7 @@ pub(crate) fn signing_bytes<O: Serialize>(doc: &str, actor: &ActorId, seq: u64, 
 /// and signature (129 bytes in all). The operation's CBOR is
 /// self-delimiting, so these bytes cannot be mistaken for another
 /// operation's.
+#[cfg(any(test, feature = "internals"))]
 fn append_succession(bytes: &mut Vec<u8>, c: &Succession) {
     bytes.push(1);
     bytes.extend_from_slice(&c.from.0);
@@ -62,6 +72,7 @@ fn append_succession(bytes: &mut Vec<u8>, c: &Succession) {
     bytes.extend_from_slice(&c.sig.0);
 }
 
+#[cfg(any(test, feature = "internals"))]
 impl<O: Serialize> LegacyEnvelope<O> {
     /// Operation `seq` of `key`'s actor in document `doc`, signed.
     pub fn signed(key: &ActorKey, doc: &str, seq: u64, op: O) -> Result<LegacyEnvelope<O>, EnvelopeError> {
@@ -103,6 +114,7 @@ impl<O: Serialize> LegacyEnvelope<O> {
     }
 }
 
+#[cfg(any(test, feature = "internals"))]
 impl<O: Serialize> LegacyEnvelope<O> {
     /// CBOR encoding (the log record and wire form). Fails only if the
     /// operation type's `Serialize` implementation does.

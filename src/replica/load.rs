@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::{self, CHECKPOINT_FILE};
 use super::legacy::LegacyEnvelope;
 use super::run::{Run, BLOCK_TAG};
-use super::{ActorId, ChainKey, Document, EnvelopeError, OpEnvelope, ReplicaOptions, RetireReason, StorageError, VersionVector, WAL_DIR};
+use super::{
+    ActorId, ChainKey, Document, EnvelopeError, OpEnvelope, ReplicaOptions, RetireReason, StorageError, VersionVector,
+    WAL_DIR,
+};
 use crate::wal::Lsn;
 
 /// Something found wrong, and worked around, when a replica was opened.
@@ -193,7 +196,13 @@ pub(crate) fn replay_step<O>(
     }
     Err(StorageError::Corrupt {
         path: dir.join(WAL_DIR),
-        reason: format!("LSN {lsn} holds ({}, {}) but ({}, {}) was expected", env.actor(), env.seq(), env.actor(), have + 1),
+        reason: format!(
+            "LSN {lsn} holds ({}, {}) but ({}, {}) was expected",
+            env.actor(),
+            env.seq(),
+            env.actor(),
+            have + 1
+        ),
     })
 }
 

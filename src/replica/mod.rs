@@ -20,8 +20,8 @@
 
 mod actor;
 mod catchup;
-pub(crate) mod chain;
 pub(crate) mod causal;
+pub(crate) mod chain;
 mod change;
 mod checkpoint;
 mod checkpointing;
@@ -30,11 +30,11 @@ pub(crate) mod dir;
 mod docs;
 pub(crate) mod document;
 pub(crate) mod envelope;
-pub(crate) mod legacy;
 mod error;
 mod index;
 mod key;
 mod kv;
+pub(crate) mod legacy;
 mod load;
 mod options;
 mod receive;

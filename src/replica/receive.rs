@@ -10,7 +10,6 @@ use super::{
     StorageError,
 };
 
-
 /// Most equivocations kept for [`Replica::take_equivocations`].
 const MAX_HELD_EQUIVOCATIONS: usize = 1024;
 

@@ -16,8 +16,8 @@ use super::index::{Entry, OpIndex};
 use super::load::{decode_record, load_base, replay_step, Recovered, Step};
 use super::succession::{self, RetireReason, Succession, MAX_SUCCESSIONS};
 use super::{
-    ActorId, ActorKey, CausalBuffer, ChainHash, ChainKey, Change, Document, Equivocation, OpEnvelope, OpenError, ReplicaOptions,
-    StorageError, VersionVector, WriteError,
+    ActorId, ActorKey, CausalBuffer, ChainHash, ChainKey, Change, Document, Equivocation, OpEnvelope, OpenError,
+    ReplicaOptions, StorageError, VersionVector, WriteError,
 };
 use crate::wal::durable::{self, Files};
 use crate::wal::{Lsn, Wal};
@@ -243,8 +243,7 @@ impl<D: Document> Replica<D> {
         let from = self.checkpoint_lsn + 1;
         for record in self.wal.iter_from(from)? {
             let record = record?;
-            let (envs, legacy) =
-                decode_record::<D>(&self.chain, &record.payload, record.lsn, self.opts.max_op_size)?;
+            let (envs, legacy) = decode_record::<D>(&self.chain, &record.payload, record.lsn, self.opts.max_op_size)?;
             self.bytes_since_checkpoint += record.payload.len() as u64;
             for env in envs {
                 if let Some(c) =

@@ -232,8 +232,7 @@ impl<D: Document> Replica<D> {
         self.index.clear();
         for record in self.wal.iter_from(base_lsn + 1)? {
             let record = record?;
-            let (envs, legacy) =
-                decode_record::<D>(&self.chain, &record.payload, record.lsn, self.opts.max_op_size)?;
+            let (envs, legacy) = decode_record::<D>(&self.chain, &record.payload, record.lsn, self.opts.max_op_size)?;
             for env in envs {
                 if env.actor() == old && env.seq() >= from {
                     continue;

@@ -7,6 +7,22 @@
 use super::varint;
 use super::{ActorId, ChainHash, ChainKey, Document, EnvelopeError, OpEnvelope, Signature, Succession};
 
+/// Most operations in one run of a page (one signed head): a receiver
+/// refuses longer runs, so a stretch of its log without a signed head is
+/// at most this long.
+pub(crate) const MAX_RUN_OPS: usize = 16_384;
+/// Most operation bytes in one run of a page.
+pub(crate) const MAX_RUN_BYTES: usize = 1 << 20;
+/// A page's run for one actor is split at the first signed head after
+/// this many operations…
+pub(crate) const RUN_SPLIT_OPS: usize = 4096;
+/// …or this many bytes.
+pub(crate) const RUN_SPLIT_BYTES: usize = 256 << 10;
+/// A page stops taking new operations after this many (then finishes its
+/// runs at their heads, at most [`MAX_RUN_OPS`] more each), so it holds
+/// at most 65,536 (`sync::MAX_OPS_PER_MESSAGE`).
+pub(crate) const PAGE_CUT_OPS: usize = 65_536 - MAX_RUN_OPS;
+
 /// A run owning its operations' bytes (read from the log, to be sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OwnedRun {
@@ -57,11 +73,6 @@ pub(crate) struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// Sequence number of the last operation.
-    pub fn last(&self) -> u64 {
-        self.first + (self.ops.len() as u64 - 1)
-    }
-
     /// A run of `envs`: consecutive operations of one actor, each following
     /// the one before (the caller's promise), carrying the last one's
     /// signature.

@@ -22,10 +22,8 @@ pub(super) fn verify_runs<O>(ops: &[OpEnvelope<O>], todo: &[bool]) -> Vec<Option
     // Which heads to check, and their results.
     let heads: Vec<usize> =
         (0..ops.len()).filter(|&i| todo.get(i).copied().unwrap_or(false) && ops[i].signature().is_some()).collect();
-    let jobs: Vec<(ActorId, ChainHash, Signature)> = heads
-        .iter()
-        .filter_map(|&i| ops[i].signature().map(|s| (ops[i].actor(), ops[i].hash(), *s)))
-        .collect();
+    let jobs: Vec<(ActorId, ChainHash, Signature)> =
+        heads.iter().filter_map(|&i| ops[i].signature().map(|s| (ops[i].actor(), ops[i].hash(), *s))).collect();
     let valid = check_all(&jobs);
     let head_ok: BTreeMap<usize, bool> = heads.into_iter().zip(valid).collect();
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::load::{decode_record, load_base, replay_step, Recovered, Step};
-use super::{ActorId, ActorKey, Document, ChainKey, OpenError, ReplicaOptions, StorageError, VersionVector};
+use super::{ActorId, ActorKey, ChainKey, Document, OpenError, ReplicaOptions, StorageError, VersionVector};
 use super::{ACTOR_FILE, WAL_DIR};
 use crate::wal::{self, LogReader};
 

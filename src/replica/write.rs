@@ -4,14 +4,16 @@
 use tracing::warn;
 
 use super::index::Entry;
-use super::run::Run;
+use super::run::{Run, RUN_SPLIT_BYTES, RUN_SPLIT_OPS};
 use super::{ActorId, ChainHash, Change, Document, OpEnvelope, Origin, Replica, StorageError, WriteError};
 use crate::wal::Lsn;
 
 /// Largest log record (block) the write paths make: a batch of local
 /// operations, or received ones, is logged in runs of at most this many
 /// bytes of operations (one operation larger than it is a block alone).
-const BLOCK_BYTES: usize = 256 << 10;
+const BLOCK_BYTES: usize = RUN_SPLIT_BYTES;
+/// Most operations in one block.
+const BLOCK_OPS: usize = RUN_SPLIT_OPS;
 /// What a block adds to its operations, at most: tag, actor, sequence
 /// number, count, previous hash, flags, certificate, signature.
 const BLOCK_OVERHEAD: usize = 1 + 32 + 10 + 10 + 32 + 1 + 128 + 64;
@@ -116,7 +118,7 @@ impl<D: Document> Replica<D> {
                     continue;
                 }
             };
-            if !staged.is_empty() && staged_bytes + env.op_bytes().len() > BLOCK_BYTES {
+            if !staged.is_empty() && (staged_bytes + env.op_bytes().len() > BLOCK_BYTES || staged.len() == BLOCK_OPS) {
                 if let Err(e) = self.log_staged(&mut staged, true, &mut written) {
                     log_error.get_or_insert(e);
                 }
@@ -186,7 +188,7 @@ impl<D: Document> Replica<D> {
             while end < rest.len() {
                 let e = &rest[end];
                 let follows = end == 0 || (e.actor() == actor && e.seq() == rest[end - 1].seq() + 1);
-                if !follows || (end > 0 && bytes + e.op_bytes().len() > BLOCK_BYTES) {
+                if !follows || (end > 0 && (bytes + e.op_bytes().len() > BLOCK_BYTES || end == BLOCK_OPS)) {
                     break;
                 }
                 bytes += e.op_bytes().len();

@@ -5,9 +5,9 @@
 use serde_bytes::ByteBuf;
 use tracing::debug;
 
-use super::message::{
-    self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_OPS_PER_MESSAGE,
-};
+use super::message::{self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse};
+use super::page;
+use crate::replica::run::Run;
 use crate::replica::{Document, EnvelopeError, OpEnvelope, ReceiveError, Received, Replica};
 
 /// Why an incoming message was not (fully) applied.
@@ -117,6 +117,11 @@ pub fn decode_request(bytes: &[u8], limits: &Limits) -> Result<SyncRequest, Mess
     Ok(req)
 }
 
+/// The reason given to a peer that asks with the previous protocol
+/// (`/walrus/sync/1`), whose operations this version no longer reads.
+pub const PREVIOUS_PROTOCOL_REFUSAL: &str =
+    "this node speaks /walrus/sync/2 (chained, compact operations); upgrade walrus to sync with it";
+
 /// The encoded answer refusing a request for `doc` without serving it;
 /// `reason` tells the peer why (busy, over its rate limit, unavailable).
 pub fn encode_refusal(doc: &str, reason: &str) -> Vec<u8> {
@@ -140,21 +145,18 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
     let budget = usize::try_from(req.budget).unwrap_or(usize::MAX).min(limits.max_response / 2).clamp(1, MAX_PAGE);
     let refused = |reason: String| SyncResponse::Refused { doc: doc.to_string(), reason };
     // Operations go out as stored: no decoding and re-encoding.
-    match replica.encoded_ops_since(&req.clock, budget) {
-        Ok(Some((mut ops, mut more))) => {
-            if ops.len() > MAX_OPS_PER_MESSAGE {
-                ops.truncate(MAX_OPS_PER_MESSAGE);
-                more = true;
-            }
-            SyncResponse::Ops { doc: doc.to_string(), ops: ops.into_iter().map(ByteBuf::from).collect(), more }
+    match replica.runs_since(&req.clock, budget) {
+        Ok(Some((runs, more))) => {
+            SyncResponse::Ops { doc: doc.to_string(), page: ByteBuf::from(page::encode_page(&runs)), more }
         }
         Ok(None) => {
             // Some missing operations were truncated: the whole state.
             let resp = SyncResponse::Snapshot {
                 doc: doc.to_string(),
-                state: ByteBuf::from(message::encode(replica.doc())),
+                state: ByteBuf::from(page::frame(&message::encode(replica.doc()))),
                 clock: replica.clock().clone(),
                 successions: replica.successions(),
+                heads: replica.chain_heads(),
             };
             let len = message::encode(&resp).len();
             if len > limits.max_response {
@@ -166,10 +168,21 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
     }
 }
 
-fn decode_ops<D: Document>(ops: &[ByteBuf], limits: &Limits) -> Result<Vec<OpEnvelope<D::Operation>>, SyncError> {
-    let mut out = Vec::with_capacity(ops.len());
-    for bytes in ops {
-        out.push(OpEnvelope::decode(bytes, limits.max_op)?);
+/// The operations of a page (`limit`: most bytes it may expand to), each
+/// decoded and chained under `replica`'s document: checked for form only;
+/// the replica checks the chains and their heads.
+fn decode_page<D: Document>(
+    replica: &Replica<D>,
+    bytes: &[u8],
+    limit: usize,
+    limits: &Limits,
+    what: &'static str,
+) -> Result<Vec<OpEnvelope<D::Operation>>, SyncError> {
+    let body = page::unframe(bytes, limit, what)?;
+    let runs = page::decode_runs(&body, limits.max_op, what)?;
+    let mut out = Vec::with_capacity(runs.iter().map(|r| r.ops.len()).sum());
+    for run in &runs {
+        out.extend(run.envelopes::<D>(replica.chain_key())?);
     }
     Ok(out)
 }
@@ -192,8 +205,8 @@ pub fn apply_response<D: Document>(
 ) -> Result<Applied, SyncError> {
     expect_doc(doc, resp.doc())?;
     match resp {
-        SyncResponse::Ops { ops, more, .. } => {
-            let envs = decode_ops::<D>(&ops, limits)?;
+        SyncResponse::Ops { page, more, .. } => {
+            let envs = decode_page(replica, &page, limits.max_response, limits, "sync page")?;
             let received = replica.receive(envs)?;
             debug!(doc, applied = received.applied, more, "sync page applied");
             // A page that brought nothing new but claims more would make us
@@ -201,13 +214,14 @@ pub fn apply_response<D: Document>(
             let progress = received.applied + received.buffered > 0;
             Ok(Applied { received, snapshot: false, more: more && progress })
         }
-        SyncResponse::Snapshot { state, clock, successions, .. } => {
+        SyncResponse::Snapshot { state, clock, successions, heads, .. } => {
+            let state = page::unframe(&state, limits.max_response, "snapshot")?;
             let state: D = message::decode(&state, limits.max_response, "snapshot")?;
             replica.learn_successions(&successions)?;
             // A snapshot with nothing new is not progress: no "more", or a
             // peer repeating it would keep us pulling without pause.
             let new = !replica.clock().covers(&clock);
-            replica.merge_snapshot(state, clock)?;
+            replica.merge_snapshot_heads(state, clock, heads)?;
             debug!(doc, new, "sync snapshot merged");
             // Operations after the snapshot's clock may still be missing.
             Ok(Applied { received: Received::default(), snapshot: new, more: new })
@@ -229,34 +243,55 @@ pub fn apply_gossip<D: Document>(
 ) -> Result<Received, SyncError> {
     let msg: Gossip = message::decode(bytes, limits.max_gossip, "gossip")?;
     expect_doc(doc, &msg.doc)?;
-    let envs = decode_ops::<D>(&msg.ops, limits)?;
+    let envs = decode_page(replica, &msg.page, limits.max_gossip, limits, "gossip page")?;
     Ok(replica.receive(envs)?)
 }
 
-/// Encoded gossip messages carrying `ops` (already durable locally), split
-/// so that each is at most `max_gossip` bytes. An operation too large for a
-/// message on its own is left to anti-entropy.
-pub fn gossip_messages<O: serde::Serialize>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -> Vec<Vec<u8>> {
-    // Room for the map header, the document name and the array header.
-    let overhead = 32 + doc.len();
+/// Encoded gossip messages carrying `ops` (already durable locally, in the
+/// order written), split so that each is at most `max_gossip` bytes. Each
+/// message holds whole runs, each ending at a signed operation; operations
+/// no signed one follows, and a run too large for a message on its own,
+/// are left to anti-entropy.
+pub fn gossip_messages<O>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -> Vec<Vec<u8>> {
+    // Room for the map, the document name, the page's frame and counts.
+    let overhead = 64 + doc.len();
+    let room = max_gossip.saturating_sub(overhead);
+    // Runs: consecutive operations of one actor, each following the one
+    // before, cut after each signed one.
+    let mut runs: Vec<&[OpEnvelope<O>]> = Vec::new();
+    let mut start = 0;
+    for i in 0..ops.len() {
+        let next = ops.get(i + 1);
+        let follows = next
+            .is_some_and(|n| n.actor() == ops[i].actor() && n.seq() == ops[i].seq() + 1 && n.prev() == ops[i].hash());
+        if ops[i].signature().is_some() || !follows {
+            if ops[i].signature().is_some() {
+                runs.push(&ops[start..=i]);
+            }
+            start = i + 1;
+        }
+    }
+    let size =
+        |r: &[OpEnvelope<O>]| 32 + 24 + 32 + 1 + 129 + 64 + r.iter().map(|e| e.op_bytes().len() + 3).sum::<usize>();
     let mut out = Vec::new();
-    let mut batch: Vec<ByteBuf> = Vec::new();
-    let mut size = overhead;
-    for env in ops {
-        let Ok(bytes) = env.encode() else { continue };
-        let len = bytes.len() + 9;
-        if overhead + len > max_gossip {
+    let mut batch: Vec<Run<'_>> = Vec::new();
+    let mut used = 0;
+    for r in runs {
+        let len = size(r);
+        if len > room {
             continue;
         }
-        if size + len > max_gossip {
-            out.push(message::encode(&Gossip { doc: doc.to_string(), ops: std::mem::take(&mut batch) }));
-            size = overhead;
+        if used + len > room && !batch.is_empty() {
+            let body = page::encode_runs(std::mem::take(&mut batch));
+            out.push(message::encode(&Gossip { doc: doc.to_string(), page: ByteBuf::from(page::frame(&body)) }));
+            used = 0;
         }
-        size += len;
-        batch.push(ByteBuf::from(bytes));
+        used += len;
+        batch.extend(Run::of(r));
     }
     if !batch.is_empty() {
-        out.push(message::encode(&Gossip { doc: doc.to_string(), ops: batch }));
+        let body = page::encode_runs(batch);
+        out.push(message::encode(&Gossip { doc: doc.to_string(), page: ByteBuf::from(page::frame(&body)) }));
     }
     out
 }

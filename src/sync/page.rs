@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::message::{MessageError, MAX_OPS_PER_MESSAGE};
-use crate::replica::run::{OwnedRun, Run};
+use crate::replica::run::{OwnedRun, Run, MAX_RUN_BYTES, MAX_RUN_OPS};
 use crate::replica::varint;
 use crate::replica::ActorId;
 
@@ -101,7 +101,7 @@ pub(crate) fn encode_page(runs: &[OwnedRun]) -> Vec<u8> {
 /// signed (a page proves what it carries), the actor indexes must be in
 /// the table, and there are at most [`MAX_OPS_PER_MESSAGE`] operations
 /// in all, each at most `max_op` bytes.
-pub(crate) fn decode_runs(body: &[u8], max_op: usize, what: &'static str) -> Result<Vec<Run<'_>>, MessageError> {
+pub(crate) fn decode_runs<'a>(body: &'a [u8], max_op: usize, what: &'static str) -> Result<Vec<Run<'a>>, MessageError> {
     let bad = |reason: String| MessageError::Malformed { what, reason };
     let mut rest = body;
     let actors = varint::take(&mut rest).map_err(|e| bad(format!("actor count: {e}")))?;
@@ -137,6 +137,13 @@ pub(crate) fn decode_runs(body: &[u8], max_op: usize, what: &'static str) -> Res
         if let Some(len) = run.ops.iter().map(|o| o.len()).find(|&l| l > max_op) {
             return Err(bad(format!("run {i}: an operation of {len} bytes, over the limit of {max_op}")));
         }
+        let bytes: usize = run.ops.iter().map(|o| o.len()).sum();
+        if run.ops.len() > MAX_RUN_OPS || bytes > MAX_RUN_BYTES {
+            return Err(bad(format!(
+                "run {i}: {} operations of {bytes} bytes under one signature (at most {MAX_RUN_OPS} and {MAX_RUN_BYTES})",
+                run.ops.len()
+            )));
+        }
         ops += run.ops.len();
         if ops > MAX_OPS_PER_MESSAGE {
             return Err(bad(format!("more than {MAX_OPS_PER_MESSAGE} operations")));
@@ -169,7 +176,8 @@ mod tests {
     #[test]
     fn pages_round_trip_compressed_or_not() {
         let small = vec![owned(1, 1, vec![vec![1, 2, 3]])];
-        let big: Vec<OwnedRun> = (0..3).map(|a| owned(a, 5, (0..200).map(|i| format!("item-{i:08}").into_bytes()).collect())).collect();
+        let big: Vec<OwnedRun> =
+            (0..3).map(|a| owned(a, 5, (0..200).map(|i| format!("item-{i:08}").into_bytes()).collect())).collect();
         for runs in [small, big] {
             let page = encode_page(&runs);
             let body = unframe(&page, 1 << 20, "page").unwrap();

@@ -115,7 +115,8 @@ pub(super) fn apply_checked<D: Document>(d: &mut D, env: &OpEnvelope<D::Operatio
     if let Err(e) = d.check_op(&env.op) {
         panic!(
             "operation ({}, {}) rejected although every earlier operation of its author was applied: {e}",
-            env.actor(), env.seq()
+            env.actor(),
+            env.seq()
         );
     }
     d.apply(env.op.clone());
