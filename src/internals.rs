@@ -17,7 +17,7 @@ pub mod format {
 
 pub use crate::replica::causal::{CausalBuffer, Offer};
 pub use crate::replica::dir::DOCUMENT_FILE;
-pub use crate::replica::legacy::{signing_bytes, LegacyEnvelope};
+pub use crate::replica::legacy::LegacyEnvelope;
 
 #[cfg(feature = "net")]
 pub use crate::net::{
@@ -34,16 +34,13 @@ pub fn set_checkpoint_crash_point<D: Document>(replica: &mut Replica<D>, step: O
     replica.set_checkpoint_crash_point(step);
 }
 
-/// A page of encoded operations and whether more follow.
-pub type EncodedPage = (Vec<Vec<u8>>, bool);
-
-/// [`Replica::ops_since`] with the operations as stored in the log (each
-/// the encoding `OpEnvelope::encode` gives) and whether more follow;
-/// `None` means a snapshot is needed.
-pub fn encoded_ops_since<D: Document>(
+/// [`Replica::ops_since`] as the page a sync answer carries (the frame of
+/// docs/PROTOCOL.md, "Pages"), and whether more follow; `None` means a
+/// snapshot is needed.
+pub fn page_since<D: Document>(
     replica: &Replica<D>,
     theirs: &VersionVector,
     byte_budget: usize,
-) -> Result<Option<EncodedPage>, StorageError> {
-    replica.encoded_ops_since(theirs, byte_budget)
+) -> Result<Option<(Vec<u8>, bool)>, StorageError> {
+    Ok(replica.runs_since(theirs, byte_budget)?.map(|(runs, more)| (crate::sync::page::encode_page(&runs), more)))
 }

@@ -127,6 +127,39 @@ impl<O> OpEnvelope<O> {
         self.sig = sig;
     }
 
+    /// Operation `seq` of `key`'s actor in document `doc`, following the
+    /// operation whose hash is `prev` ([`ChainHash::ZERO`] for operation
+    /// 1), encoded as `D` does and signed as a chain head: what a replica
+    /// writes, made outside one (to bridge another system, or to test).
+    ///
+    /// ```
+    /// use walrus::replica::{ActorKey, ChainHash, KvDoc, OpEnvelope};
+    /// let key = ActorKey::generate()?;
+    /// let op = KvDoc::default().put_op(key.actor(), "k", "v");
+    /// let env = OpEnvelope::signed::<KvDoc>(&key, "notes", 1, ChainHash::ZERO, op)?;
+    /// assert!(env.verify_head().is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn signed<D: Document<Operation = O>>(
+        key: &ActorKey,
+        doc: &str,
+        seq: u64,
+        prev: ChainHash,
+        op: O,
+    ) -> Result<OpEnvelope<O>, EnvelopeError> {
+        let mut env = Self::encode::<D>(&ChainKey::new(doc), key.actor(), seq, prev, op, None)?;
+        env.sign(key);
+        Ok(env)
+    }
+
+    /// This operation carrying `sig` as its head signature instead (or
+    /// none). A wrong one fails [`verify_head`](Self::verify_head), and a
+    /// replica refuses the operation.
+    pub fn with_signature(mut self, sig: Option<Signature>) -> OpEnvelope<O> {
+        self.sig = sig;
+        self
+    }
+
     /// Author: the public key whose signature covers it.
     pub fn actor(&self) -> ActorId {
         self.actor

@@ -67,7 +67,7 @@ pub fn catch_up<D: Document>(from: &Replica<D>, to: &mut Replica<D>, budget: usi
     panic!("ops_since keeps answering with more pages than there are operations")
 }
 
-fn check_page<O: serde::Serialize>(theirs: &VersionVector, ops: &[OpEnvelope<O>], more: bool, budget: usize) {
+fn check_page<O>(theirs: &VersionVector, ops: &[OpEnvelope<O>], more: bool, budget: usize) {
     assert!(!(more && ops.is_empty()), "ops_since answered an empty page with `more` set");
     let mut clock = theirs.clone();
     let mut bytes = 0;
@@ -81,11 +81,21 @@ fn check_page<O: serde::Serialize>(theirs: &VersionVector, ops: &[OpEnvelope<O>]
             clock.get(&env.actor()) + 1
         );
         clock.observe(env.actor(), env.seq());
-        bytes += env.encode().map_or(0, |b| b.len());
+        bytes += env.op_bytes().len() + 1;
+    }
+    // Each actor's operations end at a signed head (the page proves them);
+    // past the budget, only to reach that head.
+    let mut last: std::collections::BTreeMap<_, &OpEnvelope<O>> = std::collections::BTreeMap::new();
+    for env in ops {
+        last.insert(env.actor(), env);
     }
     assert!(
-        ops.len() <= 1 || bytes <= budget,
-        "ops_since page of {} operations holds {bytes} bytes, over the budget of {budget}",
+        last.values().all(|env| env.signature().is_some()),
+        "an ops_since page ends an actor's operations at one without a signature"
+    );
+    assert!(
+        ops.len() <= 1 || bytes <= budget + (1 << 20),
+        "ops_since page of {} operations holds {bytes} bytes, far over the budget of {budget}",
         ops.len()
     );
 }
