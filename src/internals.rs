@@ -44,3 +44,23 @@ pub fn page_since<D: Document>(
 ) -> Result<Option<(Vec<u8>, bool)>, StorageError> {
     Ok(replica.runs_since(theirs, byte_budget)?.map(|(runs, more)| (crate::sync::page::encode_page(&runs), more)))
 }
+
+/// A framed page (docs/PROTOCOL.md, "Pages") of `envs`: consecutive
+/// operations of one actor, each following the one before, form a run,
+/// cut after each signed one; a run is written even if its last operation
+/// is unsigned (a receiver refuses that page), so tests can send anything.
+pub fn page_of<O>(envs: &[crate::replica::OpEnvelope<O>]) -> Vec<u8> {
+    use crate::replica::run::Run;
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 0..envs.len() {
+        let follows = envs.get(i + 1).is_some_and(|n| {
+            n.actor() == envs[i].actor() && n.seq() == envs[i].seq() + 1 && n.prev() == envs[i].hash()
+        });
+        if envs[i].signature().is_some() || !follows {
+            runs.extend(Run::of(&envs[start..=i]));
+            start = i + 1;
+        }
+    }
+    crate::sync::page::frame(&crate::sync::page::encode_runs(runs))
+}
