@@ -180,21 +180,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn env(actor: u8, seq: u64) -> OpEnvelope<(u8, u64)> {
-        // The buffer does not check signatures: the replica does, before.
-        OpEnvelope {
-            actor: ActorId([actor; 32]),
-            seq,
-            op: (actor, seq),
-            sig: crate::replica::Signature([0; 64]),
-            succeeds: None,
-        }
+        // The buffer does not check chains or signatures: the replica
+        // does, before.
+        let chain = crate::replica::ChainKey::new("doc");
+        let prev = crate::replica::ChainHash::ZERO;
+        OpEnvelope::from_parts(&chain, ActorId([actor; 32]), seq, prev, (actor, seq), vec![actor].into(), None, None)
     }
 
     #[test]
     fn holds_early_operations_until_their_predecessors_come() {
         let key = crate::replica::ActorKey::from_seed([7; 32]);
         let a = key.actor();
-        let env = |seq| OpEnvelope::signed(&key, "doc", seq, format!("op {seq}")).unwrap();
+        let chain = crate::replica::ChainKey::new("doc");
+        let prev = crate::replica::ChainHash::ZERO;
+        let env =
+            |seq: u64| OpEnvelope::from_parts(&chain, a, seq, prev, format!("op {seq}"), vec![0].into(), None, None);
         let mut applied = VersionVector::default();
         let mut buf = CausalBuffer::new(100);
         assert_eq!(buf.offer(env(2), &applied), Ok(Offer::Buffered));
@@ -263,7 +263,7 @@ mod tests {
                     for e in ops {
                         prop_assert_eq!(e.seq(), applied.get(&e.actor()) + 1);
                         applied.observe(e.actor(), e.seq());
-                        log.push(e.op);
+                        log.push(e.into_op());
                     }
                 }
             }

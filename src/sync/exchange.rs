@@ -316,18 +316,21 @@ mod tests {
         let mut rounds = 0;
         loop {
             rounds += 1;
-            let resp = respond(&a, "d", &request(&b, "d", 300), &limits);
+            let resp = respond(&a, "d", &request(&b, "d", 100), &limits);
             let applied = apply_response(&mut b, "d", resp, &limits).unwrap();
             if !applied.more {
                 break;
             }
         }
-        assert!(rounds > 5, "a 300-byte budget must page: {rounds} rounds");
+        assert!(rounds > 5, "a 100-byte budget must page: {rounds} rounds");
         assert!(b.clock().covers(a.clock()));
         assert_eq!(b.doc().values_of("k49"), vec!["value"]);
         // A second round transfers nothing.
         match respond(&a, "d", &request(&b, "d", 300), &limits) {
-            SyncResponse::Ops { ops, more, .. } => assert!(ops.is_empty() && !more),
+            SyncResponse::Ops { page, more, .. } => {
+                let body = page::unframe(&page, 1 << 20, "page").unwrap();
+                assert!(page::decode_runs(&body, 1 << 20, "page").unwrap().is_empty() && !more)
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -341,7 +344,7 @@ mod tests {
         let msgs = gossip_messages("d", &[env], limits.max_gossip);
         assert!(matches!(apply_gossip(&mut b, "other", &msgs[0], &limits), Err(SyncError::WrongDoc { .. })));
         assert!(matches!(apply_gossip(&mut b, "d", b"\xff\x00garbage", &limits), Err(SyncError::Message(_))));
-        let bad = message::encode(&Gossip { doc: "d".into(), ops: vec![ByteBuf::from(vec![0xa1, 0x01])] });
+        let bad = message::encode(&Gossip { doc: "d".into(), page: ByteBuf::from(vec![0x00, 0x02, 0xa1, 0x01]) });
         let err = apply_gossip(&mut b, "d", &bad, &limits).unwrap_err();
         assert!(err.is_peer_fault(), "{err}");
         assert!(b.clock().is_empty());
@@ -359,7 +362,9 @@ mod tests {
         let mut total = 0;
         for m in &msgs {
             assert!(m.len() <= 2000, "{}", m.len());
-            total += message::decode::<Gossip>(m, 2000, "gossip").unwrap().ops.len();
+            let g = message::decode::<Gossip>(m, 2000, "gossip").unwrap();
+            let body = page::unframe(&g.page, 1 << 20, "page").unwrap();
+            total += page::decode_runs(&body, 1 << 20, "page").unwrap().iter().map(|r| r.ops.len()).sum::<usize>();
         }
         assert_eq!(total, 100);
     }
