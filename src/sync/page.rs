@@ -231,3 +231,48 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod vectors {
+    //! The worked examples of docs/REPLICA.md and docs/PROTOCOL.md.
+    use crate::replica::run::{OwnedRun, Run};
+    use crate::replica::{ActorKey, ChainHash, ChainKey, KvDoc, OpEnvelope};
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn print_vectors() {
+        let key = ActorKey::from_seed([1; 32]);
+        let a = key.actor();
+        println!("actor {}", hex(&a.0));
+        let doc = KvDoc::default();
+        let op1 = doc.put_op(a, "title", "Groceries");
+        let e1 = OpEnvelope::encode::<KvDoc>(&ChainKey::new("notes"), a, 1, ChainHash::ZERO, op1.clone(), None).unwrap();
+        println!("op1 bytes {}", hex(e1.op_bytes()));
+        println!("op1 hash {}", hex(&e1.hash().0));
+        let mut d2 = KvDoc::default();
+        crdts::CmRDT::apply(&mut d2, op1);
+        let op2 = d2.put_op(a, "title", "Shopping");
+        let mut e2 = OpEnvelope::encode::<KvDoc>(&ChainKey::new("notes"), a, 2, e1.hash(), op2, None).unwrap();
+        println!("op2 bytes {}", hex(e2.op_bytes()));
+        println!("op2 hash {}", hex(&e2.hash().0));
+        e2.sign(&key);
+        println!("op2 sig {}", hex(&e2.signature().unwrap().0));
+        let envs = vec![e1.clone(), e2.clone()];
+        let run = Run::of(&envs).unwrap();
+        println!("block {}", hex(&run.block()));
+        let owned = OwnedRun {
+            actor: a,
+            first: 1,
+            prev: ChainHash::ZERO,
+            succeeds: None,
+            ops: vec![e1.op_bytes().to_vec(), e2.op_bytes().to_vec()],
+            sig: e2.signature().copied(),
+        };
+        let body = super::encode_runs([owned.as_run()]);
+        println!("page body {}", hex(&body));
+        println!("page {}", hex(&super::frame(&body)));
+    }
+}
