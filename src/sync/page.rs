@@ -235,44 +235,107 @@ mod tests {
 #[cfg(test)]
 mod vectors {
     //! The worked examples of docs/REPLICA.md and docs/PROTOCOL.md.
+    use serde_bytes::ByteBuf;
+
     use crate::replica::run::{OwnedRun, Run};
-    use crate::replica::{ActorKey, ChainHash, ChainKey, KvDoc, OpEnvelope};
+    use crate::replica::{ActorKey, ChainHash, ChainKey, KvDoc, OpEnvelope, VersionVector};
+    use crate::sync::{encode, Gossip, SyncRequest, SyncResponse};
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
-    #[test]
-    fn print_vectors() {
-        let key = ActorKey::from_seed([1; 32]);
-        let a = key.actor();
-        println!("actor {}", hex(&a.0));
-        let doc = KvDoc::default();
-        let op1 = doc.put_op(a, "title", "Groceries");
-        let e1 = OpEnvelope::encode::<KvDoc>(&ChainKey::new("notes"), a, 1, ChainHash::ZERO, op1.clone(), None).unwrap();
-        println!("op1 bytes {}", hex(e1.op_bytes()));
-        println!("op1 hash {}", hex(&e1.hash().0));
-        let mut d2 = KvDoc::default();
-        crdts::CmRDT::apply(&mut d2, op1);
-        let op2 = d2.put_op(a, "title", "Shopping");
-        let mut e2 = OpEnvelope::encode::<KvDoc>(&ChainKey::new("notes"), a, 2, e1.hash(), op2, None).unwrap();
-        println!("op2 bytes {}", hex(e2.op_bytes()));
-        println!("op2 hash {}", hex(&e2.hash().0));
-        e2.sign(&key);
-        println!("op2 sig {}", hex(&e2.signature().unwrap().0));
-        let envs = vec![e1.clone(), e2.clone()];
-        let run = Run::of(&envs).unwrap();
-        println!("block {}", hex(&run.block()));
+    fn chain_of(key: &ActorKey, doc: &str, ops: Vec<crate::replica::KvOp>) -> Vec<OpEnvelope<crate::replica::KvOp>> {
+        let mut prev = ChainHash::ZERO;
+        let mut out = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            let mut e =
+                OpEnvelope::encode::<KvDoc>(&ChainKey::new(doc), key.actor(), i as u64 + 1, prev, op, None).unwrap();
+            e.sign(key);
+            prev = e.hash();
+            out.push(e);
+        }
+        out
+    }
+
+    fn page(envs: &[OpEnvelope<crate::replica::KvOp>]) -> (Vec<u8>, Vec<u8>) {
+        let run = Run::of(envs).unwrap();
         let owned = OwnedRun {
-            actor: a,
-            first: 1,
-            prev: ChainHash::ZERO,
+            actor: run.actor,
+            first: run.first,
+            prev: run.prev,
             succeeds: None,
-            ops: vec![e1.op_bytes().to_vec(), e2.op_bytes().to_vec()],
-            sig: e2.signature().copied(),
+            ops: run.ops.iter().map(|o| o.to_vec()).collect(),
+            sig: run.sig,
         };
         let body = super::encode_runs([owned.as_run()]);
-        println!("page body {}", hex(&body));
-        println!("page {}", hex(&super::frame(&body)));
+        let mut framed = vec![0];
+        crate::replica::varint::put(&mut framed, body.len() as u64);
+        framed.extend_from_slice(&body);
+        (body, framed)
+    }
+
+    #[test]
+    fn print_vectors() {
+        use crdts::CmRDT;
+        let (a, b, c) =
+            (ActorKey::from_seed([0x11; 32]), ActorKey::from_seed([0x22; 32]), ActorKey::from_seed([0x55; 32]));
+        let mut d = KvDoc::default();
+        let put = d.put_op(a.actor(), "k", "v");
+        let ea = chain_of(&a, "notes", vec![put.clone()]);
+        println!("A op bytes {}", hex(ea[0].op_bytes()));
+        println!("A hash {}", hex(&ea[0].hash().0));
+        println!("A sig {}", hex(&ea[0].signature().unwrap().0));
+        let (body, framed) = page(&ea);
+        println!("page body {} ({} bytes)", hex(&body), body.len());
+        println!("page framed {} ({} bytes)", hex(&framed), framed.len());
+        let g = encode(&Gossip { doc: "notes".into(), page: ByteBuf::from(framed.clone()) });
+        println!("gossip {} ({} bytes)", hex(&g), g.len());
+        use sha2::Digest;
+        println!("gossip sha256 {}", hex(&sha2::Sha256::digest(&g)));
+        let ops = encode(&SyncResponse::Ops { doc: "notes".into(), page: ByteBuf::from(framed), more: true });
+        println!("ops {} ({} bytes)", hex(&ops), ops.len());
+        let empty = super::frame(&super::encode_runs(Vec::new()));
+        let none = encode(&SyncResponse::Ops { doc: "notes".into(), page: ByteBuf::from(empty.clone()), more: false });
+        println!("empty page {} ; ops none {} ({} bytes)", hex(&empty), hex(&none), none.len());
+        // B: put k (dot B,1), then del k having seen (B, 1).
+        let mut db = KvDoc::default();
+        let p1 = db.put_op(b.actor(), "k", "w");
+        db.apply(p1.clone());
+        let del = db.del_op("k");
+        let eb = chain_of(&b, "notes", vec![p1, del]);
+        println!("B del bytes {}", hex(eb[1].op_bytes()));
+        // C: two puts of a padding key, a delete of it, a put of k.
+        let mut dc = KvDoc::default();
+        let mut cops = Vec::new();
+        for v in ["x", "y"] {
+            let o = dc.put_op(c.actor(), "pad", v);
+            dc.apply(o.clone());
+            cops.push(o);
+        }
+        let o = dc.del_op("pad");
+        dc.apply(o.clone());
+        cops.push(o);
+        let o = dc.put_op(c.actor(), "k", "v");
+        dc.apply(o.clone());
+        cops.push(o);
+        let ec = chain_of(&c, "notes", cops);
+        let state = encode(&dc);
+        println!("C state {} ({} bytes)", hex(&state), state.len());
+        println!("C head {}", hex(&ec[3].hash().0));
+        let mut clock = VersionVector::default();
+        clock.observe(c.actor(), 4);
+        let snap = encode(&SyncResponse::Snapshot {
+            doc: "notes".into(),
+            state: ByteBuf::from(super::frame(&state)),
+            clock,
+            successions: Vec::new(),
+            heads: vec![(c.actor(), ec[3].hash())],
+        });
+        println!("snapshot {} ({} bytes)", hex(&snap), snap.len());
+        let mut clock = VersionVector::default();
+        clock.observe(a.actor(), 1);
+        let req = encode(&SyncRequest { doc: "notes".into(), clock, budget: 65536 });
+        println!("request {} ({} bytes)", hex(&req), req.len());
     }
 }
