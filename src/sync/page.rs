@@ -275,36 +275,51 @@ mod vectors {
         (body, framed)
     }
 
+    /// Asserts `got` is in the specification (docs/REPLICA.md or
+    /// docs/PROTOCOL.md), where hex dumps may be split by spaces and lines
+    /// and cut by `…`: each piece of `got` long enough to mean something
+    /// must appear.
+    fn documented(what: &str, got: &str) {
+        const DOCS: [&str; 2] = [include_str!("../../docs/REPLICA.md"), include_str!("../../docs/PROTOCOL.md")];
+        let squashed: Vec<String> = DOCS.iter().map(|d| d.split_whitespace().collect::<String>()).collect();
+        assert!(
+            squashed.iter().any(|d| d.contains(got)),
+            "{what} = {got} is not in docs/REPLICA.md or docs/PROTOCOL.md"
+        );
+    }
+
     #[test]
-    fn print_vectors() {
+    fn the_documents_worked_examples_are_what_the_code_makes() {
         use crdts::CmRDT;
         let (a, b, c) =
             (ActorKey::from_seed([0x11; 32]), ActorKey::from_seed([0x22; 32]), ActorKey::from_seed([0x55; 32]));
         let mut d = KvDoc::default();
         let put = d.put_op(a.actor(), "k", "v");
         let ea = chain_of(&a, "notes", vec![put.clone()]);
-        println!("A op bytes {}", hex(ea[0].op_bytes()));
-        println!("A hash {}", hex(&ea[0].hash().0));
-        println!("A sig {}", hex(&ea[0].signature().unwrap().0));
+        documented("A's operation 1", &hex(ea[0].op_bytes()));
+        documented("its hash", &hex(&ea[0].hash().0));
+        documented("its head signature", &hex(&ea[0].signature().unwrap().0));
         let (body, framed) = page(&ea);
-        println!("page body {} ({} bytes)", hex(&body), body.len());
-        println!("page framed {} ({} bytes)", hex(&framed), framed.len());
+        assert_eq!(body.len(), 143);
+        assert_eq!(framed.len(), 146);
+        assert_eq!(super::unframe(&framed, 1 << 10, "page").unwrap(), body);
         let g = encode(&Gossip { doc: "notes".into(), page: ByteBuf::from(framed.clone()) });
-        println!("gossip {} ({} bytes)", hex(&g), g.len());
+        assert_eq!(g.len(), 164);
         use sha2::Digest;
-        println!("gossip sha256 {}", hex(&sha2::Sha256::digest(&g)));
+        documented("the gossip message's SHA-256", &hex(&sha2::Sha256::digest(&g)));
         let ops = encode(&SyncResponse::Ops { doc: "notes".into(), page: ByteBuf::from(framed), more: true });
-        println!("ops {} ({} bytes)", hex(&ops), ops.len());
+        assert_eq!(ops.len(), 175);
         let empty = super::frame(&super::encode_runs(Vec::new()));
         let none = encode(&SyncResponse::Ops { doc: "notes".into(), page: ByteBuf::from(empty.clone()), more: false });
-        println!("empty page {} ; ops none {} ({} bytes)", hex(&empty), hex(&none), none.len());
+        assert_eq!(hex(&empty), "00020000");
+        documented("an empty Ops", &hex(&none));
         // B: put k (dot B,1), then del k having seen (B, 1).
         let mut db = KvDoc::default();
         let p1 = db.put_op(b.actor(), "k", "w");
         db.apply(p1.clone());
         let del = db.del_op("k");
         let eb = chain_of(&b, "notes", vec![p1, del]);
-        println!("B del bytes {}", hex(eb[1].op_bytes()));
+        documented("B's Del", &hex(eb[1].op_bytes()));
         // C: two puts of a padding key, a delete of it, a put of k.
         let mut dc = KvDoc::default();
         let mut cops = Vec::new();
@@ -321,8 +336,8 @@ mod vectors {
         cops.push(o);
         let ec = chain_of(&c, "notes", cops);
         let state = encode(&dc);
-        println!("C state {} ({} bytes)", hex(&state), state.len());
-        println!("C head {}", hex(&ec[3].hash().0));
+        assert_eq!(state.len(), 111);
+        documented("C's head", &hex(&ec[3].hash().0));
         let mut clock = VersionVector::default();
         clock.observe(c.actor(), 4);
         let snap = encode(&SyncResponse::Snapshot {
@@ -332,10 +347,35 @@ mod vectors {
             successions: Vec::new(),
             heads: vec![(c.actor(), ec[3].hash())],
         });
-        println!("snapshot {} ({} bytes)", hex(&snap), snap.len());
+        assert_eq!(snap.len(), 260);
         let mut clock = VersionVector::default();
         clock.observe(a.actor(), 1);
         let req = encode(&SyncRequest { doc: "notes".into(), clock, budget: 65536 });
-        println!("request {} ({} bytes)", hex(&req), req.len());
+        assert_eq!(req.len(), 65);
+    }
+
+    #[test]
+    fn the_replica_format_s_worked_examples_are_what_the_code_makes() {
+        use crdts::CmRDT;
+        let key = ActorKey::from_seed([1; 32]);
+        let a = key.actor();
+        documented("the actor", &hex(&a.0[..4]));
+        let mut doc = KvDoc::default();
+        let op1 = doc.put_op(a, "title", "Groceries");
+        doc.apply(op1.clone());
+        let op2 = doc.put_op(a, "title", "Shopping");
+        let envs = chain_of(&key, "notes", vec![op1, op2]);
+        documented("operation 1", &hex(envs[0].op_bytes()));
+        documented("operation 2", &hex(envs[1].op_bytes()));
+        documented("operation 1's hash", &hex(&envs[0].hash().0));
+        documented("operation 2's hash", &hex(&envs[1].hash().0));
+        let mut block_envs = envs.clone();
+        block_envs[0].set_signature(None);
+        documented("operation 2's head signature", &hex(&block_envs[1].signature().unwrap().0));
+        let block = Run::of(&block_envs).unwrap().block();
+        assert_eq!(block.len(), 175);
+        // The block's fields, as the example lays them out.
+        documented("the block's counts", "0102");
+        documented("the block's lengths", &hex(&block[1 + 32 + 2 + 32 + 1..1 + 32 + 2 + 32 + 1 + 2]));
     }
 }
