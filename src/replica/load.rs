@@ -206,6 +206,9 @@ pub(crate) fn replay_step<O>(
     })
 }
 
+/// The operations of one log record, and whether it is of format 2.
+type RecordOps<O> = (Vec<OpEnvelope<O>>, bool);
+
 /// The operations of one log record: a format-3 block (a run of one
 /// actor's operations) or a format-2 envelope, whose operation is encoded
 /// once more here to give it its bytes (its hash is its legacy hash). True
@@ -215,7 +218,7 @@ pub(crate) fn decode_record<D: Document>(
     payload: &[u8],
     lsn: Lsn,
     max_op: usize,
-) -> Result<(Vec<OpEnvelope<D::Operation>>, bool), StorageError> {
+) -> Result<RecordOps<D::Operation>, StorageError> {
     let bad = |e: String| StorageError::Envelope(EnvelopeError::Malformed(format!("log record {lsn}: {e}")));
     if payload.first() == Some(&BLOCK_TAG) {
         let run = Run::from_block(payload).map_err(bad)?;

@@ -338,7 +338,14 @@ impl<D: Document> Replica<D> {
     pub(super) fn apply_env(&mut self, env: OpEnvelope<D::Operation>, lsn: Lsn, legacy: bool) {
         let actor = env.actor();
         self.clock.observe(actor, env.seq());
-        self.heads.insert(actor, env.hash());
+        // After a format-2 operation the chain is not checked: its writer
+        // may not know that operation's hash (a format-2 checkpoint may
+        // have covered it), so its next operation follows the zero hash.
+        if legacy {
+            self.heads.remove(&actor);
+        } else {
+            self.heads.insert(actor, env.hash());
+        }
         let entry = Entry { lsn, hash: env.hash(), signed: env.signature().is_some(), legacy };
         self.index.insert(actor, env.seq(), env.prev(), entry);
         self.doc.apply(env.into_op());
