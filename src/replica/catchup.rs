@@ -52,6 +52,9 @@ impl<D: Document> Replica<D> {
             entries: Vec<Entry>,
             done: Vec<OwnedRun>,
             open: OwnedRun,
+            /// The next sequence number to take, and the open run's bytes.
+            next: u64,
+            open_bytes: usize,
         }
         let mut wanted: BTreeMap<ActorId, Wanted> = BTreeMap::new();
         let mut lsns = BTreeSet::new();
@@ -71,7 +74,7 @@ impl<D: Document> Replica<D> {
             lsns.extend(entries.iter().map(|e| e.lsn));
             let open =
                 OwnedRun { actor: *actor, first: from, prev: before, succeeds: None, ops: Vec::new(), sig: None };
-            wanted.insert(*actor, Wanted { from, have, entries, done: Vec::new(), open });
+            wanted.insert(*actor, Wanted { from, have, entries, done: Vec::new(), open, next: from, open_bytes: 0 });
         }
         let Some(&start) = lsns.first() else {
             return Ok(Some((Vec::new(), false)));
@@ -94,8 +97,7 @@ impl<D: Document> Replica<D> {
             let Some(w) = wanted.get_mut(&run.actor) else { continue };
             for (i, bytes) in run.ops.iter().enumerate() {
                 let seq = run.first + i as u64;
-                let next = w.from + (w.done.iter().map(|r| r.ops.len()).sum::<usize>() + w.open.ops.len()) as u64;
-                if seq != next || seq > w.have {
+                if seq != w.next || seq > w.have {
                     continue;
                 }
                 if cut && (w.open.ops.is_empty() || w.open.sig.is_some()) {
@@ -111,16 +113,18 @@ impl<D: Document> Replica<D> {
                     order.push(run.actor);
                 }
                 w.open.ops.push(bytes.to_vec());
+                w.next += 1;
+                w.open_bytes += bytes.len();
                 used += bytes.len() + 1;
                 count += 1;
                 w.open.sig = if entry.signed && i + 1 == run.ops.len() { run.sig } else { None };
-                let big = w.open.ops.len() >= RUN_SPLIT_OPS
-                    || w.open.ops.iter().map(Vec::len).sum::<usize>() >= RUN_SPLIT_BYTES;
+                let big = w.open.ops.len() >= RUN_SPLIT_OPS || w.open_bytes >= RUN_SPLIT_BYTES;
                 if w.open.sig.is_some() && big {
                     let prev = entry.hash;
                     let next_run =
                         OwnedRun { actor: run.actor, first: seq + 1, prev, succeeds: None, ops: Vec::new(), sig: None };
                     w.done.push(std::mem::replace(&mut w.open, next_run));
+                    w.open_bytes = 0;
                 }
             }
             if used >= byte_budget || count >= PAGE_CUT_OPS {

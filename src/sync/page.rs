@@ -3,6 +3,7 @@
 //! the same compression frame around a snapshot's state. The layout is in
 //! docs/PROTOCOL.md, "Pages".
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use super::message::{MessageError, MAX_OPS_PER_MESSAGE};
@@ -25,7 +26,7 @@ const COMPRESS_MIN: usize = 128;
 pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() / 2 + 12);
     if body.len() >= COMPRESS_MIN {
-        if let Ok(z) = zstd::bulk::compress(body, ZSTD_LEVEL) {
+        if let Some(z) = compress(body) {
             if z.len() < body.len() {
                 out.push(ZSTD);
                 varint::put(&mut out, body.len() as u64);
@@ -38,6 +39,22 @@ pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
     varint::put(&mut out, body.len() as u64);
     out.extend_from_slice(body);
     out
+}
+
+thread_local! {
+    /// A compression context per thread: making one costs more than
+    /// compressing a small page.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(body: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        c.as_mut()?.compress(body).ok()
+    })
 }
 
 /// Undoes [`frame`]: the body, if it is at most `limit` bytes. The
