@@ -35,7 +35,7 @@ pub struct FrameCodec {
 pub enum RequestFrame {
     /// Its bytes (at most the limit).
     Bytes(Vec<u8>),
-    /// A request of the previous protocol ([`SYNC_PROTOCOL_V1`]), its
+    /// A request of the previous protocol (`/walrus/sync/1`), its
     /// bytes (at most the limit): only refused.
     Previous(Vec<u8>),
     /// It announced more bytes than the limit; they were not read.
