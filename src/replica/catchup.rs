@@ -252,7 +252,9 @@ impl<D: Document> Replica<D> {
             released.extend(self.buffer.take_actor(&actor));
         }
         if !released.is_empty() {
-            match self.receive(released) {
+            // Checked when they were held (a held run may have lost its
+            // head to a full buffer).
+            match self.receive_checked(released, true) {
                 Ok(_) => {}
                 // Their actor's doing, not the snapshot's: the snapshot
                 // stays merged; a refused operation is dropped, and its

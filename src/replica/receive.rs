@@ -123,17 +123,31 @@ impl<D: Document> Replica<D> {
     where
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
     {
+        self.receive_checked(ops.into_iter().collect(), false)
+    }
+
+    /// [`receive`](Self::receive); with `verified`, the operations were
+    /// checked up to their heads already (held operations released later,
+    /// which may have been separated from their heads).
+    pub(super) fn receive_checked(
+        &mut self,
+        ops: Vec<OpEnvelope<D::Operation>>,
+        verified: bool,
+    ) -> Result<Received, ReceiveError> {
         self.check()?;
         let mut report = Received::default();
         let mut ready = Vec::new();
         let mut first_error = None;
         let mut own = Vec::new();
-        let ops: Vec<OpEnvelope<D::Operation>> = ops.into_iter().collect();
         // Operations whose signatures will matter: writers', and a run
         // that may carry a certificate making its actor one.
-        let todo: Vec<bool> =
-            ops.iter().map(|env| env.seq() == 1 || self.check_writer(&env.actor(), env.seq()).is_ok()).collect();
-        let verified = verify_runs(&ops, &todo);
+        let verified = if verified {
+            vec![Some(true); ops.len()]
+        } else {
+            let todo: Vec<bool> =
+                ops.iter().map(|env| env.seq() == 1 || self.check_writer(&env.actor(), env.seq()).is_ok()).collect();
+            verify_runs(&ops, &todo)
+        };
         let mut staged = Vec::new();
         for (env, verified) in ops.into_iter().zip(verified) {
             if self.poisoned {
@@ -158,7 +172,8 @@ impl<D: Document> Replica<D> {
         }
         if !own.is_empty() {
             // The retired actor's operations, now another actor's.
-            let later = self.receive(own)?;
+            // Checked already, in this call.
+            let later = self.receive_checked(own, true)?;
             report.applied += later.applied;
             report.buffered += later.buffered;
             report.duplicates += later.duplicates;
