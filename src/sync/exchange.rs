@@ -151,18 +151,15 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
         }
         Ok(None) => {
             // Some missing operations were truncated: the whole state.
-            let resp = SyncResponse::Snapshot {
-                doc: doc.to_string(),
-                state: ByteBuf::from(page::frame(&message::encode(replica.doc()))),
-                clock: replica.clock().clone(),
-                successions: replica.successions(),
-                heads: replica.chain_heads(),
-            };
-            let len = message::encode(&resp).len();
+            // Sized from its parts (an upper bound of their CBOR), so the
+            // state is encoded once and the answer once, when it is sent.
+            let state = page::frame(&message::encode(replica.doc()));
+            let (clock, successions, heads) = (replica.clock().clone(), replica.successions(), replica.chain_heads());
+            let len = 64 + doc.len() + state.len() + clock.len() * 44 + successions.len() * 160 + heads.len() * 72;
             if len > limits.max_response {
-                return refused(format!("a snapshot answer of {len} bytes exceeds the response limit"));
+                return refused(format!("a snapshot answer of about {len} bytes exceeds the response limit"));
             }
-            resp
+            SyncResponse::Snapshot { doc: doc.to_string(), state: ByteBuf::from(state), clock, successions, heads }
         }
         Err(e) => refused(e.to_string()),
     }
