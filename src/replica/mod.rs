@@ -3,7 +3,8 @@
 //! A [`Replica`] holds one [`Document`] (any `crdts` CmRDT + CvRDT with
 //! serde, or one of the ready-made [`KvDoc`], [`SetDoc`], [`CounterDoc`],
 //! [`RegisterDoc`]). Every operation is wrapped in an [`OpEnvelope`]
-//! (actor, per-actor sequence number, op, the actor's signature), written to
+//! (actor, per-actor sequence number, op, its place in the actor's hash
+//! chain and, on a run's last operation, the actor's signature), written to
 //! the log and made durable before it is applied. The actor id is the
 //! public half of the replica's [`ActorKey`]; remote operations are checked
 //! against it before they are buffered or logged. Remote operations wait in a
