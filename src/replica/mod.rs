@@ -38,6 +38,7 @@ mod kv;
 pub(crate) mod legacy;
 mod load;
 mod options;
+mod proof;
 mod receive;
 pub(crate) mod varint;
 // The `Replica` type, named as what it is; the modules around it add the
@@ -68,6 +69,7 @@ pub use key::{ActorKey, KeyError, Signature};
 pub use kv::{CausalContext, Dot, KvDoc, KvOp};
 pub use load::Recovered;
 pub use options::ReplicaOptions;
+pub use proof::{EquivocationProof, SignedRun};
 pub use replica::Replica;
 pub use succession::{request_retirement, RetireReason, Succession, MAX_SUCCESSIONS};
 pub use view::ReplicaView;

@@ -2,16 +2,48 @@
 //! admitted (new, repeated, conflicting, or not a writer's), held until
 //! their predecessors arrive, then logged, applied and announced.
 
+use std::collections::BTreeSet;
+
 use tracing::warn;
 
+use super::proof::{EquivocationProof, SignedRun};
+use super::run::Run;
 use super::verify::verify_runs;
+use super::ActorId;
 use super::{
     Document, EnvelopeError, Equivocation, Offer, OpEnvelope, Origin, PeerError, ReceiveError, Received, Replica,
     StorageError,
 };
+use crate::wal::Lsn;
 
 /// Most equivocations kept for [`Replica::take_equivocations`].
 const MAX_HELD_EQUIVOCATIONS: usize = 1024;
+
+/// Where `receive` is in a batch: the operations after the current one,
+/// what it did so far.
+struct Batch<'a, O> {
+    rest: &'a [Option<OpEnvelope<O>>],
+    report: &'a mut Received,
+    staged: &'a mut Vec<OpEnvelope<O>>,
+    own: &'a mut Vec<OpEnvelope<O>>,
+}
+
+/// The run `env` starts in the batch, up to its signed head: one side of
+/// an equivocation's proof.
+fn incoming_run<O>(env: &OpEnvelope<O>, rest: &[Option<OpEnvelope<O>>]) -> Option<SignedRun> {
+    let mut ops = vec![env.op_bytes().to_vec()];
+    let (mut last_seq, mut last_hash, mut sig) = (env.seq(), env.hash(), env.signature().copied());
+    for next in rest.iter().flatten() {
+        if sig.is_some() {
+            break;
+        }
+        if next.actor() == env.actor() && Some(next.seq()) == last_seq.checked_add(1) && next.prev() == last_hash {
+            ops.push(next.op_bytes().to_vec());
+            (last_seq, last_hash, sig) = (next.seq(), next.hash(), next.signature().copied());
+        }
+    }
+    Some(SignedRun { first: env.seq(), prev: env.prev(), succeeds: env.succeeds().copied(), ops, sig: sig? })
+}
 
 /// What to do with a remote operation, decided before it is buffered or
 /// logged.
@@ -149,11 +181,17 @@ impl<D: Document> Replica<D> {
             verify_runs(&ops, &todo)
         };
         let mut staged = Vec::new();
-        for (env, verified) in ops.into_iter().zip(verified) {
+        // Taken one by one; the rest stay visible (an equivocation's proof
+        // takes the run up to its head).
+        let mut slots: Vec<Option<OpEnvelope<D::Operation>>> = ops.into_iter().map(Some).collect();
+        for i in 0..slots.len() {
             if self.poisoned {
                 break;
             }
-            if self.receive_one(env, verified, &mut report, &mut staged, &mut own, &mut first_error) {
+            let Some(env) = slots[i].take() else { continue };
+            let verified = verified.get(i).copied().flatten();
+            let cx = Batch { rest: &slots[i + 1..], report: &mut report, staged: &mut staged, own: &mut own };
+            if self.receive_one(env, verified, cx, &mut first_error) {
                 break;
             }
         }
@@ -194,11 +232,10 @@ impl<D: Document> Replica<D> {
         &mut self,
         env: OpEnvelope<D::Operation>,
         verified: Option<bool>,
-        report: &mut Received,
-        ready: &mut Vec<OpEnvelope<D::Operation>>,
-        own: &mut Vec<OpEnvelope<D::Operation>>,
+        batch: Batch<'_, D::Operation>,
         first_error: &mut Option<ReceiveError>,
     ) -> bool {
+        let Batch { rest, report, staged: ready, own } = batch;
         let admitted = self.admit(&env, verified);
         if env.actor() == self.actor {
             self.note_own(&env, &admitted);
@@ -233,6 +270,11 @@ impl<D: Document> Replica<D> {
             Ok(Admit::Equivocation) => {
                 warn!(actor = %env.actor(), seq = env.seq(), "equivocation: two signed operations for one sequence number");
                 let found = Equivocation { actor: env.actor(), seq: env.seq() };
+                if let (Some(a), Some(b)) = (self.logged_run(&env.actor(), env.seq()), incoming_run(&env, rest)) {
+                    if self.proofs.len() < MAX_HELD_EQUIVOCATIONS {
+                        self.proofs.push(EquivocationProof { actor: env.actor(), seq: env.seq(), a, b });
+                    }
+                }
                 self.hold_equivocation(found.clone());
                 report.equivocations.push(found);
                 return false;
@@ -316,6 +358,49 @@ impl<D: Document> Replica<D> {
             staged.push(env);
         }
         Ok(())
+    }
+
+    /// This replica's run of `actor` from operation `seq` up to the next
+    /// signed head, read from its log (one side of an equivocation's
+    /// proof); `None` if it is not in the log.
+    fn logged_run(&self, actor: &ActorId, seq: u64) -> Option<SignedRun> {
+        let (prev, entries) = self.index.range(actor, seq, self.clock.get(actor))?;
+        let k = entries.iter().position(|e| e.signed)?;
+        let last = seq + k as u64;
+        let lsns: BTreeSet<Lsn> = entries[..=k].iter().map(|e| e.lsn).collect();
+        let mut ops = Vec::new();
+        let (mut sig, mut succeeds) = (None, None);
+        for record in self.wal.iter_from(*lsns.first()?).ok()? {
+            let record = record.ok()?;
+            if record.lsn > *lsns.last()? {
+                break;
+            }
+            if !lsns.contains(&record.lsn) {
+                continue;
+            }
+            let run = Run::from_block(&record.payload).ok()?;
+            for (i, bytes) in run.ops.iter().enumerate() {
+                let n = run.first + i as u64;
+                if n == seq {
+                    succeeds = if i == 0 { run.succeeds } else { None };
+                }
+                if (seq..=last).contains(&n) && n == seq + ops.len() as u64 {
+                    ops.push(bytes.to_vec());
+                    if n == last {
+                        sig = if i + 1 == run.ops.len() { run.sig } else { None };
+                    }
+                }
+            }
+        }
+        Some(SignedRun { first: seq, prev, succeeds, ops, sig: sig? })
+    }
+
+    /// The proofs of the equivocations [`receive`](Self::receive) found
+    /// since the last call, where it could make one (both histories'
+    /// operations up to a signed head: the replica's own from its log, the
+    /// other from what it was sent). At most 1024 are kept.
+    pub fn take_equivocation_proofs(&mut self) -> Vec<EquivocationProof> {
+        std::mem::take(&mut self.proofs)
     }
 
     /// Keeps an equivocation for [`take_equivocations`](Self::take_equivocations).

@@ -99,6 +99,8 @@ pub struct Replica<D: Document> {
     pub(super) subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
     /// Equivocations seen and not yet taken ([`Replica::take_equivocations`]).
     pub(super) equivocations: Vec<Equivocation>,
+    /// Proofs of them, where they could be made.
+    pub(super) proofs: Vec<super::EquivocationProof>,
     pub(super) poisoned: bool,
     /// Test hook: stop a checkpoint after this many steps.
     pub(super) checkpoint_stop: Option<u8>,
@@ -191,6 +193,7 @@ impl<D: Document> Replica<D> {
             bytes_since_checkpoint: 0,
             subscribers: Vec::new(),
             equivocations: Vec::new(),
+            proofs: Vec::new(),
             poisoned: false,
             checkpoint_stop: None,
         };
