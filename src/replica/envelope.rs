@@ -37,6 +37,9 @@ pub struct OpEnvelope<O> {
     hash: ChainHash,
     sig: Option<Signature>,
     succeeds: Option<Box<Succession>>,
+    /// Which document's key computed `hash` ([`ChainKey::tag`]): a replica
+    /// of another document computes it again.
+    key_tag: [u8; 16],
 }
 
 impl<O> OpEnvelope<O> {
@@ -54,7 +57,7 @@ impl<O> OpEnvelope<O> {
         sig: Option<Signature>,
     ) -> OpEnvelope<O> {
         let hash = chain.op_hash(&actor, seq, &prev, succeeds.as_deref(), &bytes);
-        OpEnvelope { actor, seq, op, bytes, prev, hash, sig, succeeds }
+        OpEnvelope { actor, seq, op, bytes, prev, hash, sig, succeeds, key_tag: chain.tag() }
     }
 
     /// Encodes `op` as `D` does ([`Document::encode_op`]) and chains it.
@@ -113,7 +116,20 @@ impl<O> OpEnvelope<O> {
             prev: ChainHash::ZERO,
             sig: None,
             succeeds: old.succeeds,
+            key_tag: chain.tag(),
         })
+    }
+
+    /// This operation chained under `chain`: itself if its hash was
+    /// computed under that document's key, else with the hash computed
+    /// again (an operation made for another document then fails its head
+    /// signature here).
+    pub(crate) fn rechained(mut self, chain: &ChainKey) -> OpEnvelope<O> {
+        if self.key_tag != chain.tag() {
+            self.hash = chain.op_hash(&self.actor, self.seq, &self.prev, self.succeeds.as_deref(), &self.bytes);
+            self.key_tag = chain.tag();
+        }
+        self
     }
 
     /// Signs this operation as a chain head with `key` (its actor's).

@@ -155,7 +155,9 @@ impl<D: Document> Replica<D> {
     where
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
     {
-        self.receive_checked(ops.into_iter().collect(), false)
+        // Hashes made under another document's key are made again here.
+        let chain = self.chain.clone();
+        self.receive_checked(ops.into_iter().map(|env| env.rechained(&chain)).collect(), false)
     }
 
     /// [`receive`](Self::receive); with `verified`, the operations were

@@ -86,6 +86,15 @@ impl<D: Document> Replica<D> {
     pub(super) fn note_own(&mut self, env: &OpEnvelope<D::Operation>, admitted: &Result<Admit, ReceiveError>) {
         let had = self.clock.get(&self.actor);
         let reason = match admitted {
+            // The peer's next operation does not follow the last one here:
+            // this copy's operation `had` (at least) was forked.
+            Ok(Admit::New)
+                if had > 0
+                    && had.checked_add(1) == Some(env.seq())
+                    && self.head_of(&self.actor).is_some_and(|h| h != env.prev()) =>
+            {
+                RetireReason::Forked { seq: had }
+            }
             Ok(Admit::New) if env.seq() > had => RetireReason::Behind { had, seen: env.seq() },
             Ok(Admit::Equivocation) if env.seq() <= had => RetireReason::Forked { seq: env.seq() },
             _ => return,
