@@ -50,7 +50,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::helpers::{actor_of, env_u64, scratch_dir};
-use walrus::replica::{ActorId, ActorKey, ChainHash, KvDoc, OpEnvelope, Recovered, Replica, ReplicaOptions, RetireReason};
+use walrus::replica::{
+    ActorId, ActorKey, ChainHash, KvDoc, OpEnvelope, Recovered, Replica, ReplicaOptions, RetireReason,
+};
 use walrus::wal::{CrashSummary, PowerLoss, SyncPolicy, WalOptions};
 
 const SEGMENT: u64 = 4096;
@@ -644,7 +646,7 @@ fn a_checkpoint_cut_anywhere_leaves_a_way_back() {
         for round in 0..4 {
             for i in 0..8 {
                 let n = h.puts.len();
-                let (key, value) = (format!("k{}", (round * 3 + i) % KEYS as usize), value(9, n, 300));
+                let (key, value) = (format!("k{}", (round * 3 + i) % KEYS as usize), value(9, n, 400));
                 let env = r.update(|d, a| d.put_op(a, &key, &value)).unwrap();
                 h.acked.insert((env.actor(), env.seq()));
                 h.attempted.insert(env.actor(), env.seq());
@@ -663,7 +665,7 @@ fn a_checkpoint_cut_anywhere_leaves_a_way_back() {
         let mut r = Replica::<KvDoc>::open(dir, with_faults(&opts, power)).unwrap();
         for i in 0..2 {
             let n = h.puts.len();
-            let (key, value) = (format!("k{i}"), value(9, n, 300));
+            let (key, value) = (format!("k{i}"), value(9, n, 400));
             h.attempted.insert(r.actor(), r.clock().get(&r.actor()) + 1);
             h.puts.push(Put { key: key.clone(), value: value.clone(), acked: false });
             let env = r.update(|d, a| d.put_op(a, &key, &value)).unwrap();
