@@ -3,8 +3,8 @@
 
 use crate::helpers::{open, opts};
 use walrus::replica::{
-    ActorKey, Catchup, ChainHash, Change, CounterDoc, Document, KvDoc, OpEnvelope, Origin, ReceiveError, Replica, ReplicaOptions,
-    VersionVector,
+    ActorKey, Catchup, ChainHash, Change, CounterDoc, Document, KvDoc, OpEnvelope, Origin, ReceiveError, Replica,
+    ReplicaOptions, VersionVector,
 };
 
 /// Pulls everything `to` is missing from `from`, page by page.

@@ -12,8 +12,8 @@ use serde_bytes::ByteBuf;
 
 use crate::helpers::{copy_dir, page_of_one, roll_back_in_place, values};
 use walrus::replica::{
-    ActorId, ActorKey, Catchup, ChainHash, ChainKey, Document, EnvelopeError, KvDoc, OpEnvelope, PeerError, ReceiveError,
-    Recovered, Replica, ReplicaOptions, RetireReason, Succession, ACTOR_FILE,
+    ActorId, ActorKey, Catchup, ChainHash, ChainKey, Document, EnvelopeError, KvDoc, OpEnvelope, PeerError,
+    ReceiveError, Recovered, Replica, ReplicaOptions, RetireReason, Succession, ACTOR_FILE,
 };
 use walrus::sync::{apply_response, Limits, SyncError, SyncResponse};
 use walrus::wal::{SyncPolicy, WalOptions};
@@ -255,10 +255,7 @@ fn successions_are_checked() {
     let page = page_of_one(new, late.seq(), late.prev(), Some(&cert), late.op_bytes(), &hash.sign_head(&key));
     let err = deliver(&mut c, page).unwrap_err();
     assert!(
-        matches!(
-            err,
-            SyncError::Receive(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSuccession { .. })))
-        ),
+        matches!(err, SyncError::Receive(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSuccession { .. })))),
         "{err}"
     );
     assert_eq!(c.clock().get(&new), 2);
