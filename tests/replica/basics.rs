@@ -220,6 +220,8 @@ fn extreme_sequence_numbers_are_errors_not_panics() {
     // dropped, never overflowing.
     let xkey = ActorKey::from_seed([9; 32]);
     let x = xkey.actor();
+    // Its predecessors only ever come as a snapshot's clock, with no chain
+    // head to check what it follows against.
     let far = OpEnvelope::signed::<KvDoc>(&xkey, "", u64::MAX, ChainHash::ZERO, b.doc().put_op(x, "k", "v")).unwrap();
     assert_eq!(b.receive([far.clone()]).unwrap().buffered, 1);
     let mut near = VersionVector::default();
