@@ -352,7 +352,7 @@ fn equivocation_through_chains_is_reported_on_both_sides() {
     assert_eq!(a.clock(), b.clock());
     // And they keep converging after it.
     let later = history(&frank, &[("f", "frank"), ("g", "later")]);
-    b.receive(later.clone()).unwrap();
+    b.receive(later).unwrap();
     let got = a.receive(all_ops(&b)).unwrap();
     assert_eq!(got.applied, 1, "{got:?}");
     assert_eq!(a.doc().values_of("g"), vec!["later"]);
