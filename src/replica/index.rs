@@ -35,6 +35,16 @@ struct Indexed {
     entries: VecDeque<Entry>,
 }
 
+/// The hash the operation after `e` follows: `e`'s, or the zero hash after
+/// a format-2 operation (the chain starts again there).
+fn follows(e: &Entry) -> ChainHash {
+    if e.legacy {
+        ChainHash::ZERO
+    } else {
+        e.hash
+    }
+}
+
 impl OpIndex {
     /// Records operation `seq` of `actor`, following `prev`, applied from
     /// log record `entry.lsn`. Operations of an actor are indexed in a run
@@ -66,7 +76,7 @@ impl OpIndex {
             return None;
         }
         let skip = usize::try_from(from - at.first).ok()?;
-        let before = if skip == 0 { at.before } else { at.entries.get(skip - 1)?.hash };
+        let before = if skip == 0 { at.before } else { follows(at.entries.get(skip - 1)?) };
         let entries: Vec<Entry> = at.entries.iter().skip(skip).take((last - from + 1) as usize).copied().collect();
         if entries.iter().any(|e| e.legacy) {
             return None;
@@ -80,7 +90,7 @@ impl OpIndex {
         for at in self.actors.values_mut() {
             while at.entries.front().is_some_and(|e| e.lsn < first) {
                 if let Some(e) = at.entries.pop_front() {
-                    at.before = e.hash;
+                    at.before = follows(&e);
                 }
                 at.first += 1;
             }
