@@ -178,14 +178,24 @@ impl<D: Document> Replica<D> {
         let verified = if verified {
             vec![Some(true); ops.len()]
         } else {
-            let todo: Vec<bool> =
-                ops.iter().map(|env| env.seq() == 1 || self.check_writer(&env.actor(), env.seq()).is_ok()).collect();
+            // Every operation of such an actor: a certificate on its
+            // operation 1 may make it a writer for the rest.
+            let actors: BTreeSet<ActorId> = ops
+                .iter()
+                .filter(|env| env.seq() == 1 || self.check_writer(&env.actor(), env.seq()).is_ok())
+                .map(|env| env.actor())
+                .collect();
+            let todo: Vec<bool> = ops.iter().map(|env| actors.contains(&env.actor())).collect();
             verify_runs(&ops, &todo)
         };
         let mut staged = Vec::new();
         // Taken one by one; the rest stay visible (an equivocation's proof
         // takes the run up to its head).
         let mut slots: Vec<Option<OpEnvelope<D::Operation>>> = ops.into_iter().map(Some).collect();
+        // Until they are logged, applied operations make the replica
+        // refuse everything if this call never returns (a document's code
+        // panicking).
+        self.staging = true;
         for i in 0..slots.len() {
             if self.poisoned {
                 break;
@@ -200,6 +210,7 @@ impl<D: Document> Replica<D> {
         if let Err(e) = self.log_staged(&mut staged, false, &mut ready) {
             self.keep_error(&mut first_error, e.into());
         }
+        self.staging = false;
         report.applied = ready.len();
         if self.poisoned {
             // The state holds operations that may not be logged.

@@ -102,6 +102,10 @@ pub struct Replica<D: Document> {
     /// Proofs of them, where they could be made.
     pub(super) proofs: Vec<super::EquivocationProof>,
     pub(super) poisoned: bool,
+    /// Operations are applied in memory but not yet logged: if the code
+    /// that set it never cleared it (a document's code panicked), state and
+    /// log may differ, and the replica refuses everything like a poisoned one.
+    pub(super) staging: bool,
     /// Test hook: stop a checkpoint after this many steps.
     pub(super) checkpoint_stop: Option<u8>,
 }
@@ -195,6 +199,7 @@ impl<D: Document> Replica<D> {
             equivocations: Vec::new(),
             proofs: Vec::new(),
             poisoned: false,
+            staging: false,
             checkpoint_stop: None,
         };
         r.replay()?;
@@ -322,7 +327,7 @@ impl<D: Document> Replica<D> {
     }
 
     pub(super) fn check(&self) -> Result<(), StorageError> {
-        if self.poisoned {
+        if self.poisoned || self.staging {
             return Err(StorageError::Poisoned);
         }
         Ok(())

@@ -121,7 +121,7 @@ impl<'a> Run<'a> {
     /// Reads a run's body (after its actor) from the front of `bytes`.
     /// Refuses counts the input cannot hold before allocating, sequence
     /// numbers that overflow, unknown flags and truncation.
-    pub fn take_body(actor: ActorId, bytes: &mut &'a [u8]) -> Result<Run<'a>, String> {
+    pub fn take_body(actor: ActorId, bytes: &mut &'a [u8], max_ops: usize) -> Result<Run<'a>, String> {
         let v = |what: &str, e: varint::VarintError| format!("run of {actor}: {what}: {e}");
         let first = varint::take(bytes).map_err(|e| v("first sequence number", e))?;
         let count = varint::take(bytes).map_err(|e| v("count", e))?;
@@ -131,6 +131,9 @@ impl<'a> Run<'a> {
         // Each operation takes at least its length byte.
         if count == 0 || count > bytes.len() as u64 {
             return Err(format!("run of {actor}: {count} operations cannot fit in {} bytes", bytes.len()));
+        }
+        if count > max_ops as u64 {
+            return Err(format!("run of {actor}: {count} operations, more than {max_ops} under one signature"));
         }
         if first.checked_add(count - 1).is_none() {
             return Err(format!("run of {actor}: sequence numbers past 2^64"));
@@ -194,7 +197,7 @@ impl<'a> Run<'a> {
         }
         bytes = rest;
         let actor = take_array::<32>(&mut bytes).ok_or("truncated actor")?;
-        let run = Run::take_body(ActorId(actor), &mut bytes)?;
+        let run = Run::take_body(ActorId(actor), &mut bytes, MAX_RUN_OPS)?;
         if !bytes.is_empty() {
             return Err(format!("{} bytes after the block", bytes.len()));
         }
@@ -279,7 +282,7 @@ mod tests {
                 let _ = run.envelopes::<KvDoc>(&ChainKey::new("d"));
             }
             let mut b = &bytes[..];
-            let _ = Run::take_body(ActorId([0; 32]), &mut b);
+            let _ = Run::take_body(ActorId([0; 32]), &mut b, MAX_RUN_OPS);
         }
 
         #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::run::{MAX_RUN_BYTES, MAX_RUN_OPS};
 use super::{ActorId, ChainHash, OpEnvelope, Signature};
 
 /// Batches with at least this many head signatures are checked on several
@@ -16,7 +17,9 @@ const MAX_VERIFY_THREADS: usize = 8;
 
 /// For each operation of `ops` whose flag in `todo` is set: `Some(true)` if
 /// a valid head signature of its actor, later in the same run, covers it;
-/// `Some(false)` if none does (a bad head, or no head before the run ends).
+/// `Some(false)` if none does (a bad head, no head before the run ends, or
+/// a head that would cover more than [`MAX_RUN_OPS`] operations or
+/// [`MAX_RUN_BYTES`] bytes: such a run could never be served on).
 /// `None` where not asked.
 pub(super) fn verify_runs<O>(ops: &[OpEnvelope<O>], todo: &[bool]) -> Vec<Option<bool>> {
     // Which heads to check, and their results.
@@ -30,30 +33,33 @@ pub(super) fn verify_runs<O>(ops: &[OpEnvelope<O>], todo: &[bool]) -> Vec<Option
     let mut out = vec![None; ops.len()];
     // Per actor: the run being read (its last operation) and the
     // operations in it not yet covered by a head.
-    let mut open: BTreeMap<ActorId, (usize, Vec<usize>)> = BTreeMap::new();
+    let mut open: BTreeMap<ActorId, (usize, Vec<usize>, usize)> = BTreeMap::new();
     for (i, env) in ops.iter().enumerate() {
         if !todo.get(i).copied().unwrap_or(false) {
             continue;
         }
         let actor = env.actor();
-        let continues = open.get(&actor).is_some_and(|(last, _)| {
+        let continues = open.get(&actor).is_some_and(|(last, _, _)| {
             let l = &ops[*last];
             l.seq().checked_add(1) == Some(env.seq()) && l.hash() == env.prev()
         });
         if !continues {
             // The run before ends here: what no head covered is unproven.
-            if let Some((_, pending)) = open.remove(&actor) {
+            if let Some((_, pending, _)) = open.remove(&actor) {
                 pending.into_iter().for_each(|p| out[p] = Some(false));
             }
         }
-        let (last, pending) = open.entry(actor).or_insert((i, Vec::new()));
+        let (last, pending, bytes) = open.entry(actor).or_insert((i, Vec::new(), 0));
         *last = i;
         pending.push(i);
+        *bytes += env.op_bytes().len();
         if let Some(&ok) = head_ok.get(&i) {
+            let ok = ok && pending.len() <= MAX_RUN_OPS && *bytes <= MAX_RUN_BYTES;
             pending.drain(..).for_each(|p| out[p] = Some(ok));
+            *bytes = 0;
         }
     }
-    for (_, pending) in open.into_values() {
+    for (_, pending, _) in open.into_values() {
         pending.into_iter().for_each(|p| out[p] = Some(false));
     }
     out

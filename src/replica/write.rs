@@ -106,8 +106,14 @@ impl<D: Document> Replica<D> {
         }
         let mut staged_bytes = 0usize;
         let mut log_error = None;
+        // Poisoned (or left half-staged by a panic): nothing is written.
+        if self.check().is_err() {
+            return makes.into_iter().map(|_| Err(WriteError::Storage(StorageError::Poisoned))).collect();
+        }
+        self.staging = true;
         for make in makes {
-            let chained = self.check().map_err(WriteError::from).and_then(|()| {
+            let poisoned = if self.poisoned { Err(StorageError::Poisoned) } else { Ok(()) };
+            let chained = poisoned.map_err(WriteError::from).and_then(|()| {
                 let op = make(&self.doc, self.actor);
                 self.chain_local(self.next_seq()?, op)
             });
@@ -134,6 +140,7 @@ impl<D: Document> Replica<D> {
                 log_error.get_or_insert(e);
             }
         }
+        self.staging = false;
         let last = written.last().map(|(lsn, _)| *lsn);
         let committed = self.commit(Origin::Local, last, written.iter().map(|(_, env)| env));
         // A failed append poisoned the replica: what was logged before it
@@ -179,27 +186,28 @@ impl<D: Document> Replica<D> {
         sign_own: bool,
         written: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
     ) -> Result<(), StorageError> {
-        let mut rest = std::mem::take(staged);
-        while !rest.is_empty() {
-            self.check()?;
-            let actor = rest[0].actor();
-            let mut end = 0;
-            let mut bytes = 0;
-            while end < rest.len() {
-                let e = &rest[end];
-                let follows = end == 0 || (e.actor() == actor && e.seq() == rest[end - 1].seq() + 1);
-                if !follows || (end > 0 && (bytes + e.op_bytes().len() > BLOCK_BYTES || end == BLOCK_OPS)) {
+        let mut rest = std::mem::take(staged).into_iter().peekable();
+        while let Some(first) = rest.next() {
+            if self.poisoned {
+                return Err(StorageError::Poisoned);
+            }
+            let actor = first.actor();
+            let mut bytes = first.op_bytes().len();
+            let mut block = vec![first];
+            while let Some(e) = rest.peek() {
+                let last = &block[block.len() - 1];
+                if last.signature().is_some()
+                    || e.actor() != actor
+                    || Some(e.seq()) != last.seq().checked_add(1)
+                    || bytes + e.op_bytes().len() > BLOCK_BYTES
+                    || block.len() == BLOCK_OPS
+                {
                     break;
                 }
                 bytes += e.op_bytes().len();
-                end += 1;
-                if e.signature().is_some() {
-                    break;
-                }
+                block.extend(rest.next());
             }
-            let tail = rest.split_off(end);
-            let mut block = rest;
-            rest = tail;
+            let end = block.len();
             for env in block.iter_mut().take(end - 1) {
                 // Only a block's last signature is kept: the others are
                 // implied by it.
@@ -232,7 +240,7 @@ impl<D: Document> Replica<D> {
     }
 
     /// The second half of every write, local or remote: waits until the
-    /// operations logged by [`log_and_apply`](Self::log_and_apply) (up to
+    /// operations logged by [`log_staged`](Self::log_staged) (up to
     /// `last`) are durable (under a durable sync policy), announces
     /// `written` to subscribers, and checkpoints if one is due.
     ///

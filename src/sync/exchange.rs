@@ -68,6 +68,10 @@ impl SyncError {
     }
 }
 
+/// Most bytes a sync page may expand to: [`MAX_PAGE`] of operations, the
+/// one run that may go on past it to its head (1 MiB), and the framing.
+pub const MAX_PAGE_BODY: usize = 8 << 20;
+
 /// Most operation bytes served in one page, whatever the requester asks:
 /// bounds what one request can make the responder hold.
 pub const MAX_PAGE: usize = 4 << 20;
@@ -203,7 +207,7 @@ pub fn apply_response<D: Document>(
     expect_doc(doc, resp.doc())?;
     match resp {
         SyncResponse::Ops { page, more, .. } => {
-            let envs = decode_page(replica, &page, limits.max_response, limits, "sync page")?;
+            let envs = decode_page(replica, &page, limits.max_response.min(MAX_PAGE_BODY), limits, "sync page")?;
             let received = replica.receive(envs)?;
             debug!(doc, applied = received.applied, more, "sync page applied");
             // A page that brought nothing new but claims more would make us
@@ -211,14 +215,16 @@ pub fn apply_response<D: Document>(
             let progress = received.applied + received.buffered > 0;
             Ok(Applied { received, snapshot: false, more: more && progress })
         }
-        SyncResponse::Snapshot { state, clock, successions, heads, .. } => {
+        // Its chain heads are not used: a snapshot carries no signatures, so
+        // they are not held against anybody's next operation.
+        SyncResponse::Snapshot { state, clock, successions, .. } => {
             let state = page::unframe(&state, limits.max_response, "snapshot")?;
             let state: D = message::decode(&state, limits.max_response, "snapshot")?;
             replica.learn_successions(&successions)?;
             // A snapshot with nothing new is not progress: no "more", or a
             // peer repeating it would keep us pulling without pause.
             let new = !replica.clock().covers(&clock);
-            replica.merge_snapshot_heads(state, clock, heads)?;
+            replica.merge_snapshot(state, clock)?;
             debug!(doc, new, "sync snapshot merged");
             // Operations after the snapshot's clock may still be missing.
             Ok(Applied { received: Received::default(), snapshot: new, more: new })
@@ -259,8 +265,9 @@ pub fn gossip_messages<O>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -
     let mut start = 0;
     for i in 0..ops.len() {
         let next = ops.get(i + 1);
-        let follows = next
-            .is_some_and(|n| n.actor() == ops[i].actor() && n.seq() == ops[i].seq() + 1 && n.prev() == ops[i].hash());
+        let follows = next.is_some_and(|n| {
+            n.actor() == ops[i].actor() && Some(n.seq()) == ops[i].seq().checked_add(1) && n.prev() == ops[i].hash()
+        });
         if ops[i].signature().is_some() || !follows {
             if ops[i].signature().is_some() {
                 runs.push(&ops[start..=i]);
@@ -268,8 +275,13 @@ pub fn gossip_messages<O>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -
             start = i + 1;
         }
     }
-    let size =
-        |r: &[OpEnvelope<O>]| 32 + 24 + 32 + 1 + 129 + 64 + r.iter().map(|e| e.op_bytes().len() + 3).sum::<usize>();
+    // A run's share: its actor in the table (at most), index, numbers,
+    // previous hash, flags, certificate if any, signature, and per
+    // operation its bytes and length.
+    let size = |r: &[OpEnvelope<O>]| {
+        let cert = if r.first().is_some_and(|e| e.succeeds().is_some()) { 128 } else { 0 };
+        33 + 3 + 20 + 32 + 1 + cert + 64 + r.iter().map(|e| e.op_bytes().len() + 3).sum::<usize>()
+    };
     let mut out = Vec::new();
     let mut batch: Vec<Run<'_>> = Vec::new();
     let mut used = 0;

@@ -73,9 +73,14 @@ pub(crate) fn unframe(bytes: &[u8], limit: usize, what: &'static str) -> Result<
         RAW if rest.len() == len => Ok(rest.to_vec()),
         RAW => Err(bad(format!("frame says {len} bytes, holds {}", rest.len()))),
         ZSTD => {
-            let body = zstd::bulk::decompress(rest, len).map_err(|e| bad(format!("zstd: {e}")))?;
+            // Streamed, with a small first buffer: memory grows with what
+            // actually comes out, never with what the frame claims.
+            use std::io::Read;
+            let decoder = zstd::stream::read::Decoder::with_buffer(rest).map_err(|e| bad(format!("zstd: {e}")))?;
+            let mut body = Vec::with_capacity(len.min(64 << 10));
+            decoder.take(len as u64 + 1).read_to_end(&mut body).map_err(|e| bad(format!("zstd: {e}")))?;
             if body.len() != len {
-                return Err(bad(format!("frame says {len} bytes, expands to {}", body.len())));
+                return Err(bad(format!("frame says {len} bytes, expands to {}", body.len().min(len + 1))));
             }
             Ok(body)
         }
@@ -147,7 +152,7 @@ pub(crate) fn decode_runs<'a>(body: &'a [u8], max_op: usize, what: &'static str)
             .and_then(|at| table.get(at))
             .copied()
             .ok_or_else(|| bad(format!("run {i}: actor index {at} outside the table of {}", table.len())))?;
-        let run = Run::take_body(actor, &mut rest).map_err(|e| bad(format!("run {i}: {e}")))?;
+        let run = Run::take_body(actor, &mut rest, MAX_RUN_OPS).map_err(|e| bad(format!("run {i}: {e}")))?;
         if run.sig.is_none() {
             return Err(bad(format!("run {i} ({actor}) has no head signature")));
         }
