@@ -7,9 +7,9 @@ use tracing::{info_span, warn};
 
 use super::checkpoint::{self, Checkpoint};
 use super::index::Entry;
-use super::Signature;
 use super::run::{OwnedRun, Run, MAX_RUN_BYTES, MAX_RUN_OPS, PAGE_CUT_OPS, RUN_SPLIT_BYTES, RUN_SPLIT_OPS};
 use super::succession::RetireReason;
+use super::Signature;
 use super::{
     ActorId, Catchup, ChainHash, ChainKey, Change, Document, EnvelopeError, PeerError, ReceiveError, Replica,
     StorageError, VersionVector, WriteError,
@@ -78,7 +78,8 @@ impl<D: Document> Replica<D> {
         }
         let (mut used, mut count, mut cut) = (0usize, 0usize, false);
         let mut order: Vec<ActorId> = Vec::new();
-        let corrupt = |lsn, e: String| StorageError::Envelope(EnvelopeError::Malformed(format!("log record {lsn}: {e}")));
+        let corrupt =
+            |lsn, e: String| StorageError::Envelope(EnvelopeError::Malformed(format!("log record {lsn}: {e}")));
         for record in self.wal.iter_from(start)? {
             let record = record?;
             if !lsns.contains(&record.lsn) {
@@ -279,7 +280,18 @@ struct Taking {
 impl Taking {
     fn new(actor: ActorId, from: u64, have: u64, before: ChainHash, entries: Vec<Entry>) -> Taking {
         let open = OwnedRun { actor, first: from, prev: before, succeeds: None, ops: Vec::new(), sig: None };
-        Taking { from, have, entries, done: Vec::new(), open, open_bytes: 0, head: None, next: from, taken: 0, stop: false }
+        Taking {
+            from,
+            have,
+            entries,
+            done: Vec::new(),
+            open,
+            open_bytes: 0,
+            head: None,
+            next: from,
+            taken: 0,
+            stop: false,
+        }
     }
 
     /// Whether one more operation of `len` bytes would make the open run

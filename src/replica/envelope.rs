@@ -104,9 +104,13 @@ impl<O> OpEnvelope<O> {
         chain: &ChainKey,
         old: LegacyEnvelope<O>,
     ) -> Result<OpEnvelope<O>, EnvelopeError> {
+        // Its bytes are never hashed or sent (it is served in snapshots
+        // only): an operation its type cannot encode compactly keeps none,
+        // rather than keeping the replica from opening.
         let mut bytes = Vec::new();
-        D::encode_op(&old.op, &OpContext { author: &old.actor, seq: old.seq }, &mut bytes)
-            .map_err(EnvelopeError::Encode)?;
+        if D::encode_op(&old.op, &OpContext { author: &old.actor, seq: old.seq }, &mut bytes).is_err() {
+            bytes.clear();
+        }
         Ok(OpEnvelope {
             actor: old.actor,
             seq: old.seq,
