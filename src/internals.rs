@@ -22,7 +22,7 @@ pub use crate::replica::legacy::LegacyEnvelope;
 #[cfg(feature = "net")]
 pub use crate::net::{
     behaviour::{IDENTIFY_VERSION, TOPIC_PREFIX},
-    codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL},
+    codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL, SYNC_PROTOCOL_V1},
     identity::IDENTITY_FILE,
     lock::LOCK_FILE,
 };
