@@ -325,12 +325,19 @@ fn gossip_seeds() -> Vec<(&'static str, Vec<u8>)> {
             structured(
                 plain,
                 &[
+                    // Runs are contiguous in a page: interleaved, they
+                    // would end unsigned and the page would be refused.
                     msg(vec![
                         OpSpec::unsigned_put(0, 1, 0, 1),
-                        OpSpec::unsigned_put(1, 1, 0, 2),
                         OpSpec::unsigned_put(0, 2, 1, 3),
-                        OpSpec::put(1, 2, 1, 4),
                         OpSpec::put(0, 3, 2, 5),
+                        OpSpec::unsigned_put(1, 1, 0, 2),
+                        OpSpec::put(1, 2, 1, 4),
+                    ]),
+                    msg(vec![
+                        OpSpec::unsigned_put(2, 1, 0, 1),
+                        OpSpec::unsigned_put(1, 3, 0, 2),
+                        OpSpec::put(2, 2, 1, 3),
                     ]),
                     msg(vec![OpSpec::unsigned_put(0, 4, 0, 6), OpSpec::put(1, 3, 0, 7)]),
                     msg(vec![
