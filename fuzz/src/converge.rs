@@ -151,8 +151,9 @@ pub enum Step {
     /// 5: `x` is closed and reopened.
     Reopen,
     /// 6 [p]: `x` receives a damaged copy of operation `p % len`: `(p >> 4)
-    /// % 4` picks a flipped signature bit, a changed sequence number, a
-    /// changed operation or a signature for another document.
+    /// % 4` picks a flipped signature bit, a changed sequence number or
+    /// a changed operation (each carrying the original's signature), or
+    /// the operation signed for another document (sent in a gossip page).
     Damaged(u8),
     /// 7 [p]: `x` pulls from `y` until nothing more is missing, with a
     /// budget of `16 + 8 p` bytes per page.
@@ -326,12 +327,25 @@ impl Run<'_> {
                         };
                         sign(DOC, env.seq(), op).with_signature(sig)
                     }
-                    _ => env
-                        .clone()
-                        .with_signature(sign("another document", env.seq(), env.op().clone()).signature().copied()),
+                    // Signed for another document, and sent in a page as a
+                    // peer would: the receiver hashes it under its own.
+                    _ => sign("another document", env.seq(), env.op().clone()),
                 };
                 let before = observe(self.get(x));
-                let result = self.get(x).receive([env.clone()]);
+                let result = if (p >> 4) % 4 == 3 {
+                    let limits = limits();
+                    let msg = sync::encode(&sync::Gossip {
+                        doc: DOC.to_string(),
+                        page: serde_bytes::ByteBuf::from(internals::page_of(std::slice::from_ref(&env))),
+                    });
+                    match sync::apply_gossip(self.get(x), DOC, &msg, &limits) {
+                        Ok(report) => Ok(report),
+                        Err(sync::SyncError::Receive(e)) => Err(e),
+                        Err(e) => panic!("a page of one damaged operation was refused as a whole: {e}"),
+                    }
+                } else {
+                    self.get(x).receive([env.clone()])
+                };
                 match &result {
                     Ok(report) => assert_eq!(report.duplicates, 1, "a damaged operation was taken: {report:?}"),
                     Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { actor, seq })))
