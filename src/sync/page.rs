@@ -315,7 +315,7 @@ mod vectors {
         use crdts::CmRDT;
         let (a, b, c) =
             (ActorKey::from_seed([0x11; 32]), ActorKey::from_seed([0x22; 32]), ActorKey::from_seed([0x55; 32]));
-        let mut d = KvDoc::default();
+        let d = KvDoc::default();
         let put = d.put_op(a.actor(), "k", "v");
         let ea = chain_of(&a, "notes", vec![put.clone()]);
         documented("A's operation 1", &hex(ea[0].op_bytes()));
