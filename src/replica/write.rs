@@ -114,7 +114,18 @@ impl<D: Document> Replica<D> {
         for make in makes {
             let poisoned = if self.poisoned { Err(StorageError::Poisoned) } else { Ok(()) };
             let chained = poisoned.map_err(WriteError::from).and_then(|()| {
-                let op = make(&self.doc, self.actor);
+                // A maker that panics reads the state only: what the ones
+                // before it made is logged as usual (never acknowledged),
+                // so state and log agree, and the panic goes on.
+                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make(&self.doc, self.actor)));
+                let op = match made {
+                    Ok(op) => op,
+                    Err(panic) => {
+                        let _ = self.log_staged(&mut staged, true, &mut written);
+                        self.staging = false;
+                        std::panic::resume_unwind(panic);
+                    }
+                };
                 self.chain_local(self.next_seq()?, op)
             });
             let env = match chained {
