@@ -293,11 +293,9 @@ mod tests {
             block[i] ^= 1 << bit;
             if let Ok(run) = Run::from_block(&block) {
                 if let Ok(got) = run.envelopes::<KvDoc>(&chain) {
-                    // Whatever still decodes must fail its head signature
-                    // (or be exactly what was sent: impossible, a bit changed).
+                    // Whatever still decodes fails its head signature.
                     let last = got.last().unwrap();
-                    prop_assert!(last.verify_head().is_err() || got[..] != envs[..] && false,
-                        "a flipped bit at {} still verifies", i);
+                    prop_assert!(last.verify_head().is_err(), "a flipped bit at {} still verifies", i);
                 }
             }
         }

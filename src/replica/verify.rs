@@ -133,6 +133,6 @@ mod tests {
         ops[2].set_signature(Some(Signature([5; 64])));
         assert_eq!(verify_runs(&ops, &[true; 3]), [Some(false); 3]);
         let many: Vec<_> = (0..80).flat_map(|_| run(&key, 1, &[1])).collect();
-        assert!(verify_runs(&many, &vec![true; 80]).iter().all(|v| *v == Some(true)));
+        assert!(verify_runs(&many, &[true; 80]).iter().all(|v| *v == Some(true)));
     }
 }
