@@ -80,7 +80,7 @@ async fn main() -> Result<()> {
             event = events.recv() => match event {
                 // Local and remote messages alike, as they are applied.
                 Ok(NodeEvent::Changed { change: Change::Op { op, .. }, .. }) => {
-                    if let KvOp::Put { key, value, .. } = &op.op {
+                    if let KvOp::Put { key, value, .. } = op.op() {
                         show(key, value);
                     }
                 }

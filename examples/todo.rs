@@ -193,7 +193,7 @@ async fn show_event(node: &Node<KvDoc>, event: NodeEvent<KvOp>) -> Result<()> {
         NodeEvent::PeerConnected { peer, addr } => println!("peer {peer} connected ({addr})"),
         NodeEvent::PeerDisconnected { peer } => println!("peer {peer} disconnected"),
         NodeEvent::Changed { change: Change::Op { origin: Origin::Remote, op }, .. } => {
-            let (KvOp::Put { key, .. } | KvOp::Del { key, .. }) = op.op;
+            let (KvOp::Put { key, .. } | KvOp::Del { key, .. }) = op.into_op();
             if let Some(id) = key.strip_prefix(PREFIX).map(str::to_string) {
                 // Show the todo as it is now, concurrent versions included.
                 let values = node.with(DOC, move |r| r.doc().values_of(&key)).await?;

@@ -17,12 +17,12 @@ pub mod format {
 
 pub use crate::replica::causal::{CausalBuffer, Offer};
 pub use crate::replica::dir::DOCUMENT_FILE;
-pub use crate::replica::envelope::signing_bytes;
+pub use crate::replica::legacy::LegacyEnvelope;
 
 #[cfg(feature = "net")]
 pub use crate::net::{
     behaviour::{IDENTIFY_VERSION, TOPIC_PREFIX},
-    codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL},
+    codec::{FrameCodec, RequestFrame, SYNC_PROTOCOL, SYNC_PROTOCOL_V1},
     identity::IDENTITY_FILE,
     lock::LOCK_FILE,
 };
@@ -34,16 +34,80 @@ pub fn set_checkpoint_crash_point<D: Document>(replica: &mut Replica<D>, step: O
     replica.set_checkpoint_crash_point(step);
 }
 
-/// A page of encoded operations and whether more follow.
-pub type EncodedPage = (Vec<Vec<u8>>, bool);
-
-/// [`Replica::ops_since`] with the operations as stored in the log (each
-/// the encoding `OpEnvelope::encode` gives) and whether more follow;
-/// `None` means a snapshot is needed.
-pub fn encoded_ops_since<D: Document>(
+/// [`Replica::ops_since`] as the page a sync answer carries (the frame of
+/// docs/PROTOCOL.md, "Pages"), and whether more follow; `None` means a
+/// snapshot is needed.
+pub fn page_since<D: Document>(
     replica: &Replica<D>,
     theirs: &VersionVector,
     byte_budget: usize,
-) -> Result<Option<EncodedPage>, StorageError> {
-    replica.encoded_ops_since(theirs, byte_budget)
+) -> Result<Option<(Vec<u8>, bool)>, StorageError> {
+    Ok(replica.runs_since(theirs, byte_budget)?.map(|(runs, more)| (crate::sync::page::encode_page(&runs), more)))
+}
+
+/// A framed page (docs/PROTOCOL.md, "Pages") of `envs`: consecutive
+/// operations of one actor, each following the one before, form a run,
+/// cut after each signed one; a run is written even if its last operation
+/// is unsigned (a receiver refuses that page), so tests can send anything.
+pub fn page_of<O>(envs: &[crate::replica::OpEnvelope<O>]) -> Vec<u8> {
+    use crate::replica::run::Run;
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 0..envs.len() {
+        let follows = envs.get(i + 1).is_some_and(|n| {
+            n.actor() == envs[i].actor() && envs[i].seq().checked_add(1) == Some(n.seq()) && n.prev() == envs[i].hash()
+        });
+        if envs[i].signature().is_some() || !follows {
+            runs.extend(Run::of(&envs[start..=i]));
+            start = i + 1;
+        }
+    }
+    crate::sync::page::frame(&crate::sync::page::encode_runs(runs))
+}
+
+/// A framed page's body (the frame of docs/PROTOCOL.md, "Pages"), if it
+/// declares and expands to at most `limit` bytes.
+pub fn unframe_page(bytes: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    crate::sync::page::unframe(bytes, limit, "page").map_err(|e| e.to_string())
+}
+
+/// `body` framed as a page (compressed when that makes it smaller).
+pub fn frame_page(body: &[u8]) -> Vec<u8> {
+    crate::sync::page::frame(body)
+}
+
+/// The operations of a framed page, as a receiver of document `doc` reads
+/// them (at most `limit` bytes once expanded, each operation at most
+/// `max_op` bytes): decoded and chained, run by run, nothing verified.
+pub fn decode_page<D: Document>(
+    bytes: &[u8],
+    limit: usize,
+    max_op: usize,
+    doc: &str,
+) -> Result<Vec<crate::replica::OpEnvelope<D::Operation>>, String> {
+    let body = crate::sync::page::unframe(bytes, limit, "page").map_err(|e| e.to_string())?;
+    let runs = crate::sync::page::decode_runs(&body, max_op, "page").map_err(|e| e.to_string())?;
+    let chain = crate::replica::ChainKey::new(doc);
+    let mut out = Vec::new();
+    for run in &runs {
+        out.extend(run.envelopes::<D>(&chain).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+/// The operations of a format-3 log record (one run) of document `doc`,
+/// decoded and chained, nothing verified.
+pub fn decode_block<D: Document>(
+    record: &[u8],
+    doc: &str,
+) -> Result<Vec<crate::replica::OpEnvelope<D::Operation>>, String> {
+    let run = crate::replica::run::Run::from_block(record)?;
+    run.envelopes::<D>(&crate::replica::ChainKey::new(doc)).map_err(|e| e.to_string())
+}
+
+/// The format-3 log record (one run) of `envs`: consecutive operations of
+/// one actor, each following the one before, carrying the last one's
+/// signature; `None` if `envs` is empty.
+pub fn block_of<O>(envs: &[crate::replica::OpEnvelope<O>]) -> Option<Vec<u8>> {
+    crate::replica::run::Run::of(envs).map(|r| r.block())
 }

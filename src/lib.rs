@@ -38,9 +38,11 @@
 //! - [`replica`]: durable CRDT documents on the log. [`Replica`] holds one
 //!   [`Document`] (any `crdts` CmRDT + CvRDT with serde, or the ready-made
 //!   [`KvDoc`], [`replica::SetDoc`], [`replica::CounterDoc`],
-//!   [`replica::RegisterDoc`]); local writes are signed
-//!   [`replica::OpEnvelope`]s made durable before they apply, remote ones
-//!   are verified and applied in per-actor order ([`Replica::receive`]);
+//!   [`replica::RegisterDoc`]); local writes are
+//!   [`replica::OpEnvelope`]s, hash-chained per actor
+//!   ([`replica::ChainHash`]) and signed at each run's head, made durable
+//!   before they apply; remote ones are verified up to their heads and
+//!   applied in per-actor order ([`Replica::receive`]);
 //!   [`Replica::ops_since`] answers what a peer is missing.
 //!   [`ReplicaView`] reads a replica directory without writing to it;
 //!   [`Replica::subscribe`] streams every [`Change`]. Identities are

@@ -161,7 +161,7 @@ pub fn run(cmd: DocCommand) -> Result<ExitCode> {
         DocCommand::Put { dir, key, value } => {
             let mut r = open(&dir, Open::CreateIfMissing)?;
             let env = r.update(|d, actor| d.put_op(actor, &key, &value))?;
-            let ack = json!({"ok": "put", "key": key, "actor": env.actor.to_string(), "seq": env.seq});
+            let ack = json!({"ok": "put", "key": key, "actor": env.actor().to_string(), "seq": env.seq()});
             print_ack(&mut io::stdout().lock(), &ack)?;
             r.close()?;
         }
@@ -173,7 +173,7 @@ pub fn run(cmd: DocCommand) -> Result<ExitCode> {
             }
             let env = r.update(|d, _| d.del_op(&key))?;
             let ack = json!({
-                "ok": "del", "key": key, "removed": removed, "actor": env.actor.to_string(), "seq": env.seq
+                "ok": "del", "key": key, "removed": removed, "actor": env.actor().to_string(), "seq": env.seq()
             });
             print_ack(&mut io::stdout().lock(), &ack)?;
             r.close()?;
@@ -229,7 +229,7 @@ fn import(dir: &Path) -> Result<()> {
             return Err(format!("standard input, line {}: expected `KEY VALUE`, got {:?}", n + 1, line).into());
         };
         let env = r.update(|d, a| d.put_op(a, key, value))?;
-        print_ack(&mut out, &json!({"ok": "put", "key": key, "actor": actor, "seq": env.seq}))?;
+        print_ack(&mut out, &json!({"ok": "put", "key": key, "actor": actor, "seq": env.seq()}))?;
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -61,12 +61,12 @@ fn event_json(ev: NodeEvent<KvOp>) -> Option<Value> {
         }
         NodeEvent::PeerDisconnected { peer } => json!({"event": "peer_disconnected", "peer": peer.to_string()}),
         NodeEvent::Changed { change: Change::Op { origin: Origin::Remote, op }, .. } => {
-            let (kind, key, value) = match &op.op {
+            let (kind, key, value) = match &op.op() {
                 KvOp::Put { key, value, .. } => ("put", key, Value::String(value.clone())),
                 KvOp::Del { key, .. } => ("del", key, Value::Null),
             };
             json!({"event": "remote_change", "op": kind, "key": key, "value": value,
-                   "actor": op.actor.to_string(), "seq": op.seq})
+                   "actor": op.actor().to_string(), "seq": op.seq()})
         }
         NodeEvent::Changed { change: Change::Snapshot { clock }, .. } => {
             json!({"event": "snapshot_merged", "clock": clock_json(&clock)})
@@ -251,7 +251,7 @@ async fn command(node: &Node<KvDoc>, doc: &str, line: &str) -> bool {
             let (k, v) = (key.to_string(), value.to_string());
             match node.update(doc, move |d, actor| d.put_op(actor, &k, &v)).await {
                 Ok(env) => emit(&json!({"event": "ok", "cmd": "put", "key": key, "value": value,
-                                        "actor": env.actor.to_string(), "seq": env.seq})),
+                                        "actor": env.actor().to_string(), "seq": env.seq()})),
                 Err(e) => error(e),
             }
         }
@@ -264,7 +264,7 @@ async fn command(node: &Node<KvDoc>, doc: &str, line: &str) -> bool {
                     let k = key.to_string();
                     match node.update(doc, move |d, _| d.del_op(&k)).await {
                         Ok(env) => emit(&json!({"event": "ok", "cmd": "del", "key": key,
-                                                "actor": env.actor.to_string(), "seq": env.seq})),
+                                                "actor": env.actor().to_string(), "seq": env.seq()})),
                         Err(e) => error(e),
                     }
                 }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use crdts::CmRDT;
 use walrus::net::{Multiaddr, Node, NodeConfig, Traffic};
-use walrus::replica::{ActorId, ActorKey, Catchup, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions, WAL_DIR};
+use walrus::replica::{
+    ActorKey, Catchup, ChainHash, ChainKey, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions, WAL_DIR,
+};
 use walrus::sync::{self, Limits};
 use walrus::wal::{LogReader, WalOptions};
 use walrus::SyncPolicy;
@@ -273,7 +275,7 @@ async fn write_spread(nodes: &[Node<KvDoc>], ops: usize, w: Workload) -> Result<
             let mut bytes = 0u64;
             for i in (s..ops).step_by(streams) {
                 let env = node.update(DOC, move |d, a| d.put_op(a, &w.key(i), &w.value(i))).await?;
-                bytes += env.encode()?.len() as u64;
+                bytes += env.op_bytes().len() as u64;
             }
             Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(bytes)
         }));
@@ -385,68 +387,53 @@ fn catchup_in_process(ops: usize, w: Workload) -> Result<(Duration, u64)> {
     Ok((t0.elapsed(), bytes))
 }
 
-/// An envelope as it would be without a signature, for comparison.
-#[derive(serde::Serialize)]
-struct Unsigned<'a> {
-    actor: &'a ActorId,
-    seq: u64,
-    op: &'a KvOp,
-}
-
-/// What signing every operation costs: bytes per operation against an
-/// unsigned envelope and against a hash chain with one signature per run,
-/// and verification time against applying the operation.
+/// What authenticating operations costs: the compact operation's bytes,
+/// a chain link (one hash) and a head signature check per operation, next
+/// to applying the operation.
 fn signatures(n: usize, w: Workload) -> Result<()> {
     let key = ActorKey::from_seed([7; 32]);
     let mut doc = KvDoc::default();
-    let mut envs = Vec::with_capacity(n);
+    let mut envs: Vec<OpEnvelope<KvOp>> = Vec::with_capacity(n);
     let t0 = Instant::now();
     for i in 0..n {
         let op = doc.put_op(key.actor(), &w.key(i), &w.value(i));
         doc.apply(op.clone());
-        envs.push(OpEnvelope::signed(&key, DOC, i as u64 + 1, op)?);
+        let prev = envs.last().map_or(ChainHash::ZERO, |e| e.hash());
+        envs.push(OpEnvelope::signed::<KvDoc>(&key, DOC, i as u64 + 1, prev, op)?);
     }
     let sign_and_apply = t0.elapsed();
-    let (mut signed, mut unsigned) = (0usize, 0usize);
+    let bytes: usize = envs.iter().map(|e| e.op_bytes().len()).sum();
+    let chain = ChainKey::new(DOC);
+    let t0 = Instant::now();
+    let mut prev = ChainHash::ZERO;
     for env in &envs {
-        signed += env.encode()?.len();
-        let mut out = Vec::new();
-        ciborium::into_writer(&Unsigned { actor: &env.actor, seq: env.seq, op: &env.op }, &mut out)?;
-        unsigned += out.len();
+        prev = chain.op_hash(&env.actor(), env.seq(), &prev, None, env.op_bytes());
+    }
+    let hash = t0.elapsed();
+    if envs.last().is_some_and(|e| e.hash() != prev) {
+        return Err("the chain did not hash to its head".into());
     }
     let t0 = Instant::now();
     for env in &envs {
-        env.verify(DOC)?;
+        env.verify_head()?;
     }
     let verify = t0.elapsed();
     let mut check = KvDoc::default();
     let t0 = Instant::now();
     for env in &envs {
-        check.apply(env.op.clone());
+        check.apply(env.op().clone());
     }
     let apply = t0.elapsed();
-    let per = |b: usize| b as f64 / n as f64;
-    let (u, sg) = (per(unsigned), per(signed));
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    println!("\nsignatures: {n} ops ({})", w.name());
+    println!("  compact operation: {:.1} B/op; a signed run head adds 64 B once per run", bytes as f64 / n as f64);
     println!(
-        "
-signatures: {n} ops ({})",
-        w.name()
-    );
-    println!("  envelope without signature:  {u:.1} B/op");
-    println!("  one signature per op (used): {sg:.1} B/op = {:.2}x unsigned", sg / u);
-    for run in [16, 256] {
-        let chained = u + 64.0 / run as f64;
-        println!(
-            "  hash chain, a signature per {run:>3} ops (unsigned + 64 B/run, lower bound): {chained:.1} B/op = {:.2}x",
-            chained / u
-        );
-    }
-    println!(
-        "  verify {:.1} us/op; applying the op {:.2} us/op (verify/apply {:.0}x); sign+apply {:.1} us/op",
-        verify.as_secs_f64() * 1e6 / n as f64,
-        apply.as_secs_f64() * 1e6 / n as f64,
-        verify.as_secs_f64() / apply.as_secs_f64().max(1e-9),
-        sign_and_apply.as_secs_f64() * 1e6 / n as f64,
+        "  chain link (BLAKE3) {:.2} us/op; a head signature check {:.1} us (once per run); applying {:.2} us/op; \
+         sign+apply {:.1} us/op",
+        per(hash),
+        per(verify),
+        per(apply),
+        per(sign_and_apply),
     );
     Ok(())
 }
@@ -539,24 +526,29 @@ fn verify(from: &Replica<KvDoc>, out: &mut JsonLines) -> Result<()> {
     let mut to: Replica<KvDoc> = Replica::open(dir.path(), opts)?;
     let (mut receiving, mut pages) = (Duration::ZERO, 0usize);
     let mut applied = Vec::new();
+    let limits = Limits::default();
     loop {
-        let (ops, more) = match from.ops_since(to.clock(), 1 << 20)? {
-            Catchup::Ops { ops, more } => (ops, more),
+        let answer = sync::respond(from, DOC, &sync::request(&to, DOC, 1 << 20), &limits);
+        let count = match from.ops_since(to.clock(), 1 << 20)? {
+            Catchup::Ops { ops, .. } => {
+                applied.extend(ops.iter().map(|env| env.op().clone()));
+                ops.len()
+            }
             Catchup::Snapshot { .. } => return Err("catch-up answered with a snapshot".into()),
         };
-        if ops.is_empty() {
+        if count == 0 {
             break;
         }
-        let count = ops.len();
-        applied.extend(ops.iter().map(|env| env.op.clone()));
+        // Decoding the page, hashing the chains, checking the heads,
+        // logging and applying.
         let t0 = Instant::now();
-        let got = to.receive(ops)?;
+        let got = sync::apply_response(&mut to, DOC, answer, &limits)?;
         receiving += t0.elapsed();
         pages += 1;
-        if got.applied != count {
-            return Err(format!("a catch-up page of {count} ops applied {}", got.applied).into());
+        if got.received.applied != count {
+            return Err(format!("a catch-up page of {count} ops applied {}", got.received.applied).into());
         }
-        if !more {
+        if !got.more {
             break;
         }
     }

@@ -13,16 +13,17 @@ use std::path::{Path, PathBuf};
 
 use crdts::CmRDT;
 use serde_bytes::ByteBuf;
+use walrus::internals;
 use walrus::internals::format::{
     encode_frame, SegmentHeader, FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, KIND_MORE, MAX_PAYLOAD_LEN,
 };
-use walrus::replica::{Catchup, KvDoc, KvOp, OpEnvelope, VersionVector};
+use walrus::replica::{Catchup, Document, KvDoc, KvOp, OpContext, OpEnvelope, VersionVector};
 use walrus::sync::{self, Gossip, SyncRequest, SyncResponse};
 use walrus::wal::{SyncPolicy, Wal, WalOptions};
 use walrus_fuzz::envelope::Edit;
 use walrus_fuzz::harness::{
-    messages_to_bytes, seq_byte, MessageSpec, OpSpec, Setup, DOC, LOCAL_OPS, OTHER_DOC, TAMPER_ACTOR, TAMPER_DOC,
-    TAMPER_NOT_A_KEY, TAMPER_OP, TAMPER_PREV_SIG, TAMPER_SEQ, TAMPER_SIG_BIT,
+    messages_to_bytes, seq_byte, Chains, MessageSpec, OpSpec, Setup, DOC, LOCAL_OPS, OTHER_DOC, TAMPER_ACTOR,
+    TAMPER_DOC, TAMPER_NOT_A_KEY, TAMPER_OP, TAMPER_PREV, TAMPER_SIG_BIT, TAMPER_UNSIGNED,
 };
 use walrus_fuzz::record_decode::Config;
 use walrus_fuzz::recover_dir::{CraftedFrame, Op, Plan, SEGMENT_SIZE};
@@ -222,17 +223,22 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
     println!("{} ({} bytes)", path.display(), bytes.len());
 }
 
-/// A valid operation of peer `signer` (0..=2; 3 is the replica's own key).
-fn signed(signer: u8, seq: u64, key: u8, value: u8) -> OpEnvelope<KvOp> {
-    OpSpec::put(signer, seq, key, value).envelope(None)
-}
-
-fn encoded(envs: &[OpEnvelope<KvOp>]) -> Vec<ByteBuf> {
-    envs.iter().map(|e| ByteBuf::from(e.encode().expect("encoding"))).collect()
+/// The envelopes of `specs`, each following the one built before it for
+/// its actor's previous sequence number.
+fn chained(specs: &[OpSpec]) -> Vec<OpEnvelope<KvOp>> {
+    let mut chains = Chains::default();
+    specs.iter().map(|spec| spec.build(&mut chains).0).collect()
 }
 
 fn gossip(doc: &str, envs: &[OpEnvelope<KvOp>]) -> Vec<u8> {
-    sync::encode(&Gossip { doc: doc.into(), ops: encoded(envs) })
+    sync::encode(&Gossip { doc: doc.into(), page: ByteBuf::from(internals::page_of(envs)) })
+}
+
+/// `env` with bit `bit` of its signature flipped.
+fn bad_sig(env: &OpEnvelope<KvOp>, bit: usize) -> OpEnvelope<KvOp> {
+    let mut sig = *env.signature().expect("a signed operation");
+    sig.0[bit / 8] ^= 1 << (bit % 8);
+    env.clone().with_signature(Some(sig))
 }
 
 /// The operations the replica under test writes itself with `setup`, as
@@ -246,23 +252,6 @@ fn own_ops(setup: Setup) -> Vec<OpEnvelope<KvOp>> {
     }
 }
 
-/// `env` with its actor id written as an array of 32 integers instead of a
-/// byte string: another encoding of the same envelope, which still verifies.
-fn actor_as_array(env: &OpEnvelope<KvOp>) -> Vec<u8> {
-    let bytes = env.encode().expect("encoding");
-    let mut needle = b"eactor\x58\x20".to_vec();
-    needle.extend_from_slice(&env.actor.0);
-    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("the actor field");
-    let mut array = b"eactor\x98\x20".to_vec();
-    for &b in &env.actor.0 {
-        if b >= 24 {
-            array.push(0x18);
-        }
-        array.push(b);
-    }
-    [&bytes[..at], &array[..], &bytes[at + needle.len()..]].concat()
-}
-
 fn op(signer: u8, seq: u64, shape: u8, seen: u8, tamper: u8, param: u8) -> OpSpec {
     OpSpec { signer, seq: seq_byte(seq).expect("a spec sequence number"), shape, seen, tamper, param }
 }
@@ -273,40 +262,41 @@ fn msg(ops: Vec<OpSpec>) -> MessageSpec {
 
 fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let raw = |bytes: &[u8]| [&[0u8][..], bytes].concat();
-    let enc = |e: &OpEnvelope<KvOp>| e.encode().expect("encoding");
-    let first = signed(0, 1, 0, 1);
-    let del = op(1, 3, 0b0000_0101, 0b0001_0001, 0, 0).envelope(None);
-    let forged = op(0, 1, 0b0010_0010, 0, 0, 0).envelope(None);
-    let mut bad_sig = first.clone();
-    bad_sig.sig.0[40] ^= 4;
-    // Mutation mode: [1, key byte, seq byte, shape, seen, edit count, edits].
-    let mutate = |key: u8, seq: u64, shape: u8, seen: u8, edits: &[Edit]| {
-        let mut out = vec![1, key, seq_byte(seq).expect("seq"), shape, seen, edits.len() as u8];
+    let block = |envs: &[OpEnvelope<KvOp>]| internals::block_of(envs).expect("a run");
+    let run = chained(&[OpSpec::unsigned_put(0, 1, 0, 1), OpSpec::unsigned_put(0, 2, 1, 2), OpSpec::put(0, 3, 2, 3)]);
+    let del = chained(&[op(1, 3, 0b0000_0101, 0b0001_0001, 0, 0)]);
+    let forged = chained(&[op(0, 1, 0b0010_0010, 0, 0, 0)]);
+    let bad = [run[0].clone(), run[1].clone(), bad_sig(&run[2], 333)];
+    // Mutation mode: [1, key byte, seq byte, shape, seen, count | edits << 2, edits].
+    let mutate = |key: u8, seq: u64, shape: u8, seen: u8, count: u8, edits: &[Edit]| {
+        let mut out = vec![1, key, seq_byte(seq).expect("seq"), shape, seen, (count - 1) | (edits.len() as u8) << 2];
         for e in edits {
             out.extend_from_slice(&e.to_bytes());
         }
         out
     };
     let edit = |kind, pos, value| Edit { kind, pos, value };
-    // Offsets in the encoding of a put by key 0x21 at sequence number 1:
-    // the map header, "actor" (6 bytes), its 34-byte value, then "seq" (4)
-    // and its value at 44.
-    let len = enc(&OpSpec::put(0, 1, 0, 0).envelope(None)).len() as u16;
+    // A block: tag, actor (32), first seq, count, prev (32), flags at 67,
+    // the lengths, the bytes, the signature (64) last.
+    let len = block(&chained(&[OpSpec::put(0, 1, 0, 0)])).len() as u16;
     vec![
-        ("raw-put", raw(&enc(&first))),
-        ("raw-del", raw(&enc(&del))),
-        ("raw-forged-put", raw(&enc(&forged))),
-        ("raw-bad-signature", raw(&enc(&bad_sig))),
-        ("raw-actor-as-array", raw(&actor_as_array(&signed(2, 2, 3, 7)))),
-        ("raw-garbage", raw(b"\xa4eactor\x41\x00cseq\x01bop\xf6csig\x40")),
-        ("mutate-none", mutate(0x21, 1, 0b0011_0000, 0, &[])),
-        ("mutate-none-later", mutate(0x10, 5, 0b0001_0101, 0b1000_0001, &[])),
-        ("mutate-signature", mutate(0x21, 1, 0, 0, &[edit(1, len - 3, 0x40)])),
-        ("mutate-seq", mutate(0x22, 2, 0, 0, &[edit(0, 44, 0x03)])),
-        ("mutate-value", mutate(0x23, 1, 0b0111_0000, 0, &[edit(1, len - 80, 0x01)])),
-        ("mutate-truncate", mutate(0x21, 1, 0, 0, &[edit(4, len - 1, 0)])),
-        ("mutate-insert-delete", mutate(0x21, 1, 0, 0, &[edit(2, 10, 0x00), edit(3, 10, 0)])),
-        ("mutate-swap", mutate(0x21, 3, 0, 0b0000_0011, &[edit(5, 45, 7)])),
+        ("raw-put", raw(&block(&chained(&[OpSpec::put(0, 1, 0, 1)])))),
+        ("raw-run", raw(&block(&run))),
+        ("raw-del", raw(&block(&del))),
+        ("raw-forged-put", raw(&block(&forged))),
+        ("raw-bad-signature", raw(&block(&bad))),
+        ("raw-garbage", raw(b"\x03\x00\x01\x01")),
+        ("mutate-none", mutate(0x21, 1, 0b0011_0000, 0, 1, &[])),
+        ("mutate-none-run", mutate(0x21, 1, 0b0011_0000, 0, 4, &[])),
+        ("mutate-none-later", mutate(0x10, 5, 0b0001_0101, 0b1000_0001, 2, &[])),
+        ("mutate-signature", mutate(0x21, 1, 0, 0, 1, &[edit(1, len - 3, 0x40)])),
+        ("mutate-seq", mutate(0x22, 2, 0, 0, 2, &[edit(0, 33, 0x03)])),
+        ("mutate-prev", mutate(0x22, 2, 0, 0, 2, &[edit(1, 40, 0x01)])),
+        ("mutate-flags", mutate(0x22, 1, 0, 0, 1, &[edit(1, 67, 0x01)])),
+        ("mutate-value", mutate(0x23, 1, 0b0111_0000, 0, 3, &[edit(1, len - 70, 0x01)])),
+        ("mutate-truncate", mutate(0x21, 1, 0, 0, 1, &[edit(4, len - 1, 0)])),
+        ("mutate-insert-delete", mutate(0x21, 1, 0, 0, 2, &[edit(2, 10, 0x00), edit(3, 10, 0)])),
+        ("mutate-swap", mutate(0x21, 3, 0, 0b0000_0011, 1, &[edit(5, 45, 7)])),
     ]
 }
 
@@ -316,29 +306,58 @@ fn gossip_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let raw = |setup: Setup, body: &[u8]| [&[0, setup.to_byte()][..], body].concat();
     let structured =
         |setup: Setup, msgs: &[MessageSpec]| [&[1, setup.to_byte()][..], &messages_to_bytes(msgs)[..]].concat();
-    let peer_ops = vec![signed(0, 1, 0, 1), signed(0, 2, 1, 2), signed(1, 1, 0, 3)];
-    let mut bad = signed(1, 2, 2, 4);
-    bad.sig.0[3] ^= 1;
-    let mixed = vec![signed(2, 1, 3, 5), bad, signed(2, 2, 3, 6)];
+    let peer_ops = chained(&[OpSpec::unsigned_put(0, 1, 0, 1), OpSpec::put(0, 2, 1, 2), OpSpec::put(1, 1, 0, 3)]);
+    let mixed = chained(&[OpSpec::put(2, 1, 3, 5), OpSpec::put(1, 1, 2, 4), OpSpec::put(2, 2, 3, 6)]);
+    let mixed = [mixed[0].clone(), bad_sig(&mixed[1], 30), mixed[2].clone()];
+    let out_of_order = chained(&[OpSpec::put(0, 1, 0, 1), OpSpec::put(0, 2, 0, 2), OpSpec::put(0, 3, 0, 1)]);
     let own = own_ops(checkpointed);
     vec![
         ("raw", raw(plain, &gossip(DOC, &peer_ops))),
-        ("raw-out-of-order", raw(plain, &gossip(DOC, &[signed(0, 3, 0, 1), signed(0, 2, 0, 2)]))),
+        ("raw-out-of-order", raw(plain, &gossip(DOC, &[out_of_order[2].clone(), out_of_order[1].clone()]))),
         ("raw-mixed", raw(plain, &gossip(DOC, &mixed))),
         ("raw-echo", raw(plain, &gossip(DOC, &own[..LOCAL_OPS]))),
         ("raw-echo-checkpointed", raw(checkpointed, &gossip(DOC, &own))),
         ("raw-wrong-doc", raw(plain, &gossip(OTHER_DOC, &peer_ops))),
-        ("raw-garbage", raw(plain, b"\xa2cdocbdocbops\x81\x41\x00")),
+        ("raw-garbage", raw(plain, b"\xa2cdocbdocdpage\x44\x00\x02\x00\x00")),
         ("structured", structured(plain, &[msg(vec![op(0, 1, 0, 0, 0, 0), op(1, 1, 0b1000_0100, 0b1000, 0, 0)])])),
+        (
+            "structured-chain",
+            structured(
+                plain,
+                &[
+                    // Runs are contiguous in a page: interleaved, they
+                    // would end unsigned and the page would be refused.
+                    msg(vec![
+                        OpSpec::unsigned_put(0, 1, 0, 1),
+                        OpSpec::unsigned_put(0, 2, 1, 3),
+                        OpSpec::put(0, 3, 2, 5),
+                        OpSpec::unsigned_put(1, 1, 0, 2),
+                        OpSpec::put(1, 2, 1, 4),
+                    ]),
+                    msg(vec![
+                        OpSpec::unsigned_put(2, 1, 0, 1),
+                        OpSpec::unsigned_put(1, 3, 0, 2),
+                        OpSpec::put(2, 2, 1, 3),
+                    ]),
+                    msg(vec![OpSpec::unsigned_put(0, 4, 0, 6), OpSpec::put(1, 3, 0, 7)]),
+                    msg(vec![
+                        OpSpec::unsigned_put(2, 1, 0, 6),
+                        OpSpec::unsigned_put(2, 2, 0, 6),
+                        OpSpec::put(2, 3, 3, 8),
+                    ]),
+                ],
+            ),
+        ),
         (
             "structured-tampered",
             structured(
                 plain,
                 &[
-                    msg(vec![op(0, 1, 0, 0, TAMPER_SIG_BIT, 200), op(0, 1, 0, 0, 0, 0), op(1, 1, 0, 0, TAMPER_SEQ, 0)]),
+                    msg(vec![op(0, 1, 0, 0, TAMPER_SIG_BIT, 200), op(0, 1, 0, 0, 0, 0), op(1, 1, 0, 0, TAMPER_OP, 1)]),
                     msg(vec![op(1, 1, 0, 0, TAMPER_DOC, 0), op(2, 1, 0, 0, TAMPER_OP, 0)]),
-                    msg(vec![op(2, 1, 0, 0, TAMPER_ACTOR, 1), op(0, 2, 0, 0, TAMPER_PREV_SIG, 0)]),
+                    msg(vec![op(2, 1, 0, 0, TAMPER_ACTOR, 1), op(0, 2, 0, 0, TAMPER_PREV, 7)]),
                     msg(vec![op(0, 2, 0, 0, TAMPER_NOT_A_KEY, 9), op(0, 2, 0b0010, 0, 0, 0)]),
+                    msg(vec![op(1, 1, 0, 0, TAMPER_UNSIGNED, 0), op(1, 2, 0, 0, TAMPER_SIG_BIT, 3)]),
                 ],
             ),
         ),
@@ -348,7 +367,8 @@ fn gossip_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 plain,
                 &[
                     msg(vec![op(3, 1, 0b0100_0000, 0, 0, 0), op(3, 4, 0, 0b1000, 0, 0)]),
-                    msg(vec![op(0, 2, 0, 0, 0, 0), op(0, 2, 0b0001_0000, 0, 0, 0)]),
+                    msg(vec![op(0, 1, 0, 0, 0, 0), op(0, 2, 0, 0, 0, 0), op(0, 2, 0b0001_0000, 0, 0, 0)]),
+                    msg(vec![op(1, 1, 0, 0, 0, 0), op(1, 2, 0, 0, TAMPER_PREV, 1)]),
                 ],
             ),
         ),
@@ -372,6 +392,7 @@ fn gossip_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     msg(vec![op(1, u64::MAX, 0, 0, 0, 0), op(1, u64::MAX - 1, 1, 0, 0, 0)]),
                     MessageSpec { wrong_doc: true, ..msg(vec![op(2, 1, 0, 0, 0, 0)]) },
                     msg(vec![op(3, 2, 0, 0, 0, 0), op(3, 6, 0, 0, 0, 0)]),
+                    msg(vec![op(2, 1, 0, 0, TAMPER_UNSIGNED, 0)]),
                 ],
             ),
         ),
@@ -386,24 +407,24 @@ fn sync_exchange_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let request = |clock: VersionVector, budget| sync::encode(&SyncRequest { doc: DOC.into(), clock, budget });
     let at = |seq: u64| -> VersionVector { [(me, seq)].into_iter().collect() };
     let page = |envs: &[OpEnvelope<KvOp>], more| {
-        sync::encode(&SyncResponse::Ops { doc: DOC.into(), ops: encoded(envs), more })
+        sync::encode(&SyncResponse::Ops { doc: DOC.into(), page: ByteBuf::from(internals::page_of(envs)), more })
     };
-    let peer_ops = vec![signed(0, 1, 0, 1), signed(0, 2, 1, 2), signed(1, 1, 2, 3)];
-    let mut bad = signed(1, 2, 2, 4);
-    bad.sig.0[63] ^= 0x80;
+    let peer_ops = chained(&[OpSpec::unsigned_put(0, 1, 0, 1), OpSpec::put(0, 2, 1, 2), OpSpec::put(1, 1, 2, 3)]);
+    let bad = bad_sig(&chained(&[OpSpec::put(1, 1, 2, 4), OpSpec::put(1, 2, 2, 4)])[1], 511);
     let snapshot = |ops: &[OpEnvelope<KvOp>], clock: VersionVector| {
         let mut state = KvDoc::default();
         for e in ops {
-            state.apply(e.op.clone());
+            state.apply(e.op().clone());
         }
         sync::encode(&SyncResponse::Snapshot {
             doc: DOC.into(),
-            state: ByteBuf::from(sync::encode(&state)),
+            state: ByteBuf::from(internals::frame_page(&sync::encode(&state))),
             clock,
             successions: Vec::new(),
+            heads: Vec::new(),
         })
     };
-    let clock_of = |ops: &[OpEnvelope<KvOp>]| ops.iter().map(|e| (e.actor, e.seq)).collect::<VersionVector>();
+    let clock_of = |ops: &[OpEnvelope<KvOp>]| ops.iter().map(|e| (e.actor(), e.seq())).collect::<VersionVector>();
     let own = own_ops(plain);
     let mut forged_clock = clock_of(&peer_ops);
     forged_clock.observe(me, 10);
@@ -419,7 +440,7 @@ fn sync_exchange_seeds() -> Vec<(&'static str, Vec<u8>)> {
             with(0, plain, &sync::encode(&SyncRequest { doc: OTHER_DOC.into(), clock: at(1), budget: 9 })),
         ),
         ("response-page", with(1, plain, &page(&peer_ops, true))),
-        ("response-page-mixed", with(1, plain, &page(&[peer_ops[0].clone(), bad, peer_ops[2].clone()], false))),
+        ("response-page-mixed", with(1, plain, &page(&[peer_ops[0].clone(), peer_ops[1].clone(), bad], false))),
         ("response-page-echo", with(1, checkpointed, &page(&own, false))),
         ("response-snapshot", with(1, plain, &snapshot(&peer_ops, clock_of(&peer_ops)))),
         (
@@ -438,7 +459,7 @@ fn sync_exchange_seeds() -> Vec<(&'static str, Vec<u8>)> {
             structured(&[
                 MessageSpec { more: true, ..msg(vec![op(0, 1, 0, 0, 0, 0), op(0, 3, 0, 0, 0, 0)]) },
                 MessageSpec { more: true, ..msg(vec![op(0, 2, 0, 0, TAMPER_SIG_BIT, 100), op(1, 1, 0, 0, 0, 0)]) },
-                msg(vec![op(0, 2, 0b1000, 0b0001_0001, 0, 0)]),
+                msg(vec![op(0, 2, 0b1000, 0b0001_0001, TAMPER_UNSIGNED, 0), op(0, 3, 0, 0, 0, 0)]),
             ]),
         ),
         (
@@ -446,8 +467,83 @@ fn sync_exchange_seeds() -> Vec<(&'static str, Vec<u8>)> {
             structured(&[
                 MessageSpec { wrong_doc: true, more: true, ..msg(vec![op(0, 1, 0, 0, 0, 0)]) },
                 MessageSpec { more: true, ..msg(vec![op(0, 1, 0, 0, TAMPER_DOC, 0), op(1, 0, 0, 0, 0, 0)]) },
+                MessageSpec { more: true, ..msg(vec![op(0, 1, 0, 0, 0, 0), op(0, 2, 0, 0, TAMPER_UNSIGNED, 0)]) },
             ]),
         ),
+    ]
+}
+
+fn page_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let peer_ops = chained(&[
+        OpSpec::unsigned_put(0, 1, 0, 1),
+        OpSpec::unsigned_put(1, 1, 1, 2),
+        OpSpec::put(0, 2, 1, 2),
+        OpSpec::put(1, 2, 2, 3),
+        OpSpec::put(2, 5, 3, 4),
+    ]);
+    let own = own_ops(Setup::default());
+    // A zstd frame that declares the most a response may hold.
+    let mut lying = vec![1u8];
+    let mut n = (64u64 << 20) - 1;
+    while n >= 0x80 {
+        lying.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    lying.push(n as u8);
+    lying.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x58, 0x01, 0x00, 0x00]);
+    vec![
+        ("runs", internals::page_of(&peer_ops)),
+        ("compressed", internals::page_of(&own)),
+        ("empty", internals::frame_page(&[0, 0])),
+        ("garbage", vec![0, 3, 1, 2, 3]),
+        ("declares-more", lying),
+    ]
+}
+
+fn chain_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    // [signer, count - 1 | no flip << 3, strip mask, bit (u16 LE), (shape, seen) per operation]
+    let input = |signer: u8, n: u8, no_flip: bool, strip: u8, bit: u16, ops: &[(u8, u8)]| {
+        let [a, b] = bit.to_le_bytes();
+        let mut out = vec![signer, (n - 1) | u8::from(no_flip) << 3, strip, a, b];
+        for (shape, seen) in ops {
+            out.extend([*shape, *seen]);
+        }
+        out
+    };
+    let ops = [(0x10, 0), (0x25, 0x01), (0x38, 0), (0x41, 0x10), (0x54, 0)];
+    vec![
+        ("intact", input(0, 5, true, 0b0110, 0, &ops)),
+        ("all-unsigned-but-last", input(1, 5, true, 0xff, 0, &ops)),
+        ("flip-head-signature", input(2, 3, false, 0b011, 8 * 40, &ops[..3])),
+        ("flip-op-byte", input(0, 5, false, 0b1011, 8 * 120 + 3, &ops)),
+        ("flip-actor", input(1, 2, false, 0, 8 * 5, &ops[..2])),
+        ("flip-prev", input(2, 4, false, 0b0101, 8 * 45 + 1, &ops[..4])),
+    ]
+}
+
+fn op_codec_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let author = walrus_fuzz::harness::actor(0);
+    let cx = OpContext { author: &author, seq: 1 };
+    let with = |which: u8, bytes: &[u8]| [&[which, 0, 0][..], bytes].concat();
+    let kv = |op: &KvOp| {
+        let mut out = Vec::new();
+        KvDoc::encode_op(op, &cx, &mut out).expect("encoding");
+        out
+    };
+    let put = KvDoc::default().put_op(author, "key", "value");
+    let mut doc = KvDoc::default();
+    doc.apply(put.clone());
+    let del = doc.del_op("key");
+    let counter = walrus::replica::CounterDoc::default().inc(author);
+    let mut cbor = Vec::new();
+    walrus::replica::CounterDoc::encode_op(&counter, &cx, &mut cbor).expect("encoding");
+    vec![
+        ("kv-put", with(0, &kv(&put))),
+        ("kv-del", with(0, &kv(&del))),
+        ("kv-garbage", with(0, &[0xff, 0xff, 0x01])),
+        ("counter", with(2, &cbor)),
+        ("set-garbage", with(1, &[0xa1, 0x61, 0x41, 0x80])),
+        ("register-garbage", with(3, &[0x9f, 0x9f, 0x9f, 0xff])),
     ]
 }
 
@@ -544,4 +640,7 @@ fn main() {
     emit(&corpus, "gossip", gossip_seeds(), walrus_fuzz::gossip::check);
     emit(&corpus, "sync_exchange", sync_exchange_seeds(), walrus_fuzz::sync_exchange::check);
     emit(&corpus, "converge", converge_seeds(), walrus_fuzz::converge::check);
+    emit(&corpus, "page", page_seeds(), walrus_fuzz::page::check);
+    emit(&corpus, "chain", chain_seeds(), walrus_fuzz::chain::check);
+    emit(&corpus, "op_codec", op_codec_seeds(), walrus_fuzz::op_codec::check);
 }

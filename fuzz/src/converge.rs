@@ -37,8 +37,9 @@
 use std::sync::OnceLock;
 
 use crdts::CmRDT;
+use walrus::internals;
 use walrus::replica::{
-    ActorKey, Catchup, Document, EnvelopeError, KvDoc, KvOp, OpEnvelope, PeerError, ReceiveError, Replica,
+    ActorKey, Catchup, ChainHash, Document, EnvelopeError, KvDoc, KvOp, OpEnvelope, PeerError, ReceiveError, Replica,
     ReplicaOptions, VersionVector,
 };
 use walrus::sync::{self, SyncRequest, SyncResponse};
@@ -73,8 +74,8 @@ impl History {
     /// The state of exactly the operations `clock` covers.
     pub fn state_at(&self, clock: &VersionVector) -> KvDoc {
         let mut doc = KvDoc::default();
-        for env in self.ops.iter().filter(|e| e.seq <= clock.get(&e.actor)) {
-            doc.apply(env.op.clone());
+        for env in self.ops.iter().filter(|e| e.seq() <= clock.get(&e.actor())) {
+            doc.apply(env.op().clone());
         }
         doc
     }
@@ -95,7 +96,7 @@ fn build_history(seed: u64, actors: usize, len: usize) -> History {
         let (i, j) = (rng.usize(..actors), rng.usize(..actors));
         if i != j && rng.usize(..3) == 0 {
             for env in &by_actor[j][seen[i][j]..] {
-                states[i].apply(env.op.clone());
+                states[i].apply(env.op().clone());
             }
             seen[i][j] = by_actor[j].len();
             continue;
@@ -110,12 +111,13 @@ fn build_history(seed: u64, actors: usize, len: usize) -> History {
         };
         states[i].apply(op.clone());
         let seq = by_actor[i].len() as u64 + 1;
-        let env = OpEnvelope::signed(&keys[i], DOC, seq, op).expect("signing an operation");
+        let prev = by_actor[i].last().map_or(ChainHash::ZERO, |e| e.hash());
+        let env = OpEnvelope::signed::<KvDoc>(&keys[i], DOC, seq, prev, op).expect("signing an operation");
         by_actor[i].push(env.clone());
         seen[i][i] += 1;
         ops.push(env);
     }
-    let clock: VersionVector = ops.iter().map(|e| (e.actor, e.seq)).collect();
+    let clock: VersionVector = ops.iter().map(|e| (e.actor(), e.seq())).collect();
     let mut h = History { ops, clock, state: Vec::new() };
     h.state = h.state_at(&h.clock).canonical();
     h
@@ -149,8 +151,9 @@ pub enum Step {
     /// 5: `x` is closed and reopened.
     Reopen,
     /// 6 [p]: `x` receives a damaged copy of operation `p % len`: `(p >> 4)
-    /// % 4` picks a flipped signature bit, a changed sequence number, a
-    /// changed operation or a signature for another document.
+    /// % 4` picks a flipped signature bit, a changed sequence number or
+    /// a changed operation (each carrying the original's signature), or
+    /// the operation signed for another document (sent in a gossip page).
     Damaged(u8),
     /// 7 [p]: `x` pulls from `y` until nothing more is missing, with a
     /// budget of `16 + 8 p` bytes per page.
@@ -303,29 +306,50 @@ impl Run<'_> {
                 self.replicas[x] = Some(check_reopen(r, REPLICA_SEEDS[x], self.opts.clone()));
             }
             Step::Damaged(p) => {
-                let mut env = op(p);
-                match (p >> 4) % 4 {
-                    0 => env.sig.0[usize::from(p) % 64] ^= 1 << (p % 8),
-                    1 => env.seq += 1,
+                let env = op(p);
+                let author = ACTOR_SEEDS.iter().map(|s| ActorKey::from_seed(*s)).find(|k| k.actor() == env.actor());
+                let author = author.expect("an author of the history");
+                let sig = env.signature().copied();
+                let sign = |doc: &str, seq: u64, op: KvOp| {
+                    OpEnvelope::signed::<KvDoc>(&author, doc, seq, env.prev(), op).expect("signing")
+                };
+                let env = match (p >> 4) % 4 {
+                    0 => {
+                        let mut bad = sig.expect("a signed operation");
+                        bad.0[usize::from(p) % 64] ^= 1 << (p % 8);
+                        env.with_signature(Some(bad))
+                    }
+                    1 => sign(DOC, env.seq() + 1, env.op().clone()).with_signature(sig),
                     2 => {
-                        env.op = match env.op {
+                        let op = match env.op().clone() {
                             KvOp::Put { key, dot, value, seen } => KvOp::Put { key, dot, value: value + "!", seen },
                             KvOp::Del { key, seen } => KvOp::Del { key: key + "!", seen },
-                        }
+                        };
+                        sign(DOC, env.seq(), op).with_signature(sig)
                     }
-                    _ => {
-                        let author =
-                            ACTOR_SEEDS.iter().map(|s| ActorKey::from_seed(*s)).find(|k| k.actor() == env.actor);
-                        let author = author.expect("an author of the history");
-                        env = OpEnvelope::signed(&author, "another document", env.seq, env.op).expect("signing");
-                    }
-                }
+                    // Signed for another document, and sent in a page as a
+                    // peer would: the receiver hashes it under its own.
+                    _ => sign("another document", env.seq(), env.op().clone()),
+                };
                 let before = observe(self.get(x));
-                let result = self.get(x).receive([env.clone()]);
+                let result = if (p >> 4) % 4 == 3 {
+                    let limits = limits();
+                    let msg = sync::encode(&sync::Gossip {
+                        doc: DOC.to_string(),
+                        page: serde_bytes::ByteBuf::from(internals::page_of(std::slice::from_ref(&env))),
+                    });
+                    match sync::apply_gossip(self.get(x), DOC, &msg, &limits) {
+                        Ok(report) => Ok(report),
+                        Err(sync::SyncError::Receive(e)) => Err(e),
+                        Err(e) => panic!("a page of one damaged operation was refused as a whole: {e}"),
+                    }
+                } else {
+                    self.get(x).receive([env.clone()])
+                };
                 match &result {
                     Ok(report) => assert_eq!(report.duplicates, 1, "a damaged operation was taken: {report:?}"),
                     Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { actor, seq })))
-                        if *actor == env.actor && *seq == env.seq => {}
+                        if *actor == env.actor() && *seq == env.seq() => {}
                     Err(e) => panic!("a damaged operation gave {e}"),
                 }
                 assert_eq!(observe(self.get(x)), before, "a damaged operation changed replica {x}");
@@ -403,7 +427,8 @@ pub fn check(data: &[u8]) {
     for i in 1..n {
         let other = run.replicas[i].as_ref().expect("a replica");
         match sync::respond(first, DOC, &sync::request(other, DOC, 1 << 20), &limits) {
-            SyncResponse::Ops { ops, more: false, .. } if ops.is_empty() => {}
+            SyncResponse::Ops { page, more: false, .. }
+                if internals::decode_page::<KvDoc>(&page, usize::MAX, usize::MAX, DOC).is_ok_and(|o| o.is_empty()) => {}
             other => panic!("a second round from replica 0 to {i} still transfers {other:?}"),
         }
     }

@@ -13,16 +13,18 @@
 //! Checks, after every message: nothing panics, and the oracle of
 //! [`crate::harness`] holds (a message refused as a whole or without a valid
 //! operation changes neither version vector, state nor buffer; a mixed one
-//! does exactly what its valid operations before the first bad signature
-//! do; valid operations are
+//! does exactly what its operations before the first one no valid head
+//! covers do; valid operations are
 //! not refused as a peer fault; the version vector grows by the number of
 //! operations reported applied). At the end, if anything was applied, the
 //! replica reopens to the same version vector and state.
 
+use serde_bytes::ByteBuf;
 use walrus::sync::{self, Gossip};
 
 use crate::harness::{
-    check_reopen, judge_ops, limits, observe, options, parse_messages, replica, Setup, Twin, Verdict, DOC, LOCAL_SEED,
+    check_reopen, judge_page, limits, observe, options, parse_messages, replica, Chains, Setup, Twin, Verdict, DOC,
+    LOCAL_SEED,
 };
 use crate::Bytes;
 
@@ -37,11 +39,12 @@ pub fn check(data: &[u8]) {
     // Each message with what the oracle says of it: for structured ones
     // known by construction, for raw ones judged by decoding and verifying.
     let messages: Vec<(Vec<u8>, Verdict)> = if structured {
+        let mut chains = Chains::default();
         parse_messages(body)
             .iter()
             .map(|m| {
-                let (ops, verdict) = m.build();
-                let msg = sync::encode(&Gossip { doc: m.doc().to_string(), ops });
+                let (page, verdict) = m.build(&mut chains, limits.max_gossip);
+                let msg = sync::encode(&Gossip { doc: m.doc().to_string(), page: ByteBuf::from(page) });
                 // Else the verdict would be wrong: the message is refused as too large.
                 assert!(msg.len() <= limits.max_gossip, "a structured message exceeds the gossip limit");
                 (msg, verdict)
@@ -51,7 +54,7 @@ pub fn check(data: &[u8]) {
         // A message that does not decode never reaches a replica (decoding
         // is all there is to check): skip setting one up.
         let Ok(msg) = sync::decode::<Gossip>(body, limits.max_gossip, "gossip") else { return };
-        vec![(body.to_vec(), judge_ops(&msg.doc, &msg.ops))]
+        vec![(body.to_vec(), judge_page(&msg.doc, &msg.page, limits.max_gossip))]
     };
     let tmp = crate::temp_dir();
     let mut r = replica(&tmp.path().join("replica"), setup);

@@ -25,7 +25,7 @@
 //! | byte | meaning |
 //! |---|---|
 //! | 0 | signer, modulo 4: 0..=2 a peer, 3 the replica's own key |
-//! | 1 | sequence number (see [`seq_of`]): `0x00..=0x7F` are 1 to 6, `0x80..=0xEF` are 0 to 111, `0xF0..` are `u64::MAX - 0..=15` |
+//! | 1 | sequence number (see [`seq_of`]): `0x00..=0x7F` are 1 to 6, `0x80..=0xEF` are 0 to 111 (0 is taken as 1: nobody can sign an operation 0), `0xF0..` are `u64::MAX - 0..=15` |
 //! | 2 | shape: bit 0 delete (else put); bit 1 the put's dot names the next signer (a forgery `check_author` refuses); bits 2-3 the key `k0..k3`; bits 4-7 the value `v0..v15` |
 //! | 3 | seen dots: bit `i` adds the dot (signer `i % 4`, counter `1 + i / 4`) |
 //! | 4 | damage after signing, modulo 8: see the `TAMPER_*` constants |
@@ -63,11 +63,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use serde_bytes::ByteBuf;
+use walrus::internals;
 use walrus::replica::ACTOR_FILE;
 use walrus::replica::{
-    ActorId, ActorKey, Document, Dot, KvDoc, KvOp, OpEnvelope, ReceiveError, Received, Replica, ReplicaOptions,
-    Signature, VersionVector,
+    ActorId, ActorKey, ChainHash, Document, Dot, KvDoc, KvOp, OpEnvelope, ReceiveError, Received, Replica,
+    ReplicaOptions, VersionVector,
 };
 use walrus::sync::{self, Limits, SyncError};
 use walrus::wal::{SyncPolicy, WalOptions};
@@ -313,21 +313,26 @@ pub fn kv_op(shape: u8, seen: u8, author: ActorId, other: ActorId, seq: u64) -> 
     }
 }
 
-/// No damage.
+/// No damage: the operation is signed, a chain head of its own.
 pub const TAMPER_NONE: u8 = 0;
-/// Flip bit `param % 4` of signature byte `param / 4`.
+/// Flip bit `param % 8` of signature byte `param / 4`.
 pub const TAMPER_SIG_BIT: u8 = 1;
-/// Change the sequence number after signing.
-pub const TAMPER_SEQ: u8 = 2;
-/// Sign for [`OTHER_DOC`] instead of [`DOC`].
+/// No signature: only a valid head later in the same run (the signer's
+/// next operation, following this one) makes it valid.
+pub const TAMPER_UNSIGNED: u8 = 2;
+/// Carry the signature of the same operation for [`OTHER_DOC`].
 pub const TAMPER_DOC: u8 = 3;
-/// Change the operation (its key and value) after signing.
+/// Carry the signature of another operation (the value or key changed, or
+/// with `param` odd the sequence number moved by `1 + param / 2 % 4`).
 pub const TAMPER_OP: u8 = 4;
-/// Name another of the four actors after signing.
+/// Another of the four actors carries this operation's signature.
 pub const TAMPER_ACTOR: u8 = 5;
-/// Carry the previous operation's signature (all zeros for the first).
-pub const TAMPER_PREV_SIG: u8 = 6;
-/// Name the actor `[param; 32]`, mostly not a valid public key.
+/// Follow another history: `prev` is `[param; 32]` instead of the hash of
+/// the signer's previous operation (validly signed: an equivocation if the
+/// receiver holds the real one).
+pub const TAMPER_PREV: u8 = 6;
+/// The page names the actor `[param; 32]` (mostly not a valid public key)
+/// wherever it named the signer.
 pub const TAMPER_NOT_A_KEY: u8 = 7;
 
 /// One operation of a structured input (see the module documentation).
@@ -341,6 +346,11 @@ pub struct OpSpec {
     pub param: u8,
 }
 
+/// The hash of the last operation built for each (actor, seq) in one input,
+/// so that an operation follows the one built before it for the previous
+/// sequence number (in this message or an earlier one).
+pub type Chains = HashMap<(ActorId, u64), ChainHash>;
+
 impl OpSpec {
     pub const LEN: usize = 6;
 
@@ -353,54 +363,71 @@ impl OpSpec {
     }
 
     /// A valid operation: `signer` (0..=3) puts `v<value>` to `k<key>` as
-    /// its operation `seq`.
+    /// its operation `seq`, signed.
     pub fn put(signer: u8, seq: u64, key: u8, value: u8) -> OpSpec {
         let seq = seq_byte(seq).expect("a sequence number a spec can express");
         OpSpec { signer, seq, shape: (key & 3) << 2 | (value & 15) << 4, ..OpSpec::default() }
     }
 
-    /// The envelope, signed and then damaged as described, and whether it
-    /// is valid (by construction: undamaged, or carrying the previous
-    /// operation's signature which happens to be its own, and passing the
-    /// author check). `prev` is the previous operation's signature in the
-    /// same message.
-    pub fn build(&self, prev: Option<&Signature>) -> (OpEnvelope<KvOp>, bool) {
-        let seq = seq_of(self.seq);
-        let tamper = self.tamper % 8;
-        let mut env = signed_cached(self.signer, tamper == TAMPER_DOC, seq, self.shape, self.seen);
-        let valid = match tamper {
-            TAMPER_NONE => true,
-            TAMPER_PREV_SIG => prev == Some(&env.sig),
-            _ => false,
-        };
-        match tamper {
-            TAMPER_SIG_BIT => env.sig.0[usize::from(self.param / 4)] ^= 1 << (self.param % 4),
-            TAMPER_SEQ => env.seq = env.seq.wrapping_add(1 + u64::from(self.param % 4)).max(1),
-            TAMPER_OP => match &mut env.op {
-                KvOp::Put { value, .. } => value.push('!'),
-                KvOp::Del { key, .. } => key.push('!'),
-            },
-            TAMPER_ACTOR => env.actor = actor(self.signer.wrapping_add(1 + self.param % 3)),
-            TAMPER_PREV_SIG => env.sig = prev.copied().unwrap_or(Signature([0; 64])),
-            TAMPER_NOT_A_KEY => env.actor = ActorId([self.param; 32]),
-            _ => {}
-        }
-        let valid = valid && KvDoc::check_author(&env.op, &env.actor).is_ok();
-        (env, valid)
+    /// [`put`](Self::put) without a signature (a later head must cover it).
+    pub fn unsigned_put(signer: u8, seq: u64, key: u8, value: u8) -> OpSpec {
+        OpSpec { tamper: TAMPER_UNSIGNED, ..OpSpec::put(signer, seq, key, value) }
     }
 
-    /// The envelope of [`build`](Self::build).
-    pub fn envelope(&self, prev: Option<&Signature>) -> OpEnvelope<KvOp> {
-        self.build(prev).0
+    /// The envelope for [`DOC`], built and damaged as described; its
+    /// `prev` follows `chains` (which learns its hash), else
+    /// [`ChainHash::ZERO`]. Also returns the actor the page must name
+    /// instead of its own, for [`TAMPER_NOT_A_KEY`].
+    pub fn build(&self, chains: &mut Chains) -> (OpEnvelope<KvOp>, Option<ActorId>) {
+        // Nobody can sign an operation 0 (pages of runs from 0 are the
+        // `page` target's): it stands for 1 here.
+        let seq = seq_of(self.seq).max(1);
+        let signer = self.signer % 4;
+        let tamper = self.tamper % 8;
+        let me = actor(signer);
+        let prev = match tamper {
+            TAMPER_PREV => ChainHash([self.param; 32]),
+            _ => seq.checked_sub(1).and_then(|p| chains.get(&(me, p))).copied().unwrap_or(ChainHash::ZERO),
+        };
+        let env = signed_cached(signer, DOC, seq, prev, self.shape, self.seen);
+        let sig_of = |e: &OpEnvelope<KvOp>| e.signature().copied();
+        let env = match tamper {
+            TAMPER_SIG_BIT => {
+                let mut sig = sig_of(&env).expect("a signed operation");
+                sig.0[usize::from(self.param / 4) % 64] ^= 1 << (self.param % 8);
+                env.with_signature(Some(sig))
+            }
+            TAMPER_UNSIGNED => env.with_signature(None),
+            TAMPER_DOC => {
+                let other = signed_cached(signer, OTHER_DOC, seq, prev, self.shape, self.seen);
+                env.with_signature(sig_of(&other))
+            }
+            TAMPER_OP => {
+                let (s, shape) = if self.param & 1 == 1 {
+                    (seq.wrapping_add(1 + u64::from(self.param / 2 % 4)).max(1), self.shape)
+                } else {
+                    (seq, self.shape ^ 0x10 ^ (self.param & 0x0c))
+                };
+                signed_cached(signer, DOC, s, prev, shape, self.seen).with_signature(sig_of(&env))
+            }
+            TAMPER_ACTOR => {
+                let other = signer.wrapping_add(1 + self.param % 3) % 4;
+                signed_cached(other, DOC, seq, prev, self.shape, self.seen).with_signature(sig_of(&env))
+            }
+            _ => env,
+        };
+        chains.insert((env.actor(), env.seq()), env.hash());
+        let rename = (tamper == TAMPER_NOT_A_KEY).then_some(ActorId([self.param; 32]));
+        (env, rename)
     }
 }
 
-/// The operation `signer` signs for a spec (for [`OTHER_DOC`] if
-/// `other_doc`). Signing dominates the cost of building an input and the
-/// same operations recur from input to input, so they are remembered (up
-/// to a bound; the result does not depend on it).
-fn signed_cached(signer: u8, other_doc: bool, seq: u64, shape: u8, seen: u8) -> OpEnvelope<KvOp> {
-    type Cache = HashMap<(u8, bool, u64, u8, u8), OpEnvelope<KvOp>>;
+/// The operation `signer` signs for a spec, in document `doc`. Signing
+/// dominates the cost of building an input and the same operations recur
+/// from input to input, so they are remembered (up to a bound; the result
+/// does not depend on it).
+fn signed_cached(signer: u8, doc: &'static str, seq: u64, prev: ChainHash, shape: u8, seen: u8) -> OpEnvelope<KvOp> {
+    type Cache = HashMap<(u8, &'static str, u64, ChainHash, u8, u8), OpEnvelope<KvOp>>;
     thread_local! {
         static CACHE: RefCell<Cache> = RefCell::new(HashMap::new());
     }
@@ -410,11 +437,10 @@ fn signed_cached(signer: u8, other_doc: bool, seq: u64, shape: u8, seen: u8) -> 
             cache.clear();
         }
         cache
-            .entry((signer, other_doc, seq, shape, seen))
+            .entry((signer, doc, seq, prev, shape, seen))
             .or_insert_with(|| {
                 let op = kv_op(shape, seen, actor(signer), actor(signer.wrapping_add(1)), seq);
-                let doc = if other_doc { OTHER_DOC } else { DOC };
-                OpEnvelope::signed(key(signer), doc, seq, op).expect("signing an operation")
+                OpEnvelope::signed::<KvDoc>(key(signer), doc, seq, prev, op).expect("signing an operation")
             })
             .clone()
     })
@@ -456,25 +482,44 @@ impl MessageSpec {
         }
     }
 
-    /// The envelopes, encoded as they travel, and what a receiver must
-    /// make of them: `None` if the message must be refused as a whole
-    /// (misaddressed, or an operation with sequence number 0, which does
-    /// not decode), else every envelope with its validity (see
-    /// [`OpSpec::build`]). The same verdict as [`judge_ops`] gives, without
-    /// verifying signatures again.
-    pub fn build(&self) -> (Vec<ByteBuf>, Verdict) {
-        let mut prev: Option<Signature> = None;
-        let mut bytes = Vec::with_capacity(self.ops.len());
-        let mut judged = Vec::with_capacity(self.ops.len());
+    /// The page the message carries ([`internals::page_of`] of its
+    /// envelopes: a run ends at each signed operation, and one ending
+    /// unsigned makes the page undecodable), and what a receiver must make
+    /// of it ([`judge_page`] with the page limit `limit`). `chains` carries the hashes from message to
+    /// message.
+    pub fn build(&self, chains: &mut Chains, limit: usize) -> (Vec<u8>, Verdict) {
+        let mut envs = Vec::with_capacity(self.ops.len());
+        let mut renames = Vec::new();
         for spec in &self.ops {
-            let (env, valid) = spec.build(prev.as_ref());
-            prev = Some(env.sig);
-            bytes.push(ByteBuf::from(env.encode().expect("encoding an operation")));
-            judged.push((env, valid));
+            let (env, rename) = spec.build(chains);
+            if let Some(to) = rename {
+                renames.push((env.actor(), to));
+            }
+            envs.push(env);
         }
-        let refused = self.wrong_doc || judged.iter().any(|(env, _)| env.seq == 0);
-        (bytes, (!refused).then_some(judged))
+        let mut page = internals::page_of(&envs);
+        if !renames.is_empty() {
+            page = rename_actors(&page, &renames);
+        }
+        let verdict = judge_page(self.doc(), &page, limit);
+        (page, verdict)
     }
+}
+
+/// `page` with the actors of its table renamed as `renames` says (the
+/// table is the body's count, then 32-byte ids).
+fn rename_actors(page: &[u8], renames: &[(ActorId, ActorId)]) -> Vec<u8> {
+    let Ok(mut body) = internals::unframe_page(page, usize::MAX) else { return page.to_vec() };
+    // Tables in these pages hold at most 4 actors: a one-byte count.
+    let count = usize::from(body.first().copied().unwrap_or(0));
+    for i in 0..count.min(4) {
+        let at = 1 + 32 * i;
+        let Some(id) = body.get_mut(at..at + 32) else { break };
+        if let Some((_, to)) = renames.iter().find(|(from, _)| from.0[..] == id[..]) {
+            id.copy_from_slice(&to.0);
+        }
+    }
+    internals::frame_page(&body)
 }
 
 /// The messages of a structured input body (at most [`MAX_MESSAGES`]).
@@ -492,31 +537,87 @@ pub fn messages_to_bytes(msgs: &[MessageSpec]) -> Vec<u8> {
     msgs.iter().flat_map(MessageSpec::to_bytes).collect()
 }
 
-/// Whether a replica of [`DOC`] may accept `env` from a peer: signed by its
-/// actor for this document, and claiming no other actor's identity.
-pub fn is_valid(env: &OpEnvelope<KvOp>) -> bool {
-    env.verify(DOC).is_ok() && KvDoc::check_author(&env.op, &env.actor).is_ok()
+/// One operation of a page as the oracle judges it.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub env: OpEnvelope<KvOp>,
+    /// A valid head signature of its actor, later in the same run (or its
+    /// own), covers it.
+    pub covered: bool,
+    /// It claims no other actor's identity ([`Document::check_author`]).
+    pub author_ok: bool,
+}
+
+impl Judged {
+    /// Valid: covered and passing the author check.
+    pub fn valid(&self) -> bool {
+        self.covered && self.author_ok
+    }
 }
 
 /// What a receiver must make of a message's operations: `None` if the
-/// message must be refused as a whole, else every operation with whether it
-/// is valid.
-pub type Verdict = Option<Vec<(OpEnvelope<KvOp>, bool)>>;
+/// message must be refused as a whole, else every operation judged.
+pub type Verdict = Option<Vec<Judged>>;
 
-/// Judges a message's operations independently of the replica: `None` if
-/// the message must be refused as a whole (not for [`DOC`], or an operation
-/// that does not decode), else every operation with its validity.
-pub fn judge_ops(doc: &str, ops: &[ByteBuf]) -> Verdict {
+/// Which of `envs` a valid head covers, by the rule of the chain format
+/// (modelled here independently of the library): per actor, a run is
+/// consecutive operations each following the one before (sequence number
+/// and hash); a head (a signed operation) covers what its run holds
+/// since the previous head if its signature verifies, and nothing if not;
+/// what no head covers before its run ends is not covered.
+pub fn coverage(envs: &[OpEnvelope<KvOp>]) -> Vec<bool> {
+    let mut out = vec![false; envs.len()];
+    let mut open: HashMap<ActorId, (usize, Vec<usize>)> = HashMap::new();
+    for (i, env) in envs.iter().enumerate() {
+        let continues = open.get(&env.actor()).is_some_and(|(last, _)| {
+            let l = &envs[*last];
+            l.seq().checked_add(1) == Some(env.seq()) && l.hash() == env.prev()
+        });
+        if !continues {
+            open.remove(&env.actor());
+        }
+        let (last, pending) = open.entry(env.actor()).or_default();
+        *last = i;
+        pending.push(i);
+        if env.signature().is_some() {
+            let ok = env.verify_head().is_ok();
+            for p in pending.drain(..) {
+                out[p] = ok;
+            }
+        }
+    }
+    out
+}
+
+/// Judges a page for document `doc` independently of the replica: `None`
+/// if the message must be refused as a whole (not for [`DOC`], or a page
+/// that does not decode), else every operation with its coverage and
+/// author check.
+pub fn judge_page(doc: &str, page: &[u8], limit: usize) -> Verdict {
     if sync::check_doc_name(doc).is_err() || doc != DOC {
         return None;
     }
-    ops.iter()
-        .map(|bytes| {
-            let env = OpEnvelope::<KvOp>::decode(bytes, limits().max_op).ok()?;
-            let valid = is_valid(&env);
-            Some((env, valid))
-        })
-        .collect()
+    let envs = internals::decode_page::<KvDoc>(page, limit, limits().max_op, DOC).ok()?;
+    let covered = coverage(&envs);
+    Some(
+        envs.into_iter()
+            .zip(covered)
+            .map(|(env, covered)| {
+                let author_ok = KvDoc::check_author(env.op(), &env.actor()).is_ok();
+                Judged { env, covered, author_ok }
+            })
+            .collect(),
+    )
+}
+
+/// `env` signed as a head of its own by its actor, one of the four keys
+/// (so that it can be delivered alone with the same hash). `None` if its
+/// actor is none of them or its bytes are not how the harness encodes its
+/// operation (then no key here signed it).
+pub fn resigned(env: &OpEnvelope<KvOp>) -> Option<OpEnvelope<KvOp>> {
+    let signer = (0..4u8).find(|&i| actor(i) == env.actor())?;
+    let again = OpEnvelope::signed::<KvDoc>(key(signer), DOC, env.seq(), env.prev(), env.op().clone()).ok()?;
+    (again.hash() == env.hash()).then(|| env.clone().with_signature(again.signature().copied()))
 }
 
 /// True for the errors that refuse a message as a whole, before any of its
@@ -588,14 +689,14 @@ impl Twin {
             assert!(!is_refusal(e), "a well-formed message was refused as a whole: {e}");
         }
         let total = ops.len();
-        // A bad signature ends the replica's work on a message: only the
-        // operations before it count.
-        let cut = ops.iter().position(|(e, _)| e.verify(DOC).is_err()).unwrap_or(total);
-        let valid: Vec<_> = ops.into_iter().take(cut).filter(|(_, v)| *v).map(|(e, _)| e).collect();
-        if valid.is_empty() {
+        // An operation no valid head covers ends the replica's work on a
+        // message: only the operations before it count.
+        let cut = ops.iter().position(|j| !j.covered).unwrap_or(total);
+        let valid = ops[..cut].iter().filter(|j| j.valid()).count();
+        if valid == 0 {
             assert_eq!(after, *before, "a message without a valid operation changed the replica ({result:?})");
         }
-        if valid.len() == total {
+        if valid == total {
             if let Err(e) = result {
                 assert!(
                     matches!(e, SyncError::Receive(ReceiveError::BufferFull(_))),
@@ -607,8 +708,15 @@ impl Twin {
             let grew = covered(&after.clock).checked_sub(covered(&before.clock));
             assert_eq!(grew, Some(report.applied as u128), "the version vector does not match the operations applied");
         }
-        let mixed = !valid.is_empty() && valid.len() < total;
-        self.deliver(valid);
+        // The twin gets every covered operation before the cut (those
+        // failing the author check too: the replica saw them, signed),
+        // each signed as its own head, so no head of the message is needed.
+        let twin_ops: Vec<_> = ops[..cut]
+            .iter()
+            .map(|j| resigned(&j.env).expect("a covered operation signed by one of the harness's keys"))
+            .collect();
+        let mixed = valid > 0 && valid < total;
+        self.deliver(twin_ops);
         if mixed || self.replica.is_some() {
             let twin = observe(self.get());
             assert_eq!(after, twin, "operations without a valid signature changed what the valid ones did");

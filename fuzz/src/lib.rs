@@ -5,10 +5,14 @@
 //! generator (`examples/gen_seeds.rs`) can build inputs in exactly the byte
 //! layout the targets parse.
 
+pub mod alloc;
+pub mod chain;
 pub mod converge;
 pub mod envelope;
 pub mod gossip;
 pub mod harness;
+pub mod op_codec;
+pub mod page;
 pub mod record_decode;
 pub mod recover_dir;
 pub mod sync_exchange;

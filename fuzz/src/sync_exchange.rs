@@ -33,12 +33,14 @@
 //! - if anything was applied, the replica reopens to the same version
 //!   vector and state.
 
-use walrus::replica::{Document, KvDoc, KvOp, OpEnvelope, PeerError, ReceiveError, Replica};
+use serde_bytes::ByteBuf;
+use walrus::internals;
+use walrus::replica::{Document, KvDoc, PeerError, ReceiveError, Replica};
 use walrus::sync::{self, SyncError, SyncRequest, SyncResponse};
 
 use crate::harness::{
-    check_reopen, is_refusal, is_valid, judge_ops, limits, observe, options, parse_messages, replica, Setup, Twin,
-    Verdict, DOC, LOCAL_SEED,
+    check_reopen, coverage, is_refusal, judge_page, limits, observe, options, parse_messages, replica, Chains, Setup,
+    Twin, Verdict, DOC, LOCAL_SEED,
 };
 use crate::Bytes;
 
@@ -67,17 +69,20 @@ pub fn check(data: &[u8]) {
             Ok(resp) => vec![(resp, None)],
             Err(_) => return,
         },
-        _ => parse_messages(body)
-            .iter()
-            .map(|m| {
-                let (ops, verdict) = m.build();
-                let page = SyncResponse::Ops { doc: m.doc().to_string(), ops, more: m.more };
-                // Through the codec, as a requester receives it.
-                let page = sync::decode(&sync::encode(&page), limits.max_response, "response")
-                    .expect("a page of 7 operations decodes");
-                (page, Some(verdict))
-            })
-            .collect(),
+        _ => {
+            let mut chains = Chains::default();
+            parse_messages(body)
+                .iter()
+                .map(|m| {
+                    let (page, verdict) = m.build(&mut chains, limits.max_response);
+                    let page = SyncResponse::Ops { doc: m.doc().to_string(), page: ByteBuf::from(page), more: m.more };
+                    // Through the codec, as a requester receives it.
+                    let page = sync::decode(&sync::encode(&page), limits.max_response, "response")
+                        .expect("a page of 7 operations decodes");
+                    (page, Some(verdict))
+                })
+                .collect()
+        }
     };
     let tmp = crate::temp_dir();
     let mut r = replica(&tmp.path().join("replica"), setup);
@@ -109,25 +114,33 @@ fn check_request(r: &Replica<KvDoc>, setup: Setup, req: &SyncRequest) {
         return;
     }
     match resp {
-        SyncResponse::Ops { doc, ops, more } => {
+        SyncResponse::Ops { doc, page, more } => {
             assert_eq!(doc, DOC);
-            // The page budget `respond` documents.
+            let ops = internals::decode_page::<KvDoc>(&page, limits.max_response, limits.max_op, DOC)
+                .expect("a served page decodes");
+            // The page budget `respond` documents; past it, a page only
+            // finishes its last run (up to that actor's next signed head).
             let budget =
                 usize::try_from(req.budget).unwrap_or(usize::MAX).min(limits.max_response / 2).clamp(1, sync::MAX_PAGE);
-            let size: usize = ops.iter().map(|op| op.len()).sum();
-            assert!(ops.len() <= 1 || size <= budget, "a page of {size} bytes for a budget of {budget}");
+            let heads: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].signature().is_some()).collect();
+            let last_run = heads.len().checked_sub(2).map_or(0, |i| heads[i] + 1);
+            let size: usize = ops[..last_run].iter().map(|op| op.op_bytes().len()).sum();
+            assert!(size <= budget, "a page with {size} bytes before its last run, for a budget of {budget}");
+            assert!(coverage(&ops).into_iter().all(|c| c), "a served operation no valid head covers");
             // The requester's version vector as it applies the page in order.
             let mut theirs = req.clock.clone();
-            for bytes in &ops {
-                let env = OpEnvelope::<KvOp>::decode(bytes, limits.max_op).expect("a served operation decodes");
-                assert!(is_valid(&env), "a served operation ({}, {}) does not verify", env.actor, env.seq);
+            for env in &ops {
+                assert!(
+                    KvDoc::check_author(env.op(), &env.actor()).is_ok(),
+                    "a served operation fails its author check"
+                );
                 assert_eq!(
-                    theirs.get(&env.actor).checked_add(1),
-                    Some(env.seq),
+                    theirs.get(&env.actor()).checked_add(1),
+                    Some(env.seq()),
                     "a page is not in an order the requester can apply"
                 );
-                assert!(env.seq <= r.clock().get(&env.actor), "a served operation the replica does not have");
-                theirs.observe(env.actor, env.seq);
+                assert!(env.seq() <= r.clock().get(&env.actor()), "a served operation the replica does not have");
+                theirs.observe(env.actor(), env.seq());
             }
             if more {
                 assert!(!ops.is_empty(), "an empty page that claims more");
@@ -139,6 +152,7 @@ fn check_request(r: &Replica<KvDoc>, setup: Setup, req: &SyncRequest) {
             assert!(setup.checkpoint, "a snapshot answer from a log that was never truncated");
             assert_eq!(doc, DOC);
             assert_eq!(&clock, r.clock(), "a snapshot's version vector is not the replica's");
+            let state = internals::unframe_page(&state, limits.max_response).expect("a snapshot's frame");
             let state: KvDoc = sync::decode(&state, limits.max_response, "snapshot").expect("a snapshot decodes");
             assert!(state.canonical() == r.doc().canonical(), "a snapshot is not the replica's state");
         }
@@ -152,8 +166,8 @@ fn check_answer(r: &mut Replica<KvDoc>, twin: &mut Twin, resp: SyncResponse, ver
     let limits = limits();
     let before = observe(r);
     match resp {
-        SyncResponse::Ops { ref doc, ref ops, more } => {
-            let verdict = verdict.unwrap_or_else(|| judge_ops(doc, ops));
+        SyncResponse::Ops { ref doc, ref page, more } => {
+            let verdict = verdict.unwrap_or_else(|| judge_page(doc, page, limits.max_response));
             let result = sync::apply_response(r, DOC, resp.clone(), &limits);
             if let Ok(applied) = &result {
                 assert!(!applied.snapshot, "a page reported as a snapshot");
@@ -182,7 +196,9 @@ fn check_snapshot(r: &mut Replica<KvDoc>, resp: SyncResponse) {
     let before_doc = r.doc().clone();
     let own = r.actor();
     let addressed = sync::check_doc_name(doc).is_ok() && doc == DOC;
-    let decoded = sync::decode::<KvDoc>(state, limits.max_response, "snapshot").ok();
+    let decoded = internals::unframe_page(state, limits.max_response)
+        .ok()
+        .and_then(|s| sync::decode::<KvDoc>(&s, limits.max_response, "snapshot").ok());
     let clock = clock.clone();
     let result = sync::apply_response(r, DOC, resp, &limits);
     let after = observe(r);

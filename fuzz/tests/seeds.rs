@@ -55,3 +55,18 @@ fn sync_exchange_seeds() {
 fn converge_seeds() {
     replay("converge", walrus_fuzz::converge::check);
 }
+
+#[test]
+fn page_seeds() {
+    replay("page", walrus_fuzz::page::check);
+}
+
+#[test]
+fn chain_seeds() {
+    replay("chain", walrus_fuzz::chain::check);
+}
+
+#[test]
+fn op_codec_seeds() {
+    replay("op_codec", walrus_fuzz::op_codec::check);
+}

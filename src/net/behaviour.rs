@@ -15,16 +15,16 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{allow_block_list, connection_limits, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use sha2::{Digest, Sha256};
 
-use super::codec::{FrameCodec, SYNC_PROTOCOL};
+use super::codec::{FrameCodec, SYNC_PROTOCOL, SYNC_PROTOCOL_V1};
 use super::config::NodeConfig;
 use super::error::NodeError;
 use super::traffic::{Counted, Counters};
 use crate::sync;
 
 /// Prefix of every document's gossip topic: `walrus/doc/<name>`.
-pub const TOPIC_PREFIX: &str = "walrus/doc/";
+pub const TOPIC_PREFIX: &str = "walrus/2/doc/";
 /// Identify protocol version string.
-pub const IDENTIFY_VERSION: &str = "/walrus/1.0.0";
+pub const IDENTIFY_VERSION: &str = "/walrus/2.0.0";
 /// Sync streams open at once per connection, each way.
 const MAX_SYNC_STREAMS: usize = 8;
 /// Incoming connections being set up at once.
@@ -153,7 +153,7 @@ pub(crate) fn build_swarm(
             let codec = FrameCodec { max_request: limits.max_request, max_response: limits.max_response };
             let sync = request_response::Behaviour::with_codec(
                 codec,
-                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                [(SYNC_PROTOCOL, ProtocolSupport::Full), (SYNC_PROTOCOL_V1, ProtocolSupport::Inbound)],
                 request_response::Config::default()
                     .with_request_timeout(request_timeout)
                     .with_max_concurrent_streams(MAX_SYNC_STREAMS),

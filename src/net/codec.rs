@@ -1,4 +1,5 @@
-//! The request-response codec of `/walrus/sync/1`: each request and each
+//! The request-response codec of `/walrus/sync/2` (and of `/walrus/sync/1`,
+//! only to refuse its requests): each request and each
 //! response is a 4-byte big-endian length followed by that many bytes of
 //! CBOR (a `SyncRequest` or `SyncResponse`), with a limit checked before
 //! anything is allocated.
@@ -15,7 +16,10 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
 /// Protocol id of anti-entropy requests.
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/walrus/sync/1");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/walrus/sync/2");
+/// The previous protocol's id: its requests are answered with a refusal
+/// that names this version, so an old peer sees why, and blames nobody.
+pub const SYNC_PROTOCOL_V1: StreamProtocol = StreamProtocol::new("/walrus/sync/1");
 
 /// Length-prefixed, size-limited byte frames.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +35,9 @@ pub struct FrameCodec {
 pub enum RequestFrame {
     /// Its bytes (at most the limit).
     Bytes(Vec<u8>),
+    /// A request of the previous protocol (`/walrus/sync/1`), its
+    /// bytes (at most the limit): only refused.
+    Previous(Vec<u8>),
     /// It announced more bytes than the limit; they were not read.
     TooLarge {
         /// The length it announced.
@@ -82,14 +89,18 @@ impl libp2p::request_response::Codec for FrameCodec {
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<RequestFrame> {
         let len = read_len(io).await?;
         if len > self.max_request {
             return Ok(RequestFrame::TooLarge { len, limit: self.max_request });
         }
-        Ok(RequestFrame::Bytes(read_body(io, len).await?))
+        let body = read_body(io, len).await?;
+        if *protocol == SYNC_PROTOCOL_V1 {
+            return Ok(RequestFrame::Previous(body));
+        }
+        Ok(RequestFrame::Bytes(body))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -113,7 +124,7 @@ impl libp2p::request_response::Codec for FrameCodec {
         req: RequestFrame,
     ) -> io::Result<()> {
         match req {
-            RequestFrame::Bytes(bytes) => write_frame(io, &bytes).await,
+            RequestFrame::Bytes(bytes) | RequestFrame::Previous(bytes) => write_frame(io, &bytes).await,
             RequestFrame::TooLarge { len, .. } => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("a request of {len} bytes that was never read cannot be sent"),

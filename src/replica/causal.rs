@@ -94,13 +94,13 @@ impl<O> CausalBuffer<O> {
         applied: &VersionVector,
         size: usize,
     ) -> Result<Offer<O>, BufferFull> {
-        let have = applied.get(&env.actor);
-        if env.seq <= have {
+        let have = applied.get(&env.actor());
+        if env.seq() <= have {
             return Ok(Offer::Duplicate);
         }
-        if env.seq > have + 1 {
-            let queue = self.pending.entry(env.actor).or_default();
-            if queue.contains_key(&env.seq) {
+        if env.seq() > have + 1 {
+            let queue = self.pending.entry(env.actor()).or_default();
+            if queue.contains_key(&env.seq()) {
                 return Ok(Offer::Duplicate);
             }
             let full = if self.held >= self.limit {
@@ -113,20 +113,20 @@ impl<O> CausalBuffer<O> {
                 None
             };
             if let Some((held, limit)) = full {
-                let (actor, seq) = (env.actor, env.seq);
+                let (actor, seq) = (env.actor(), env.seq());
                 if queue.is_empty() {
                     self.pending.remove(&actor);
                 }
                 return Err(BufferFull { actor, seq, held, limit });
             }
-            queue.insert(env.seq, (env, size));
+            queue.insert(env.seq(), (env, size));
             self.held += 1;
             self.bytes += size;
             return Ok(Offer::Buffered);
         }
-        let actor = env.actor;
+        let actor = env.actor();
         // None once u64::MAX is applied: everything held is then stale.
-        let mut next = env.seq.checked_add(1);
+        let mut next = env.seq().checked_add(1);
         let mut ready = vec![env];
         if let Some(queue) = self.pending.get_mut(&actor) {
             // Stale entries (at or below what is now applied) are dropped too.
@@ -180,26 +180,26 @@ mod tests {
     use proptest::prelude::*;
 
     fn env(actor: u8, seq: u64) -> OpEnvelope<(u8, u64)> {
-        // The buffer does not check signatures: the replica does, before.
-        OpEnvelope {
-            actor: ActorId([actor; 32]),
-            seq,
-            op: (actor, seq),
-            sig: crate::replica::Signature([0; 64]),
-            succeeds: None,
-        }
+        // The buffer does not check chains or signatures: the replica
+        // does, before.
+        let chain = crate::replica::ChainKey::new("doc");
+        let prev = crate::replica::ChainHash::ZERO;
+        OpEnvelope::from_parts(&chain, ActorId([actor; 32]), seq, prev, (actor, seq), vec![actor].into(), None, None)
     }
 
     #[test]
     fn holds_early_operations_until_their_predecessors_come() {
         let key = crate::replica::ActorKey::from_seed([7; 32]);
         let a = key.actor();
-        let env = |seq| OpEnvelope::signed(&key, "doc", seq, format!("op {seq}")).unwrap();
+        let chain = crate::replica::ChainKey::new("doc");
+        let prev = crate::replica::ChainHash::ZERO;
+        let env =
+            |seq: u64| OpEnvelope::from_parts(&chain, a, seq, prev, format!("op {seq}"), vec![0].into(), None, None);
         let mut applied = VersionVector::default();
         let mut buf = CausalBuffer::new(100);
         assert_eq!(buf.offer(env(2), &applied), Ok(Offer::Buffered));
         let Ok(Offer::Ready(ops)) = buf.offer(env(1), &applied) else { panic!("1 then 2 should be ready") };
-        assert_eq!(ops.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(ops.iter().map(|e| e.seq()).collect::<Vec<_>>(), [1, 2]);
         applied.observe(a, 2);
         assert_eq!(buf.offer(env(1), &applied), Ok(Offer::Duplicate));
     }
@@ -213,7 +213,7 @@ mod tests {
         let err = buf.offer(env(1, 5), &applied).unwrap_err();
         assert_eq!((err.seq, err.held, err.limit), (5, 2, 2));
         assert_eq!(buf.offer(env(2, 3), &applied), Ok(Offer::Buffered), "other actors still have room");
-        assert_eq!(buf.get(&ActorId([1; 32]), 4).map(|e| e.seq), Some(4));
+        assert_eq!(buf.get(&ActorId([1; 32]), 4).map(|e| e.seq()), Some(4));
         assert_eq!(buf.len(), 3);
     }
 
@@ -261,9 +261,9 @@ mod tests {
             for (a, s) in all {
                 if let Offer::Ready(ops) = buf.offer(env(a, s), &applied).unwrap() {
                     for e in ops {
-                        prop_assert_eq!(e.seq, applied.get(&e.actor) + 1);
-                        applied.observe(e.actor, e.seq);
-                        log.push(e.op);
+                        prop_assert_eq!(e.seq(), applied.get(&e.actor()) + 1);
+                        applied.observe(e.actor(), e.seq());
+                        log.push(e.into_op());
                     }
                 }
             }

@@ -93,6 +93,15 @@ impl ChainKey {
         }
     }
 
+    /// A short name of this document's key: the first 16 bytes of it (no
+    /// document id can be found whose key shares them without about 2^128
+    /// hashes).
+    pub(crate) fn tag(&self) -> [u8; 16] {
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&self.op[..16]);
+        t
+    }
+
     /// The hash of operation `seq` of `actor` whose encoding is `bytes`,
     /// following the operation whose hash is `prev`, carrying `succeeds`
     /// if given: keyed BLAKE3 of `actor ‖ seq (u64 BE) ‖ prev ‖ 0x00`, or

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{StorageError, Succession, VersionVector};
+use super::{ActorId, ChainHash, StorageError, Succession, VersionVector};
 use crate::wal::durable::{self, Files};
 use crate::wal::Lsn;
 
@@ -39,6 +39,11 @@ pub struct Checkpoint<D> {
     /// writer's successor. Absent in checkpoints of earlier versions.
     #[serde(default)]
     pub successions: Vec<Succession>,
+    /// The hash of the last operation the state includes, per actor, where
+    /// known (format 3; absent before): what the actors' next operations
+    /// must chain to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<(ActorId, ChainHash)>,
 }
 
 /// Writes `cp` as the newest generation (`dir/checkpoint`), keeping the

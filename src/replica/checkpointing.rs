@@ -16,8 +16,13 @@ impl<D: Document> Replica<D> {
         let span = info_span!("replica_checkpoint", doc = %self.document, ops = self.clock.total());
         let _g = span.enter();
         let lsn = self.wal.sync()?;
-        let cp =
-            Checkpoint { lsn, clock: self.clock.clone(), state: self.doc.clone(), successions: self.succession_list() };
+        let cp = Checkpoint {
+            lsn,
+            clock: self.clock.clone(),
+            state: self.doc.clone(),
+            successions: self.succession_list(),
+            heads: self.head_list(),
+        };
         checkpoint::write(&self.files, &self.dir, &cp, self.checkpoint_stop)?;
         if self.checkpoint_stop.is_some() {
             return Ok(());

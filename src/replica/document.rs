@@ -82,8 +82,9 @@ pub trait Document:
 
     /// Decodes an operation from untrusted bytes made by
     /// [`encode_op`](Self::encode_op) with the same context; the whole
-    /// input must be one operation. Must not panic or allocate much more
-    /// than `bytes.len()`, whatever the bytes.
+    /// input must be one operation, and exactly the bytes `encode_op`
+    /// makes of it (one operation, one encoding). Must not panic or
+    /// allocate much more than `bytes.len()`, whatever the bytes.
     fn decode_op(bytes: &[u8], cx: &OpContext) -> Result<Self::Operation, String> {
         let _ = cx;
         let mut rest = bytes;
@@ -91,6 +92,9 @@ pub trait Document:
         if !rest.is_empty() {
             return Err(format!("{} bytes after the operation", rest.len()));
         }
+        // Other CBOR encodings of the same value are accepted: the bytes
+        // are hashed as they came, never encoded again, so an author's
+        // choice of encoding changes nothing but its own hash.
         Ok(op)
     }
 

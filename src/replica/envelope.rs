@@ -1,178 +1,271 @@
-//! The operation envelope: one CRDT operation with its author, its place in
-//! the author's sequence and the author's signature; CBOR-encoded as one
-//! log record.
+//! The operation envelope: one CRDT operation with its author, its place
+//! in the author's chain (sequence number, the previous operation's hash,
+//! its own hash) and, on a chain head, the author's signature. Its bytes
+//! are encoded once, when it is written; they are hashed, logged and sent
+//! as they are.
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-use super::{ActorId, ActorKey, EnvelopeError, Signature, Succession};
+use super::legacy::LegacyEnvelope;
+use super::{ActorId, ActorKey, ChainHash, ChainKey, Document, EnvelopeError, OpContext, Signature, Succession};
 
-/// An operation as stored in the log and sent to peers.
+/// An operation as applied, logged and sent to peers.
+///
+/// The author signs chain heads, not every operation: the last operation
+/// of each write ([`Replica::update`](super::Replica::update) signs its
+/// operation, [`Replica::update_many`](super::Replica::update_many) the
+/// last of its batch), and each operation's hash commits to the one before
+/// it, so that signature authenticates the whole run. Send the operations
+/// of one write together (a page holds whole runs).
 ///
 /// ```
-/// use walrus::replica::{ActorKey, OpEnvelope};
-/// let key = ActorKey::generate()?;
-/// let env = OpEnvelope::signed(&key, "notes", 1, "hello".to_string())?;
-/// assert!(env.verify("notes").is_ok());
-/// assert!(env.verify("other document").is_err());
+/// use walrus::replica::{KvDoc, Replica, ReplicaOptions};
+/// let dir = tempfile::tempdir()?;
+/// let mut r: Replica<KvDoc> = Replica::open(dir.path(), ReplicaOptions::default())?;
+/// let env = r.update(|d, actor| d.put_op(actor, "title", "Groceries"))?;
+/// assert_eq!((env.actor(), env.seq()), (r.actor(), 1));
+/// assert!(env.signature().is_some(), "a single write is its own chain head");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpEnvelope<O> {
-    /// Author: the public key that signed it.
-    pub actor: ActorId,
-    /// Position in the author's sequence: 1, 2, 3, … with no gaps.
-    pub seq: u64,
-    /// The CRDT operation.
-    pub op: O,
-    /// The author's signature of the document id, `actor`, `seq` and `op`
-    /// (the bytes are in `docs/REPLICA.md`, "Signature").
-    pub sig: Signature,
-    /// On the first operation of an actor that replaced a retired one: the
-    /// retired actor's certificate naming it (see [`Succession`]). `sig`
-    /// covers it too (see [`OpEnvelope::signed_succeeding`]).
-    /// Absent from the encoding when `None`, so envelopes without it are
-    /// byte for byte what they were before it existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub succeeds: Option<Box<Succession>>,
+    actor: ActorId,
+    seq: u64,
+    op: O,
+    bytes: Arc<[u8]>,
+    prev: ChainHash,
+    hash: ChainHash,
+    sig: Option<Signature>,
+    succeeds: Option<Box<Succession>>,
+    /// Which document's key computed `hash` ([`ChainKey::tag`]): a replica
+    /// of another document computes it again.
+    key_tag: [u8; 16],
 }
 
-/// Domain separation: these signatures cannot be mistaken for any other
-/// use of the same key.
-const SIGNING_DOMAIN: &[u8] = b"walrus/op/v1\0";
-
-/// The bytes an operation's signature covers: a domain tag, the document
-/// id (length-prefixed), the actor, the sequence number (big-endian) and the
-/// CBOR of the operation. Binding the document and the sequence number
-/// means a signed operation cannot be replayed into another document or at
-/// another position.
-pub fn signing_bytes<O: Serialize>(doc: &str, actor: &ActorId, seq: u64, op: &O) -> Result<Vec<u8>, EnvelopeError> {
-    let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + 4 + doc.len() + 32 + 8 + 64);
-    out.extend_from_slice(SIGNING_DOMAIN);
-    let len = u32::try_from(doc.len()).map_err(|_| EnvelopeError::Encode("document id too long".into()))?;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(doc.as_bytes());
-    out.extend_from_slice(&actor.0);
-    out.extend_from_slice(&seq.to_be_bytes());
-    ciborium::into_writer(op, &mut out).map_err(|e| EnvelopeError::Encode(e.to_string()))?;
-    Ok(out)
-}
-
-/// What an operation carrying a succession certificate signs after its
-/// [`signing_bytes`]: the byte `0x01`, then the certificate's `from`, `to`
-/// and signature (129 bytes in all). The operation's CBOR is
-/// self-delimiting, so these bytes cannot be mistaken for another
-/// operation's.
-fn append_succession(bytes: &mut Vec<u8>, c: &Succession) {
-    bytes.push(1);
-    bytes.extend_from_slice(&c.from.0);
-    bytes.extend_from_slice(&c.to.0);
-    bytes.extend_from_slice(&c.sig.0);
-}
-
-impl<O: Serialize> OpEnvelope<O> {
-    /// Operation `seq` of `key`'s actor in document `doc`, signed.
-    pub fn signed(key: &ActorKey, doc: &str, seq: u64, op: O) -> Result<OpEnvelope<O>, EnvelopeError> {
-        Self::signed_succeeding(key, doc, seq, op, None)
+impl<O> OpEnvelope<O> {
+    /// An operation whose encoding `bytes` is already made (`op` is what
+    /// they decode to); its hash is computed here, so it always matches.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        chain: &ChainKey,
+        actor: ActorId,
+        seq: u64,
+        prev: ChainHash,
+        op: O,
+        bytes: Arc<[u8]>,
+        succeeds: Option<Box<Succession>>,
+        sig: Option<Signature>,
+    ) -> OpEnvelope<O> {
+        let hash = chain.op_hash(&actor, seq, &prev, succeeds.as_deref(), &bytes);
+        OpEnvelope { actor, seq, op, bytes, prev, hash, sig, succeeds, key_tag: chain.tag() }
     }
 
-    /// Like [`signed`](Self::signed), carrying the succession certificate
-    /// of the key's actor (on its operation 1): the signature covers it too,
-    /// so nobody relaying the operation can strip or swap it.
-    pub fn signed_succeeding(
+    /// Encodes `op` as `D` does ([`Document::encode_op`]) and chains it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode<D: Document<Operation = O>>(
+        chain: &ChainKey,
+        actor: ActorId,
+        seq: u64,
+        prev: ChainHash,
+        op: O,
+        succeeds: Option<Box<Succession>>,
+    ) -> Result<OpEnvelope<O>, EnvelopeError> {
+        if seq == 0 {
+            return Err(EnvelopeError::ZeroSeq);
+        }
+        let mut bytes = Vec::new();
+        D::encode_op(&op, &OpContext { author: &actor, seq }, &mut bytes).map_err(EnvelopeError::Encode)?;
+        Ok(Self::from_parts(chain, actor, seq, prev, op, bytes.into(), succeeds, None))
+    }
+
+    /// Decodes untrusted operation bytes as `D` does
+    /// ([`Document::decode_op`]) and chains them.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decode<D: Document<Operation = O>>(
+        chain: &ChainKey,
+        actor: ActorId,
+        seq: u64,
+        prev: ChainHash,
+        bytes: &[u8],
+        succeeds: Option<Box<Succession>>,
+        sig: Option<Signature>,
+    ) -> Result<OpEnvelope<O>, EnvelopeError> {
+        if seq == 0 {
+            return Err(EnvelopeError::ZeroSeq);
+        }
+        let op = D::decode_op(bytes, &OpContext { author: &actor, seq })
+            .map_err(|e| EnvelopeError::Malformed(format!("operation ({actor}, {seq}): {e}")))?;
+        Ok(Self::from_parts(chain, actor, seq, prev, op, bytes.into(), succeeds, sig))
+    }
+
+    /// A format-2 operation (signed alone), as format 3 holds it: its
+    /// bytes as `D` encodes it, its hash the legacy hash of its signature.
+    pub(crate) fn from_legacy<D: Document<Operation = O>>(
+        chain: &ChainKey,
+        old: LegacyEnvelope<O>,
+    ) -> Result<OpEnvelope<O>, EnvelopeError> {
+        // Its bytes are never hashed or sent (it is served in snapshots
+        // only): an operation its type cannot encode compactly keeps none,
+        // rather than keeping the replica from opening.
+        let mut bytes = Vec::new();
+        if D::encode_op(&old.op, &OpContext { author: &old.actor, seq: old.seq }, &mut bytes).is_err() {
+            bytes.clear();
+        }
+        Ok(OpEnvelope {
+            actor: old.actor,
+            seq: old.seq,
+            hash: chain.legacy_hash(&old.actor, old.seq, &old.sig),
+            op: old.op,
+            bytes: bytes.into(),
+            prev: ChainHash::ZERO,
+            sig: None,
+            succeeds: old.succeeds,
+            key_tag: chain.tag(),
+        })
+    }
+
+    /// This operation chained under `chain`: itself if its hash was
+    /// computed under that document's key, else with the hash computed
+    /// again (an operation made for another document then fails its head
+    /// signature here).
+    pub(crate) fn rechained(mut self, chain: &ChainKey) -> OpEnvelope<O> {
+        if self.key_tag != chain.tag() {
+            self.hash = chain.op_hash(&self.actor, self.seq, &self.prev, self.succeeds.as_deref(), &self.bytes);
+            self.key_tag = chain.tag();
+        }
+        self
+    }
+
+    /// Signs this operation as a chain head with `key` (its actor's).
+    pub(crate) fn sign(&mut self, key: &ActorKey) {
+        self.sig = Some(self.hash.sign_head(key));
+    }
+
+    /// This operation without its head signature (a run carries only its
+    /// last operation's).
+    pub(crate) fn set_signature(&mut self, sig: Option<Signature>) {
+        self.sig = sig;
+    }
+
+    /// Operation `seq` of `key`'s actor in document `doc`, following the
+    /// operation whose hash is `prev` ([`ChainHash::ZERO`] for operation
+    /// 1), encoded as `D` does and signed as a chain head: what a replica
+    /// writes, made outside one (to bridge another system, or to test).
+    ///
+    /// ```
+    /// use walrus::replica::{ActorKey, ChainHash, KvDoc, OpEnvelope};
+    /// let key = ActorKey::generate()?;
+    /// let op = KvDoc::default().put_op(key.actor(), "k", "v");
+    /// let env = OpEnvelope::signed::<KvDoc>(&key, "notes", 1, ChainHash::ZERO, op)?;
+    /// assert!(env.verify_head().is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn signed<D: Document<Operation = O>>(
         key: &ActorKey,
         doc: &str,
         seq: u64,
+        prev: ChainHash,
         op: O,
-        succeeds: Option<Succession>,
     ) -> Result<OpEnvelope<O>, EnvelopeError> {
-        let actor = key.actor();
-        let mut bytes = signing_bytes(doc, &actor, seq, &op)?;
-        if let Some(c) = &succeeds {
-            append_succession(&mut bytes, c);
-        }
-        let sig = Signature(key.sign(&bytes));
-        Ok(OpEnvelope { actor, seq, op, sig, succeeds: succeeds.map(Box::new) })
-    }
-
-    /// Checks that the signature is the actor's, over this operation at this
-    /// position in document `doc` (and over its succession certificate, if
-    /// it carries one).
-    pub fn verify(&self, doc: &str) -> Result<(), EnvelopeError> {
-        let mut bytes = signing_bytes(doc, &self.actor, self.seq, &self.op)?;
-        if let Some(c) = &self.succeeds {
-            append_succession(&mut bytes, c);
-        }
-        if self.actor.verify(&bytes, &self.sig.0) {
-            Ok(())
-        } else {
-            Err(EnvelopeError::BadSignature { actor: self.actor, seq: self.seq })
-        }
-    }
-}
-
-impl<O: Serialize> OpEnvelope<O> {
-    /// CBOR encoding (the log record and wire form). Fails only if the
-    /// operation type's `Serialize` implementation does.
-    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
-        let mut out = Vec::new();
-        ciborium::into_writer(self, &mut out).map_err(|e| EnvelopeError::Encode(e.to_string()))?;
-        Ok(out)
-    }
-}
-
-impl<O: DeserializeOwned> OpEnvelope<O> {
-    /// Decodes untrusted bytes, refusing anything over `limit` bytes first.
-    pub fn decode(bytes: &[u8], limit: usize) -> Result<OpEnvelope<O>, EnvelopeError> {
-        if bytes.len() > limit {
-            return Err(EnvelopeError::TooLarge { len: bytes.len(), limit });
-        }
-        let env: OpEnvelope<O> = ciborium::de::from_reader_with_recursion_limit(bytes, 64)
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        if env.seq == 0 {
-            return Err(EnvelopeError::ZeroSeq);
-        }
+        let mut env = Self::encode::<D>(&ChainKey::new(doc), key.actor(), seq, prev, op, None)?;
+        env.sign(key);
         Ok(env)
+    }
+
+    /// This operation carrying `sig` as its head signature instead (or
+    /// none). A wrong one fails [`verify_head`](Self::verify_head), and a
+    /// replica refuses the operation.
+    pub fn with_signature(mut self, sig: Option<Signature>) -> OpEnvelope<O> {
+        self.sig = sig;
+        self
+    }
+
+    /// Author: the public key whose signature covers it.
+    pub fn actor(&self) -> ActorId {
+        self.actor
+    }
+
+    /// Position in the author's sequence: 1, 2, 3, … with no gaps.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The CRDT operation.
+    pub fn op(&self) -> &O {
+        &self.op
+    }
+
+    /// The CRDT operation, taken out.
+    pub fn into_op(self) -> O {
+        self.op
+    }
+
+    /// The operation's encoding ([`Document::encode_op`]), as hashed,
+    /// logged and sent.
+    pub fn op_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The hash of the author's previous operation ([`ChainHash::ZERO`]
+    /// before its first).
+    pub fn prev(&self) -> ChainHash {
+        self.prev
+    }
+
+    /// This operation's hash in its author's chain.
+    pub fn hash(&self) -> ChainHash {
+        self.hash
+    }
+
+    /// The author's signature of [`hash`](Self::hash), if this operation
+    /// is a chain head as held here.
+    pub fn signature(&self) -> Option<&Signature> {
+        self.sig.as_ref()
+    }
+
+    /// On the first operation of an actor that replaced a retired one: the
+    /// retired actor's certificate naming it (see [`Succession`]); the
+    /// hash covers it.
+    pub fn succeeds(&self) -> Option<&Succession> {
+        self.succeeds.as_deref()
+    }
+
+    /// Checks the head signature: present, and the actor's over this
+    /// operation's hash.
+    pub fn verify_head(&self) -> Result<(), EnvelopeError> {
+        match &self.sig {
+            Some(sig) if self.hash.verify_head(&self.actor, sig) => Ok(()),
+            _ => Err(EnvelopeError::BadSignature { actor: self.actor, seq: self.seq }),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use crate::replica::KvDoc;
 
     #[test]
-    fn round_trip_and_limits() {
+    fn the_hash_follows_the_bytes_and_the_head_signature_the_hash() {
+        let chain = ChainKey::new("d");
         let key = ActorKey::from_seed([3; 32]);
-        let env = OpEnvelope::signed(&key, "d", 9, ("key".to_string(), 42u32)).unwrap();
-        let bytes = env.encode().unwrap();
-        assert_eq!(OpEnvelope::<(String, u32)>::decode(&bytes, 1024).unwrap(), env);
-        assert!(matches!(OpEnvelope::<(String, u32)>::decode(&bytes, 4), Err(EnvelopeError::TooLarge { .. })));
-        assert!(matches!(OpEnvelope::<u64>::decode(&bytes, 1024), Err(EnvelopeError::Malformed(_))));
-        let zero = OpEnvelope { seq: 0, ..env }.encode().unwrap();
-        assert!(matches!(OpEnvelope::<(String, u32)>::decode(&zero, 1024), Err(EnvelopeError::ZeroSeq)));
-    }
-
-    #[test]
-    fn signature_binds_document_actor_position_and_op() {
-        let key = ActorKey::from_seed([5; 32]);
-        let env = OpEnvelope::signed(&key, "d", 2, "op".to_string()).unwrap();
-        assert!(env.verify("d").is_ok());
-        let bad = |e: &OpEnvelope<String>, doc| matches!(e.verify(doc), Err(EnvelopeError::BadSignature { .. }));
-        assert!(bad(&env, "e"), "another document");
-        assert!(bad(&OpEnvelope { seq: 3, ..env.clone() }, "d"), "another position");
-        assert!(bad(&OpEnvelope { op: "oq".into(), ..env.clone() }, "d"), "another operation");
-        let other = ActorKey::from_seed([6; 32]).actor();
-        assert!(bad(&OpEnvelope { actor: other, ..env.clone() }, "d"), "another actor");
-        let mut sig = env.sig;
-        sig.0[40] ^= 1;
-        assert!(bad(&OpEnvelope { sig, ..env.clone() }, "d"), "a damaged signature");
-    }
-
-    proptest! {
-        #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = OpEnvelope::<(String, Vec<u64>)>::decode(&bytes, 200);
-        }
+        let a = key.actor();
+        let op = crate::replica::KvDoc::default().put_op(a, "k", "v");
+        let mut env = OpEnvelope::encode::<KvDoc>(&chain, a, 1, ChainHash::ZERO, op.clone(), None).unwrap();
+        assert!(env.verify_head().is_err(), "not signed yet");
+        env.sign(&key);
+        env.verify_head().unwrap();
+        let again = OpEnvelope::decode::<KvDoc>(&chain, a, 1, ChainHash::ZERO, env.op_bytes(), None, env.sig).unwrap();
+        assert_eq!(again, env);
+        let other_doc =
+            OpEnvelope::decode::<KvDoc>(&ChainKey::new("e"), a, 1, ChainHash::ZERO, env.op_bytes(), None, env.sig)
+                .unwrap();
+        assert!(other_doc.verify_head().is_err(), "a signature does not carry over to another document");
+        let next = OpEnvelope::encode::<KvDoc>(&chain, a, 2, env.hash(), op, None).unwrap();
+        assert_ne!(next.hash(), env.hash());
+        assert!(matches!(
+            OpEnvelope::encode::<KvDoc>(&chain, a, 0, ChainHash::ZERO, next.op.clone(), None),
+            Err(EnvelopeError::ZeroSeq)
+        ));
     }
 }

@@ -1,71 +1,98 @@
 //! Where each applied operation still in the log is: per actor, sequence
-//! number → LSN and signature digest. It tells a repeated operation from
-//! a conflicting one, and which log records a catch-up answer is made of.
+//! number → LSN of its log record, its chain hash, and whether it is a
+//! signed chain head. It tells a repeated operation from a conflicting one
+//! (same position, other hash), and which records a catch-up answer is
+//! made of.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{ActorId, OpEnvelope};
+use super::{ActorId, ChainHash};
 use crate::wal::Lsn;
 
-/// What is kept in memory of an applied operation's signature to tell a
-/// repeat from a conflicting one: its second half, the scalar
-/// `S = r + H(R, A, M)·a` of RFC 8032, which depends on the message even if
-/// a cheating signer reuses its nonce (`R`, the first half, need not).
-type SigDigest = [u8; 32];
-
-fn sig_digest<O>(env: &OpEnvelope<O>) -> SigDigest {
-    let mut d = [0u8; 32];
-    d.copy_from_slice(&env.sig.0[32..]);
-    d
+/// One indexed operation.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Entry {
+    pub lsn: Lsn,
+    pub hash: ChainHash,
+    /// A signed chain head (its signature is in its record).
+    pub signed: bool,
+    /// Written in format 2: it can only be served inside a snapshot.
+    pub legacy: bool,
 }
 
-/// Per actor: the sequence number of the first indexed operation, and the
-/// LSN and signature digest of that operation and its successors, as long
-/// as they are in the log.
+/// Per actor: the sequence number of the first indexed operation, the hash
+/// before it, and that operation and its successors, as long as they are
+/// in the log.
 #[derive(Debug, Default)]
 pub(super) struct OpIndex {
-    actors: BTreeMap<ActorId, (u64, VecDeque<(Lsn, SigDigest)>)>,
+    actors: BTreeMap<ActorId, Indexed>,
+}
+
+#[derive(Debug)]
+struct Indexed {
+    first: u64,
+    before: ChainHash,
+    entries: VecDeque<Entry>,
+}
+
+/// The hash the operation after `e` follows: `e`'s, or the zero hash after
+/// a format-2 operation (the chain starts again there).
+fn follows(e: &Entry) -> ChainHash {
+    if e.legacy {
+        ChainHash::ZERO
+    } else {
+        e.hash
+    }
 }
 
 impl OpIndex {
-    /// Records an operation applied from log record `lsn`. Operations of an
-    /// actor are indexed in a run without gaps: one that does not follow
-    /// the run (after a snapshot merge, say) starts a new one.
-    pub(super) fn insert<O>(&mut self, env: &OpEnvelope<O>, lsn: Lsn) {
-        let entry = self.actors.entry(env.actor).or_insert_with(|| (env.seq, VecDeque::new()));
-        if entry.0 + entry.1.len() as u64 != env.seq {
-            *entry = (env.seq, VecDeque::new());
+    /// Records operation `seq` of `actor`, following `prev`, applied from
+    /// log record `entry.lsn`. Operations of an actor are indexed in a run
+    /// without gaps: one that does not follow the run (after a snapshot
+    /// merge, say) starts a new one.
+    pub(super) fn insert(&mut self, actor: ActorId, seq: u64, prev: ChainHash, entry: Entry) {
+        let at =
+            self.actors.entry(actor).or_insert_with(|| Indexed { first: seq, before: prev, entries: VecDeque::new() });
+        if at.first + at.entries.len() as u64 != seq {
+            *at = Indexed { first: seq, before: prev, entries: VecDeque::new() };
         }
-        entry.1.push_back((lsn, sig_digest(env)));
+        at.entries.push_back(entry);
     }
 
-    /// Whether `env` has the signature of the indexed operation for its
-    /// (actor, seq); `None` if that operation is not indexed.
-    pub(super) fn same_sig<O>(&self, env: &OpEnvelope<O>) -> Option<bool> {
-        let (first, entries) = self.actors.get(&env.actor)?;
-        let i = usize::try_from(env.seq.checked_sub(*first)?).ok()?;
-        entries.get(i).map(|(_, sig)| *sig == sig_digest(env))
+    /// The indexed operation `seq` of `actor`.
+    pub(super) fn get(&self, actor: &ActorId, seq: u64) -> Option<&Entry> {
+        let at = self.actors.get(actor)?;
+        let i = usize::try_from(seq.checked_sub(at.first)?).ok()?;
+        at.entries.get(i)
     }
 
-    /// The LSNs of `actor`'s operations `from..=last`, or `None` if any of
-    /// them is not indexed (truncated from the log, or merged from a
-    /// snapshot): then only a snapshot can answer.
-    pub(super) fn lsns(&self, actor: &ActorId, from: u64, last: u64) -> Option<impl Iterator<Item = Lsn> + '_> {
-        let (first, entries) = self.actors.get(actor)?;
-        if from < *first || first + entries.len() as u64 <= last {
+    /// The hash operation `from` of `actor` follows, and the entries
+    /// `from..=last`, or `None` if any of them is not indexed (truncated
+    /// from the log, merged from a snapshot) or was written in format 2:
+    /// then only a snapshot can answer.
+    pub(super) fn range(&self, actor: &ActorId, from: u64, last: u64) -> Option<(ChainHash, Vec<Entry>)> {
+        let at = self.actors.get(actor)?;
+        if from < at.first || at.first + at.entries.len() as u64 <= last || last < from {
             return None;
         }
-        let skip = usize::try_from(from - first).ok()?;
-        Some(entries.iter().skip(skip).map(|(lsn, _)| *lsn))
+        let skip = usize::try_from(from - at.first).ok()?;
+        let before = if skip == 0 { at.before } else { follows(at.entries.get(skip - 1)?) };
+        let entries: Vec<Entry> = at.entries.iter().skip(skip).take((last - from + 1) as usize).copied().collect();
+        if entries.iter().any(|e| e.legacy) {
+            return None;
+        }
+        Some((before, entries))
     }
 
     /// Forgets the operations whose records are before `first`, the log's
     /// first LSN after a truncation.
     pub(super) fn forget_before(&mut self, first: Lsn) {
-        for (seq, entries) in self.actors.values_mut() {
-            while entries.front().is_some_and(|&(l, _)| l < first) {
-                entries.pop_front();
-                *seq += 1;
+        for at in self.actors.values_mut() {
+            while at.entries.front().is_some_and(|e| e.lsn < first) {
+                if let Some(e) = at.entries.pop_front() {
+                    at.before = follows(&e);
+                }
+                at.first += 1;
             }
         }
     }

@@ -7,7 +7,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, CHECKPOINT_FILE};
-use super::{ActorId, Document, OpEnvelope, ReplicaOptions, RetireReason, StorageError, VersionVector, WAL_DIR};
+use super::legacy::LegacyEnvelope;
+use super::run::{Run, BLOCK_TAG};
+use super::{
+    ActorId, ChainKey, Document, EnvelopeError, OpEnvelope, ReplicaOptions, RetireReason, StorageError, VersionVector,
+    WAL_DIR,
+};
 use crate::wal::Lsn;
 
 /// Something found wrong, and worked around, when a replica was opened.
@@ -74,6 +79,7 @@ pub(crate) struct Base<D> {
     /// LSN of the generation before it (0 if none).
     pub older_lsn: Lsn,
     pub successions: Vec<super::Succession>,
+    pub heads: Vec<(super::ActorId, super::ChainHash)>,
     pub recovered: Vec<Recovered>,
     /// No checkpoint restores the state: it starts empty (`rebuild`).
     pub rebuilt: bool,
@@ -95,9 +101,9 @@ pub(crate) fn load_base<D: Document>(
     rebuild: bool,
 ) -> Result<Base<D>, StorageError> {
     let gens = checkpoint::read_generations::<D>(dir, opts.max_checkpoint_size)?;
-    let (doc, clock, lsn, successions) = match gens.newest {
-        Some(cp) => (cp.state, cp.clock, cp.lsn, cp.successions),
-        None => (D::default(), VersionVector::default(), 0, Vec::new()),
+    let (doc, clock, lsn, successions, heads) = match gens.newest {
+        Some(cp) => (cp.state, cp.clock, cp.lsn, cp.successions, cp.heads),
+        None => (D::default(), VersionVector::default(), 0, Vec::new(), Vec::new()),
     };
     let path = dir.join(CHECKPOINT_FILE);
     if lsn > last_lsn {
@@ -116,6 +122,7 @@ pub(crate) fn load_base<D: Document>(
             lsn: first_lsn - 1,
             older_lsn: 0,
             successions,
+            heads: Vec::new(),
             recovered,
             rebuilt: true,
             tolerant: true,
@@ -141,7 +148,7 @@ pub(crate) fn load_base<D: Document>(
     // lost), the log may hold operations whose predecessors only a merged
     // snapshot had. A replica that never checkpointed has no such gaps.
     let tolerant = gens.newest_is_previous || lsn == 0;
-    Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, successions, recovered, rebuilt: false, tolerant })
+    Ok(Base { doc, clock, lsn, older_lsn: gens.older_lsn, successions, heads, recovered, rebuilt: false, tolerant })
 }
 
 fn damaged_notes(damaged: Vec<(PathBuf, StorageError)>, used_lsn: Lsn) -> Vec<Recovered> {
@@ -177,11 +184,11 @@ pub(crate) fn replay_step<O>(
     tolerant: bool,
     dir: &Path,
 ) -> Result<Step, StorageError> {
-    let have = clock.get(&env.actor);
-    if env.seq <= have {
+    let have = clock.get(&env.actor());
+    if env.seq() <= have {
         return Ok(Step::Skip);
     }
-    if env.seq == have + 1 {
+    if env.seq() == have + 1 {
         return Ok(Step::Apply);
     }
     if tolerant {
@@ -189,6 +196,37 @@ pub(crate) fn replay_step<O>(
     }
     Err(StorageError::Corrupt {
         path: dir.join(WAL_DIR),
-        reason: format!("LSN {lsn} holds ({}, {}) but ({}, {}) was expected", env.actor, env.seq, env.actor, have + 1),
+        reason: format!(
+            "LSN {lsn} holds ({}, {}) but ({}, {}) was expected",
+            env.actor(),
+            env.seq(),
+            env.actor(),
+            have + 1
+        ),
     })
+}
+
+/// The operations of one log record, and whether it is of format 2.
+type RecordOps<O> = (Vec<OpEnvelope<O>>, bool);
+
+/// The operations of one log record: a format-3 block (a run of one
+/// actor's operations) or a format-2 envelope, whose operation is encoded
+/// once more here to give it its bytes (its hash is its legacy hash). True
+/// with a format-2 record.
+pub(crate) fn decode_record<D: Document>(
+    chain: &ChainKey,
+    payload: &[u8],
+    lsn: Lsn,
+    max_op: usize,
+) -> Result<RecordOps<D::Operation>, StorageError> {
+    let bad = |e: String| StorageError::Envelope(EnvelopeError::Malformed(format!("log record {lsn}: {e}")));
+    if payload.first() == Some(&BLOCK_TAG) {
+        let run = Run::from_block(payload).map_err(bad)?;
+        if run.ops.iter().any(|op| op.len() > max_op) {
+            return Err(bad(format!("an operation over the limit of {max_op} bytes")));
+        }
+        return Ok((run.envelopes::<D>(chain).map_err(|e| bad(e.to_string()))?, false));
+    }
+    let old = LegacyEnvelope::<D::Operation>::decode(payload, max_op)?;
+    Ok((vec![OpEnvelope::from_legacy::<D>(chain, old).map_err(|e| bad(e.to_string()))?], true))
 }

@@ -3,7 +3,8 @@
 //! A [`Replica`] holds one [`Document`] (any `crdts` CmRDT + CvRDT with
 //! serde, or one of the ready-made [`KvDoc`], [`SetDoc`], [`CounterDoc`],
 //! [`RegisterDoc`]). Every operation is wrapped in an [`OpEnvelope`]
-//! (actor, per-actor sequence number, op, the actor's signature), written to
+//! (actor, per-actor sequence number, op, its place in the actor's hash
+//! chain and, on a run's last operation, the actor's signature), written to
 //! the log and made durable before it is applied. The actor id is the
 //! public half of the replica's [`ActorKey`]; remote operations are checked
 //! against it before they are buffered or logged. Remote operations wait in a
@@ -34,8 +35,10 @@ mod error;
 mod index;
 mod key;
 mod kv;
+pub(crate) mod legacy;
 mod load;
 mod options;
+mod proof;
 mod receive;
 pub(crate) mod varint;
 // The `Replica` type, named as what it is; the modules around it add the
@@ -43,6 +46,7 @@ pub(crate) mod varint;
 #[allow(clippy::module_inception)]
 mod replica;
 mod retire;
+pub(crate) mod run;
 mod succession;
 mod verify;
 mod view;
@@ -65,6 +69,7 @@ pub use key::{ActorKey, KeyError, Signature};
 pub use kv::{CausalContext, Dot, KvDoc, KvOp};
 pub use load::Recovered;
 pub use options::ReplicaOptions;
+pub use proof::{EquivocationProof, SignedRun};
 pub use replica::Replica;
 pub use succession::{request_retirement, RetireReason, Succession, MAX_SUCCESSIONS};
 pub use view::ReplicaView;

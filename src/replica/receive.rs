@@ -2,9 +2,14 @@
 //! admitted (new, repeated, conflicting, or not a writer's), held until
 //! their predecessors arrive, then logged, applied and announced.
 
+use std::collections::BTreeSet;
+
 use tracing::warn;
 
-use super::verify::{verify_batch, VERIFY_ROUND};
+use super::proof::{EquivocationProof, SignedRun};
+use super::run::Run;
+use super::verify::verify_runs;
+use super::ActorId;
 use super::{
     Document, EnvelopeError, Equivocation, Offer, OpEnvelope, Origin, PeerError, ReceiveError, Received, Replica,
     StorageError,
@@ -13,6 +18,32 @@ use crate::wal::Lsn;
 
 /// Most equivocations kept for [`Replica::take_equivocations`].
 const MAX_HELD_EQUIVOCATIONS: usize = 1024;
+
+/// Where `receive` is in a batch: the operations after the current one,
+/// what it did so far.
+struct Batch<'a, O> {
+    rest: &'a [Option<OpEnvelope<O>>],
+    report: &'a mut Received,
+    staged: &'a mut Vec<OpEnvelope<O>>,
+    own: &'a mut Vec<OpEnvelope<O>>,
+}
+
+/// The run `env` starts in the batch, up to its signed head: one side of
+/// an equivocation's proof.
+fn incoming_run<O>(env: &OpEnvelope<O>, rest: &[Option<OpEnvelope<O>>]) -> Option<SignedRun> {
+    let mut ops = vec![env.op_bytes().to_vec()];
+    let (mut last_seq, mut last_hash, mut sig) = (env.seq(), env.hash(), env.signature().copied());
+    for next in rest.iter().flatten() {
+        if sig.is_some() {
+            break;
+        }
+        if next.actor() == env.actor() && Some(next.seq()) == last_seq.checked_add(1) && next.prev() == last_hash {
+            ops.push(next.op_bytes().to_vec());
+            (last_seq, last_hash, sig) = (next.seq(), next.hash(), next.signature().copied());
+        }
+    }
+    Some(SignedRun { first: env.seq(), prev: env.prev(), succeeds: env.succeeds().copied(), ops, sig: sig? })
+}
 
 /// What to do with a remote operation, decided before it is buffered or
 /// logged.
@@ -25,33 +56,15 @@ pub(super) enum Admit {
 
 impl<D: Document> Replica<D> {
     /// Whether (`env.actor`, `env.seq`) is already here: `Some(true)` with
-    /// the same signature, `Some(false)` with another one, `None` if not.
+    /// the same hash, `Some(false)` with another one, `None` if not.
     fn known(&self, env: &OpEnvelope<D::Operation>) -> Option<bool> {
-        if env.seq <= self.clock.get(&env.actor) {
+        if env.seq() <= self.clock.get(&env.actor()) {
             // Applied. Without a record of it (truncated, or merged from a
             // snapshot) a conflict cannot be told: treat it as a repeat.
-            Some(self.index.same_sig(env).unwrap_or(true))
+            Some(self.index.get(&env.actor(), env.seq()).is_none_or(|e| e.hash == env.hash()))
         } else {
-            self.buffer.get(&env.actor, env.seq).map(|held| held.sig == env.sig)
+            self.buffer.get(&env.actor(), env.seq()).map(|held| held.hash() == env.hash())
         }
-    }
-
-    /// Checks the signatures of the operations in `ops` that will need it
-    /// (those from a writer). `None` where it was not checked.
-    #[allow(clippy::type_complexity)]
-    fn verify_batch(&self, ops: Vec<OpEnvelope<D::Operation>>) -> Vec<(OpEnvelope<D::Operation>, Option<bool>)> {
-        let todo: Vec<bool> = ops.iter().map(|env| self.check_writer(&env.actor, env.seq).is_ok()).collect();
-        verify_batch::<D>(&self.document, ops, todo)
-    }
-
-    /// Checks one remote operation's signature. An operation this
-    /// replica's own type cannot encode again (to compute the signed
-    /// bytes) is a local failure, not the sender's: its encoding decoded.
-    fn verify_one(&self, env: &OpEnvelope<D::Operation>) -> Result<(), ReceiveError> {
-        env.verify(&self.document).map_err(|e| match e {
-            EnvelopeError::Encode(_) => ReceiveError::Local(StorageError::Envelope(e)),
-            other => other.into(),
-        })
     }
 
     /// Keeps the error `receive` reports for a batch: the first, unless a
@@ -76,30 +89,25 @@ impl<D: Document> Replica<D> {
     /// of checking it already, if known), repeats included: so a bad
     /// signature ends a batch at the same place on every replica, whatever
     /// each already holds.
-    fn admit(&mut self, env: &OpEnvelope<D::Operation>, mut verified: Option<bool>) -> Result<Admit, ReceiveError> {
-        if let Some(c) = &env.succeeds {
+    fn admit(&mut self, env: &OpEnvelope<D::Operation>, verified: Option<bool>) -> Result<Admit, ReceiveError> {
+        if let Some(c) = &env.succeeds() {
             // The operation's signature covers the certificate: check it
             // first, so nobody but the actor can attach one; then the
             // certificate itself. Either failing ends the batch.
-            if env.seq != 1 || c.to != env.actor {
+            if env.seq() != 1 || c.to != env.actor() {
                 return Err(EnvelopeError::BadSuccession { from: c.from, to: c.to }.into());
             }
-            match verified {
-                Some(true) => {}
-                Some(false) => return Err(EnvelopeError::BadSignature { actor: env.actor, seq: env.seq }.into()),
-                None => self.verify_one(env)?,
+            if verified != Some(true) {
+                return Err(EnvelopeError::BadSignature { actor: env.actor(), seq: env.seq() }.into());
             }
-            verified = Some(true);
             c.verify(&self.document)?;
             self.learn_succession(c);
         }
-        if self.check_writer(&env.actor, env.seq).is_err() {
+        if self.check_writer(&env.actor(), env.seq()).is_err() {
             return Ok(Admit::NotAWriter);
         }
-        match verified {
-            Some(true) => {}
-            Some(false) => return Err(EnvelopeError::BadSignature { actor: env.actor, seq: env.seq }.into()),
-            None => self.verify_one(env)?,
+        if verified != Some(true) {
+            return Err(EnvelopeError::BadSignature { actor: env.actor(), seq: env.seq() }.into());
         }
         match self.known(env) {
             Some(true) => return Ok(Admit::Duplicate),
@@ -107,9 +115,9 @@ impl<D: Document> Replica<D> {
             None => {}
         }
         // Signed by its actor, but it may still name another actor inside.
-        D::check_author(&env.op, &env.actor).map_err(|reason| PeerError::Rejected {
-            actor: env.actor,
-            seq: env.seq,
+        D::check_author(env.op(), &env.actor()).map_err(|reason| PeerError::Rejected {
+            actor: env.actor(),
+            seq: env.seq(),
             reason,
         })?;
         Ok(Admit::New)
@@ -147,23 +155,67 @@ impl<D: Document> Replica<D> {
     where
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
     {
+        // Hashes made under another document's key are made again here.
+        let chain = self.chain.clone();
+        self.receive_checked(ops.into_iter().map(|env| env.rechained(&chain)).collect(), false)
+    }
+
+    /// [`receive`](Self::receive); with `verified`, the operations were
+    /// checked up to their heads already (held operations released later,
+    /// which may have been separated from their heads).
+    pub(super) fn receive_checked(
+        &mut self,
+        ops: Vec<OpEnvelope<D::Operation>>,
+        verified: bool,
+    ) -> Result<Received, ReceiveError> {
         self.check()?;
         let mut report = Received::default();
         let mut ready = Vec::new();
         let mut first_error = None;
-        let mut ops = ops.into_iter().peekable();
-        let mut forged = false;
         let mut own = Vec::new();
-        while ops.peek().is_some() && !forged && !self.poisoned {
-            let round: Vec<_> = ops.by_ref().take(VERIFY_ROUND).collect();
-            for (env, verified) in self.verify_batch(round) {
-                if forged || self.poisoned {
-                    break;
-                }
-                forged = self.receive_one(env, verified, &mut report, &mut ready, &mut own, &mut first_error);
+        // Operations whose signatures will matter: writers', and a run
+        // that may carry a certificate making its actor one.
+        let verified = if verified {
+            vec![Some(true); ops.len()]
+        } else {
+            // Every operation of such an actor: a certificate on its
+            // operation 1 may make it a writer for the rest.
+            let actors: BTreeSet<ActorId> = ops
+                .iter()
+                .filter(|env| env.seq() == 1 || self.check_writer(&env.actor(), env.seq()).is_ok())
+                .map(|env| env.actor())
+                .collect();
+            let todo: Vec<bool> = ops.iter().map(|env| actors.contains(&env.actor())).collect();
+            verify_runs(&ops, &todo)
+        };
+        let mut staged = Vec::new();
+        // Taken one by one; the rest stay visible (an equivocation's proof
+        // takes the run up to its head).
+        let mut slots: Vec<Option<OpEnvelope<D::Operation>>> = ops.into_iter().map(Some).collect();
+        // Until they are logged, applied operations make the replica
+        // refuse everything if this call never returns (a document's code
+        // panicking).
+        self.staging = true;
+        for i in 0..slots.len() {
+            if self.poisoned {
+                break;
+            }
+            let Some(env) = slots[i].take() else { continue };
+            let verified = verified.get(i).copied().flatten();
+            let cx = Batch { rest: &slots[i + 1..], report: &mut report, staged: &mut staged, own: &mut own };
+            if self.receive_one(env, verified, cx, &mut first_error) {
+                break;
             }
         }
+        if let Err(e) = self.log_staged(&mut staged, false, &mut ready) {
+            self.keep_error(&mut first_error, e.into());
+        }
+        self.staging = false;
         report.applied = ready.len();
+        if self.poisoned {
+            // The state holds operations that may not be logged.
+            return Err(first_error.unwrap_or(ReceiveError::Local(StorageError::Poisoned)));
+        }
         let last = ready.last().map(|(lsn, _)| *lsn);
         self.commit(Origin::Remote, last, ready.iter().map(|(_, env)| env))?;
         if self.retire.is_some() {
@@ -171,7 +223,8 @@ impl<D: Document> Replica<D> {
         }
         if !own.is_empty() {
             // The retired actor's operations, now another actor's.
-            let later = self.receive(own)?;
+            // Checked already, in this call.
+            let later = self.receive_checked(own, true)?;
             report.applied += later.applied;
             report.buffered += later.buffered;
             report.duplicates += later.duplicates;
@@ -192,13 +245,12 @@ impl<D: Document> Replica<D> {
         &mut self,
         env: OpEnvelope<D::Operation>,
         verified: Option<bool>,
-        report: &mut Received,
-        ready: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
-        own: &mut Vec<OpEnvelope<D::Operation>>,
+        batch: Batch<'_, D::Operation>,
         first_error: &mut Option<ReceiveError>,
     ) -> bool {
+        let Batch { rest, report, staged: ready, own } = batch;
         let admitted = self.admit(&env, verified);
-        if env.actor == self.actor {
+        if env.actor() == self.actor {
             self.note_own(&env, &admitted);
             // Behind its own actor's history: the peer's later operations
             // of the actor are taken once it is retired (and its forked
@@ -224,16 +276,19 @@ impl<D: Document> Replica<D> {
             // This replica's own actor: a restored or rolled-back copy wrote
             // too; the actor is being retired (`note_own`), which is the
             // remedy, not an offence of the peer's or the actor's.
-            Ok(Admit::Equivocation) if env.actor == self.actor => {
+            Ok(Admit::Equivocation) if env.actor() == self.actor => {
                 report.duplicates += 1;
                 return false;
             }
             Ok(Admit::Equivocation) => {
-                warn!(actor = %env.actor, seq = env.seq, "equivocation: two signed operations for one sequence number");
-                let found = Equivocation { actor: env.actor, seq: env.seq };
-                if self.equivocations.len() < MAX_HELD_EQUIVOCATIONS {
-                    self.equivocations.push(found.clone());
+                warn!(actor = %env.actor(), seq = env.seq(), "equivocation: two signed operations for one sequence number");
+                let found = Equivocation { actor: env.actor(), seq: env.seq() };
+                if let (Some(a), Some(b)) = (self.logged_run(&env.actor(), env.seq()), incoming_run(&env, rest)) {
+                    if self.proofs.len() < MAX_HELD_EQUIVOCATIONS {
+                        self.proofs.push(EquivocationProof { actor: env.actor(), seq: env.seq(), a, b });
+                    }
                 }
+                self.hold_equivocation(found.clone());
                 report.equivocations.push(found);
                 return false;
             }
@@ -252,8 +307,8 @@ impl<D: Document> Replica<D> {
         }
         // Only an operation that must wait is measured, for the
         // buffer's byte limit.
-        let early = env.seq > self.clock.get(&env.actor).saturating_add(1);
-        let size = if early { env.encode().map_or(usize::MAX, |b| b.len()) } else { 0 };
+        let early = env.seq() > self.clock.get(&env.actor()).saturating_add(1);
+        let size = if early { env.op_bytes().len() + 128 } else { 0 };
         match self.buffer.offer_sized(env, &self.clock, size) {
             Ok(Offer::Ready(list)) => {
                 // Apply now so later offers see the advanced clock.
@@ -268,41 +323,103 @@ impl<D: Document> Replica<D> {
         false
     }
 
-    /// Validates, logs (without waiting for durability) and applies ready
-    /// remote operations. The caller waits for durability before anything
-    /// is published; `&mut self` keeps the state unobserved meanwhile.
+    /// Validates and applies ready remote operations, staging them to be
+    /// logged (by `receive`, before anything is published; `&mut self`
+    /// keeps the state unobserved meanwhile).
     ///
     /// `list` is the delivered operation followed by held successors it
     /// unblocked. The delivered one refused is an error (its sender's
     /// fault); a successor refused is counted in `report.rejected`, and it
-    /// and the rest of its actor's held operations are dropped.
+    /// and the rest of its actor's held operations are dropped. One that
+    /// does not follow its actor's last operation here (another hash)
+    /// shows that the actor signed two histories: an equivocation.
     fn write_remote(
         &mut self,
         list: Vec<OpEnvelope<D::Operation>>,
-        done: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
+        staged: &mut Vec<OpEnvelope<D::Operation>>,
         report: &mut Received,
     ) -> Result<(), ReceiveError> {
         let count = list.len();
+        let limit = self.op_limit();
         for (i, env) in list.into_iter().enumerate() {
-            let checked = match self.doc.check_op(&env.op) {
-                Ok(()) => self.encode_checked(&env).map_err(ReceiveError::from),
-                Err(reason) => Err(PeerError::Rejected { actor: env.actor, seq: env.seq, reason }.into()),
-            };
-            let bytes = match checked {
-                Ok(b) => b,
-                Err(e) => {
-                    let dropped = self.buffer.discard_actor(&env.actor);
-                    if i == 0 {
-                        return Err(e);
-                    }
-                    warn!(actor = %env.actor, seq = env.seq, error = %e, "a held operation was refused once its predecessors arrived");
-                    report.rejected += count - i + dropped;
-                    return Ok(());
+            if self.head_of(&env.actor()).is_some_and(|h| h != env.prev()) {
+                let dropped = self.buffer.discard_actor(&env.actor());
+                let found = Equivocation { actor: env.actor(), seq: env.seq() - 1 };
+                warn!(actor = %found.actor, seq = found.seq, "equivocation: an operation follows another history of its actor");
+                self.hold_equivocation(found.clone());
+                report.equivocations.push(found);
+                report.rejected += count - i - 1 + dropped;
+                return Ok(());
+            }
+            let checked = match self.doc.check_op(env.op()) {
+                Ok(()) if env.op_bytes().len() > limit => {
+                    Err(ReceiveError::TooLarge { len: env.op_bytes().len(), limit })
                 }
+                Ok(()) => Ok(()),
+                Err(reason) => Err(PeerError::Rejected { actor: env.actor(), seq: env.seq(), reason }.into()),
             };
-            let lsn = self.log_and_apply(env.clone(), &bytes)?;
-            done.push((lsn, env));
+            if let Err(e) = checked {
+                let dropped = self.buffer.discard_actor(&env.actor());
+                if i == 0 {
+                    return Err(e);
+                }
+                warn!(actor = %env.actor(), seq = env.seq(), error = %e, "a held operation was refused once its predecessors arrived");
+                report.rejected += count - i + dropped;
+                return Ok(());
+            }
+            self.apply_staged(&env);
+            staged.push(env);
         }
         Ok(())
+    }
+
+    /// This replica's run of `actor` from operation `seq` up to the next
+    /// signed head, read from its log (one side of an equivocation's
+    /// proof); `None` if it is not in the log.
+    fn logged_run(&self, actor: &ActorId, seq: u64) -> Option<SignedRun> {
+        let (prev, entries) = self.index.range(actor, seq, self.clock.get(actor))?;
+        let k = entries.iter().position(|e| e.signed)?;
+        let last = seq + k as u64;
+        let lsns: BTreeSet<Lsn> = entries[..=k].iter().map(|e| e.lsn).collect();
+        let mut ops = Vec::new();
+        let (mut sig, mut succeeds) = (None, None);
+        for record in self.wal.iter_from(*lsns.first()?).ok()? {
+            let record = record.ok()?;
+            if record.lsn > *lsns.last()? {
+                break;
+            }
+            if !lsns.contains(&record.lsn) {
+                continue;
+            }
+            let run = Run::from_block(&record.payload).ok()?;
+            for (i, bytes) in run.ops.iter().enumerate() {
+                let n = run.first + i as u64;
+                if n == seq {
+                    succeeds = if i == 0 { run.succeeds } else { None };
+                }
+                if (seq..=last).contains(&n) && n == seq + ops.len() as u64 {
+                    ops.push(bytes.to_vec());
+                    if n == last {
+                        sig = if i + 1 == run.ops.len() { run.sig } else { None };
+                    }
+                }
+            }
+        }
+        Some(SignedRun { first: seq, prev, succeeds, ops, sig: sig? })
+    }
+
+    /// The proofs of the equivocations [`receive`](Self::receive) found
+    /// since the last call, where it could make one (both histories'
+    /// operations up to a signed head: the replica's own from its log, the
+    /// other from what it was sent). At most 1024 are kept.
+    pub fn take_equivocation_proofs(&mut self) -> Vec<EquivocationProof> {
+        std::mem::take(&mut self.proofs)
+    }
+
+    /// Keeps an equivocation for [`take_equivocations`](Self::take_equivocations).
+    fn hold_equivocation(&mut self, found: Equivocation) {
+        if self.equivocations.len() < MAX_HELD_EQUIVOCATIONS {
+            self.equivocations.push(found);
+        }
     }
 }

@@ -12,12 +12,12 @@ use tracing::{info, info_span, warn};
 
 use super::checkpoint;
 use super::dir::{load_or_create_document, load_or_create_key, ACTOR_FILE, WAL_DIR};
-use super::index::OpIndex;
-use super::load::{load_base, replay_step, Recovered, Step};
+use super::index::{Entry, OpIndex};
+use super::load::{decode_record, load_base, replay_step, Recovered, Step};
 use super::succession::{self, RetireReason, Succession, MAX_SUCCESSIONS};
 use super::{
-    ActorId, ActorKey, CausalBuffer, Change, Document, Equivocation, OpEnvelope, OpenError, ReplicaOptions,
-    StorageError, VersionVector, WriteError,
+    ActorId, ActorKey, CausalBuffer, ChainHash, ChainKey, Change, Document, Equivocation, OpEnvelope, OpenError,
+    ReplicaOptions, StorageError, VersionVector, WriteError,
 };
 use crate::wal::durable::{self, Files};
 use crate::wal::{Lsn, Wal};
@@ -60,6 +60,12 @@ pub struct Replica<D: Document> {
     pub(super) key: ActorKey,
     pub(super) actor: ActorId,
     pub(super) document: String,
+    /// The document's chain hashing keys.
+    pub(super) chain: ChainKey,
+    /// The hash of each actor's last applied operation, where known (not
+    /// for actors only a format-2 checkpoint or a snapshot without heads
+    /// holds): what its next operation must chain to.
+    pub(super) heads: BTreeMap<ActorId, ChainHash>,
     pub(super) buffer: CausalBuffer<D::Operation>,
     /// Where each applied operation still in the log is.
     pub(super) index: OpIndex,
@@ -93,7 +99,13 @@ pub struct Replica<D: Document> {
     pub(super) subscribers: Vec<mpsc::Sender<Change<D::Operation>>>,
     /// Equivocations seen and not yet taken ([`Replica::take_equivocations`]).
     pub(super) equivocations: Vec<Equivocation>,
+    /// Proofs of them, where they could be made.
+    pub(super) proofs: Vec<super::EquivocationProof>,
     pub(super) poisoned: bool,
+    /// Operations are applied in memory but not yet logged: if the code
+    /// that set it never cleared it (a document's code panicked), state and
+    /// log may differ, and the replica refuses everything like a poisoned one.
+    pub(super) staging: bool,
     /// Test hook: stop a checkpoint after this many steps.
     pub(super) checkpoint_stop: Option<u8>,
 }
@@ -163,6 +175,8 @@ impl<D: Document> Replica<D> {
             buffer: CausalBuffer::new(opts.buffer_limit).per_actor(opts.buffer_per_actor).max_bytes(opts.buffer_bytes),
             actor: key.actor(),
             key,
+            chain: ChainKey::new(&document),
+            heads: base.heads.into_iter().collect(),
             document,
             dir,
             opts,
@@ -183,7 +197,9 @@ impl<D: Document> Replica<D> {
             bytes_since_checkpoint: 0,
             subscribers: Vec::new(),
             equivocations: Vec::new(),
+            proofs: Vec::new(),
             poisoned: false,
+            staging: false,
             checkpoint_stop: None,
         };
         r.replay()?;
@@ -235,18 +251,18 @@ impl<D: Document> Replica<D> {
         let from = self.checkpoint_lsn + 1;
         for record in self.wal.iter_from(from)? {
             let record = record?;
-            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
-            if let Some(c) =
-                env.succeeds.as_deref().copied().filter(|c| c.to == env.actor && c.verify(&self.document).is_ok())
-            {
-                self.learn_succession(&c);
-            }
-            match replay_step(&self.clock, &env, record.lsn, self.tolerant_replay, &self.dir)? {
-                Step::Apply => {
-                    self.bytes_since_checkpoint += record.payload.len() as u64;
-                    self.apply_env(env, record.lsn);
+            let (envs, legacy) = decode_record::<D>(&self.chain, &record.payload, record.lsn, self.opts.max_op_size)?;
+            self.bytes_since_checkpoint += record.payload.len() as u64;
+            for env in envs {
+                if let Some(c) =
+                    env.succeeds().copied().filter(|c| c.to == env.actor() && c.verify(&self.document).is_ok())
+                {
+                    self.learn_succession(&c);
                 }
-                Step::Skip => {}
+                match replay_step(&self.clock, &env, record.lsn, self.tolerant_replay, &self.dir)? {
+                    Step::Apply => self.apply_env(env, record.lsn, legacy),
+                    Step::Skip => {}
+                }
             }
         }
         Ok(())
@@ -311,7 +327,7 @@ impl<D: Document> Replica<D> {
     }
 
     pub(super) fn check(&self) -> Result<(), StorageError> {
-        if self.poisoned {
+        if self.poisoned || self.staging {
             return Err(StorageError::Poisoned);
         }
         Ok(())
@@ -325,10 +341,35 @@ impl<D: Document> Replica<D> {
         self.subscribers.retain(|s| s.send(change.clone()).is_ok());
     }
 
-    pub(super) fn apply_env(&mut self, env: OpEnvelope<D::Operation>, lsn: Lsn) {
-        self.clock.observe(env.actor, env.seq);
-        self.index.insert(&env, lsn);
-        self.doc.apply(env.op);
+    /// Applies a logged operation (from record `lsn`; `legacy` if that
+    /// record is of format 2): state, version vector, chain head, index.
+    pub(super) fn apply_env(&mut self, env: OpEnvelope<D::Operation>, lsn: Lsn, legacy: bool) {
+        let actor = env.actor();
+        self.clock.observe(actor, env.seq());
+        // After a format-2 operation the chain is not checked: its writer
+        // may not know that operation's hash (a format-2 checkpoint may
+        // have covered it), so its next operation follows the zero hash.
+        if legacy {
+            self.heads.remove(&actor);
+        } else {
+            self.heads.insert(actor, env.hash());
+        }
+        let entry = Entry { lsn, hash: env.hash(), signed: env.signature().is_some(), legacy };
+        self.index.insert(actor, env.seq(), env.prev(), entry);
+        self.doc.apply(env.into_op());
+    }
+
+    /// The hash `actor`'s next operation must follow, if known.
+    pub(super) fn head_of(&self, actor: &ActorId) -> Option<ChainHash> {
+        match self.clock.get(actor) {
+            0 => Some(ChainHash::ZERO),
+            _ => self.heads.get(actor).copied(),
+        }
+    }
+
+    /// The chain heads known, for a checkpoint or a snapshot.
+    pub(super) fn head_list(&self) -> Vec<(ActorId, ChainHash)> {
+        self.heads.iter().map(|(a, h)| (*a, *h)).collect()
     }
 
     /// Whether `actor` may write operation `seq`: under a writer list, if

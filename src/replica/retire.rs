@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::checkpoint;
 use super::dir::ACTOR_FILE;
-use super::load::{replay_step, Recovered, Step};
+use super::load::{decode_record, replay_step, Recovered, Step};
 use super::receive::Admit;
 use super::replica::PendingRetire;
 use super::succession::{self, RetireReason, Succession, MAX_SUCCESSIONS};
@@ -86,8 +86,17 @@ impl<D: Document> Replica<D> {
     pub(super) fn note_own(&mut self, env: &OpEnvelope<D::Operation>, admitted: &Result<Admit, ReceiveError>) {
         let had = self.clock.get(&self.actor);
         let reason = match admitted {
-            Ok(Admit::New) if env.seq > had => RetireReason::Behind { had, seen: env.seq },
-            Ok(Admit::Equivocation) if env.seq <= had => RetireReason::Forked { seq: env.seq },
+            // The peer's next operation does not follow the last one here:
+            // this copy's operation `had` (at least) was forked.
+            Ok(Admit::New)
+                if had > 0
+                    && had.checked_add(1) == Some(env.seq())
+                    && self.head_of(&self.actor).is_some_and(|h| h != env.prev()) =>
+            {
+                RetireReason::Forked { seq: had }
+            }
+            Ok(Admit::New) if env.seq() > had => RetireReason::Behind { had, seen: env.seq() },
+            Ok(Admit::Equivocation) if env.seq() <= had => RetireReason::Forked { seq: env.seq() },
             _ => return,
         };
         self.behind_own(reason, had);
@@ -192,10 +201,12 @@ impl<D: Document> Replica<D> {
         let mut seen = BTreeSet::new();
         for record in self.wal.iter_from(self.wal.first_lsn())? {
             let record = record?;
-            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
-            if env.actor == old && (from..=to).contains(&env.seq) && seen.insert(env.seq) {
-                fork_lsn.get_or_insert(record.lsn);
-                forked.push(env);
+            let (envs, _) = decode_record::<D>(&self.chain, &record.payload, record.lsn, self.opts.max_op_size)?;
+            for env in envs {
+                if env.actor() == old && (from..=to).contains(&env.seq()) && seen.insert(env.seq()) {
+                    fork_lsn.get_or_insert(record.lsn);
+                    forked.push(env);
+                }
             }
         }
         let Some(fork_lsn) = fork_lsn else {
@@ -214,27 +225,30 @@ impl<D: Document> Replica<D> {
         }
         let below = checkpoint::read_generations_below::<D>(&self.dir, self.opts.max_checkpoint_size, fork_lsn)?;
         let base = match below {
-            Some(cp) => (cp.state, cp.clock, cp.lsn),
+            Some(cp) => (cp.state, cp.clock, cp.lsn, cp.heads),
             // The whole log is there: replay it from the start.
-            None if self.wal.first_lsn() <= 1 => (D::default(), VersionVector::default(), 0),
+            None if self.wal.first_lsn() <= 1 => (D::default(), VersionVector::default(), 0, Vec::new()),
             None => {
                 warn!(actor = %old, from, to, "no state predates the forked operations; they stay in this replica's state");
                 return self.reissue(forked, true);
             }
         };
         // Replay onto the older state, leaving out `old` from `from` on.
-        let (doc, clock, base_lsn) = base;
+        let (doc, clock, base_lsn, heads) = base;
         self.doc = doc;
         self.clock = clock;
+        self.heads = heads.into_iter().collect();
         self.index.clear();
         for record in self.wal.iter_from(base_lsn + 1)? {
             let record = record?;
-            let env = OpEnvelope::<D::Operation>::decode(&record.payload, self.opts.max_op_size)?;
-            if env.actor == old && env.seq >= from {
-                continue;
-            }
-            if let Step::Apply = replay_step(&self.clock, &env, record.lsn, true, &self.dir)? {
-                self.apply_env(env, record.lsn);
+            let (envs, legacy) = decode_record::<D>(&self.chain, &record.payload, record.lsn, self.opts.max_op_size)?;
+            for env in envs {
+                if env.actor() == old && env.seq() >= from {
+                    continue;
+                }
+                if let Step::Apply = replay_step(&self.clock, &env, record.lsn, true, &self.dir)? {
+                    self.apply_env(env, record.lsn, legacy);
+                }
             }
         }
         // Until the next checkpoint, reopening must replay the same way.
@@ -272,14 +286,14 @@ impl<D: Document> Replica<D> {
         // written twice: it writes nothing else while a rewrite is recorded.
         let mut skip = self.clock.get(&self.actor);
         for env in ops {
-            let distrusted = if forked { env.actor } else { self.actor };
-            match self.doc.reissue(&env.op, distrusted, self.actor) {
+            let distrusted = if forked { env.actor() } else { self.actor };
+            match self.doc.reissue(env.op(), distrusted, self.actor) {
                 Some(_) if skip > 0 => skip -= 1,
                 Some(op) => {
                     self.update(|_, _| op)?;
                 }
                 None => {
-                    warn!(actor = %env.actor, seq = env.seq, "an operation cannot be written again by this document type")
+                    warn!(actor = %env.actor(), seq = env.seq(), "an operation cannot be written again by this document type")
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! LEB128 unsigned varints and zigzag signed ones: the integers of the
+//! LEB128 unsigned varints: the integers of the
 //! compact operation and page layouts (docs/REPLICA.md, "Integers").
 
 /// Appends `n` as an unsigned LEB128 varint (7 bits per byte, low first,
@@ -9,11 +9,6 @@ pub(crate) fn put(out: &mut Vec<u8>, mut n: u64) {
         n >>= 7;
     }
     out.push(n as u8);
-}
-
-/// Appends `n` zigzag-coded (0, -1, 1, -2, … → 0, 1, 2, 3, …) as a varint.
-pub(crate) fn put_signed(out: &mut Vec<u8>, n: i64) {
-    put(out, ((n << 1) ^ (n >> 63)) as u64);
 }
 
 /// Why bytes are not a valid varint.
@@ -60,12 +55,6 @@ pub(crate) fn take(bytes: &mut &[u8]) -> Result<u64, VarintError> {
     Err(VarintError::Invalid)
 }
 
-/// Reads a zigzag-coded signed varint.
-pub(crate) fn take_signed(bytes: &mut &[u8]) -> Result<i64, VarintError> {
-    let z = take(bytes)?;
-    Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
-}
-
 /// Reads a varint length and then that many bytes, refusing a length over
 /// what is left before anything is allocated.
 pub(crate) fn take_bytes<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], VarintError> {
@@ -102,16 +91,6 @@ mod tests {
         assert_eq!(enc(128), [0x80, 0x01]);
         assert_eq!(enc(300), [0xac, 0x02]);
         assert_eq!(enc(u64::MAX).len(), 10);
-        let mut s = Vec::new();
-        put_signed(&mut s, -1);
-        put_signed(&mut s, 1);
-        put_signed(&mut s, i64::MIN);
-        assert_eq!(&s[..2], [0x01, 0x02]);
-        let mut r = &s[..];
-        assert_eq!(take_signed(&mut r), Ok(-1));
-        assert_eq!(take_signed(&mut r), Ok(1));
-        assert_eq!(take_signed(&mut r), Ok(i64::MIN));
-        assert!(r.is_empty());
     }
 
     #[test]
@@ -129,14 +108,12 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(n in any::<u64>(), s in any::<i64>(), tail in proptest::collection::vec(any::<u8>(), 0..4)) {
+        fn round_trip(n in any::<u64>(), tail in proptest::collection::vec(any::<u8>(), 0..4)) {
             let mut v = Vec::new();
             put(&mut v, n);
-            put_signed(&mut v, s);
             put_bytes(&mut v, &tail);
             let mut r = &v[..];
             prop_assert_eq!(take(&mut r), Ok(n));
-            prop_assert_eq!(take_signed(&mut r), Ok(s));
             prop_assert_eq!(take_bytes(&mut r), Ok(&tail[..]));
             prop_assert!(r.is_empty());
         }

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::load::{load_base, replay_step, Recovered, Step};
-use super::{ActorId, ActorKey, Document, OpEnvelope, OpenError, ReplicaOptions, StorageError, VersionVector};
+use super::load::{decode_record, load_base, replay_step, Recovered, Step};
+use super::{ActorId, ActorKey, ChainKey, Document, OpenError, ReplicaOptions, StorageError, VersionVector};
 use super::{ACTOR_FILE, WAL_DIR};
 use crate::wal::{self, LogReader};
 
@@ -73,15 +73,18 @@ impl<D: Document> ReplicaView<D> {
         let base = load_base::<D>(dir, opts, summary.first_lsn, summary.last_lsn, false)?;
         let tolerant = base.tolerant;
         let (mut doc, mut clock) = (base.doc, base.clock);
+        let document = super::dir::read_document(dir)?.unwrap_or_default();
+        let chain = ChainKey::new(&document);
         for record in reader.iter_from(base.lsn + 1)? {
             let record = record?;
-            let env = OpEnvelope::<D::Operation>::decode(&record.payload, opts.max_op_size)?;
-            if let Step::Apply = replay_step(&clock, &env, record.lsn, tolerant, dir)? {
-                clock.observe(env.actor, env.seq);
-                doc.apply(env.op);
+            let (envs, _) = decode_record::<D>(&chain, &record.payload, record.lsn, opts.max_op_size)?;
+            for env in envs {
+                if let Step::Apply = replay_step(&clock, &env, record.lsn, tolerant, dir)? {
+                    clock.observe(env.actor(), env.seq());
+                    doc.apply(env.into_op());
+                }
             }
         }
-        let document = super::dir::read_document(dir)?.unwrap_or_default();
         // The key is the owner's secret: a reader allowed only the rest of
         // the directory still gets the document, without the actor.
         let actor = ActorKey::load(&dir.join(ACTOR_FILE)).ok().map(|k| k.actor());

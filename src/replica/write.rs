@@ -3,8 +3,20 @@
 
 use tracing::warn;
 
-use super::{ActorId, Change, Document, OpEnvelope, Origin, Replica, StorageError, WriteError};
+use super::index::Entry;
+use super::run::{Run, RUN_SPLIT_BYTES, RUN_SPLIT_OPS};
+use super::{ActorId, ChainHash, Change, Document, OpEnvelope, Origin, Replica, StorageError, WriteError};
 use crate::wal::Lsn;
+
+/// Largest log record (block) the write paths make: a batch of local
+/// operations, or received ones, is logged in runs of at most this many
+/// bytes of operations (one operation larger than it is a block alone).
+const BLOCK_BYTES: usize = RUN_SPLIT_BYTES;
+/// Most operations in one block.
+const BLOCK_OPS: usize = RUN_SPLIT_OPS;
+/// What a block adds to its operations, at most: tag, actor, sequence
+/// number, count, previous hash, flags, certificate, signature.
+const BLOCK_OVERHEAD: usize = 1 + 32 + 10 + 10 + 32 + 1 + 128 + 64;
 
 impl<D: Document> Replica<D> {
     /// This replica's next sequence number (a merged hostile snapshot could
@@ -14,20 +26,16 @@ impl<D: Document> Replica<D> {
         have.checked_add(1).ok_or(WriteError::SequenceExhausted { actor: self.actor, seq: have })
     }
 
-    pub(super) fn encode_checked(&self, env: &OpEnvelope<D::Operation>) -> Result<Vec<u8>, WriteError> {
-        let bytes = env.encode()?;
-        // The log's record limit caps the option: an operation the log
-        // would refuse is refused here, before anything is written (a
-        // refused append would poison the replica).
-        let limit = self.opts.max_op_size.min(self.opts.wal.max_record_size as usize);
-        if bytes.len() > limit {
-            return Err(WriteError::TooLarge { len: bytes.len(), limit });
-        }
-        Ok(bytes)
+    /// Largest operation encoding accepted: the option, and what fits in
+    /// one log record with its block's framing (a refused append would
+    /// poison the replica, so it is refused before anything is written).
+    pub(super) fn op_limit(&self) -> usize {
+        self.opts.max_op_size.min((self.opts.wal.max_record_size as usize).saturating_sub(BLOCK_OVERHEAD + 10))
     }
 
-    /// Checks a local operation and signs it as `seq` of this replica's actor.
-    fn sign_local(&self, seq: u64, op: D::Operation) -> Result<OpEnvelope<D::Operation>, WriteError> {
+    /// Checks a local operation and chains it as `seq` of this replica's
+    /// actor (unsigned: the block it ends up last in is signed).
+    fn chain_local(&self, seq: u64, op: D::Operation) -> Result<OpEnvelope<D::Operation>, WriteError> {
         self.check_writer(&self.actor, seq)?;
         if let Err(reason) = D::check_author(&op, &self.actor) {
             return Err(WriteError::Rejected { actor: self.actor, seq, reason });
@@ -35,14 +43,20 @@ impl<D: Document> Replica<D> {
         if let Err(reason) = self.doc.check_op(&op) {
             return Err(WriteError::Rejected { actor: self.actor, seq, reason });
         }
-        let cert = if seq == 1 { self.successions.get(&self.actor).copied() } else { None };
-        Ok(OpEnvelope::signed_succeeding(&self.key, &self.document, seq, op, cert)?)
+        let cert = if seq == 1 { self.successions.get(&self.actor).copied().map(Box::new) } else { None };
+        let prev = self.heads.get(&self.actor).copied().unwrap_or(ChainHash::ZERO);
+        let env = OpEnvelope::encode::<D>(&self.chain, self.actor, seq, prev, op, cert)?;
+        let limit = self.op_limit();
+        if env.op_bytes().len() > limit {
+            return Err(WriteError::TooLarge { len: env.op_bytes().len(), limit });
+        }
+        Ok(env)
     }
 
     /// Writes a local operation: `make` builds it from the current state and
     /// this replica's actor. The operation is durable in the log before
     /// anyone sees it applied and before this returns; the returned
-    /// envelope is what to send to peers.
+    /// envelope (signed: it is its own chain head) is what to send to peers.
     ///
     /// It is [`update_many`](Self::update_many) of one operation.
     pub fn update<F>(&mut self, make: F) -> Result<OpEnvelope<D::Operation>, WriteError>
@@ -54,10 +68,14 @@ impl<D: Document> Replica<D> {
     }
 
     /// Writes several local operations with one wait for durability (one
-    /// group commit instead of one per operation). Each `make` sees the
+    /// group commit instead of one per operation) and one signature per
+    /// log record of them: they form a run of this replica's chain, and
+    /// the last operation of each record is signed. Each `make` sees the
     /// state with the earlier ones applied. Returns one result per maker,
     /// in order; operations are durable before any is visible to
-    /// subscribers and before this returns.
+    /// subscribers and before this returns. Send the written operations
+    /// to peers together: those without a signature are authenticated by
+    /// the signed one after them.
     ///
     /// ```
     /// use walrus::replica::{KvDoc, Replica, ReplicaOptions};
@@ -67,6 +85,7 @@ impl<D: Document> Replica<D> {
     /// let done = r.update_many(makers);
     /// assert!(done.iter().all(|r| r.is_ok()));
     /// assert_eq!(r.clock().get(&r.actor()), 3);
+    /// assert!(done[2].as_ref().is_ok_and(|env| env.signature().is_some()));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn update_many<I, F>(&mut self, makes: I) -> Vec<Result<OpEnvelope<D::Operation>, WriteError>>
@@ -74,59 +93,165 @@ impl<D: Document> Replica<D> {
         I: IntoIterator<Item = F>,
         F: FnOnce(&D, ActorId) -> D::Operation,
     {
-        let mut results = Vec::new();
-        let mut last_lsn = None;
+        // Each result is an index into `written` (once its block is logged).
+        let mut results: Vec<Result<usize, WriteError>> = Vec::new();
+        let mut written: Vec<(Lsn, OpEnvelope<D::Operation>)> = Vec::new();
+        let mut staged: Vec<OpEnvelope<D::Operation>> = Vec::new();
         // A poisoned replica writes nothing, not even a due retirement's
         // files: each maker gets the error below.
         if self.retire.is_some() && !self.poisoned {
             if let Err(e) = self.complete_retire() {
-                results.push(Err(e));
-                return results;
+                return vec![Err(e)];
             }
         }
+        let mut staged_bytes = 0usize;
+        let mut log_error = None;
+        // Poisoned (or left half-staged by a panic): nothing is written.
+        if self.check().is_err() {
+            return makes.into_iter().map(|_| Err(WriteError::Storage(StorageError::Poisoned))).collect();
+        }
+        self.staging = true;
         for make in makes {
-            let written = self.check().map_err(WriteError::from).and_then(|()| {
-                let op = make(&self.doc, self.actor);
-                let env = self.sign_local(self.next_seq()?, op)?;
-                let bytes = self.encode_checked(&env)?;
-                let lsn = self.log_and_apply(env.clone(), &bytes)?;
-                Ok((lsn, env))
+            let poisoned = if self.poisoned { Err(StorageError::Poisoned) } else { Ok(()) };
+            let chained = poisoned.map_err(WriteError::from).and_then(|()| {
+                // A maker that panics reads the state only: what the ones
+                // before it made is logged as usual (never acknowledged),
+                // so state and log agree, and the panic goes on.
+                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make(&self.doc, self.actor)));
+                let op = match made {
+                    Ok(op) => op,
+                    Err(panic) => {
+                        let _ = self.log_staged(&mut staged, true, &mut written);
+                        self.staging = false;
+                        std::panic::resume_unwind(panic);
+                    }
+                };
+                self.chain_local(self.next_seq()?, op)
             });
-            results.push(written.map(|(lsn, env)| {
-                last_lsn = Some(lsn);
-                env
-            }));
+            let env = match chained {
+                Ok(env) => env,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            if !staged.is_empty() && (staged_bytes + env.op_bytes().len() > BLOCK_BYTES || staged.len() == BLOCK_OPS) {
+                if let Err(e) = self.log_staged(&mut staged, true, &mut written) {
+                    log_error.get_or_insert(e);
+                }
+                staged_bytes = 0;
+            }
+            staged_bytes += env.op_bytes().len() + 2;
+            self.apply_staged(&env);
+            results.push(Ok(written.len() + staged.len()));
+            staged.push(env);
         }
-        let written = results.iter().filter_map(|r| r.as_ref().ok());
-        if let Err(e) = self.commit(Origin::Local, last_lsn, written) {
-            // Applied in memory but not durable: nothing may be acknowledged.
-            let mut first = Some(e);
-            for r in results.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(WriteError::Storage(first.take().unwrap_or(StorageError::Poisoned)));
+        if !staged.is_empty() {
+            if let Err(e) = self.log_staged(&mut staged, true, &mut written) {
+                log_error.get_or_insert(e);
             }
         }
+        self.staging = false;
+        let last = written.last().map(|(lsn, _)| *lsn);
+        let committed = self.commit(Origin::Local, last, written.iter().map(|(_, env)| env));
+        // A failed append poisoned the replica: what was logged before it
+        // is not acknowledged either (the state holds unlogged operations).
+        let mut first_error = log_error.or(committed.err());
+        let failed = first_error.is_some();
         results
+            .into_iter()
+            .map(|r| match r {
+                Ok(i) if !failed => match written.get(i) {
+                    Some((_, env)) => Ok(env.clone()),
+                    // Staged, but its block was never logged.
+                    None => Err(WriteError::Storage(StorageError::Poisoned)),
+                },
+                // Applied in memory but not durable: nothing may be acknowledged.
+                Ok(_) => Err(WriteError::Storage(first_error.take().unwrap_or(StorageError::Poisoned))),
+                Err(e) => Err(e),
+            })
+            .collect()
     }
 
-    /// Logs an operation (without waiting for it to be durable) and applies
-    /// it: the first half of every write, local or remote. A log failure
-    /// poisons the replica, as what was applied and what was logged may
-    /// then differ.
-    pub(super) fn log_and_apply(&mut self, env: OpEnvelope<D::Operation>, bytes: &[u8]) -> Result<Lsn, StorageError> {
-        let lsn = match self.wal.append_nowait(bytes) {
-            Ok(lsn) => lsn,
-            Err(e) => {
-                self.poisoned = true;
-                return Err(e.into());
+    /// Applies an operation to the state before its block is logged (a
+    /// later operation of the same write is made from that state). The
+    /// caller logs it before anything is published; `&mut self` keeps
+    /// the state unobserved meanwhile, and a failed append poisons the
+    /// replica.
+    pub(super) fn apply_staged(&mut self, env: &OpEnvelope<D::Operation>) {
+        self.clock.observe(env.actor(), env.seq());
+        self.heads.insert(env.actor(), env.hash());
+        self.doc.apply(env.op().clone());
+    }
+
+    /// Logs staged (applied) operations as blocks, without waiting for
+    /// durability, and indexes them; they move to `written`. A block is
+    /// one actor's consecutive operations up to a signed one (or
+    /// [`BLOCK_BYTES`]); with `sign_own`, this replica signs the last
+    /// operation of each block of its own actor. A failed append poisons
+    /// the replica (what was applied and what was logged then differ);
+    /// the operations not logged stay out of `written`.
+    pub(super) fn log_staged(
+        &mut self,
+        staged: &mut Vec<OpEnvelope<D::Operation>>,
+        sign_own: bool,
+        written: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
+    ) -> Result<(), StorageError> {
+        let mut rest = std::mem::take(staged).into_iter().peekable();
+        while let Some(first) = rest.next() {
+            if self.poisoned {
+                return Err(StorageError::Poisoned);
             }
-        };
-        self.bytes_since_checkpoint += bytes.len() as u64;
-        self.apply_env(env, lsn);
-        Ok(lsn)
+            let actor = first.actor();
+            let mut bytes = first.op_bytes().len();
+            let mut block = vec![first];
+            while let Some(e) = rest.peek() {
+                let last = &block[block.len() - 1];
+                if last.signature().is_some()
+                    || e.actor() != actor
+                    || Some(e.seq()) != last.seq().checked_add(1)
+                    || bytes + e.op_bytes().len() > BLOCK_BYTES
+                    || block.len() == BLOCK_OPS
+                {
+                    break;
+                }
+                bytes += e.op_bytes().len();
+                block.extend(rest.next());
+            }
+            let end = block.len();
+            for env in block.iter_mut().take(end - 1) {
+                // Only a block's last signature is kept: the others are
+                // implied by it.
+                env.set_signature(None);
+            }
+            if sign_own && actor == self.actor {
+                if let Some(last) = block.last_mut().filter(|l| l.signature().is_none()) {
+                    last.sign(&self.key);
+                }
+            }
+            let record = match Run::of(&block) {
+                Some(run) => run.block(),
+                None => continue,
+            };
+            let lsn = match self.wal.append_nowait(&record) {
+                Ok(lsn) => lsn,
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e.into());
+                }
+            };
+            self.bytes_since_checkpoint += record.len() as u64;
+            for env in block {
+                let entry = Entry { lsn, hash: env.hash(), signed: env.signature().is_some(), legacy: false };
+                self.index.insert(env.actor(), env.seq(), env.prev(), entry);
+                written.push((lsn, env));
+            }
+        }
+        Ok(())
     }
 
     /// The second half of every write, local or remote: waits until the
-    /// operations logged by [`log_and_apply`](Self::log_and_apply) (up to
+    /// operations logged by [`log_staged`](Self::log_staged) (up to
     /// `last`) are durable (under a durable sync policy), announces
     /// `written` to subscribers, and checkpoints if one is due.
     ///
@@ -236,7 +361,8 @@ mod tests {
         let mut r: Replica<KvDoc> = Replica::open(dir.path(), opts).unwrap();
         let big = "x".repeat(8192);
         let err = r.update(|d, actor| d.put_op(actor, "big", &big)).unwrap_err();
-        assert!(matches!(err, crate::replica::WriteError::TooLarge { limit: 4096, .. }), "{err}");
+        // The log's limit, less what a block adds around the operation.
+        assert!(matches!(err, crate::replica::WriteError::TooLarge { limit, .. } if limit < 4096), "{err}");
         assert!(!r.is_poisoned(), "nothing was written, so nothing is out of step");
         r.update(|d, actor| d.put_op(actor, "small", "v")).unwrap();
         assert_eq!(r.clock().get(&r.actor()), 1);

@@ -5,9 +5,9 @@
 use serde_bytes::ByteBuf;
 use tracing::debug;
 
-use super::message::{
-    self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_OPS_PER_MESSAGE,
-};
+use super::message::{self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse};
+use super::page;
+use crate::replica::run::Run;
 use crate::replica::{Document, EnvelopeError, OpEnvelope, ReceiveError, Received, Replica};
 
 /// Why an incoming message was not (fully) applied.
@@ -68,6 +68,10 @@ impl SyncError {
     }
 }
 
+/// Most bytes a sync page may expand to: [`MAX_PAGE`] of operations, the
+/// one run that may go on past it to its head (1 MiB), and the framing.
+pub const MAX_PAGE_BODY: usize = 8 << 20;
+
 /// Most operation bytes served in one page, whatever the requester asks:
 /// bounds what one request can make the responder hold.
 pub const MAX_PAGE: usize = 4 << 20;
@@ -117,6 +121,11 @@ pub fn decode_request(bytes: &[u8], limits: &Limits) -> Result<SyncRequest, Mess
     Ok(req)
 }
 
+/// The reason given to a peer that asks with the previous protocol
+/// (`/walrus/sync/1`), whose operations this version no longer reads.
+pub const PREVIOUS_PROTOCOL_REFUSAL: &str =
+    "this node speaks /walrus/sync/2 (chained, compact operations); upgrade walrus to sync with it";
+
 /// The encoded answer refusing a request for `doc` without serving it;
 /// `reason` tells the peer why (busy, over its rate limit, unavailable).
 pub fn encode_refusal(doc: &str, reason: &str) -> Vec<u8> {
@@ -140,36 +149,41 @@ pub fn respond<D: Document>(replica: &Replica<D>, doc: &str, req: &SyncRequest, 
     let budget = usize::try_from(req.budget).unwrap_or(usize::MAX).min(limits.max_response / 2).clamp(1, MAX_PAGE);
     let refused = |reason: String| SyncResponse::Refused { doc: doc.to_string(), reason };
     // Operations go out as stored: no decoding and re-encoding.
-    match replica.encoded_ops_since(&req.clock, budget) {
-        Ok(Some((mut ops, mut more))) => {
-            if ops.len() > MAX_OPS_PER_MESSAGE {
-                ops.truncate(MAX_OPS_PER_MESSAGE);
-                more = true;
-            }
-            SyncResponse::Ops { doc: doc.to_string(), ops: ops.into_iter().map(ByteBuf::from).collect(), more }
+    match replica.runs_since(&req.clock, budget) {
+        Ok(Some((runs, more))) => {
+            SyncResponse::Ops { doc: doc.to_string(), page: ByteBuf::from(page::encode_page(&runs)), more }
         }
         Ok(None) => {
             // Some missing operations were truncated: the whole state.
-            let resp = SyncResponse::Snapshot {
-                doc: doc.to_string(),
-                state: ByteBuf::from(message::encode(replica.doc())),
-                clock: replica.clock().clone(),
-                successions: replica.successions(),
-            };
-            let len = message::encode(&resp).len();
+            // Sized from its parts (an upper bound of their CBOR), so the
+            // state is encoded once and the answer once, when it is sent.
+            let state = page::frame(&message::encode(replica.doc()));
+            let (clock, successions, heads) = (replica.clock().clone(), replica.successions(), replica.chain_heads());
+            let len = 64 + doc.len() + state.len() + clock.len() * 44 + successions.len() * 160 + heads.len() * 72;
             if len > limits.max_response {
-                return refused(format!("a snapshot answer of {len} bytes exceeds the response limit"));
+                return refused(format!("a snapshot answer of about {len} bytes exceeds the response limit"));
             }
-            resp
+            SyncResponse::Snapshot { doc: doc.to_string(), state: ByteBuf::from(state), clock, successions, heads }
         }
         Err(e) => refused(e.to_string()),
     }
 }
 
-fn decode_ops<D: Document>(ops: &[ByteBuf], limits: &Limits) -> Result<Vec<OpEnvelope<D::Operation>>, SyncError> {
-    let mut out = Vec::with_capacity(ops.len());
-    for bytes in ops {
-        out.push(OpEnvelope::decode(bytes, limits.max_op)?);
+/// The operations of a page (`limit`: most bytes it may expand to), each
+/// decoded and chained under `replica`'s document: checked for form only;
+/// the replica checks the chains and their heads.
+fn decode_page<D: Document>(
+    replica: &Replica<D>,
+    bytes: &[u8],
+    limit: usize,
+    limits: &Limits,
+    what: &'static str,
+) -> Result<Vec<OpEnvelope<D::Operation>>, SyncError> {
+    let body = page::unframe(bytes, limit, what)?;
+    let runs = page::decode_runs(&body, limits.max_op, what)?;
+    let mut out = Vec::with_capacity(runs.iter().map(|r| r.ops.len()).sum());
+    for run in &runs {
+        out.extend(run.envelopes::<D>(replica.chain_key())?);
     }
     Ok(out)
 }
@@ -192,8 +206,8 @@ pub fn apply_response<D: Document>(
 ) -> Result<Applied, SyncError> {
     expect_doc(doc, resp.doc())?;
     match resp {
-        SyncResponse::Ops { ops, more, .. } => {
-            let envs = decode_ops::<D>(&ops, limits)?;
+        SyncResponse::Ops { page, more, .. } => {
+            let envs = decode_page(replica, &page, limits.max_response.min(MAX_PAGE_BODY), limits, "sync page")?;
             let received = replica.receive(envs)?;
             debug!(doc, applied = received.applied, more, "sync page applied");
             // A page that brought nothing new but claims more would make us
@@ -201,7 +215,10 @@ pub fn apply_response<D: Document>(
             let progress = received.applied + received.buffered > 0;
             Ok(Applied { received, snapshot: false, more: more && progress })
         }
+        // Its chain heads are not used: a snapshot carries no signatures, so
+        // they are not held against anybody's next operation.
         SyncResponse::Snapshot { state, clock, successions, .. } => {
+            let state = page::unframe(&state, limits.max_response, "snapshot")?;
             let state: D = message::decode(&state, limits.max_response, "snapshot")?;
             replica.learn_successions(&successions)?;
             // A snapshot with nothing new is not progress: no "more", or a
@@ -229,34 +246,61 @@ pub fn apply_gossip<D: Document>(
 ) -> Result<Received, SyncError> {
     let msg: Gossip = message::decode(bytes, limits.max_gossip, "gossip")?;
     expect_doc(doc, &msg.doc)?;
-    let envs = decode_ops::<D>(&msg.ops, limits)?;
+    let envs = decode_page(replica, &msg.page, limits.max_gossip, limits, "gossip page")?;
     Ok(replica.receive(envs)?)
 }
 
-/// Encoded gossip messages carrying `ops` (already durable locally), split
-/// so that each is at most `max_gossip` bytes. An operation too large for a
-/// message on its own is left to anti-entropy.
-pub fn gossip_messages<O: serde::Serialize>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -> Vec<Vec<u8>> {
-    // Room for the map header, the document name and the array header.
-    let overhead = 32 + doc.len();
+/// Encoded gossip messages carrying `ops` (already durable locally, in the
+/// order written), split so that each is at most `max_gossip` bytes. Each
+/// message holds whole runs, each ending at a signed operation; operations
+/// no signed one follows, and a run too large for a message on its own,
+/// are left to anti-entropy.
+pub fn gossip_messages<O>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -> Vec<Vec<u8>> {
+    // Room for the map, the document name, the page's frame and counts.
+    let overhead = 64 + doc.len();
+    let room = max_gossip.saturating_sub(overhead);
+    // Runs: consecutive operations of one actor, each following the one
+    // before, cut after each signed one.
+    let mut runs: Vec<&[OpEnvelope<O>]> = Vec::new();
+    let mut start = 0;
+    for i in 0..ops.len() {
+        let next = ops.get(i + 1);
+        let follows = next.is_some_and(|n| {
+            n.actor() == ops[i].actor() && Some(n.seq()) == ops[i].seq().checked_add(1) && n.prev() == ops[i].hash()
+        });
+        if ops[i].signature().is_some() || !follows {
+            if ops[i].signature().is_some() {
+                runs.push(&ops[start..=i]);
+            }
+            start = i + 1;
+        }
+    }
+    // A run's share: its actor in the table (at most), index, numbers,
+    // previous hash, flags, certificate if any, signature, and per
+    // operation its bytes and length.
+    let size = |r: &[OpEnvelope<O>]| {
+        let cert = if r.first().is_some_and(|e| e.succeeds().is_some()) { 128 } else { 0 };
+        33 + 3 + 20 + 32 + 1 + cert + 64 + r.iter().map(|e| e.op_bytes().len() + 3).sum::<usize>()
+    };
     let mut out = Vec::new();
-    let mut batch: Vec<ByteBuf> = Vec::new();
-    let mut size = overhead;
-    for env in ops {
-        let Ok(bytes) = env.encode() else { continue };
-        let len = bytes.len() + 9;
-        if overhead + len > max_gossip {
+    let mut batch: Vec<Run<'_>> = Vec::new();
+    let mut used = 0;
+    for r in runs {
+        let len = size(r);
+        if len > room {
             continue;
         }
-        if size + len > max_gossip {
-            out.push(message::encode(&Gossip { doc: doc.to_string(), ops: std::mem::take(&mut batch) }));
-            size = overhead;
+        if used + len > room && !batch.is_empty() {
+            let body = page::encode_runs(std::mem::take(&mut batch));
+            out.push(message::encode(&Gossip { doc: doc.to_string(), page: ByteBuf::from(page::frame(&body)) }));
+            used = 0;
         }
-        size += len;
-        batch.push(ByteBuf::from(bytes));
+        used += len;
+        batch.extend(Run::of(r));
     }
     if !batch.is_empty() {
-        out.push(message::encode(&Gossip { doc: doc.to_string(), ops: batch }));
+        let body = page::encode_runs(batch);
+        out.push(message::encode(&Gossip { doc: doc.to_string(), page: ByteBuf::from(page::frame(&body)) }));
     }
     out
 }
@@ -281,18 +325,21 @@ mod tests {
         let mut rounds = 0;
         loop {
             rounds += 1;
-            let resp = respond(&a, "d", &request(&b, "d", 300), &limits);
+            let resp = respond(&a, "d", &request(&b, "d", 100), &limits);
             let applied = apply_response(&mut b, "d", resp, &limits).unwrap();
             if !applied.more {
                 break;
             }
         }
-        assert!(rounds > 5, "a 300-byte budget must page: {rounds} rounds");
+        assert!(rounds > 5, "a 100-byte budget must page: {rounds} rounds");
         assert!(b.clock().covers(a.clock()));
         assert_eq!(b.doc().values_of("k49"), vec!["value"]);
         // A second round transfers nothing.
         match respond(&a, "d", &request(&b, "d", 300), &limits) {
-            SyncResponse::Ops { ops, more, .. } => assert!(ops.is_empty() && !more),
+            SyncResponse::Ops { page, more, .. } => {
+                let body = page::unframe(&page, 1 << 20, "page").unwrap();
+                assert!(page::decode_runs(&body, 1 << 20, "page").unwrap().is_empty() && !more)
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -306,7 +353,7 @@ mod tests {
         let msgs = gossip_messages("d", &[env], limits.max_gossip);
         assert!(matches!(apply_gossip(&mut b, "other", &msgs[0], &limits), Err(SyncError::WrongDoc { .. })));
         assert!(matches!(apply_gossip(&mut b, "d", b"\xff\x00garbage", &limits), Err(SyncError::Message(_))));
-        let bad = message::encode(&Gossip { doc: "d".into(), ops: vec![ByteBuf::from(vec![0xa1, 0x01])] });
+        let bad = message::encode(&Gossip { doc: "d".into(), page: ByteBuf::from(vec![0x00, 0x02, 0xa1, 0x01]) });
         let err = apply_gossip(&mut b, "d", &bad, &limits).unwrap_err();
         assert!(err.is_peer_fault(), "{err}");
         assert!(b.clock().is_empty());
@@ -324,7 +371,9 @@ mod tests {
         let mut total = 0;
         for m in &msgs {
             assert!(m.len() <= 2000, "{}", m.len());
-            total += message::decode::<Gossip>(m, 2000, "gossip").unwrap().ops.len();
+            let g = message::decode::<Gossip>(m, 2000, "gossip").unwrap();
+            let body = page::unframe(&g.page, 1 << 20, "page").unwrap();
+            total += page::decode_runs(&body, 1 << 20, "page").unwrap().iter().map(|r| r.ops.len()).sum::<usize>();
         }
         assert_eq!(total, 100);
     }

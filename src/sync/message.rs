@@ -5,16 +5,15 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::replica::{Succession, VersionVector, MAX_SUCCESSIONS};
+use crate::replica::{ActorId, ChainHash, Succession, VersionVector, MAX_SUCCESSIONS};
 
 /// Longest document name, in bytes.
 pub const MAX_DOC_NAME: usize = 128;
 
 /// Most operations one gossip message or sync page may carry. Checked while
 /// decoding, so a message of many tiny (or empty) entries cannot make the
-/// receiver allocate far more than its size. A signed operation is at
-/// least 100 bytes, so a full page ([`MAX_PAGE`](super::MAX_PAGE)) holds
-/// fewer than this.
+/// receiver allocate far more than its size; a responder stops a page
+/// before it.
 pub const MAX_OPS_PER_MESSAGE: usize = 65_536;
 
 /// Newly written operations of one document, pushed over gossip.
@@ -22,9 +21,8 @@ pub const MAX_OPS_PER_MESSAGE: usize = 65_536;
 pub struct Gossip {
     /// Document name.
     pub doc: String,
-    /// Encoded operation envelopes, each as in the log.
-    #[serde(deserialize_with = "bounded_ops")]
-    pub ops: Vec<ByteBuf>,
+    /// A page of runs of operations (docs/PROTOCOL.md, "Pages").
+    pub page: ByteBuf,
 }
 
 /// "Send me what I am missing": the requester's version vector.
@@ -45,9 +43,8 @@ pub enum SyncResponse {
     Ops {
         /// Document name.
         doc: String,
-        /// Encoded operation envelopes.
-        #[serde(deserialize_with = "bounded_ops")]
-        ops: Vec<ByteBuf>,
+        /// A page of runs of operations (docs/PROTOCOL.md, "Pages").
+        page: ByteBuf,
         /// More are missing: ask again with the updated version vector.
         more: bool,
     },
@@ -56,7 +53,8 @@ pub enum SyncResponse {
     Snapshot {
         /// Document name.
         doc: String,
-        /// CBOR of the document state.
+        /// CBOR of the document state, in a compression frame
+        /// (docs/PROTOCOL.md, "Pages").
         state: ByteBuf,
         /// Operations the state includes.
         clock: VersionVector,
@@ -64,6 +62,11 @@ pub enum SyncResponse {
         /// who may appear in `clock`). Omitted when empty.
         #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "bounded_successions")]
         successions: Vec<Succession>,
+        /// The hash of each actor's last operation the state includes,
+        /// where the responder knows it: what the actor's next operation
+        /// must follow. Omitted when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        heads: Vec<(ActorId, ChainHash)>,
     },
     /// The responder does not replicate this document.
     UnknownDoc {
@@ -100,29 +103,6 @@ impl SyncResponse {
             SyncResponse::Refused { .. } => "refused",
         }
     }
-}
-
-/// Decodes an array of at most [`MAX_OPS_PER_MESSAGE`] byte strings.
-fn bounded_ops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ByteBuf>, D::Error> {
-    struct Visitor;
-    impl<'de> serde::de::Visitor<'de> for Visitor {
-        type Value = Vec<ByteBuf>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "an array of at most {MAX_OPS_PER_MESSAGE} encoded operations")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<ByteBuf>, A::Error> {
-            // The announced length is the peer's claim: reserve little up front.
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-            while let Some(op) = seq.next_element::<ByteBuf>()? {
-                if out.len() == MAX_OPS_PER_MESSAGE {
-                    return Err(serde::de::Error::invalid_length(MAX_OPS_PER_MESSAGE + 1, &self));
-                }
-                out.push(op);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_seq(Visitor)
 }
 
 /// Decodes an array of at most [`MAX_SUCCESSIONS`] successions.
@@ -223,7 +203,6 @@ pub fn check_doc_name(doc: &str) -> Result<(), MessageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::ActorId;
     use proptest::prelude::*;
 
     #[test]
@@ -232,16 +211,17 @@ mod tests {
         clock.observe(ActorId([7; 32]), 42);
         let req = SyncRequest { doc: "notes".into(), clock: clock.clone(), budget: 1000 };
         assert_eq!(decode::<SyncRequest>(&encode(&req), 1 << 10, "request").unwrap(), req);
-        let resp = SyncResponse::Ops { doc: "notes".into(), ops: vec![ByteBuf::from(vec![1, 2, 3])], more: true };
+        let resp = SyncResponse::Ops { doc: "notes".into(), page: ByteBuf::from(vec![1, 2, 3]), more: true };
         assert_eq!(decode::<SyncResponse>(&encode(&resp), 1 << 10, "response").unwrap(), resp);
         let snap = SyncResponse::Snapshot {
             doc: "n".into(),
             state: ByteBuf::from(vec![0xa0]),
             clock,
             successions: Vec::new(),
+            heads: vec![(ActorId([7; 32]), ChainHash([8; 32]))],
         };
         assert_eq!(decode::<SyncResponse>(&encode(&snap), 1 << 10, "response").unwrap(), snap);
-        let g = Gossip { doc: "n".into(), ops: vec![ByteBuf::from(vec![9; 40])] };
+        let g = Gossip { doc: "n".into(), page: ByteBuf::from(vec![9; 40]) };
         let bytes = encode(&g);
         assert_eq!(decode::<Gossip>(&bytes, 1 << 10, "gossip").unwrap(), g);
         assert!(matches!(decode::<Gossip>(&bytes, 10, "gossip"), Err(MessageError::TooLarge { .. })));

@@ -29,11 +29,12 @@
 
 mod exchange;
 mod message;
+pub(crate) mod page;
 pub(crate) mod schedule;
 
 pub use exchange::{
     apply_gossip, apply_response, decode_request, encode_refusal, encode_request, encode_unknown_doc, gossip_messages,
-    request, respond, Applied, SyncError, MAX_PAGE,
+    request, respond, Applied, SyncError, MAX_PAGE, MAX_PAGE_BODY, PREVIOUS_PROTOCOL_REFUSAL,
 };
 pub use message::{
     check_doc_name, decode, encode, Gossip, Limits, MessageError, SyncRequest, SyncResponse, MAX_DOC_NAME,

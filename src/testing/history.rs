@@ -2,7 +2,7 @@
 //! and operations must obey over them.
 
 use super::{actor_key, Case, OpGen, Rng};
-use crate::replica::{ActorId, ActorKey, CausalBuffer, Document, Offer, OpEnvelope, VersionVector};
+use crate::replica::{ActorId, ActorKey, CausalBuffer, ChainHash, Document, Offer, OpEnvelope, VersionVector};
 
 /// A history: each actor's operations in order, each actor's final state,
 /// and some earlier states of the actors.
@@ -37,10 +37,10 @@ pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps
             0 | 1 if i != j => {
                 // Catch up on j's own operations, in j's order.
                 for env in &ops[j][seen[i][j]..] {
-                    if let Err(e) = states[i].check_op(&env.op) {
-                        panic!("operation ({}, {}) rejected by a replica that has all of its author's earlier operations: {e}", env.actor, env.seq);
+                    if let Err(e) = states[i].check_op(env.op()) {
+                        panic!("operation ({}, {}) rejected by a replica that has all of its author's earlier operations: {e}", env.actor(), env.seq());
                     }
-                    states[i].apply(env.op.clone());
+                    states[i].apply(env.op().clone());
                 }
                 seen[i][j] = ops[j].len();
             }
@@ -63,7 +63,8 @@ pub fn history<D: Document>(gen: &impl OpGen<D>, seed: u64, actors: usize, steps
                 }
                 states[i].apply(op.clone());
                 let seq = ops[i].len() as u64 + 1;
-                let env = OpEnvelope::signed(&keys[i], "", seq, op)
+                let prev = ops[i].last().map_or(ChainHash::ZERO, |e: &OpEnvelope<D::Operation>| e.hash());
+                let env = OpEnvelope::signed::<D>(&keys[i], "", seq, prev, op)
                     .unwrap_or_else(|e| panic!("an operation could not be encoded: {e}"));
                 ops[i].push(env);
                 seen[i][i] = ops[i].len();
@@ -112,13 +113,14 @@ pub fn deliver_interleaved<D: Document>(h: &History<D>, rng: &mut Rng) -> D {
 }
 
 pub(super) fn apply_checked<D: Document>(d: &mut D, env: &OpEnvelope<D::Operation>) {
-    if let Err(e) = d.check_op(&env.op) {
+    if let Err(e) = d.check_op(env.op()) {
         panic!(
             "operation ({}, {}) rejected although every earlier operation of its author was applied: {e}",
-            env.actor, env.seq
+            env.actor(),
+            env.seq()
         );
     }
-    d.apply(env.op.clone());
+    d.apply(env.op().clone());
 }
 
 pub(super) fn state_laws<D: Document>(gen: &impl OpGen<D>, case: &Case) {
@@ -211,7 +213,7 @@ pub(super) fn state_laws<D: Document>(gen: &impl OpGen<D>, case: &Case) {
         if let Ok(Offer::Ready(ready)) = buffer.offer(env, &applied) {
             for env in ready {
                 apply_checked(&mut d, &env);
-                applied.observe(env.actor, env.seq);
+                applied.observe(env.actor(), env.seq());
             }
         }
     }

@@ -268,6 +268,14 @@ impl SegmentReader {
         })
     }
 
+    /// Continues reading at file offset `offset` (a frame's start, as
+    /// [`offset`](Self::offset) once gave it).
+    pub fn seek_to(&mut self, offset: u64) {
+        self.buf.clear();
+        self.buf_off = offset.max(SEGMENT_HEADER_LEN as u64);
+        self.pos = 0;
+    }
+
     /// File offset of the next frame.
     pub fn offset(&self) -> u64 {
         self.buf_off + self.pos as u64

@@ -25,7 +25,7 @@ use super::error::{Error, Result};
 use super::format::{
     self, SegmentHeader, FLAG_SYNCED_BEFORE, FRAME_HEADER_LEN, KIND_LAST, KIND_MORE, SEGMENT_HEADER_LEN,
 };
-use super::reader::WalIter;
+use super::reader::{Positions, WalIter};
 use super::recovery::{plan_repair, scan_dir, RepairPlan, Scan};
 use super::repair::{apply_repair, RepairRequest};
 use super::segment::{self, new_segment_file, Io, LOCK_FILE, NEW_SEGMENT_FILE, PREALLOC_FILE};
@@ -56,6 +56,9 @@ pub struct Wal {
     /// Held by `truncate_before`: two truncations at once could unlink
     /// segments out of order.
     truncating: Mutex<()>,
+    /// Where some records are, so that reading from the middle of a
+    /// segment starts near there (see [`Positions`]).
+    pub(crate) positions: Arc<Mutex<Positions>>,
     _lock: File,
 }
 
@@ -215,6 +218,7 @@ impl Wal {
             appended: Condvar::new(),
             groups: [Condvar::new(), Condvar::new()],
             truncating: Mutex::new(()),
+            positions: Arc::default(),
             _lock: lock,
         };
         Ok((wal, applied))
@@ -325,7 +329,9 @@ impl Wal {
         }
         let st = self.lock();
         let limit = if self.opts.sync.is_durable() { st.durable_lsn } else { st.written_lsn };
-        Ok(WalIter::new(st.segments.clone(), from, limit)?.with_gaps(self.gaps.clone()))
+        Ok(WalIter::new(st.segments.clone(), from, limit)?
+            .with_gaps(self.gaps.clone())
+            .with_positions(self.positions.clone()))
     }
 
     /// Deletes whole segments whose records all have LSNs below `lsn` (for
@@ -364,10 +370,19 @@ impl Wal {
                 return Err(e);
             }
         }
+        if let Some(first) = self.lock().segments.first().map(|s| s.0) {
+            self.positions.lock().unwrap_or_else(|p| p.into_inner()).forget_before(first);
+        }
         if !doomed.is_empty() {
             info!(removed = doomed.len(), "segments truncated");
         }
         Ok(doomed.len())
+    }
+
+    /// The first LSN of each segment (tests).
+    #[cfg(test)]
+    pub(crate) fn segments_for_test(&self) -> Vec<Lsn> {
+        self.lock().segments.iter().map(|s| s.0).collect()
     }
 
     /// Makes everything durable and closes the log, releasing the lock.

@@ -14,8 +14,12 @@ use crate::common::{config, del, put, start, values, within, Ev, Events, DOC, SY
 use crdts::CmRDT;
 use futures::future::join_all;
 use tokio::time::Instant;
+use walrus::internals::page_of;
 use walrus::net::{Multiaddr, Node, NodeEvent, PeerId};
-use walrus::replica::{ActorId, ActorKey, Catchup, Change, Document, KvDoc, KvOp, OpEnvelope, Origin, VersionVector};
+use walrus::replica::{
+    ActorId, ActorKey, Catchup, ChainHash, Change, Document, KvDoc, KvOp, OpEnvelope, Origin, Replica, ReplicaOptions,
+    VersionVector,
+};
 
 async fn state(node: &Node<KvDoc>) -> (VersionVector, Vec<u8>) {
     node.with(DOC, |r| (r.clock().clone(), r.doc().canonical())).await.expect("node answers")
@@ -72,10 +76,10 @@ impl Writes {
     fn by_actor(&self) -> BTreeMap<ActorId, Vec<&OpEnvelope<KvOp>>> {
         let mut out: BTreeMap<ActorId, Vec<&OpEnvelope<KvOp>>> = BTreeMap::new();
         for env in &self.0 {
-            out.entry(env.actor).or_default().push(env);
+            out.entry(env.actor()).or_default().push(env);
         }
         for envs in out.values_mut() {
-            envs.sort_by_key(|e| e.seq);
+            envs.sort_by_key(|e| e.seq());
         }
         out
     }
@@ -85,7 +89,7 @@ impl Writes {
     fn clock(&self) -> VersionVector {
         let mut clock = VersionVector::default();
         for (actor, envs) in self.by_actor() {
-            let seqs: Vec<u64> = envs.iter().map(|e| e.seq).collect();
+            let seqs: Vec<u64> = envs.iter().map(|e| e.seq()).collect();
             let want: Vec<u64> = (1..=envs.len() as u64).collect();
             assert_eq!(seqs, want, "acknowledged sequence numbers of {actor}");
             clock.observe(actor, envs.len() as u64);
@@ -100,7 +104,7 @@ impl Writes {
         let mut doc = KvDoc::default();
         for envs in self.by_actor().values() {
             for env in envs {
-                doc.apply(env.op.clone());
+                doc.apply(env.op().clone());
             }
         }
         doc.canonical()
@@ -187,9 +191,9 @@ async fn five_nodes_converge() {
             let mut remote = BTreeMap::new();
             for (idx, ev) in &events.log {
                 if let (true, NodeEvent::Changed { change: Change::Op { origin, op }, .. }) = (*idx == i, ev) {
-                    assert_eq!(*origin == Origin::Local, op.actor == me, "node {i}: {ev:?}");
+                    assert_eq!(*origin == Origin::Local, op.actor() == me, "node {i}: {ev:?}");
                     if *origin == Origin::Remote {
-                        *remote.entry((op.actor, op.seq)).or_insert(0) += 1;
+                        *remote.entry((op.actor(), op.seq())).or_insert(0) += 1;
                     }
                 }
             }
@@ -198,8 +202,8 @@ async fn five_nodes_converge() {
                 let want: Vec<_> = writes
                     .0
                     .iter()
-                    .filter(|e| e.actor != me)
-                    .map(|e| (e.actor, e.seq))
+                    .filter(|e| e.actor() != me)
+                    .map(|e| (e.actor(), e.seq()))
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect();
@@ -304,7 +308,7 @@ async fn partition_heals() {
                 NodeEvent::Synced { .. } => *idx == D,
                 NodeEvent::Changed { change: Change::Snapshot { .. }, .. } => *idx == D,
                 NodeEvent::Changed { change: Change::Op { origin: Origin::Remote, op }, .. } => {
-                    *idx == D || op.actor == actors[D]
+                    *idx == D || op.actor() == actors[D]
                 }
                 _ => false,
             };
@@ -344,7 +348,9 @@ async fn late_joiner_gets_snapshot() {
         a_cfg.replica.wal.preallocate = false;
         let (a, a_addr) = start(a_cfg, &mut events, 0).await;
         let mut writes = Writes::default();
-        writes.add(random_writes(a.clone(), 3000, 6, 25, 40).await);
+        // Enough for several segments: the node logs concurrent writes
+        // together, in compact blocks.
+        writes.add(random_writes(a.clone(), 3000, 20, 25, 40).await);
         // Two: the log is kept back to the checkpoint before last.
         for _ in 0..2 {
             a.with(DOC, |r| r.checkpoint()).await.unwrap().expect("checkpoint");
@@ -377,7 +383,7 @@ async fn late_joiner_gets_snapshot() {
         b_cfg.snapshot_peers = Some([a_id].into());
         let (b, _) = start(b_cfg, &mut events, 1).await;
         let want = writes.clock();
-        assert_eq!(want.total(), 170);
+        assert_eq!(want.total(), 520);
         let canonical = converge(&[&a, &b], &mut events, &want).await;
         assert_eq!(canonical, writes.oracle());
         let (a_id, b_id) = (a.peer_id(), b.peer_id());
@@ -453,7 +459,7 @@ async fn restart_keeps_acknowledged_writes_and_resyncs() {
 
         // New writes continue the sequence (no reuse) and replicate.
         let env = put(&c, "c-key", "after-restart").await;
-        assert_eq!(env.seq, 12);
+        assert_eq!(env.seq(), 12);
         writes.add([env]);
         let canonical = converge(&[&a, &b, &c], &mut events, &writes.clock()).await;
         assert_eq!(canonical, writes.oracle());
@@ -463,6 +469,67 @@ async fn restart_keeps_acknowledged_writes_and_resyncs() {
         }
     })
     .await;
+}
+
+/// LEB128, as pages write their integers.
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// An uncompressed page (docs/PROTOCOL.md, "Pages") of signed `envs`,
+/// each its own run, for a test to patch: what `page_of` makes, short of
+/// compression.
+fn raw_page(envs: &[OpEnvelope<KvOp>]) -> Vec<u8> {
+    let mut actors: Vec<ActorId> = Vec::new();
+    for e in envs {
+        if !actors.contains(&e.actor()) {
+            actors.push(e.actor());
+        }
+    }
+    let mut body = Vec::new();
+    varint(&mut body, actors.len() as u64);
+    for a in &actors {
+        body.extend_from_slice(&a.0);
+    }
+    varint(&mut body, envs.len() as u64);
+    for e in envs {
+        let sig = e.signature().expect("signed operations only");
+        varint(&mut body, actors.iter().position(|a| *a == e.actor()).unwrap() as u64);
+        varint(&mut body, e.seq());
+        varint(&mut body, 1);
+        body.extend_from_slice(&e.prev().0);
+        // Flags: signed, no succession.
+        body.push(0x02);
+        varint(&mut body, e.op_bytes().len() as u64);
+        body.extend_from_slice(e.op_bytes());
+        body.extend_from_slice(&sig.0);
+    }
+    let mut page = vec![0];
+    varint(&mut page, body.len() as u64);
+    page.extend(body);
+    page
+}
+
+/// An uncompressed `page` with every occurrence of `from` replaced by `to`.
+fn patched(page: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(page[0], 0, "an uncompressed page");
+    assert_eq!(from.len(), to.len());
+    let (mut out, mut found, mut i) = (page, false, 0);
+    while i + from.len() <= out.len() {
+        if out[i..i + from.len()] == *from {
+            out[i..i + from.len()].copy_from_slice(to);
+            found = true;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(found, "nothing to patch");
+    out
 }
 
 /// A peer that speaks the walrus protocols with libp2p directly, and says
@@ -493,17 +560,29 @@ async fn malformed_messages_are_rejected() {
         // A well-formed operation envelope, signed by the hostile peer's
         // own actor key, to wrap in bad messages.
         let evil = ActorKey::from_seed([9; 32]);
-        let forged = |seq: u64| {
+        let forged = {
             let actor = evil.actor();
             let op = KvOp::Put {
                 key: "evil".into(),
-                dot: walrus::replica::Dot { actor, counter: seq },
+                dot: walrus::replica::Dot { actor, counter: 1 },
                 value: "x".into(),
                 seen: vec![],
             };
-            OpEnvelope::signed(&evil, DOC, seq, op).unwrap().encode().unwrap()
+            OpEnvelope::signed::<KvDoc>(&evil, DOC, 1, ChainHash::ZERO, op).unwrap()
         };
-        let garbage_op = ByteBuf::from(vec![0xa1, 0x01]);
+        let forged_page = ByteBuf::from(raw_page(std::slice::from_ref(&forged)));
+        // The same page, its operation's bytes replaced by garbage.
+        let garbage_op =
+            ByteBuf::from(patched(forged_page.to_vec(), forged.op_bytes(), &vec![0xff; forged.op_bytes().len()]));
+        // The same page, its run starting at sequence number 0 (run: actor
+        // index 0, first 1, count 1, the previous hash of zeros).
+        let zero_seq = {
+            let mut from = vec![0, 1, 1];
+            from.extend([0; 32]);
+            let mut to = vec![0, 0, 1];
+            to.extend([0; 32]);
+            ByteBuf::from(patched(forged_page.to_vec(), &from, &to))
+        };
         let mut rng = fastrand::Rng::with_seed(5);
         let mut random = bytes(&mut rng, 300);
         // A CBOR "break" where an item must start: never valid.
@@ -512,8 +591,8 @@ async fn malformed_messages_are_rejected() {
         // The hostile peer answers H1's pulls with these, one each.
         let answers = vec![
             bytes(&mut rng, 100),
-            encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![garbage_op.clone()], more: true }),
-            encode(&SyncResponse::Ops { doc: "other".into(), ops: vec![ByteBuf::from(forged(1))], more: false }),
+            encode(&SyncResponse::Ops { doc: DOC.into(), page: garbage_op.clone(), more: true }),
+            encode(&SyncResponse::Ops { doc: "other".into(), page: forged_page.clone(), more: false }),
             // Over H1's response limit: the pull fails, but that is no
             // fault (a responder sizes answers by its own limits).
             vec![0xa0; 100 << 10],
@@ -523,13 +602,13 @@ async fn malformed_messages_are_rejected() {
         bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
 
         // Gossip.
-        let oversize = encode(&Gossip { doc: DOC.into(), ops: vec![ByteBuf::from(vec![7u8; 17 << 10])] });
+        let oversize = encode(&Gossip { doc: DOC.into(), page: ByteBuf::from(vec![7u8; 17 << 10]) });
         assert!(oversize.len() > limits.max_gossip && oversize.len() < limits.max_gossip + 4096);
         let bad_gossip: Vec<(&str, Vec<u8>)> = vec![
             ("random bytes", random),
-            ("wrong document", encode(&Gossip { doc: "other".into(), ops: vec![ByteBuf::from(forged(1))] })),
-            ("garbage op", encode(&Gossip { doc: DOC.into(), ops: vec![ByteBuf::from(forged(1)), garbage_op] })),
-            ("zero seq", encode(&Gossip { doc: DOC.into(), ops: vec![ByteBuf::from(forged(0))] })),
+            ("wrong document", encode(&Gossip { doc: "other".into(), page: forged_page.clone() })),
+            ("garbage op", encode(&Gossip { doc: DOC.into(), page: garbage_op })),
+            ("zero seq", encode(&Gossip { doc: DOC.into(), page: zero_seq })),
             ("oversize", oversize),
         ];
         for (what, data) in bad_gossip {
@@ -542,7 +621,7 @@ async fn malformed_messages_are_rejected() {
             |doc: &str| encode(&SyncRequest { doc: doc.into(), clock: VersionVector::default(), budget: 1 << 20 });
         let garbage = bad.request(h1_id, bytes(&mut rng, 64)).await;
         assert!(garbage.is_err(), "a garbage request must get no answer: {garbage:?}");
-        let wrong_type = bad.request(h1_id, encode(&Gossip { doc: DOC.into(), ops: vec![] })).await;
+        let wrong_type = bad.request(h1_id, encode(&Gossip { doc: DOC.into(), page: ByteBuf::new() })).await;
         assert!(wrong_type.is_err(), "a request of the wrong type must get no answer: {wrong_type:?}");
         let bad_name = bad.request(h1_id, req("")).await;
         assert!(bad_name.is_err(), "a request with an empty document name must get no answer: {bad_name:?}");
@@ -554,10 +633,17 @@ async fn malformed_messages_are_rejected() {
         // And a valid request still gets the whole document.
         let all = bad.request(h1_id, req(DOC)).await.expect("an answer");
         match walrus::sync::decode::<SyncResponse>(&all, 64 << 20, "response").unwrap() {
-            SyncResponse::Ops { doc, ops, more } => {
-                assert_eq!(doc, DOC);
-                assert_eq!(ops.len() as u64, clock_before.total());
-                assert!(!more);
+            resp @ SyncResponse::Ops { .. } => {
+                assert_eq!(resp.doc(), DOC);
+                // It holds every operation: a fresh replica of the
+                // document applies the page and has them all.
+                let dir = tempfile::tempdir().unwrap();
+                let opts = ReplicaOptions { document: Some(DOC.into()), ..ReplicaOptions::default() };
+                let mut fresh: Replica<KvDoc> = Replica::open(dir.path(), opts).unwrap();
+                let applied = walrus::sync::apply_response(&mut fresh, DOC, resp, &limits).unwrap();
+                assert_eq!(applied.received.applied as u64, clock_before.total());
+                assert_eq!(fresh.clock(), &clock_before);
+                assert!(!applied.more);
             }
             other => panic!("unexpected answer {other:?}"),
         }
@@ -571,7 +657,9 @@ async fn malformed_messages_are_rejected() {
             }),
             ("gossip: garbage op", |d, r| d.as_deref() == Some(DOC) && r.starts_with("gossip: malformed operation")),
             ("gossip: zero seq", |d, r| {
-                d.as_deref() == Some(DOC) && r.starts_with("gossip: operation has sequence number 0")
+                d.as_deref() == Some(DOC)
+                    && r.starts_with("gossip: malformed gossip page")
+                    && r.ends_with("sequence number 0")
             }),
             ("gossip: oversize", |d, r| d.as_deref() == Some(DOC) && r.starts_with("gossip: gossip of")),
             ("request: garbage", |d, r| d.is_none() && r.starts_with("sync request: malformed sync request")),
@@ -675,31 +763,46 @@ async fn forged_and_equivocating_operations_are_refused() {
         let victim = actor(&h2).await;
 
         let evil = ActorKey::from_seed([66; 32]);
-        let put_as = |key: &ActorKey, actor: ActorId, seq: u64, value: &str| {
+        let put_as = |key: &ActorKey, actor: ActorId, seq: u64, prev: ChainHash, value: &str| {
             let op = KvOp::Put { key: "k".into(), dot: Dot { actor, counter: seq }, value: value.into(), seen: vec![] };
-            OpEnvelope::signed(key, DOC, seq, op).unwrap()
+            OpEnvelope::signed::<KvDoc>(key, DOC, seq, prev, op).unwrap()
         };
-        let bytes = |env: &OpEnvelope<KvOp>| ByteBuf::from(env.encode().unwrap());
-        // The victim's next operation, signed by the attacker.
-        let mut as_victim = put_as(&evil, victim, 2, "forged");
-        as_victim.actor = victim;
+        // A page of the attacker's operations; `as_victim`: claiming to
+        // be the victim's (the page's actor table names the victim, the
+        // signatures are the attacker's).
+        let page_as = |envs: &[OpEnvelope<KvOp>], as_victim: bool| {
+            if as_victim {
+                ByteBuf::from(patched(raw_page(envs), &evil.actor().0, &victim.0))
+            } else {
+                ByteBuf::from(page_of(envs))
+            }
+        };
+        // The victim's next operation (following its first), signed by
+        // the attacker. Its dot is its author's own, so its bytes are a
+        // well-formed operation of the victim's once the page names the
+        // victim as author.
+        let as_victim = put_as(&evil, evil.actor(), 2, writes.0[0].hash(), "forged");
         // The attacker's own operation, whose write names the victim.
-        let misattributed = put_as(&evil, victim, 1, "shadow");
+        let misattributed = put_as(&evil, victim, 1, ChainHash::ZERO, "shadow");
         // A damaged signature, far in the victim's future (it must not
         // wait in a buffer).
-        let mut damaged = put_as(&evil, victim, 50, "future");
-        damaged.actor = victim;
-        damaged.sig.0[9] ^= 1;
+        let damaged = put_as(&evil, evil.actor(), 50, ChainHash::ZERO, "future");
+        let mut sig = *damaged.signature().unwrap();
+        sig.0[9] ^= 1;
+        let damaged = damaged.with_signature(Some(sig));
         // The hostile peer answers H1's first pull with a page of them.
-        let page =
-            encode(&SyncResponse::Ops { doc: DOC.into(), ops: vec![bytes(&as_victim), bytes(&damaged)], more: false });
+        let page = encode(&SyncResponse::Ops {
+            doc: DOC.into(),
+            page: page_as(&[as_victim.clone(), damaged.clone()], true),
+            more: false,
+        });
         let mut bad = Client::spawn_with(None, vec![page]).await;
         let topic = crate::common::topic();
         bad.join(h1.peer_id(), h1_addr.clone(), topic.clone()).await;
-        let publish = |ops: Vec<ByteBuf>| encode(&Gossip { doc: DOC.into(), ops });
-        bad.publish(topic.clone(), publish(vec![bytes(&as_victim)])).await.unwrap();
-        bad.publish(topic.clone(), publish(vec![bytes(&misattributed)])).await.unwrap();
-        bad.publish(topic.clone(), publish(vec![bytes(&damaged)])).await.unwrap();
+        let publish = |page: ByteBuf| encode(&Gossip { doc: DOC.into(), page });
+        bad.publish(topic.clone(), publish(page_as(&[as_victim], true))).await.unwrap();
+        bad.publish(topic.clone(), publish(page_as(&[misattributed], false))).await.unwrap();
+        bad.publish(topic.clone(), publish(page_as(&[damaged], true))).await.unwrap();
         let fault = |log: &[(usize, Ev)], what: &str| {
             log.iter().any(|(i, ev)| {
                 matches!(ev, NodeEvent::PeerFault { peer, reason, .. }
@@ -721,12 +824,13 @@ async fn forged_and_equivocating_operations_are_refused() {
 
         // Equivocation: a valid operation of the attacker's own, then a
         // second one for the same sequence number once everyone has the first.
-        let first = put_as(&evil, evil.actor(), 1, "first");
-        let second = put_as(&evil, evil.actor(), 1, "second");
-        bad.publish(topic.clone(), publish(vec![bytes(&first)])).await.unwrap();
+        let first = put_as(&evil, evil.actor(), 1, ChainHash::ZERO, "first");
+        let second = put_as(&evil, evil.actor(), 1, ChainHash::ZERO, "second");
+        assert_ne!(first.hash(), second.hash());
+        bad.publish(topic.clone(), publish(page_as(std::slice::from_ref(&first), false))).await.unwrap();
         writes.add([first.clone()]);
         converge(&nodes, &mut events, &writes.clock()).await;
-        bad.publish(topic.clone(), publish(vec![bytes(&second)])).await.unwrap();
+        bad.publish(topic.clone(), publish(page_as(&[second], false))).await.unwrap();
         events
             .wait_for("an equivocation naming the attacker", |log| {
                 log.iter().any(|(i, ev)| {

@@ -109,8 +109,8 @@ async fn a_full_disk_fails_the_document_until_it_is_reopened() {
         // Reopened after a failed write, the replica writes under a new
         // actor: what its log read back may not have been on disk, so the
         // old actor's numbers after it are never signed again.
-        assert_ne!(after.actor, first.actor);
-        assert_eq!(after.seq, 1);
+        assert_ne!(after.actor(), first.actor());
+        assert_eq!(after.seq(), 1);
         wait_value(&b, &mut events, "after", "2").await;
         assert!(values(&b, "during").await.is_empty());
 

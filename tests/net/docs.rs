@@ -113,7 +113,7 @@ async fn remote_changes_reach_subscribers_after_they_are_durable() {
             _ => continue,
         }
     };
-    assert!(matches!(&op.op, KvOp::Put { key, value, .. } if key == "k" && value == "v"));
+    assert!(matches!(op.op(), KvOp::Put { key, value, .. } if key == "k" && value == "v"));
     b.shutdown().await.unwrap();
     // Reopened offline, the replica still has it: it was durable before it was announced.
     let r: walrus::replica::Replica<KvDoc> =

@@ -15,6 +15,7 @@ use crate::common::{
     banned, config, connected, disconnected, faulted, put, start, values, wait_value, within, Ev, Events, DOC,
 };
 use tokio::time::Instant;
+use walrus::internals::SYNC_PROTOCOL_V1;
 use walrus::net::{Multiaddr, Node, NodeError, NodeEvent, PeerId, PreSharedKey};
 use walrus::replica::{KvDoc, VersionVector};
 use walrus::sync::{encode, Gossip, SyncRequest, SyncResponse};
@@ -237,7 +238,7 @@ async fn misbehave_until_banned(
     let mark = events.log.len();
     let began = Instant::now();
     for i in 0..2u8 {
-        let garbage = encode(&Gossip { doc: DOC.into(), ops: vec![serde_bytes::ByteBuf::from(vec![0xa1, round, i])] });
+        let garbage = encode(&Gossip { doc: DOC.into(), page: serde_bytes::ByteBuf::from(vec![0xa1, round, i]) });
         bad.publish(topic.clone(), garbage).await.expect("publishing garbage");
     }
     // Each answered with silence; they fail fast once the ban closes the connection.
@@ -360,6 +361,57 @@ async fn a_peer_cut_off_with_a_pull_waiting_is_pulled_again() {
         a.unblock(c.peer_id).await.unwrap();
         c.wait("the reconnection", |s| matches!(s, client::Seen::Connected(p) if *p == a_id)).await;
         c.wait("a pull after the unblock", |s| matches!(s, client::Seen::Pulled(p, _) if *p == a_id)).await;
+        a.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// A peer running the previous version asks on `/walrus/sync/1`: it gets
+/// an answer it can read (its request layout is the same), `Refused`,
+/// naming the protocol to upgrade to. That is no fault: however often it
+/// asks, it is not blamed, stays connected, and is never banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_on_the_previous_protocol_is_refused_cleanly() {
+    within(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = Events::new();
+        let mut cfg = config(dir.path(), &[]);
+        // One fault is tolerated, the second bans.
+        cfg.max_faults = 1;
+        let (a, a_addr) = start(cfg, &mut events, 0).await;
+        let a_id = a.peer_id();
+        put(&a, "k", "v").await;
+
+        let mut old = Client::spawn_speaking(None, Vec::new(), SYNC_PROTOCOL_V1, "/walrus/1.0.0").await;
+        old.dial(a_addr.clone());
+        old.wait("a connection to A", |s| matches!(s, client::Seen::Connected(p) if *p == a_id)).await;
+        let mark = events.log.len();
+        for _ in 0..4 {
+            let answer = old.request(a_id, sync_request(DOC)).await.expect("an answer on the previous protocol");
+            match walrus::sync::decode::<SyncResponse>(&answer, 1 << 20, "response").unwrap() {
+                SyncResponse::Refused { doc, reason } => {
+                    assert_eq!(doc, DOC);
+                    assert!(reason.contains("/walrus/sync/2"), "{reason}");
+                }
+                other => panic!("expected a refusal naming the protocol, got {other:?}"),
+            }
+        }
+        // Everything A did up to an answer after the requests is logged.
+        assert_eq!(values(&a, "k").await, ["v"]);
+        events.drain();
+        assert!(!events.any(mark, 0, faulted(old.peer_id)), "the old peer was blamed: {:#?}", &events.log[mark..]);
+        assert!(!events.any(mark, 0, disconnected(old.peer_id)), "{:#?}", &events.log[mark..]);
+        let peers: Vec<PeerId> = a.peers().await.unwrap().into_iter().map(|p| p.peer).collect();
+        assert!(peers.contains(&old.peer_id), "A dropped the old peer: {peers:?}");
+
+        // A peer on the current protocol is served as before.
+        let mut current = Client::spawn(None).await;
+        current.dial(a_addr.clone());
+        current.wait("a connection to A", |s| matches!(s, client::Seen::Connected(p) if *p == a_id)).await;
+        let answer = current.request(a_id, sync_request(DOC)).await.expect("an answer");
+        let answer: SyncResponse = walrus::sync::decode(&answer, 1 << 20, "response").unwrap();
+        assert!(matches!(answer, SyncResponse::Ops { more: false, .. }), "{answer:?}");
+        drop((old, current));
         a.shutdown().await.unwrap();
     })
     .await;

@@ -3,8 +3,8 @@
 
 use crate::helpers::{open, opts};
 use walrus::replica::{
-    ActorKey, Catchup, Change, CounterDoc, Document, KvDoc, OpEnvelope, Origin, ReceiveError, Replica, ReplicaOptions,
-    VersionVector,
+    ActorKey, Catchup, ChainHash, Change, CounterDoc, Document, KvDoc, OpEnvelope, Origin, ReceiveError, Replica,
+    ReplicaOptions, VersionVector,
 };
 
 /// Pulls everything `to` is missing from `from`, page by page.
@@ -110,7 +110,7 @@ fn checkpoint_truncates_and_reopen_restores_the_same_state() {
     // Sequence numbers continue after the last one used.
     let mut r = r;
     let env = r.update(|doc, actor| doc.put_op(actor, "next", "y")).unwrap();
-    assert_eq!(env.seq, 431);
+    assert_eq!(env.seq(), 431);
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn change_feed_sees_local_and_remote_changes_after_they_are_durable() {
     assert_eq!(seen.len(), 2);
     assert!(matches!(&seen[0], Change::Op { origin: Origin::Local, .. }));
     match &seen[1] {
-        Change::Op { origin: Origin::Remote, op: got } => assert_eq!((got.actor, got.seq), (op.actor, op.seq)),
+        Change::Op { origin: Origin::Remote, op: got } => assert_eq!((got.actor(), got.seq()), (op.actor(), op.seq())),
         other => panic!("unexpected change {other:?}"),
     }
 }
@@ -214,13 +214,15 @@ fn extreme_sequence_numbers_are_errors_not_panics() {
     a.merge_snapshot(KvDoc::default(), clock.clone()).unwrap();
     assert_ne!(a.actor(), old);
     assert_eq!(a.clock().get(&old), u64::MAX);
-    assert_eq!(a.update(|d, act| d.put_op(act, "k", "v")).unwrap().seq, 1);
+    assert_eq!(a.update(|d, act| d.put_op(act, "k", "v")).unwrap().seq(), 1);
     assert!(a.update_many([|d: &KvDoc, act| d.put_op(act, "k", "v")])[0].is_ok());
     // Operations at the very end of an actor's sequence are buffered or
     // dropped, never overflowing.
     let xkey = ActorKey::from_seed([9; 32]);
     let x = xkey.actor();
-    let far = OpEnvelope::signed(&xkey, "", u64::MAX, b.doc().put_op(x, "k", "v")).unwrap();
+    // Its predecessors only ever come as a snapshot's clock, with no chain
+    // head to check what it follows against.
+    let far = OpEnvelope::signed::<KvDoc>(&xkey, "", u64::MAX, ChainHash::ZERO, b.doc().put_op(x, "k", "v")).unwrap();
     assert_eq!(b.receive([far.clone()]).unwrap().buffered, 1);
     let mut near = VersionVector::default();
     near.observe(x, u64::MAX - 1);

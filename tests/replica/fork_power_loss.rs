@@ -169,7 +169,7 @@ fn set_up(variant: Variant, r_dir: &Path, c_dir: &Path) -> Setup {
 }
 
 fn pair<O>(env: &walrus::replica::OpEnvelope<O>) -> (ActorId, u64) {
-    (env.actor, env.seq)
+    (env.actor(), env.seq())
 }
 
 /// Copies the set-up into fresh directories: R under `root`, C in `c`.
@@ -352,9 +352,9 @@ fn check(dir: &Path, c: &mut Replica<KvDoc>, s: &Setup, run: &Run, ctx: &str, t:
 
     // The next write takes a number never acknowledged, and C takes it.
     let env = r.update(|d, a| d.put_op(a, "after", "crash")).unwrap_or_else(|e| panic!("{ctx}: write: {e}"));
-    assert_ne!(env.actor, s.old, "{ctx}: writer");
-    let top = signed.range((env.actor, 0)..=(env.actor, u64::MAX)).next_back().map_or(0, |p| p.1);
-    assert!(env.seq > top, "{ctx}: ({}, {}) signed again: {top} was acknowledged", env.actor, env.seq);
+    assert_ne!(env.actor(), s.old, "{ctx}: writer");
+    let top = signed.range((env.actor(), 0)..=(env.actor(), u64::MAX)).next_back().map_or(0, |p| p.1);
+    assert!(env.seq() > top, "{ctx}: ({}, {}) signed again: {top} was acknowledged", env.actor(), env.seq());
     let got = c.receive([env]).unwrap_or_else(|e| panic!("{ctx}: C refuses R's write: {e}"));
     assert_eq!(got.applied, 1, "{ctx}: C applies R's next write: {got:?}");
     assert_eq!(r.clock(), c.clock(), "{ctx}: after the next write");

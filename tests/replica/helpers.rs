@@ -1,11 +1,11 @@
 //! What several replica test modules share: options and opening of a plain
-//! replica, copying and rolling back directories, reading values, and the
-//! knobs of the power-loss tests.
+//! replica, copying and rolling back directories, reading values, the
+//! knobs of the power-loss tests, and pages written by hand.
 
 use std::fs;
 use std::path::Path;
 
-use walrus::replica::{ActorId, ActorKey, KvDoc, Replica, ReplicaOptions};
+use walrus::replica::{ActorId, ActorKey, ChainHash, KvDoc, Replica, ReplicaOptions, Signature, Succession};
 use walrus::wal::{SyncPolicy, WalOptions};
 
 /// Batched syncs, 4 KiB segments without preallocation (so a few writes
@@ -97,4 +97,49 @@ pub fn scratch_dir() -> tempfile::TempDir {
         }
     }
     tempfile::tempdir().unwrap()
+}
+
+/// Appends `n` as an unsigned LEB128 varint, as pages write their integers.
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A sync page (docs/PROTOCOL.md, "Pages") of one run holding one
+/// operation, written byte by byte so that it can carry what no replica
+/// writes (a succession certificate on any operation): the operation
+/// `seq` of `actor` encoded as `op`, following `prev`, with head signature
+/// `sig`. Uncompressed (codec byte 0).
+pub fn page_of_one(
+    actor: ActorId,
+    seq: u64,
+    prev: ChainHash,
+    succeeds: Option<&Succession>,
+    op: &[u8],
+    sig: &Signature,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_varint(&mut body, 1); // actors
+    body.extend_from_slice(&actor.0);
+    put_varint(&mut body, 1); // runs
+    put_varint(&mut body, 0); // the run's actor, in the table
+    put_varint(&mut body, seq);
+    put_varint(&mut body, 1); // operations
+    body.extend_from_slice(&prev.0);
+    body.push(0x02 | u8::from(succeeds.is_some())); // signed, certificate
+    if let Some(c) = succeeds {
+        body.extend_from_slice(&c.from.0);
+        body.extend_from_slice(&c.to.0);
+        body.extend_from_slice(&c.sig.0);
+    }
+    put_varint(&mut body, op.len() as u64);
+    body.extend_from_slice(op);
+    body.extend_from_slice(&sig.0);
+    let mut page = vec![0];
+    put_varint(&mut page, body.len() as u64);
+    page.extend_from_slice(&body);
+    page
 }

@@ -8,8 +8,14 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use crate::helpers::{copy_dir, roll_back_in_place, values};
-use walrus::replica::{ActorId, Catchup, Document, KvDoc, Recovered, Replica, ReplicaOptions, RetireReason};
+use serde_bytes::ByteBuf;
+
+use crate::helpers::{copy_dir, page_of_one, roll_back_in_place, values};
+use walrus::replica::{
+    ActorId, ActorKey, Catchup, ChainHash, ChainKey, Document, EnvelopeError, KvDoc, OpEnvelope, PeerError,
+    ReceiveError, Recovered, Replica, ReplicaOptions, RetireReason, Succession, ACTOR_FILE,
+};
+use walrus::sync::{apply_response, Limits, SyncError, SyncResponse};
 use walrus::wal::{SyncPolicy, WalOptions};
 
 fn opts(writers: Option<BTreeSet<ActorId>>) -> ReplicaOptions {
@@ -80,8 +86,8 @@ fn restore_from_a_copy(with_writers: bool) {
         r.recovered()
     );
     let new = r.update(|d, a| d.put_op(a, "k2", "NEW")).unwrap();
-    assert_eq!((new.actor, new.seq), (r.actor(), 1));
-    assert!(new.succeeds.is_some(), "the first operation of a successor carries its certificate");
+    assert_eq!((new.actor(), new.seq()), (r.actor(), 1));
+    assert!(new.succeeds().is_some(), "the first operation of a successor carries its certificate");
 
     sync(&c, &mut r);
     sync(&r, &mut c);
@@ -94,7 +100,7 @@ fn restore_from_a_copy(with_writers: bool) {
     // Reopening keeps the new actor, and its writes go on being accepted.
     drop(r);
     let mut r = open(rd.path(), &writers);
-    assert_eq!(r.actor(), new.actor);
+    assert_eq!(r.actor(), new.actor());
     assert!(r.recovered().is_empty());
     r.update(|d, a| d.put_op(a, "k4", "four")).unwrap();
     sync(&r, &mut c);
@@ -138,7 +144,7 @@ fn roll_back(checkpoint_before_backup: bool, with_writers: bool) {
     let mut r = open(rd.path(), &writers);
     assert_eq!(r.actor(), old, "an in-place rollback is not visible on open");
     let forked = r.update(|d, a| d.put_op(a, "k9", "NINE")).unwrap();
-    assert_eq!((forked.actor, forked.seq), (old, 2), "the fork: a second operation 2 of the old actor");
+    assert_eq!((forked.actor(), forked.seq()), (old, 2), "the fork: a second operation 2 of the old actor");
 
     sync(&c, &mut r);
     assert_ne!(r.actor(), old, "on learning of the fork the replica retires its actor");
@@ -197,7 +203,7 @@ fn a_peer_holding_more_of_the_actor_retires_it_before_the_next_write() {
         [Recovered::ActorRetired { reason: RetireReason::Behind { had: 1, seen: 2 }, .. }]
     ));
     let next = r.update(|d, a| d.put_op(a, "k3", "three")).unwrap();
-    assert_eq!(next.seq, 1);
+    assert_eq!(next.seq(), 1);
     sync(&r, &mut c);
     converged(&r, &c);
 }
@@ -212,14 +218,25 @@ fn successions_are_checked() {
     let new = r.retire_actor().unwrap();
     assert_ne!(new, old);
     let first = r.update(|d, a| d.put_op(a, "k", "v")).unwrap();
-    let cert = *first.succeeds.clone().expect("certificate");
+    let cert = *first.succeeds().expect("certificate");
     assert_eq!((cert.from, cert.to), (old, new));
-    // A stranger's key claiming to succeed a writer is refused.
-    let stranger = walrus::replica::ActorKey::generate().unwrap();
-    let mut forged =
-        walrus::replica::OpEnvelope::signed(&stranger, "notes", 1, c.doc().put_op(stranger.actor(), "k", "x")).unwrap();
-    forged.succeeds = Some(Box::new(walrus::replica::Succession { to: stranger.actor(), ..cert }));
-    assert!(c.receive([forged.clone()]).is_err(), "a certificate for another actor is refused");
+    let limits = Limits::default();
+    let deliver = |c: &mut Replica<KvDoc>, page: Vec<u8>| {
+        let resp = SyncResponse::Ops { doc: "notes".into(), page: ByteBuf::from(page), more: false };
+        apply_response(c, "notes", resp, &limits)
+    };
+    let chain = ChainKey::new("notes");
+    // A stranger's key claiming to succeed a writer is refused, though its
+    // head signature covers the certificate it carries.
+    let stranger = ActorKey::generate().unwrap();
+    let claimed = Succession { to: stranger.actor(), ..cert };
+    let op = c.doc().put_op(stranger.actor(), "k", "x");
+    let op = OpEnvelope::signed::<KvDoc>(&stranger, "notes", 1, ChainHash::ZERO, op).unwrap();
+    let hash = chain.op_hash(&stranger.actor(), 1, &ChainHash::ZERO, Some(&claimed), op.op_bytes());
+    let forged =
+        page_of_one(stranger.actor(), 1, ChainHash::ZERO, Some(&claimed), op.op_bytes(), &hash.sign_head(&stranger));
+    let err = deliver(&mut c, forged).unwrap_err();
+    assert!(err.is_peer_fault(), "a certificate for another actor is refused: {err}");
     assert_eq!(c.clock().get(&stranger.actor()), 0);
     // The genuine one is accepted, also after a restart of the receiver.
     c.receive([first]).unwrap();
@@ -228,13 +245,21 @@ fn successions_are_checked() {
     let mut c = open(cd.path(), &writers);
     let second = r.update(|d, a| d.put_op(a, "k", "w")).unwrap();
     assert_eq!(c.receive([second]).unwrap().applied, 1);
-    // The certificate must come on the first operation only.
-    let late = walrus::replica::OpEnvelope {
-        seq: 5,
-        succeeds: Some(Box::new(cert)),
-        ..r.update(|d, a| d.put_op(a, "z", "z")).unwrap()
-    };
-    assert!(c.receive([late]).is_err());
+    // The certificate must come on the first operation only: operation 3,
+    // at its place and signed by its actor over a hash covering the
+    // certificate, is refused for carrying it.
+    let late = r.update(|d, a| d.put_op(a, "z", "z")).unwrap();
+    let key = ActorKey::load(&rd.path().join(ACTOR_FILE)).unwrap();
+    assert_eq!(key.actor(), new);
+    let hash = chain.op_hash(&new, late.seq(), &late.prev(), Some(&cert), late.op_bytes());
+    let page = page_of_one(new, late.seq(), late.prev(), Some(&cert), late.op_bytes(), &hash.sign_head(&key));
+    let err = deliver(&mut c, page).unwrap_err();
+    assert!(
+        matches!(err, SyncError::Receive(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSuccession { .. })))),
+        "{err}"
+    );
+    assert_eq!(c.clock().get(&new), 2);
+    assert_eq!(c.receive([late]).unwrap().applied, 1, "without the certificate it is accepted");
 }
 
 #[test]
@@ -269,7 +294,7 @@ fn a_chain_of_retirements_stays_a_writer_across_restarts() {
     let mut r = open(rd.path(), &writers);
     assert_ne!(r.actor(), first);
     let env = r.update(|d, a| d.put_op(a, "k", "v")).expect("the second successor may still write");
-    assert_eq!(env.seq, 1);
+    assert_eq!(env.seq(), 1);
     // Its peer learns the whole chain from a snapshot answer, or the one
     // link it needs from the operation itself.
     let learned = c.learn_successions(&r.successions()).unwrap();

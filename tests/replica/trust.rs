@@ -1,14 +1,19 @@
 //! Signed operations at the replica: forged, misattributed, equivocating
 //! and unauthorised operations are refused before they are buffered or
 //! logged, and every replica refuses the same ones.
+//!
+//! Operations form hash chains per actor, and a head signature vouches for
+//! its run: tests here build chains outside any replica (each operation
+//! signed, unless a test strips some signatures to make one run).
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use walrus::replica::{
-    ActorKey, Catchup, Document, Dot, EnvelopeError, Equivocation, KvDoc, KvOp, OpEnvelope, OpenError, PeerError,
-    ReceiveError, Replica, ReplicaOptions, StorageError, VersionVector, WriteError,
+    ActorKey, Catchup, ChainHash, Document, Dot, EnvelopeError, Equivocation, KvDoc, KvOp, OpEnvelope, OpenError,
+    PeerError, ReceiveError, Replica, ReplicaOptions, Signature, StorageError, VersionVector, WriteError,
 };
+use walrus::sync::{apply_gossip, apply_response, gossip_messages, Limits, SyncError, SyncResponse};
 use walrus::wal::{SyncPolicy, WalOptions};
 
 const DOC: &str = "notes";
@@ -23,10 +28,49 @@ fn open_with(dir: &Path, opts: ReplicaOptions) -> Replica<KvDoc> {
     Replica::open(dir, opts).expect("open replica")
 }
 
-fn put(key: &ActorKey, seq: u64, k: &str, v: &str) -> OpEnvelope<KvOp> {
+/// Operation `seq` of `key`'s actor putting `k` = `v`, following the
+/// operation whose hash is `prev`, signed as a chain head.
+fn put_after(key: &ActorKey, prev: ChainHash, seq: u64, k: &str, v: &str) -> OpEnvelope<KvOp> {
     let dot = Dot { actor: key.actor(), counter: seq };
     let op = KvOp::Put { key: k.into(), dot, value: v.into(), seen: vec![] };
-    OpEnvelope::signed(key, DOC, seq, op).unwrap()
+    OpEnvelope::signed::<KvDoc>(key, DOC, seq, prev, op).unwrap()
+}
+
+/// Operation `seq` of `key`'s actor, for a test in which its predecessors
+/// never arrive (so what it chains to is never checked).
+fn put(key: &ActorKey, seq: u64, k: &str, v: &str) -> OpEnvelope<KvOp> {
+    put_after(key, ChainHash::ZERO, seq, k, v)
+}
+
+/// `key`'s operations 1, 2, … putting each `(k, v)` in turn, chained, each
+/// signed.
+fn history(key: &ActorKey, puts: &[(&str, &str)]) -> Vec<OpEnvelope<KvOp>> {
+    let mut prev = ChainHash::ZERO;
+    let mut out = Vec::new();
+    for (i, (k, v)) in puts.iter().enumerate() {
+        let env = put_after(key, prev, i as u64 + 1, k, v);
+        prev = env.hash();
+        out.push(env);
+    }
+    out
+}
+
+/// `env` with one bit of its head signature flipped.
+fn forge(env: OpEnvelope<KvOp>, byte: usize) -> OpEnvelope<KvOp> {
+    let mut sig: Signature = *env.signature().expect("signed");
+    sig.0[byte] ^= 0x01;
+    env.with_signature(Some(sig))
+}
+
+/// `ops` as one run: every signature but the last one's stripped.
+fn as_run(mut ops: Vec<OpEnvelope<KvOp>>) -> Vec<OpEnvelope<KvOp>> {
+    let last = ops.len().saturating_sub(1);
+    ops.iter_mut().take(last).for_each(|e| *e = e.clone().with_signature(None));
+    ops
+}
+
+fn is_bad_signature(err: &ReceiveError, seq: u64) -> bool {
+    matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: s, .. })) if *s == seq)
 }
 
 /// The replica has applied, buffered and logged nothing (also after a reopen).
@@ -48,34 +92,60 @@ fn forged_and_misattributed_operations_are_refused_before_the_log() {
     // A damaged signature, now and for a future sequence number (which
     // would otherwise wait in the causal buffer).
     for seq in [1, 5] {
-        let mut env = put(&alice, seq, "k", "v");
-        env.sig.0[7] ^= 0x40;
+        let env = forge(put(&alice, seq, "k", "v"), 7);
         let err = r.receive([env]).unwrap_err();
-        assert!(
-            matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: s, .. })) if s == seq),
-            "{err}"
-        );
+        assert!(is_bad_signature(&err, seq), "{err}");
     }
-    // Mallory signs an operation but names Alice as its actor.
-    let mut claimed = put(&mallory, 1, "k", "mallory");
-    claimed.actor = alice.actor();
+    // Mallory signs an operation that names Alice as its actor: Mallory's
+    // signature over the hash of Alice's operation.
+    let claimed = put(&alice, 1, "k", "mallory");
+    let claimed = claimed.clone().with_signature(Some(claimed.hash().sign_head(&mallory)));
     assert!(matches!(
         r.receive([claimed]),
+        Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { .. })))
+    ));
+    // No signature at all.
+    let bare = put(&alice, 1, "k", "v").with_signature(None);
+    assert!(matches!(
+        r.receive([bare]),
         Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { .. })))
     ));
     // Mallory signs as herself, but the write's dot names Alice.
     let dot = Dot { actor: alice.actor(), counter: 1 };
     let op = KvOp::Put { key: "k".into(), dot, value: "shadow".into(), seen: vec![] };
-    let shadow = OpEnvelope::signed(&mallory, DOC, 1, op).unwrap();
+    let shadow = OpEnvelope::signed::<KvDoc>(&mallory, DOC, 1, ChainHash::ZERO, op).unwrap();
     assert!(matches!(r.receive([shadow]), Err(ReceiveError::Peer(PeerError::Rejected { .. }))));
-    // Signed for another document.
+    untouched(r);
+}
+
+/// An operation signed for another document, handed to `receive`: its
+/// hash was made under the other document's key, and its signature is
+/// valid for that hash, but not for this document.
+#[test]
+fn an_operation_signed_for_another_document_is_refused() {
+    let alice = ActorKey::from_seed([1; 32]);
     let dot = Dot { actor: alice.actor(), counter: 1 };
     let op = KvOp::Put { key: "k".into(), dot, value: "v".into(), seen: vec![] };
-    let elsewhere = OpEnvelope::signed(&alice, "other", 1, op).unwrap();
-    assert!(matches!(
-        r.receive([elsewhere]),
-        Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { .. })))
-    ));
+    let elsewhere = OpEnvelope::signed::<KvDoc>(&alice, "other", 1, ChainHash::ZERO, op).unwrap();
+    // Through a page, decoded (and hashed) under this document.
+    let d = tempfile::tempdir().unwrap();
+    let mut r = open_with(d.path(), opts());
+    let limits = Limits::default();
+    let msgs = gossip_messages(DOC, std::slice::from_ref(&elsewhere), limits.max_gossip);
+    let err = apply_gossip(&mut r, DOC, &msgs[0], &limits).unwrap_err();
+    assert!(
+        matches!(err, SyncError::Receive(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { .. })))),
+        "{err}"
+    );
+    untouched(r);
+    // Handed over as it is.
+    let d = tempfile::tempdir().unwrap();
+    let mut r = open_with(d.path(), opts());
+    let got = r.receive([elsewhere]);
+    assert!(
+        matches!(got, Err(ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { .. })))),
+        "an operation of document \"other\" was taken by {DOC:?}: {got:?}"
+    );
     untouched(r);
 }
 
@@ -84,16 +154,17 @@ fn a_forged_operation_ends_the_batch_and_what_came_before_stays() {
     let d = tempfile::tempdir().unwrap();
     let mut r = open_with(d.path(), opts());
     let alice = ActorKey::from_seed([1; 32]);
-    let mut bad = put(&alice, 2, "k", "forged");
-    bad.sig.0[0] ^= 1;
-    let err = r.receive([put(&alice, 1, "a", "1"), bad, put(&alice, 3, "c", "3")]).unwrap_err();
-    assert!(
-        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 2, .. }))),
-        "{err}"
-    );
+    // Operation 3 follows the forged 2 and carries a valid head, which
+    // must not make up for 2's bad one.
+    let sent = history(&alice, &[("a", "1"), ("k", "forged"), ("c", "3")]);
+    let bad = forge(sent[1].clone(), 0);
+    let err = r.receive([sent[0].clone(), bad, sent[2].clone()]).unwrap_err();
+    assert!(is_bad_signature(&err, 2), "{err}");
     assert_eq!(r.clock().get(&alice.actor()), 1);
     assert_eq!(r.buffered(), 0, "nothing after a forgery is looked at");
-    let got = r.receive([put(&alice, 2, "b", "2"), put(&alice, 3, "c", "3")]).unwrap();
+    let honest = history(&alice, &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]);
+    assert_eq!(honest[0], sent[0]);
+    let got = r.receive([honest[1].clone(), honest[2].clone()]).unwrap();
     assert_eq!(got.applied, 2);
     assert_eq!(r.doc().values_of("c"), vec!["3"]);
 
@@ -102,23 +173,64 @@ fn a_forged_operation_ends_the_batch_and_what_came_before_stays() {
     let (bob, mallory) = (ActorKey::from_seed([3; 32]), ActorKey::from_seed([4; 32]));
     let op =
         KvOp::Put { key: "k".into(), dot: Dot { actor: bob.actor(), counter: 1 }, value: "x".into(), seen: vec![] };
-    let misattributed = OpEnvelope::signed(&mallory, DOC, 1, op).unwrap();
-    let mut bad = put(&bob, 1, "k", "forged");
-    bad.sig.0[0] ^= 1;
+    let misattributed = OpEnvelope::signed::<KvDoc>(&mallory, DOC, 1, ChainHash::ZERO, op).unwrap();
+    let bad = forge(put(&bob, 1, "k", "forged"), 0);
     let err = r.receive([misattributed, bad, put(&bob, 1, "k", "bob")]).unwrap_err();
     assert!(matches!(err, ReceiveError::Peer(PeerError::Rejected { .. })), "{err}");
     assert_eq!(r.clock().get(&bob.actor()), 0, "an operation after a forgery was applied");
 
-    // A damaged copy of an operation the replica already has is a forgery
-    // too, so the batch ends where it would on a replica without it.
-    let mut copy = put(&alice, 1, "a", "1");
-    copy.sig.0[3] ^= 1; // in R: the second half still matches the applied one
-    let err = r.receive([copy, put(&alice, 4, "d", "4")]).unwrap_err();
-    assert!(
-        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 1, .. }))),
-        "{err}"
-    );
+    // A damaged copy of an operation the replica already has (the same
+    // hash, a bad signature) is a forgery too, so the batch ends where it
+    // would on a replica without it.
+    let copy = forge(honest[0].clone(), 3);
+    assert_eq!(copy.hash(), honest[0].hash());
+    let err = r.receive([copy, honest[3].clone()]).unwrap_err();
+    assert!(is_bad_signature(&err, 1), "{err}");
     assert_eq!(r.clock().get(&alice.actor()), 3, "an operation after a forged repeat was applied");
+}
+
+#[test]
+fn a_run_without_its_head_signature_is_refused_whole() {
+    let alice = ActorKey::from_seed([1; 32]);
+    let ops = history(&alice, &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]);
+    let headless = |ops: &[OpEnvelope<KvOp>]| -> Vec<OpEnvelope<KvOp>> {
+        ops.iter().map(|e| e.clone().with_signature(None)).collect()
+    };
+    // From the start, and ahead of the replica (where its operations
+    // would otherwise wait in the buffer).
+    for (from, seq) in [(0, 1), (1, 2)] {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = open_with(d.path(), opts());
+        let err = r.receive(headless(&ops[from..3])).unwrap_err();
+        assert!(err.is_peer_fault(), "{err}");
+        assert!(is_bad_signature(&err, seq), "{err}");
+        untouched(r);
+    }
+    // After a signed run: that one stays, nothing of the headless one.
+    let d = tempfile::tempdir().unwrap();
+    let mut r = open_with(d.path(), opts());
+    let mut batch = vec![ops[0].clone()];
+    batch.extend(headless(&ops[1..]));
+    let err = r.receive(batch).unwrap_err();
+    assert!(err.is_peer_fault() && is_bad_signature(&err, 2), "{err}");
+    assert_eq!(r.clock().get(&alice.actor()), 1);
+    assert_eq!(r.buffered(), 0);
+    assert_eq!(r.doc().values_of("b"), Vec::<String>::new());
+    // A head for the first run is no head for the rest.
+    let mut batch = as_run(ops[..2].to_vec());
+    batch.extend(headless(&ops[2..]));
+    let err = r.receive(batch).unwrap_err();
+    assert!(err.is_peer_fault() && is_bad_signature(&err, 3), "{err}");
+    assert_eq!(r.clock().get(&alice.actor()), 2);
+    assert_eq!(r.buffered(), 0);
+    // Sent as a page, it is refused before anything is looked at.
+    let page = walrus::internals::page_of(&headless(&ops[2..]));
+    let resp = SyncResponse::Ops { doc: DOC.into(), page: serde_bytes::ByteBuf::from(page), more: false };
+    let err = apply_response(&mut r, DOC, resp, &Limits::default()).unwrap_err();
+    assert!(err.is_peer_fault(), "{err}");
+    assert_eq!((r.clock().get(&alice.actor()), r.buffered()), (2, 0));
+    // Signed, the same operations are taken.
+    assert_eq!(r.receive(as_run(ops[2..].to_vec())).unwrap().applied, 2);
 }
 
 #[test]
@@ -144,6 +256,7 @@ fn equivocation_is_detected_and_the_first_operation_stays() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mallory = ActorKey::from_seed([2; 32]);
     let (one, other) = (put(&mallory, 1, "k", "one"), put(&mallory, 1, "k", "other"));
+    assert_ne!(one.hash(), other.hash());
     let mut r = open_with(d1.path(), opts());
     assert_eq!(r.receive([one.clone()]).unwrap().applied, 1);
     // A repeat is a plain duplicate.
@@ -164,8 +277,7 @@ fn equivocation_is_detected_and_the_first_operation_stays() {
     let mut r = open_with(d1.path(), opts());
     assert_eq!(r.receive([other.clone()]).unwrap().equivocations.len(), 1);
     // A forged "equivocation" (bad signature) is a forgery, not a proof.
-    let mut fake = put(&mallory, 1, "k", "fake");
-    fake.sig.0[3] ^= 1;
+    let fake = forge(put(&mallory, 1, "k", "fake"), 3);
     r.take_equivocations();
     assert!(matches!(
         r.receive([fake.clone()]),
@@ -184,6 +296,85 @@ fn equivocation_is_detected_and_the_first_operation_stays() {
     assert_eq!(s.doc().values_of("k"), vec!["other"]);
 }
 
+/// All of `r`'s operations, from its log.
+fn all_ops(r: &Replica<KvDoc>) -> Vec<OpEnvelope<KvOp>> {
+    match r.ops_since(&VersionVector::default(), 1 << 20).unwrap() {
+        Catchup::Ops { ops, more: false } => ops,
+        _ => panic!("all operations in one page"),
+    }
+}
+
+fn equivocations_of(got: &[Equivocation], actor: walrus::replica::ActorId) -> usize {
+    got.iter().filter(|e| e.actor == actor).count()
+}
+
+#[test]
+fn equivocation_through_chains_is_reported_on_both_sides() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut a, mut b) = (open_with(dirs[0].path(), opts()), open_with(dirs[1].path(), opts()));
+    let (eve, frank) = (ActorKey::from_seed([5; 32]), ActorKey::from_seed([6; 32]));
+    // Two histories of Eve's for the same sequence numbers, each sent as
+    // one run that only its last operation's signature vouches for.
+    let first = history(&eve, &[("e1", "one"), ("e2", "two"), ("e3", "three")]);
+    let second = history(&eve, &[("e1", "uno"), ("e2", "dos"), ("e3", "tres")]);
+    assert!(first.iter().zip(&second).all(|(x, y)| x.seq() == y.seq() && x.hash() != y.hash()));
+    assert_eq!(a.receive(as_run(first.clone())).unwrap().applied, 3);
+    assert_eq!(b.receive(as_run(second.clone())).unwrap().applied, 3);
+    // Each side also has writes of its own, and A one of Frank's.
+    a.update(|d, act| d.put_op(act, "from-a", "a")).unwrap();
+    b.update(|d, act| d.put_op(act, "from-b", "b")).unwrap();
+    a.receive(history(&frank, &[("f", "frank")])).unwrap();
+
+    // A gets everything B has, from B's log; B gets A's log as gossip.
+    let got_a = a.receive(all_ops(&b)).unwrap();
+    let limits = Limits::default();
+    let mut got_b = Vec::new();
+    for msg in gossip_messages(DOC, &all_ops(&a), limits.max_gossip) {
+        got_b.extend(apply_gossip(&mut b, DOC, &msg, &limits).unwrap().equivocations);
+    }
+    assert!(equivocations_of(&got_a.equivocations, eve.actor()) > 0, "A: {got_a:?}");
+    assert!(equivocations_of(&got_b, eve.actor()) > 0, "B: {got_b:?}");
+    assert!(got_a.equivocations.iter().chain(&got_b).all(|e| e.actor == eve.actor()), "only Eve equivocated");
+    // Neither applied the other history; both hold the same clock, and
+    // everyone else's writes.
+    for (name, r, kept) in [("A", &mut a, &first), ("B", &mut b, &second)] {
+        let held = r.take_equivocations();
+        assert!(equivocations_of(&held, eve.actor()) > 0, "{name}: {held:?}");
+        for env in kept {
+            let KvOp::Put { key, value, .. } = env.op() else { unreachable!() };
+            assert_eq!(r.doc().values_of(key), vec![value.clone()], "{name}: {key}");
+        }
+        assert_eq!(r.clock().get(&eve.actor()), 3, "{name}");
+        assert_eq!(r.doc().values_of("from-a"), vec!["a"], "{name}");
+        assert_eq!(r.doc().values_of("from-b"), vec!["b"], "{name}");
+        assert_eq!(r.doc().values_of("f"), vec!["frank"], "{name}");
+    }
+    assert_eq!(a.clock(), b.clock());
+    // And they keep converging after it.
+    let later = history(&frank, &[("f", "frank"), ("g", "later")]);
+    b.receive(later).unwrap();
+    let got = a.receive(all_ops(&b)).unwrap();
+    assert_eq!(got.applied, 1, "{got:?}");
+    assert_eq!(a.doc().values_of("g"), vec!["later"]);
+    assert_eq!(a.clock(), b.clock());
+
+    // A replica that has only the start of one history learns of the other
+    // from an operation that does not follow it: the actor signed two
+    // operations for the one before.
+    let mut c = open_with(dirs[2].path(), opts());
+    c.receive([first[0].clone()]).unwrap();
+    let got = c.receive(as_run(second[1..].to_vec())).unwrap();
+    assert_eq!(got.equivocations, vec![Equivocation { actor: eve.actor(), seq: 1 }], "{got:?}");
+    assert_eq!(got.applied, 0);
+    assert_eq!(c.clock().get(&eve.actor()), 1);
+    assert_eq!(c.doc().values_of("e2"), Vec::<String>::new());
+    // The rest of the history it has still comes, and nothing of the other
+    // is left waiting.
+    let got = c.receive(as_run(first[1..].to_vec())).unwrap();
+    assert_eq!(got.applied, 2, "{got:?}");
+    assert_eq!(c.buffered(), 0);
+    assert_eq!(c.doc().values_of("e3"), vec!["three"]);
+}
 #[test]
 fn write_allow_list_is_enforced_identically() {
     let (alice, bob) = (ActorKey::from_seed([1; 32]), ActorKey::from_seed([3; 32]));
@@ -275,38 +466,50 @@ fn large_batches_are_verified_as_strictly_as_small_ones() {
     let d = tempfile::tempdir().unwrap();
     let mut r = open_with(d.path(), opts());
     let (alice, bob) = (ActorKey::from_seed([1; 32]), ActorKey::from_seed([3; 32]));
-    let mut batch: Vec<_> = (1..=200).map(|seq| put(&alice, seq, &format!("a{seq}"), "v")).collect();
-    batch.extend((1..=100).map(|seq| put(&bob, seq, &format!("b{seq}"), "v")));
+    let a_keys: Vec<String> = (1..=200).map(|seq| format!("a{seq}")).collect();
+    let b_keys: Vec<String> = (1..=100).map(|seq| format!("b{seq}")).collect();
+    let mut batch = history(&alice, &a_keys.iter().map(|k| (k.as_str(), "v")).collect::<Vec<_>>());
+    let bobs = history(&bob, &b_keys.iter().map(|k| (k.as_str(), "v")).collect::<Vec<_>>());
+    let bob_last = bobs[99].hash();
+    batch.extend(bobs);
     batch.push(batch[0].clone()); // a duplicate within the batch
     let all = batch.clone();
     let got = r.receive(batch).unwrap();
     assert_eq!((got.applied, got.duplicates), (300, 1));
     // The same with a forgery in the middle: what precedes it is applied,
-    // nothing after it.
+    // nothing after it (though the operation after it chains to it and
+    // carries a valid head).
     let d = tempfile::tempdir().unwrap();
     let mut r = open_with(d.path(), opts());
     let mut batch = all.clone();
-    batch[149].sig.0[1] ^= 1; // alice 150
+    batch[149] = forge(batch[149].clone(), 1); // alice 150
     let err = r.receive(batch).unwrap_err();
-    assert!(
-        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 150, .. }))),
-        "{err}"
-    );
+    assert!(is_bad_signature(&err, 150), "{err}");
     assert_eq!(r.clock().get(&alice.actor()), 149);
     assert_eq!(r.clock().get(&bob.actor()), 0);
     assert_eq!(r.buffered(), 0);
-    // One claiming another actor, at the very end of a large batch.
+    // The same as long runs, each vouched for by its last operation only:
+    // a forged head refuses its whole run.
+    let d = tempfile::tempdir().unwrap();
+    let mut r = open_with(d.path(), opts());
+    let mut batch = as_run(all[..100].to_vec());
+    let mut second = as_run(all[100..200].to_vec());
+    second[99] = forge(second[99].clone(), 2); // alice 200, the head of 101..=200
+    batch.extend(second);
+    batch.extend(as_run(all[200..300].to_vec()));
+    let err = r.receive(batch).unwrap_err();
+    assert!(is_bad_signature(&err, 101), "{err}");
+    assert_eq!((r.clock().get(&alice.actor()), r.clock().get(&bob.actor()), r.buffered()), (100, 0, 0));
+    // One claiming another actor, at the very end of a large batch: Bob's
+    // operation 101, signed with Alice's key.
     let d = tempfile::tempdir().unwrap();
     let mut r = open_with(d.path(), opts());
     let mut batch = all;
-    let mut as_bob = put(&alice, 101, "b101", "forged");
-    as_bob.actor = bob.actor();
+    let as_bob = put_after(&bob, bob_last, 101, "b101", "forged");
+    let as_bob = as_bob.clone().with_signature(Some(as_bob.hash().sign_head(&alice)));
     batch.push(as_bob);
     let err = r.receive(batch).unwrap_err();
-    assert!(
-        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 101, .. }))),
-        "{err}"
-    );
+    assert!(is_bad_signature(&err, 101), "{err}");
     assert_eq!((r.clock().get(&alice.actor()), r.clock().get(&bob.actor())), (200, 100));
 }
 
@@ -329,13 +532,15 @@ fn document_ids_are_checked_before_they_are_stored() {
 fn a_held_operation_refused_later_is_not_the_delivery_s_fault() {
     use walrus::replica::SetDoc;
     let mallory = ActorKey::from_seed([7; 32]);
-    let add = |seq: u64, counter: u64, member: &str| {
+    let add = |seq: u64, prev: ChainHash, counter: u64, member: &str| {
         let dot = crdts::Dot::new(mallory.actor(), counter);
         let op = crdts::orswot::Op::Add { dot, members: vec![member.to_string()] };
-        OpEnvelope::signed(&mallory, DOC, seq, op).unwrap()
+        OpEnvelope::signed::<SetDoc>(&mallory, DOC, seq, prev, op).unwrap()
     };
     // Its dot skips counters: `Orswot` refuses it after seq 1.
-    let (first, skipping, third) = (add(1, 1, "a"), add(2, 5, "b"), add(3, 6, "c"));
+    let first = add(1, ChainHash::ZERO, 1, "a");
+    let skipping = add(2, first.hash(), 5, "b");
+    let third = add(3, skipping.hash(), 6, "c");
 
     let d = tempfile::tempdir().unwrap();
     let mut r: Replica<SetDoc> = Replica::open(d.path(), opts()).unwrap();
@@ -362,18 +567,15 @@ fn an_error_that_blames_nobody_does_not_hide_a_forgery_after_it() {
     // One early operation per actor may wait.
     let mut r = open_with(d.path(), ReplicaOptions { buffer_per_actor: 1, ..opts() });
     let alice = ActorKey::from_seed([1; 32]);
+    let ops = history(&alice, &[("a", "v"), ("b", "v"), ("c", "v"), ("d", "v"), ("e", "v")]);
     // 3 waits for 1 and 2; 4 finds the buffer full (no one's fault); then
     // a forged operation: the batch is the sender's fault all the same.
-    let mut forged = put(&alice, 1, "k", "forged");
-    forged.sig.0[3] ^= 0x01;
-    let err = r.receive([put(&alice, 3, "c", "v"), put(&alice, 4, "d", "v"), forged]).unwrap_err();
+    let forged = forge(put(&alice, 1, "k", "forged"), 3);
+    let err = r.receive([ops[2].clone(), ops[3].clone(), forged]).unwrap_err();
     assert!(err.is_peer_fault(), "a forgery must blame its sender: {err}");
-    assert!(
-        matches!(err, ReceiveError::Peer(PeerError::Envelope(EnvelopeError::BadSignature { seq: 1, .. }))),
-        "{err}"
-    );
+    assert!(is_bad_signature(&err, 1), "{err}");
     // A full buffer alone blames nobody.
-    let err = r.receive([put(&alice, 5, "e", "v")]).unwrap_err();
+    let err = r.receive([ops[4].clone()]).unwrap_err();
     assert!(matches!(err, ReceiveError::BufferFull(_)), "{err}");
     assert!(!err.is_peer_fault());
 }
@@ -426,23 +628,72 @@ impl Document for Picky {
     type Operation = PickyOp;
 }
 
+/// The same register as its peers see it: its operations are any `u64`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Lenient(u64);
+
+impl crdts::CmRDT for Lenient {
+    type Op = u64;
+    type Validation = std::convert::Infallible;
+    fn validate_op(&self, _: &u64) -> Result<(), Self::Validation> {
+        Ok(())
+    }
+    fn apply(&mut self, op: u64) {
+        self.0 = self.0.max(op);
+    }
+}
+
+impl crdts::CvRDT for Lenient {
+    type Validation = std::convert::Infallible;
+    fn validate_merge(&self, _: &Lenient) -> Result<(), Self::Validation> {
+        Ok(())
+    }
+    fn merge(&mut self, other: Lenient) {
+        self.0 = self.0.max(other.0);
+    }
+}
+
+impl Document for Lenient {
+    type Operation = u64;
+}
+
+/// A replica never encodes a peer's operation again (its bytes are
+/// hashed, logged and served as they came), so one its own type could
+/// not write is still taken, kept and passed on, whole runs verified on
+/// threads or not. (Format 2 encoded operations again to check their
+/// signatures, and such an operation was a local failure there.)
 #[test]
-fn an_operation_this_replica_cannot_encode_again_is_a_local_failure_not_the_sender_s() {
+fn an_operation_this_replica_cannot_encode_again_is_kept_as_it_came() {
     let alice = ActorKey::from_seed([1; 32]);
-    // Alice's type writes 13 without trouble; ours cannot write it again
-    // to check the signature. Alone, and in a batch verified on threads.
+    let limits = Limits::default();
     for count in [13u64, 80] {
-        let d = tempfile::tempdir().unwrap();
-        let mut r: Replica<Picky> = Replica::open(d.path(), opts()).unwrap();
-        let sent: Vec<OpEnvelope<PickyOp>> = (1..=count)
+        // Alice's type writes 13 without trouble.
+        let mut prev = ChainHash::ZERO;
+        let sent: Vec<OpEnvelope<u64>> = (1..=count)
             .map(|seq| {
-                let bytes = OpEnvelope::signed(&alice, DOC, seq, seq).unwrap().encode().unwrap();
-                OpEnvelope::decode(&bytes, 1 << 20).unwrap()
+                let env = OpEnvelope::signed::<Lenient>(&alice, DOC, seq, prev, seq).unwrap();
+                prev = env.hash();
+                env
             })
             .collect();
-        let err = r.receive(sent).unwrap_err();
-        assert!(!err.is_peer_fault(), "{count} ops: our type's limit is not the sender's fault: {err}");
-        assert!(matches!(err, ReceiveError::Local(StorageError::Envelope(EnvelopeError::Encode(_)))), "{err}");
-        assert_eq!(r.clock().get(&alice.actor()), 12, "what came before is applied");
+        let page = || SyncResponse::Ops {
+            doc: DOC.into(),
+            page: serde_bytes::ByteBuf::from(walrus::internals::page_of(&sent)),
+            more: false,
+        };
+        let d = tempfile::tempdir().unwrap();
+        let mut r: Replica<Picky> = Replica::open(d.path(), opts()).unwrap();
+        let got = apply_response(&mut r, DOC, page(), &limits).unwrap();
+        assert_eq!(got.received.applied as u64, count, "{count} ops");
+        assert_eq!(r.doc().0, count);
+        drop(r);
+        let r: Replica<Picky> = Replica::open(d.path(), opts()).unwrap();
+        assert_eq!((r.clock().get(&alice.actor()), r.doc().0), (count, count), "after a reopen");
+        // Served from its log to a peer of the same type.
+        let d2 = tempfile::tempdir().unwrap();
+        let mut s: Replica<Picky> = Replica::open(d2.path(), opts()).unwrap();
+        let resp = walrus::sync::respond(&r, DOC, &walrus::sync::request(&s, DOC, 1 << 20), &limits);
+        apply_response(&mut s, DOC, resp, &limits).unwrap();
+        assert_eq!((s.clock().get(&alice.actor()), s.doc().0), (count, count), "served on");
     }
 }

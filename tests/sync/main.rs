@@ -21,11 +21,14 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use quickcheck::{QuickCheck, TestResult};
 use tempfile::TempDir;
+use walrus::internals::page_of;
 use walrus::replica::WAL_DIR;
-use walrus::replica::{ActorId, Document, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions, VersionVector};
+use walrus::replica::{
+    ActorId, Catchup, ChainHash, Document, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions, VersionVector,
+};
 use walrus::sync::{
-    apply_gossip, apply_response, decode, encode, gossip_messages, request, respond, Applied, Limits, Schedule,
-    SyncRequest, SyncResponse,
+    apply_gossip, apply_response, decode, encode, gossip_messages, request, respond, Applied, Gossip, Limits, Schedule,
+    SyncRequest, SyncResponse, MAX_PAGE,
 };
 use walrus::wal::{SyncPolicy, WalOptions};
 
@@ -164,7 +167,7 @@ impl Sim {
             self.nodes[node].r.update_many(makers).into_iter().map(|r| r.expect("local batch put")).collect();
         assert_eq!(envs.len(), kvs.len());
         for w in envs.windows(2) {
-            assert_eq!(w[1].seq, w[0].seq + 1, "a batch takes consecutive sequence numbers");
+            assert_eq!(w[1].seq(), w[0].seq() + 1, "a batch takes consecutive sequence numbers");
         }
         self.written.extend(envs.iter().cloned());
         self.gossip(node, &envs);
@@ -289,14 +292,21 @@ impl Sim {
     /// The state every replica must reach: every written operation applied,
     /// actor by actor.
     fn model(&self) -> (VersionVector, KvDoc) {
-        let mut ops: Vec<&OpEnvelope<KvOp>> = self.written.iter().collect();
-        ops.sort_by_key(|e| (e.actor, e.seq));
+        self.model_upto(None)
+    }
+
+    /// [`model`](Self::model) of the written operations `upto` covers
+    /// (all of them if `None`).
+    fn model_upto(&self, upto: Option<&VersionVector>) -> (VersionVector, KvDoc) {
+        let mut ops: Vec<&OpEnvelope<KvOp>> =
+            self.written.iter().filter(|e| upto.is_none_or(|c| e.seq() <= c.get(&e.actor()))).collect();
+        ops.sort_by_key(|e| (e.actor(), e.seq()));
         let mut clock = VersionVector::default();
         let mut doc = KvDoc::default();
         for env in ops {
-            assert_eq!(env.seq, clock.get(&env.actor) + 1, "written ops have gapless sequence numbers");
-            clock.observe(env.actor, env.seq);
-            crdts::CmRDT::apply(&mut doc, env.op.clone());
+            assert_eq!(env.seq(), clock.get(&env.actor()) + 1, "written ops have gapless sequence numbers");
+            clock.observe(env.actor(), env.seq());
+            crdts::CmRDT::apply(&mut doc, env.op().clone());
         }
         (clock, doc)
     }
@@ -333,8 +343,8 @@ impl Sim {
                 if i != j {
                     let resp = respond(&self.nodes[j].r, DOC, &request(&self.nodes[i].r, DOC, 1), &self.limits);
                     match resp {
-                        SyncResponse::Ops { ops, more, .. } => {
-                            assert!(ops.is_empty() && !more, "{j} still sends {} ops (more={more}) to {i}", ops.len())
+                        SyncResponse::Ops { page, more, .. } => {
+                            assert!(is_empty_page(&page) && !more, "{j} still sends a page (more={more}) to {i}")
                         }
                         other => panic!("{j} answers converged {i} with {other:?}"),
                     }
@@ -352,6 +362,11 @@ impl Sim {
             );
         }
     }
+}
+
+/// Whether a page carries no operation.
+fn is_empty_page(page: &[u8]) -> bool {
+    page == page_of::<KvOp>(&[]).as_slice()
 }
 
 // ---------------------------------------------------------------------------
@@ -384,7 +399,7 @@ fn step() -> impl Strategy<Value = Step> {
 /// Gossip messages hold about three operations; a "big" value does not fit
 /// one at all and travels by anti-entropy only.
 fn sim_limits() -> Limits {
-    Limits { max_gossip: 400, ..Limits::default() }
+    Limits { max_gossip: 1100, ..Limits::default() }
 }
 
 fn run_schedule(n: usize, steps: &[Step]) -> Sim {
@@ -395,7 +410,7 @@ fn run_schedule(n: usize, steps: &[Step]) -> Sim {
                 let node = node % n;
                 let mut value = format!("{node}:{i}");
                 if *big {
-                    value.push_str(&"x".repeat(500));
+                    value.push_str(&"x".repeat(1500));
                 }
                 sim.put(node, &format!("k{key}"), &value);
             }
@@ -694,7 +709,9 @@ fn wire_round(from: &Replica<KvDoc>, to: &Replica<KvDoc>, budget: u64, limits: &
 
 fn assert_nothing_to_send(from: &Replica<KvDoc>, to: &Replica<KvDoc>, limits: &Limits) {
     match wire_round(from, to, 1, limits) {
-        SyncResponse::Ops { ops, more, .. } => assert!(ops.is_empty() && !more, "{} ops, more={more}", ops.len()),
+        SyncResponse::Ops { page, more, .. } => {
+            assert!(is_empty_page(&page) && !more, "a page of {} bytes, more={more}", page.len())
+        }
         other => panic!("expected an empty page, got {other:?}"),
     }
 }
@@ -840,7 +857,9 @@ fn snapshot_releases_early_gossip() {
 // ---------------------------------------------------------------------------
 // 4. Paging.
 
-/// A source holding 3 actors' operations, and their total encoded size.
+/// A source holding 3 actors' operations, each signed on its own (the
+/// others' arrive one by one, by gossip), their count, and the bytes a
+/// page budget counts for them (each operation's bytes and one).
 fn paging_source() -> (Sim, usize, usize) {
     let mut sim = Sim::new(3, Limits::default());
     for i in 0..60 {
@@ -852,20 +871,50 @@ fn paging_source() -> (Sim, usize, usize) {
             }
         }
     }
-    sim.net.clear();
-    sim.pull_all(0, 1, 1 << 20);
-    sim.pull_all(0, 2, 1 << 20);
+    // The source takes its gossip in order, one operation per message.
+    let to_source: Vec<Packet> = sim.net.drain(..).filter(|p| p.to == 0).collect();
+    for p in to_source {
+        sim.handle(p);
+    }
     let total = sim.written.len();
-    let bytes = sim.written.iter().map(|e| e.encode().unwrap().len()).sum();
+    assert_eq!(sim.nodes[0].r.clock().total() as usize, total);
+    let bytes = sim.written.iter().map(|e| e.op_bytes().len() + 1).sum();
     (sim, total, bytes)
 }
 
+/// Each actor's operations in a page end at a signed head. Where every
+/// operation in the source's log is a signed head on its own (`singles`),
+/// the page stops at the first operation (in log order: the last of some
+/// actor's here) that brings it to its budget, each operation counting
+/// its bytes and one.
+fn check_page_budget(ops: &[OpEnvelope<KvOp>], budget: usize, singles: bool) {
+    let used = |e: &OpEnvelope<KvOp>| e.op_bytes().len() + 1;
+    let mut lasts = Vec::new();
+    for (i, e) in ops.iter().enumerate() {
+        if ops[i + 1..].iter().all(|n| n.actor() != e.actor()) {
+            assert!(e.signature().is_some(), "a page ends ({}, {}) at no signed head", e.actor(), e.seq());
+            lasts.push(used(e));
+        }
+    }
+    if singles {
+        let total: usize = ops.iter().map(used).sum();
+        let last = lasts.iter().copied().max().unwrap_or(0);
+        assert!(
+            total - last < budget,
+            "a page of {} operations and {total} bytes went on past its budget of {budget}",
+            ops.len()
+        );
+    }
+}
+
 /// Pages everything from `src` into a fresh replica with `budget`,
-/// checking each page. Returns the fresh replica and the page count.
-fn page_into_fresh(src: &Replica<KvDoc>, budget: u64, limits: &Limits) -> (Node, usize) {
+/// checking each page against what the source's log holds for it
+/// (`ops_since` with the page's budget). Returns the fresh replica, the
+/// page count and the most operations one page moved.
+fn page_into_fresh(src: &Replica<KvDoc>, budget: u64, limits: &Limits, singles: bool) -> (Node, usize, usize) {
     let mut dst = Node::new();
-    let page_limit = usize::try_from(budget).unwrap_or(usize::MAX).min(limits.max_response / 2);
-    let mut pages = 0;
+    let page_limit = usize::try_from(budget).unwrap_or(usize::MAX).min(limits.max_response / 2).clamp(1, MAX_PAGE);
+    let (mut pages, mut widest) = (0, 0);
     loop {
         pages += 1;
         assert!(pages <= 10_000, "paging never ends");
@@ -874,13 +923,24 @@ fn page_into_fresh(src: &Replica<KvDoc>, budget: u64, limits: &Limits) -> (Node,
         let bytes = encode(&respond(src, DOC, &req, limits));
         assert!(bytes.len() <= limits.max_response, "a page of {} bytes exceeds the response limit", bytes.len());
         let resp: SyncResponse = decode(&bytes, limits.max_response, "response").unwrap();
-        let SyncResponse::Ops { ops, more, .. } = &resp else { panic!("expected a page, got {resp:?}") };
-        let (n, more) = (ops.len(), *more);
-        let size: usize = ops.iter().map(|o| o.len()).sum();
+        let SyncResponse::Ops { more, .. } = &resp else { panic!("expected a page, got {resp:?}") };
+        let more = *more;
+        let Catchup::Ops { ops, more: log_more } = src.ops_since(dst.r.clock(), page_limit).unwrap() else {
+            panic!("the source's log is whole")
+        };
+        assert_eq!(more, log_more);
+        check_page_budget(&ops, page_limit, singles);
+        let n = ops.len();
         assert!(n > 0, "page {pages} is empty but the source has more");
-        assert!(n == 1 || size <= page_limit, "page of {n} ops and {size} bytes over a budget of {page_limit}");
+        widest = widest.max(n);
+        let mut want = dst.r.clock().clone();
+        for e in &ops {
+            assert_eq!(e.seq(), want.get(&e.actor()) + 1, "page out of per-actor order");
+            want.observe(e.actor(), e.seq());
+        }
         let applied = apply_response(&mut dst.r, DOC, resp, limits).unwrap();
         assert_eq!(applied.received.applied, n, "a page must apply in the order sent: {applied:?}");
+        assert_eq!(dst.r.clock(), &want, "the page held other operations than the log's");
         assert_eq!(applied.more, more);
         if !more {
             break;
@@ -889,7 +949,7 @@ fn page_into_fresh(src: &Replica<KvDoc>, budget: u64, limits: &Limits) -> (Node,
     assert_eq!(dst.r.clock(), src.clock());
     assert!(dst.r.doc().canonical() == src.doc().canonical());
     assert_nothing_to_send(src, &dst.r, limits);
-    (dst, pages)
+    (dst, pages, widest)
 }
 
 #[test]
@@ -898,46 +958,80 @@ fn small_budgets_page() {
     let src = &sim.nodes[0].r;
     assert_eq!(src.clock().total() as usize, total);
     let limits = Limits::default();
+    let largest = sim.written.iter().map(|e| e.op_bytes().len() + 1).max().unwrap();
 
-    let (_, pages) = page_into_fresh(src, 800, &limits);
-    assert!(pages >= bytes / 800, "{pages} pages for {bytes} bytes at 800 per page");
+    // Every page but the last reaches the budget; none passes it by more
+    // than its last operation (every operation is a signed head here).
+    let (_, pages, _) = page_into_fresh(src, 800, &limits, true);
+    assert!((pages - 1) * 800 <= bytes, "{pages} pages for {bytes} bytes at 800 per page");
+    assert!(pages * (800 + largest) >= bytes, "{pages} pages for {bytes} bytes at 800 per page");
     assert!(pages < total, "an 800-byte page must hold several operations: {pages} pages, {total} ops");
 
     // A budget below one operation still moves one per page.
-    let (_, pages) = page_into_fresh(src, 0, &limits);
+    let (_, pages, _) = page_into_fresh(src, 0, &limits, true);
     assert_eq!(pages, total);
 
     // One page for everything when the budget allows it.
-    let (_, pages) = page_into_fresh(src, u64::MAX, &limits);
+    let (_, pages, _) = page_into_fresh(src, u64::MAX, &limits, true);
     assert_eq!(pages, 1);
 
     // The responder caps a greedy requester at half its response limit.
     let tight = Limits { max_response: 2048, ..Limits::default() };
-    let (_, pages) = page_into_fresh(src, u64::MAX, &tight);
-    assert!(pages >= bytes / 1024, "{pages} pages for {bytes} bytes at 1024 per page");
+    let (_, pages, _) = page_into_fresh(src, u64::MAX, &tight, true);
+    assert!((pages - 1) * 1024 <= bytes, "{pages} pages for {bytes} bytes at 1024 per page");
+    assert!(pages * (1024 + largest) >= bytes, "{pages} pages for {bytes} bytes at 1024 per page");
 
     // Pages from a source that also holds unrelated actors skip what the
     // requester already has.
     let mut partial = Node::new();
-    let half = sim.written.iter().filter(|e| e.actor == sim.nodes[1].r.actor()).cloned().collect::<Vec<_>>();
+    let helper = sim.nodes[1].r.actor();
+    let half = sim.written.iter().filter(|e| e.actor() == helper).cloned().collect::<Vec<_>>();
     partial.r.receive(half.clone()).unwrap();
     let mut moved = BTreeSet::new();
     loop {
+        let before = partial.r.clock().clone();
         let resp = wire_round(src, &partial.r, 200, &limits);
-        let SyncResponse::Ops { ops, more, .. } = &resp else { panic!("{resp:?}") };
-        for o in ops {
-            let env = OpEnvelope::<KvOp>::decode(o, limits.max_op).unwrap();
-            assert!(env.actor != sim.nodes[1].r.actor(), "resent an operation the requester has");
-            assert!(moved.insert((env.actor, env.seq)), "sent ({}, {}) twice", env.actor, env.seq);
-        }
+        let SyncResponse::Ops { more, .. } = &resp else { panic!("{resp:?}") };
         let more = *more;
-        apply_response(&mut partial.r, DOC, resp, &limits).unwrap();
+        let applied = apply_response(&mut partial.r, DOC, resp, &limits).unwrap();
+        assert_eq!(applied.received.duplicates, 0, "resent an operation the requester has: {applied:?}");
+        assert_eq!(applied.received.buffered, 0, "{applied:?}");
+        let after = partial.r.clock();
+        assert_eq!(after.get(&helper), before.get(&helper), "resent an operation the requester has");
+        for (actor, &upto) in after.iter() {
+            for seq in before.get(actor) + 1..=upto {
+                assert!(moved.insert((*actor, seq)), "sent ({actor}, {seq}) twice");
+            }
+        }
+        assert_eq!(applied.received.applied, after.total() as usize - before.total() as usize);
         if !more {
             break;
         }
     }
     assert_eq!(moved.len() + half.len(), total);
     assert!(partial.r.doc().canonical() == src.doc().canonical());
+}
+
+/// Operations a source received together are one run under one signed
+/// head in its log: it serves the run whole, however small the budget,
+/// since nothing before its head can be proven to the requester.
+#[test]
+fn a_received_run_is_served_whole_past_the_budget() {
+    let limits = Limits::default();
+    let mut sim = Sim::new(2, limits);
+    for i in 0..30 {
+        sim.put(1, &format!("k{}", i % 7), &format!("helper {i}"));
+    }
+    for i in 0..10 {
+        sim.put(0, &format!("own{i}"), "source");
+    }
+    sim.net.clear();
+    // One page: the helper's 30 operations arrive as one run.
+    assert_eq!(sim.pull_all(0, 1, 1 << 20), 30);
+    let (_, pages, widest) = page_into_fresh(&sim.nodes[0].r, 0, &limits, false);
+    assert_eq!((pages, widest), (11, 30), "one page per own operation, one for the received run");
+    let (_, pages, _) = page_into_fresh(&sim.nodes[0].r, 100, &limits, false);
+    assert!(pages <= 11, "{pages} pages");
 }
 
 /// A version vector of many actors makes a request larger than a peer
@@ -958,7 +1052,8 @@ fn a_request_too_large_for_the_limit_is_not_sent() {
         let key = ActorKey::from_seed([actors; 32]);
         let dot = walrus::replica::Dot { actor: key.actor(), counter: 1 };
         let op = KvOp::Put { key: "k".into(), dot, value: "v".into(), seen: vec![] };
-        r.receive([OpEnvelope::signed(&key, "", 1, op).unwrap()]).unwrap();
+        let env = OpEnvelope::signed::<KvDoc>(&key, r.document(), 1, ChainHash::ZERO, op).unwrap();
+        r.receive([env]).unwrap();
     }
     let err = encode_request(&r, DOC, 1 << 20, &limits).unwrap_err();
     match &err {
@@ -973,4 +1068,194 @@ fn a_request_too_large_for_the_limit_is_not_sent() {
     let bytes = encode_request(&r, DOC, 1 << 20, &roomy).unwrap();
     let req: SyncRequest = decode(&bytes, roomy.max_request, "request").unwrap();
     assert_eq!(&req.clock, r.clock());
+}
+
+// ---------------------------------------------------------------------------
+// 5. Pages cut anywhere, and damaged pages.
+
+/// `node` pulls everything it misses from `peer`, each request with the
+/// next of `budgets`: every page, wherever its budget cut it, verifies.
+fn pull_cut_anywhere(sim: &mut Sim, node: usize, peer: usize, budgets: &mut impl Iterator<Item = u64>) {
+    let limits = sim.limits;
+    for _ in 0..sim.written.len() + 8 {
+        let budget = budgets.next().expect("budgets cycle");
+        let resp = wire_round(&sim.nodes[peer].r, &sim.nodes[node].r, budget, &limits);
+        assert!(matches!(resp, SyncResponse::Ops { .. }), "no log is truncated here: {resp:?}");
+        let applied = apply_response(&mut sim.nodes[node].r, DOC, resp, &limits)
+            .unwrap_or_else(|e| panic!("a page cut at a budget of {budget} bytes was refused: {e}"));
+        sim.count(node, applied.received.applied, applied.snapshot);
+        if !applied.more {
+            assert!(sim.nodes[node].r.clock().covers(sim.nodes[peer].r.clock()));
+            return;
+        }
+    }
+    panic!("pulling from {peer} into {node} never ended");
+}
+
+/// Three writers (single writes and batches, some too large for a gossip
+/// message) gossip with messages of at most `max_gossip` bytes, delivered
+/// in a random order (some twice), to each other and to a fourth replica;
+/// then everyone pulls from everyone with pages cut at the budgets
+/// `budgets` gives in turn, so logs hold runs received cut at arbitrary
+/// points, and are served again cut elsewhere. Every message and page
+/// verifies, and all four converge on every operation written.
+fn split_anywhere(seed: u64, max_gossip: usize, budgets: &[u64]) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut sim = Sim::new(4, Limits { max_gossip, ..Limits::default() });
+    let mut budgets = budgets.iter().copied().cycle();
+    for i in 0..rng.usize(20..60) {
+        let node = rng.usize(..3);
+        let mut value = format!("{node}:{i}");
+        if rng.u8(..4) == 0 {
+            value.push_str(&"x".repeat(rng.usize(50..900)));
+        }
+        if rng.bool() {
+            sim.put(node, &format!("k{}", rng.usize(..6)), &value);
+        } else {
+            let kvs: Vec<_> =
+                (0..rng.usize(2..12)).map(|j| (format!("k{}", rng.usize(..6)), format!("{value}.{j}"))).collect();
+            sim.put_many(node, &kvs);
+        }
+        while !sim.net.is_empty() && rng.u8(..3) > 0 {
+            let fate = if rng.u8(..5) == 0 { Fate::Duplicate } else { Fate::Deliver };
+            let pick = rng.usize(..);
+            sim.deliver(pick, fate);
+        }
+        if rng.u8(..8) == 0 {
+            let (node, peer) = (rng.usize(..4), rng.usize(..3));
+            if node != peer {
+                pull_cut_anywhere(&mut sim, node, peer, &mut budgets);
+            }
+        }
+    }
+    while !sim.net.is_empty() {
+        let pick = rng.usize(..);
+        sim.deliver(pick, Fate::Deliver);
+    }
+    for _ in 0..2 {
+        for node in 0..4 {
+            for peer in 0..4 {
+                if node != peer {
+                    pull_cut_anywhere(&mut sim, node, peer, &mut budgets);
+                }
+            }
+        }
+    }
+    sim.assert_agree(&[0, 1, 2, 3]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 100, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pages_and_gossip_cut_anywhere_verify_and_converge(
+        seed: u64,
+        max_gossip in 200usize..3000,
+        budgets in prop::collection::vec(0u64..3000, 1..12),
+    ) {
+        split_anywhere(seed, max_gossip, &budgets);
+    }
+}
+
+/// Every single-bit change of a served page (a sync answer's page, a
+/// gossip message's) is caught: the receiver refuses it as the peer's
+/// fault, or applies only operations the sender wrote, exactly as written
+/// (its document is the sender's operations up to its clock, no other).
+#[test]
+fn a_flipped_bit_in_a_page_is_refused_or_harmless() {
+    let limits = Limits::default();
+    let mut sim = Sim::new(3, limits);
+    // Three actors, single writes and a batch (a run of several operations
+    // under one head), values that compress and values that do not.
+    sim.put(1, "a", "one");
+    sim.put_many(1, &[("b".into(), "two".into()), ("c".into(), "three".into()), ("a".into(), "four".into())]);
+    sim.put(2, "d", &"z".repeat(300));
+    sim.put(0, "e", "five");
+    sim.del(2, "b");
+    sim.put_many(0, &[("f".into(), "y".repeat(200)), ("g".into(), "six".into())]);
+    let batch_gossip = gossip_messages(DOC, &sim.written[sim.written.len() - 2..], limits.max_gossip);
+    sim.put(0, "h", "seven");
+    sim.net.clear();
+    sim.pull_all(0, 1, 1 << 20);
+    sim.pull_all(0, 2, 1 << 20);
+
+    // A page of everything (compressed), a page of the last operation only
+    // (too short to compress), and a gossip message of a batch.
+    let page = |sim: &Sim, theirs: &VersionVector| match respond(
+        &sim.nodes[0].r,
+        DOC,
+        &SyncRequest { doc: DOC.into(), clock: theirs.clone(), budget: 1 << 20 },
+        &limits,
+    ) {
+        SyncResponse::Ops { page, .. } => page.into_vec(),
+        other => panic!("{other:?}"),
+    };
+    let all = page(&sim, &VersionVector::default());
+    let a0 = sim.nodes[0].r.actor();
+    // Everything but the last write, and everything but the batch before it.
+    let (mut head, mut before_batch) = (VersionVector::default(), VersionVector::default());
+    for (a, &s) in sim.nodes[0].r.clock().iter() {
+        head.observe(*a, if *a == a0 { s - 1 } else { s });
+        before_batch.observe(*a, if *a == a0 { s - 3 } else { s });
+    }
+    let last = page(&sim, &head);
+    assert_eq!(all[0], 1, "the whole page is compressed");
+    assert_eq!(last[0], 0, "a one-operation page is not");
+    assert_eq!(batch_gossip.len(), 1);
+    let gossip: Gossip = decode(&batch_gossip[0], limits.max_gossip, "gossip").unwrap();
+
+    // Each receiver starts from `start` (nothing, or all but the last
+    // operation).
+    let fresh_from = |sim: &Sim, start: &VersionVector| {
+        let mut n = Node::new();
+        let ops: Vec<_> = sim.written.iter().filter(|e| e.seq() <= start.get(&e.actor())).cloned().collect();
+        if !ops.is_empty() {
+            n.r.receive(ops).unwrap();
+        }
+        assert_eq!(n.r.clock(), start);
+        n
+    };
+    let src_clock = sim.nodes[0].r.clock().clone();
+    let (mut refused, mut applied_some) = (0usize, 0usize);
+    let cases: [(&str, &[u8], VersionVector, bool); 3] = [
+        ("whole page", &all, VersionVector::default(), false),
+        ("one-operation page", &last, head.clone(), false),
+        ("gossip page", &gossip.page, before_batch, true),
+    ];
+    for (what, bytes, start, is_gossip) in cases {
+        let mut rx = fresh_from(&sim, &start);
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.to_vec();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            let result = if is_gossip {
+                let msg = encode(&Gossip { doc: DOC.into(), page: damaged.into() });
+                apply_gossip(&mut rx.r, DOC, &msg, &limits).map(|r| r.applied)
+            } else {
+                let resp = SyncResponse::Ops { doc: DOC.into(), page: damaged.into(), more: false };
+                apply_response(&mut rx.r, DOC, resp, &limits).map(|a| a.received.applied)
+            };
+            match result {
+                Err(e) => {
+                    assert!(e.is_peer_fault(), "{what}, bit {bit}: {e} is not blamed on the peer");
+                    refused += 1;
+                }
+                Ok(n) => applied_some += usize::from(n > 0),
+            }
+            let clock = rx.r.clock().clone();
+            assert!(src_clock.covers(&clock), "{what}, bit {bit}: operations the sender never wrote: {clock:?}");
+            assert_eq!(rx.r.buffered(), 0, "{what}, bit {bit}: a damaged operation is held");
+            let (_, model) = sim.model_upto(Some(&clock));
+            assert!(
+                rx.r.doc().canonical() == model.canonical(),
+                "{what}, bit {bit}: the receiver holds what the sender did not write:\n{:?}\n{:?}",
+                rx.r.doc().entries(),
+                model.entries()
+            );
+            if clock != start {
+                rx = fresh_from(&sim, &start);
+            }
+        }
+    }
+    eprintln!("{refused} damaged pages refused, {applied_some} applied their intact runs");
+    assert!(refused > 0);
 }

@@ -130,7 +130,7 @@ impl Demo {
 
     async fn put(&self, i: usize, key: &str, value: &str) -> Result<u64> {
         let (k, v) = (key.to_string(), value.to_string());
-        Ok(self.node(i)?.update(DOC, move |d, a| d.put_op(a, &k, &v)).await?.seq)
+        Ok(self.node(i)?.update(DOC, move |d, a| d.put_op(a, &k, &v)).await?.seq())
     }
 
     async fn values(&self, i: usize, key: &str) -> Result<Vec<String>> {

@@ -1099,7 +1099,7 @@ fn a_forced_repair_of_a_replica_log_retires_its_actor() {
     assert_ne!(r.actor(), old);
     assert_eq!(r.recovered().iter().filter(|n| matches!(n, Recovered::ActorRetired { .. })).count(), 1);
     assert!(!replica_dir.join("actor.retire").exists());
-    assert_eq!(r.update(|d, a| d.put_op(a, "next", "x")).unwrap().seq, r.clock().get(&r.actor()));
+    assert_eq!(r.update(|d, a| d.put_op(a, "next", "x")).unwrap().seq(), r.clock().get(&r.actor()));
     // The kept records of the old actor were written again under the new one.
     assert_eq!(r.doc().values_of("k19"), vec!["v139".to_string()]);
 }

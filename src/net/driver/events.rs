@@ -183,6 +183,16 @@ impl<D: Document> Driver<D> {
         let within_rate = self.admission.inbound_request(peer, Instant::now());
         let bytes = match request {
             RequestFrame::Bytes(bytes) => bytes,
+            RequestFrame::Previous(bytes) => {
+                // Same request layout: the answer names its document. Not
+                // a fault: the peer runs an older version.
+                if let Ok(req) = sync::decode_request(&bytes, &self.cfg.limits) {
+                    warn!(%peer, doc = %req.doc, "refused a request of the previous sync protocol");
+                    let answer = sync::encode_refusal(&req.doc, sync::PREVIOUS_PROTOCOL_REFUSAL);
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
+                }
+                return;
+            }
             RequestFrame::TooLarge { len, limit } => {
                 warn!(%peer, len, limit, "rejected oversize sync request");
                 // Its bytes were never read; dropping the channel closes the stream.

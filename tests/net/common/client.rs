@@ -13,6 +13,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId};
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::StreamProtocol;
 use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -89,6 +90,18 @@ impl Client {
     /// As [`spawn`](Self::spawn), answering the peers' sync requests with
     /// `answers`, one each, then with nothing.
     pub async fn spawn_with(psk: Option<PreSharedKey>, answers: Vec<Vec<u8>>) -> Client {
+        Client::spawn_speaking(psk, answers, SYNC_PROTOCOL, IDENTIFY_VERSION).await
+    }
+
+    /// As [`spawn_with`](Self::spawn_with), its sync requests and answers
+    /// on `protocol`, announcing `identify_version` (what another version
+    /// of walrus would).
+    pub async fn spawn_speaking(
+        psk: Option<PreSharedKey>,
+        answers: Vec<Vec<u8>>,
+        protocol: StreamProtocol,
+        identify_version: &'static str,
+    ) -> Client {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
@@ -118,10 +131,10 @@ impl Client {
                 let codec = FrameCodec { max_request: 8 << 20, max_response: 64 << 20 };
                 let sync = request_response::Behaviour::with_codec(
                     codec,
-                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                    [(protocol, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
                 );
-                let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_VERSION.into(), key.public()));
+                let identify = identify::Behaviour::new(identify::Config::new(identify_version.into(), key.public()));
                 Ok(Behaviour { gossip, sync, identify, ping: ping::Behaviour::default() })
             })
             .expect("behaviour")
