@@ -152,6 +152,11 @@ impl<O> CausalBuffer<O> {
         Ok(Offer::Ready(ready))
     }
 
+    /// Whether operations of `actor` are held.
+    pub(crate) fn holds(&self, actor: &ActorId) -> bool {
+        self.pending.contains_key(actor)
+    }
+
     /// For each actor with held operations: the first missing sequence
     /// number (what to ask peers for).
     pub fn gaps(&self, applied: &VersionVector) -> Vec<(ActorId, u64)> {

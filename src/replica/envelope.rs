@@ -35,7 +35,8 @@ pub struct OpEnvelope<O> {
     bytes: Arc<[u8]>,
     prev: ChainHash,
     hash: ChainHash,
-    sig: Option<Signature>,
+    /// Boxed: most operations carry none, and envelopes move a lot.
+    sig: Option<Box<Signature>>,
     succeeds: Option<Box<Succession>>,
     /// Which document's key computed `hash` ([`ChainKey::tag`]): a replica
     /// of another document computes it again.
@@ -57,7 +58,7 @@ impl<O> OpEnvelope<O> {
         sig: Option<Signature>,
     ) -> OpEnvelope<O> {
         let hash = chain.op_hash(&actor, seq, &prev, succeeds.as_deref(), &bytes);
-        OpEnvelope { actor, seq, op, bytes, prev, hash, sig, succeeds, key_tag: chain.tag() }
+        OpEnvelope { actor, seq, op, bytes, prev, hash, sig: sig.map(Box::new), succeeds, key_tag: chain.tag() }
     }
 
     /// Encodes `op` as `D` does ([`Document::encode_op`]) and chains it.
@@ -124,27 +125,26 @@ impl<O> OpEnvelope<O> {
         })
     }
 
-    /// This operation chained under `chain`: itself if its hash was
+    /// Chains this operation under `chain`: unchanged if its hash was
     /// computed under that document's key, else with the hash computed
     /// again (an operation made for another document then fails its head
     /// signature here).
-    pub(crate) fn rechained(mut self, chain: &ChainKey) -> OpEnvelope<O> {
+    pub(crate) fn rechain(&mut self, chain: &ChainKey) {
         if self.key_tag != chain.tag() {
             self.hash = chain.op_hash(&self.actor, self.seq, &self.prev, self.succeeds.as_deref(), &self.bytes);
             self.key_tag = chain.tag();
         }
-        self
     }
 
     /// Signs this operation as a chain head with `key` (its actor's).
     pub(crate) fn sign(&mut self, key: &ActorKey) {
-        self.sig = Some(self.hash.sign_head(key));
+        self.sig = Some(Box::new(self.hash.sign_head(key)));
     }
 
     /// This operation without its head signature (a run carries only its
     /// last operation's).
     pub(crate) fn set_signature(&mut self, sig: Option<Signature>) {
-        self.sig = sig;
+        self.sig = sig.map(Box::new);
     }
 
     /// Operation `seq` of `key`'s actor in document `doc`, following the
@@ -176,7 +176,7 @@ impl<O> OpEnvelope<O> {
     /// none). A wrong one fails [`verify_head`](Self::verify_head), and a
     /// replica refuses the operation.
     pub fn with_signature(mut self, sig: Option<Signature>) -> OpEnvelope<O> {
-        self.sig = sig;
+        self.sig = sig.map(Box::new);
         self
     }
 
@@ -220,7 +220,7 @@ impl<O> OpEnvelope<O> {
     /// The author's signature of [`hash`](Self::hash), if this operation
     /// is a chain head as held here.
     pub fn signature(&self) -> Option<&Signature> {
-        self.sig.as_ref()
+        self.sig.as_deref()
     }
 
     /// On the first operation of an actor that replaced a retired one: the
@@ -255,11 +255,20 @@ mod tests {
         assert!(env.verify_head().is_err(), "not signed yet");
         env.sign(&key);
         env.verify_head().unwrap();
-        let again = OpEnvelope::decode::<KvDoc>(&chain, a, 1, ChainHash::ZERO, env.op_bytes(), None, env.sig).unwrap();
-        assert_eq!(again, env);
-        let other_doc =
-            OpEnvelope::decode::<KvDoc>(&ChainKey::new("e"), a, 1, ChainHash::ZERO, env.op_bytes(), None, env.sig)
+        let again =
+            OpEnvelope::decode::<KvDoc>(&chain, a, 1, ChainHash::ZERO, env.op_bytes(), None, env.signature().copied())
                 .unwrap();
+        assert_eq!(again, env);
+        let other_doc = OpEnvelope::decode::<KvDoc>(
+            &ChainKey::new("e"),
+            a,
+            1,
+            ChainHash::ZERO,
+            env.op_bytes(),
+            None,
+            env.signature().copied(),
+        )
+        .unwrap();
         assert!(other_doc.verify_head().is_err(), "a signature does not carry over to another document");
         let next = OpEnvelope::encode::<KvDoc>(&chain, a, 2, env.hash(), op, None).unwrap();
         assert_ne!(next.hash(), env.hash());

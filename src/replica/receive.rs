@@ -156,8 +156,11 @@ impl<D: Document> Replica<D> {
         I: IntoIterator<Item = OpEnvelope<D::Operation>>,
     {
         // Hashes made under another document's key are made again here.
-        let chain = self.chain.clone();
-        self.receive_checked(ops.into_iter().map(|env| env.rechained(&chain)).collect(), false)
+        let mut ops: Vec<OpEnvelope<D::Operation>> = ops.into_iter().collect();
+        for env in &mut ops {
+            env.rechain(&self.chain);
+        }
+        self.receive_checked(ops, false)
     }
 
     /// [`receive`](Self::receive); with `verified`, the operations were
@@ -307,12 +310,20 @@ impl<D: Document> Replica<D> {
         }
         // Only an operation that must wait is measured, for the
         // buffer's byte limit.
-        let early = env.seq() > self.clock.get(&env.actor()).saturating_add(1);
+        let next = self.clock.get(&env.actor()).saturating_add(1);
+        if env.seq() == next && !self.buffer.holds(&env.actor()) {
+            // The actor's next, nothing held behind it: the usual case.
+            if let Err(e) = self.write_remote(std::iter::once(env), ready, report) {
+                self.keep_error(first_error, e);
+            }
+            return false;
+        }
+        let early = env.seq() > next;
         let size = if early { env.op_bytes().len() + 128 } else { 0 };
         match self.buffer.offer_sized(env, &self.clock, size) {
             Ok(Offer::Ready(list)) => {
                 // Apply now so later offers see the advanced clock.
-                if let Err(e) = self.write_remote(list, ready, report) {
+                if let Err(e) = self.write_remote(list.into_iter(), ready, report) {
                     self.keep_error(first_error, e);
                 }
             }
@@ -335,13 +346,13 @@ impl<D: Document> Replica<D> {
     /// shows that the actor signed two histories: an equivocation.
     fn write_remote(
         &mut self,
-        list: Vec<OpEnvelope<D::Operation>>,
+        list: impl ExactSizeIterator<Item = OpEnvelope<D::Operation>>,
         staged: &mut Vec<OpEnvelope<D::Operation>>,
         report: &mut Received,
     ) -> Result<(), ReceiveError> {
         let count = list.len();
         let limit = self.op_limit();
-        for (i, env) in list.into_iter().enumerate() {
+        for (i, env) in list.enumerate() {
             if self.head_of(&env.actor()).is_some_and(|h| h != env.prev()) {
                 let dropped = self.buffer.discard_actor(&env.actor());
                 let found = Equivocation { actor: env.actor(), seq: env.seq() - 1 };

@@ -28,7 +28,10 @@ pub(super) fn verify_runs<O>(ops: &[OpEnvelope<O>], todo: &[bool]) -> Vec<Option
     let jobs: Vec<(ActorId, ChainHash, Signature)> =
         heads.iter().filter_map(|&i| ops[i].signature().map(|s| (ops[i].actor(), ops[i].hash(), *s))).collect();
     let valid = check_all(&jobs);
-    let head_ok: BTreeMap<usize, bool> = heads.into_iter().zip(valid).collect();
+    let mut head_ok: Vec<Option<bool>> = vec![None; ops.len()];
+    for (i, ok) in heads.into_iter().zip(valid) {
+        head_ok[i] = Some(ok);
+    }
 
     let mut out = vec![None; ops.len()];
     // Per actor: the run being read (its last operation) and the
@@ -53,7 +56,7 @@ pub(super) fn verify_runs<O>(ops: &[OpEnvelope<O>], todo: &[bool]) -> Vec<Option
         *last = i;
         pending.push(i);
         *bytes += env.op_bytes().len();
-        if let Some(&ok) = head_ok.get(&i) {
+        if let Some(ok) = head_ok[i] {
             let ok = ok && pending.len() <= MAX_RUN_OPS && *bytes <= MAX_RUN_BYTES;
             pending.drain(..).for_each(|p| out[p] = Some(ok));
             *bytes = 0;
