@@ -50,19 +50,7 @@ pub fn page_since<D: Document>(
 /// cut after each signed one; a run is written even if its last operation
 /// is unsigned (a receiver refuses that page), so tests can send anything.
 pub fn page_of<O>(envs: &[crate::replica::OpEnvelope<O>]) -> Vec<u8> {
-    use crate::replica::run::Run;
-    let mut runs = Vec::new();
-    let mut start = 0;
-    for i in 0..envs.len() {
-        let follows = envs.get(i + 1).is_some_and(|n| {
-            n.actor() == envs[i].actor() && envs[i].seq().checked_add(1) == Some(n.seq()) && n.prev() == envs[i].hash()
-        });
-        if envs[i].signature().is_some() || !follows {
-            runs.extend(Run::of(&envs[start..=i]));
-            start = i + 1;
-        }
-    }
-    crate::sync::page::frame(&crate::sync::page::encode_runs(runs))
+    crate::sync::page::page_of(envs)
 }
 
 /// A framed page's body (the frame of docs/PROTOCOL.md, "Pages"), if it

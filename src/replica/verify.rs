@@ -139,3 +139,33 @@ mod tests {
         assert!(verify_runs(&many, &[true; 80]).iter().all(|v| *v == Some(true)));
     }
 }
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+    use crate::replica::{ActorKey, ChainKey, KvDoc, KvOp};
+
+    #[test]
+    fn a_head_covering_more_than_a_run_may_hold_covers_nothing() {
+        let key = ActorKey::from_seed([3; 32]);
+        let chain = ChainKey::new("d");
+        let n = MAX_RUN_OPS as u64 + 1;
+        let mut prev = ChainHash::ZERO;
+        let ops: Vec<OpEnvelope<KvOp>> = (1..=n)
+            .map(|seq| {
+                let op = KvOp::Del { key: String::new(), seen: Vec::new() };
+                let mut env = OpEnvelope::encode::<KvDoc>(&chain, key.actor(), seq, prev, op, None).unwrap();
+                if seq == n {
+                    env.sign(&key);
+                }
+                prev = env.hash();
+                env
+            })
+            .collect();
+        let got = verify_runs(&ops, &vec![true; ops.len()]);
+        assert!(got.iter().all(|v| *v == Some(false)), "a run of {n} operations under one head was taken");
+        // One operation fewer is within the limit.
+        let got = verify_runs(&ops[1..], &vec![true; ops.len() - 1]);
+        assert!(got.iter().all(|v| *v == Some(true)), "a run of {} operations under one head was refused", n - 1);
+    }
+}

@@ -362,6 +362,31 @@ mod tests {
     }
 
     #[test]
+    fn heads_a_snapshot_names_are_held_against_nobody() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut a, mut b) = (open(da.path()), open(db.path()));
+        a.update(|d, act| d.put_op(act, "k1", "v")).unwrap();
+        a.update(|d, act| d.put_op(act, "k2", "v")).unwrap();
+        let limits = Limits::default();
+        // A snapshot of A's state that lies about A's chain.
+        let lying = SyncResponse::Snapshot {
+            doc: "d".into(),
+            state: ByteBuf::from(page::frame(&message::encode(a.doc()))),
+            clock: a.clock().clone(),
+            successions: Vec::new(),
+            heads: vec![(a.actor(), crate::replica::ChainHash([7; 32]))],
+        };
+        apply_response(&mut b, "d", lying, &limits).unwrap();
+        assert!(b.clock().covers(a.clock()));
+        // A's next operation is taken, and A is not accused.
+        let env = a.update(|d, act| d.put_op(act, "k3", "v")).unwrap();
+        let msgs = gossip_messages("d", &[env], limits.max_gossip);
+        let got = apply_gossip(&mut b, "d", &msgs[0], &limits).unwrap();
+        assert_eq!(got.applied, 1);
+        assert!(got.equivocations.is_empty() && b.take_equivocations().is_empty());
+    }
+
+    #[test]
     fn gossip_splits_by_size() {
         let d = tempfile::tempdir().unwrap();
         let mut a = open(d.path());

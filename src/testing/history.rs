@@ -125,6 +125,7 @@ pub(super) fn apply_checked<D: Document>(d: &mut D, env: &OpEnvelope<D::Operatio
 
 pub(super) fn state_laws<D: Document>(gen: &impl OpGen<D>, case: &Case) {
     let h = history(gen, case.seed, case.actors, case.steps);
+    codec_round_trips(&h);
     let mut rng = Rng::with_seed(case.seed.rotate_left(17));
     let n = h.states.len();
     // Final and earlier states alike are states the lattice laws cover.
@@ -219,4 +220,37 @@ pub(super) fn state_laws<D: Document>(gen: &impl OpGen<D>, case: &Case) {
     }
     assert!(buffer.is_empty(), "operations left in the causal buffer after everything was delivered");
     assert!(d.canonical() == expected, "delivery through a causal buffer (drops, duplicates, any order, then everything again) differs from merging the actors' states");
+}
+
+/// Every operation's bytes decode (as the document type decodes them) to an
+/// operation that encodes to the same bytes, and every actor's operations,
+/// as a page, decode to the same operations, hashes and head signatures.
+fn codec_round_trips<D: Document>(h: &History<D>) {
+    use crate::replica::{ChainKey, OpContext};
+    let chain = ChainKey::new("");
+    for ops in &h.ops {
+        for env in ops {
+            let cx = OpContext { author: &env.actor(), seq: env.seq() };
+            let op = D::decode_op(env.op_bytes(), &cx).unwrap_or_else(|e| {
+                panic!("operation ({}, {}) does not decode from its bytes: {e}", env.actor(), env.seq())
+            });
+            let mut again = Vec::new();
+            D::encode_op(&op, &cx, &mut again).unwrap_or_else(|e| panic!("a decoded operation does not encode: {e}"));
+            assert!(
+                again == env.op_bytes(),
+                "operation ({}, {}) encodes differently once decoded",
+                env.actor(),
+                env.seq()
+            );
+        }
+        let page = crate::sync::page::page_of(ops);
+        let body = crate::sync::page::unframe(&page, 64 << 20, "page").expect("a page of valid runs unframes");
+        let runs = crate::sync::page::decode_runs(&body, 1 << 20, "page").expect("a page of valid runs decodes");
+        let back: Vec<_> = runs.iter().flat_map(|r| r.envelopes::<D>(&chain).expect("its operations decode")).collect();
+        assert_eq!(back.len(), ops.len(), "a page loses operations");
+        for (b, o) in back.iter().zip(ops) {
+            assert!(b.hash() == o.hash() && b.signature() == o.signature(), "a page changes an operation");
+            b.verify_head().expect("every operation of a history is a signed head");
+        }
+    }
 }

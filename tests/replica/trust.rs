@@ -697,3 +697,37 @@ fn an_operation_this_replica_cannot_encode_again_is_kept_as_it_came() {
         assert_eq!((s.clock().get(&alice.actor()), s.doc().0), (count, count), "served on");
     }
 }
+
+#[test]
+fn a_certified_successor_s_run_is_taken_whole_under_a_writer_list() {
+    // Alice's replica retires its actor: the successor's first operation
+    // carries the certificate, and its operations go out as one run whose
+    // only signature is the last one's (a catch-up page).
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = open_with(da.path(), opts());
+    let alice = a.actor();
+    a.update(|d, me| d.put_op(me, "before", "1")).unwrap();
+    let successor = a.retire_actor().unwrap();
+    assert_ne!(successor, alice);
+    for i in 0..3 {
+        a.update(|d, me| d.put_op(me, &format!("after{i}"), "2")).unwrap();
+    }
+    // A replica that only lists Alice as a writer, and has not heard of the
+    // successor yet.
+    let writers: BTreeSet<_> = [alice].into();
+    let mut b = open_with(db.path(), ReplicaOptions { writers: Some(writers), ..opts() });
+    let limits = Limits::default();
+    for _ in 0..10 {
+        let resp = walrus::sync::respond(&a, DOC, &walrus::sync::request(&b, DOC, 1 << 20), &limits);
+        if let SyncResponse::Ops { .. } = &resp {
+        } else {
+            panic!("expected operations, got {resp:?}");
+        }
+        let got = apply_response(&mut b, DOC, resp, &limits).expect("an honest successor's run is accepted");
+        if !got.more {
+            break;
+        }
+    }
+    assert_eq!(b.clock().get(&successor), 3);
+    assert_eq!(b.doc().values_of("after2"), vec!["2"]);
+}
