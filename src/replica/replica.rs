@@ -309,7 +309,9 @@ impl<D: Document> Replica<D> {
     /// replica: it then refuses everything with [`StorageError::Poisoned`]
     /// until it is dropped and opened again.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned
+        // Left half-staged (a document's code panicked while operations
+        // were applied but not logged) counts too: it refuses everything.
+        self.poisoned || self.staging
     }
 
     /// The equivocations [`receive`](Self::receive) found since the last

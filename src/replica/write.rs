@@ -299,7 +299,9 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use crate::replica::{Change, KvDoc, Origin, Replica, ReplicaOptions};
+    use crdts::CmRDT;
+
+    use crate::replica::{Change, KvDoc, Origin, Replica, ReplicaOptions, StorageError};
     use crate::wal::{FaultInjector, FileOp, Injected, WalOptions};
 
     /// While armed, fails the creation of checkpoint files.
@@ -350,6 +352,71 @@ mod tests {
         assert_eq!(b.doc().values_of("theirs"), vec!["v"]);
         assert_eq!(b.doc().values_of("mine"), vec!["w"]);
         assert_eq!(b.doc().values_of("later"), vec!["x"]);
+    }
+
+    /// A key-value document whose code panics on a put of key "boom".
+    #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Fragile(KvDoc);
+
+    impl crdts::CmRDT for Fragile {
+        type Op = crate::replica::KvOp;
+        type Validation = std::convert::Infallible;
+        fn validate_op(&self, _op: &Self::Op) -> Result<(), Self::Validation> {
+            Ok(())
+        }
+        fn apply(&mut self, op: Self::Op) {
+            if matches!(&op, crate::replica::KvOp::Put { key, .. } if key == "boom") {
+                panic!("a document's bug");
+            }
+            self.0.apply(op);
+        }
+    }
+
+    impl crdts::CvRDT for Fragile {
+        type Validation = std::convert::Infallible;
+        fn validate_merge(&self, _other: &Self) -> Result<(), Self::Validation> {
+            Ok(())
+        }
+        fn merge(&mut self, other: Self) {
+            self.0.merge(other.0);
+        }
+    }
+
+    impl crate::replica::Document for Fragile {
+        type Operation = crate::replica::KvOp;
+    }
+
+    #[test]
+    fn a_document_panicking_between_applying_and_logging_leaves_the_replica_refusing_everything() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a: Replica<Fragile> = Replica::open(a_dir.path(), ReplicaOptions::default()).unwrap();
+        let ok = a.update(|d, actor| d.0.put_op(actor, "fine", "v")).unwrap();
+        let mut boom = KvDoc::default();
+        boom.apply(ok.op().clone());
+        let boom_op = boom.put_op(a.actor(), "boom", "x");
+        let bad = crate::replica::OpEnvelope::signed::<Fragile>(
+            &crate::replica::ActorKey::load(&a_dir.path().join("actor.key")).unwrap(),
+            a.document(),
+            2,
+            ok.hash(),
+            boom_op,
+        )
+        .unwrap();
+        drop(a);
+        let mut b: Replica<Fragile> = Replica::open(b_dir.path(), ReplicaOptions::default()).unwrap();
+        // The first operation applied, not yet logged, when the second panics.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.receive([ok.clone(), bad.clone()])));
+        assert!(caught.is_err());
+        assert!(b.is_poisoned(), "state and log may differ: the replica must say so");
+        assert!(matches!(
+            b.update(|d, actor| d.0.put_op(actor, "more", "w")),
+            Err(crate::replica::WriteError::Storage(StorageError::Poisoned))
+        ));
+        drop(b);
+        // Reopened, it holds what its log holds.
+        let b: Replica<Fragile> = Replica::open(b_dir.path(), ReplicaOptions::default()).unwrap();
+        assert!(!b.is_poisoned());
+        assert_eq!(b.clock().total(), 0, "nothing was logged");
     }
 
     #[test]
