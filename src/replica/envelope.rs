@@ -136,6 +136,13 @@ impl<O> OpEnvelope<O> {
         }
     }
 
+    /// Whether this operation directly follows `before` in its author's
+    /// chain: same actor, the next sequence number, `before`'s hash as its
+    /// `prev`.
+    pub(crate) fn follows(&self, before: &OpEnvelope<O>) -> bool {
+        self.actor == before.actor && before.seq.checked_add(1) == Some(self.seq) && self.prev == before.hash
+    }
+
     /// Signs this operation as a chain head with `key` (its actor's).
     pub(crate) fn sign(&mut self, key: &ActorKey) {
         self.sig = Some(Box::new(self.hash.sign_head(key)));

@@ -32,17 +32,18 @@ struct Batch<'a, O> {
 /// an equivocation's proof.
 fn incoming_run<O>(env: &OpEnvelope<O>, rest: &[Option<OpEnvelope<O>>]) -> Option<SignedRun> {
     let mut ops = vec![env.op_bytes().to_vec()];
-    let (mut last_seq, mut last_hash, mut sig) = (env.seq(), env.hash(), env.signature().copied());
+    let mut last = env;
     for next in rest.iter().flatten() {
-        if sig.is_some() {
+        if last.signature().is_some() {
             break;
         }
-        if next.actor() == env.actor() && Some(next.seq()) == last_seq.checked_add(1) && next.prev() == last_hash {
+        if next.follows(last) {
             ops.push(next.op_bytes().to_vec());
-            (last_seq, last_hash, sig) = (next.seq(), next.hash(), next.signature().copied());
+            last = next;
         }
     }
-    Some(SignedRun { first: env.seq(), prev: env.prev(), succeeds: env.succeeds().copied(), ops, sig: sig? })
+    let sig = *last.signature()?;
+    Some(SignedRun { first: env.seq(), prev: env.prev(), succeeds: env.succeeds().copied(), ops, sig })
 }
 
 /// What to do with a remote operation, decided before it is buffered or

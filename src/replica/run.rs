@@ -222,6 +222,21 @@ impl<'a> Run<'a> {
     }
 }
 
+/// `envs` cut into runs: each a stretch of operations that follow one
+/// another, ending after a signed operation or where the next does not
+/// follow (so a run may end unsigned).
+pub(crate) fn split_runs<O>(envs: &[OpEnvelope<O>]) -> Vec<&[OpEnvelope<O>]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for (i, env) in envs.iter().enumerate() {
+        if env.signature().is_some() || !envs.get(i + 1).is_some_and(|n| n.follows(env)) {
+            runs.push(&envs[start..=i]);
+            start = i + 1;
+        }
+    }
+    runs
+}
+
 /// The first `N` bytes of `bytes`, advancing it.
 fn take_array<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
     if bytes.len() < N {

@@ -42,10 +42,7 @@ pub(super) fn verify_runs<O>(ops: &[OpEnvelope<O>], todo: &[bool]) -> Vec<Option
             continue;
         }
         let actor = env.actor();
-        let continues = open.get(&actor).is_some_and(|(last, _, _)| {
-            let l = &ops[*last];
-            l.seq().checked_add(1) == Some(env.seq()) && l.hash() == env.prev()
-        });
+        let continues = open.get(&actor).is_some_and(|(last, _, _)| env.follows(&ops[*last]));
         if !continues {
             // The run before ends here: what no head covered is unproven.
             if let Some((_, pending, _)) = open.remove(&actor) {

@@ -7,7 +7,7 @@ use tracing::debug;
 
 use super::message::{self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse};
 use super::page;
-use crate::replica::run::Run;
+use crate::replica::run::{split_runs, Run};
 use crate::replica::{Document, EnvelopeError, OpEnvelope, ReceiveError, Received, Replica};
 
 /// Why an incoming message was not (fully) applied.
@@ -259,22 +259,8 @@ pub fn gossip_messages<O>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -
     // Room for the map, the document name, the page's frame and counts.
     let overhead = 64 + doc.len();
     let room = max_gossip.saturating_sub(overhead);
-    // Runs: consecutive operations of one actor, each following the one
-    // before, cut after each signed one.
-    let mut runs: Vec<&[OpEnvelope<O>]> = Vec::new();
-    let mut start = 0;
-    for i in 0..ops.len() {
-        let next = ops.get(i + 1);
-        let follows = next.is_some_and(|n| {
-            n.actor() == ops[i].actor() && Some(n.seq()) == ops[i].seq().checked_add(1) && n.prev() == ops[i].hash()
-        });
-        if ops[i].signature().is_some() || !follows {
-            if ops[i].signature().is_some() {
-                runs.push(&ops[start..=i]);
-            }
-            start = i + 1;
-        }
-    }
+    // Runs that end at a signed operation; the others are left out.
+    let runs = split_runs(ops).into_iter().filter(|r| r.last().is_some_and(|e| e.signature().is_some()));
     // A run's share: its actor in the table (at most), index, numbers,
     // previous hash, flags, certificate if any, signature, and per
     // operation its bytes and length.

@@ -124,18 +124,8 @@ pub(crate) fn encode_page(runs: &[OwnedRun]) -> Vec<u8> {
 /// whose last operation is unsigned is written too, for tests to send).
 #[cfg(any(test, feature = "internals", feature = "testing"))]
 pub(crate) fn page_of<O>(envs: &[crate::replica::OpEnvelope<O>]) -> Vec<u8> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    for i in 0..envs.len() {
-        let follows = envs.get(i + 1).is_some_and(|n| {
-            n.actor() == envs[i].actor() && envs[i].seq().checked_add(1) == Some(n.seq()) && n.prev() == envs[i].hash()
-        });
-        if envs[i].signature().is_some() || !follows {
-            runs.extend(Run::of(&envs[start..=i]));
-            start = i + 1;
-        }
-    }
-    frame(&encode_runs(runs))
+    let runs = crate::replica::run::split_runs(envs);
+    frame(&encode_runs(runs.into_iter().filter_map(Run::of)))
 }
 
 /// Reads a page body: its runs, borrowing from `body`. Every run must be
