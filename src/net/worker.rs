@@ -19,7 +19,7 @@ use super::error::NodeError;
 use super::event::NodeEvent;
 use super::lock::DirLock;
 use super::queued::Queued;
-use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica, ReplicaOptions};
+use crate::replica::{ActorId, Change, Document, OpEnvelope, Replica, ReplicaOptions, StorageError};
 use crate::sync::{self, Limits, SyncError, SyncRequest, SyncResponse};
 
 /// Builds a local operation from the current state and the replica's actor.
@@ -32,6 +32,8 @@ type PendingWrite<D> = (MakeOp<D>, Reply<OpEnvelope<<D as Document>::Operation>>
 
 /// Most local writes committed together in one group commit.
 const MAX_WRITE_BATCH: usize = 4096;
+/// Most gossip messages applied in one group commit.
+const MAX_GOSSIP_GROUP: usize = 256;
 /// First wait before reopening a failed replica; it doubles per failure
 /// up to [`REOPEN_MAX`], and starts afresh once a write succeeds again or
 /// the replica stayed up for `REOPEN_MAX`.
@@ -295,25 +297,8 @@ impl<D: Document> Worker<D> {
         pending: &mut Option<DocCmd<D>>,
     ) {
         match cmd {
-            DocCmd::Write { make, reply } => {
-                let mut batch = vec![(make, reply)];
-                while batch.len() < MAX_WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(DocCmd::Write { make, reply }) => batch.push((make, reply)),
-                        Ok(other) => {
-                            *pending = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                self.write(replica, batch);
-            }
+            DocCmd::Write { .. } | DocCmd::Gossip { .. } => self.group(replica, cmd, rx, pending),
             DocCmd::With(f) => f(Ok(replica)),
-            DocCmd::Gossip { source, id, .. } if self.is_blocked(&source) => {
-                self.send(FromDoc::Validated { id, source, acceptance: MessageAcceptance::Ignore });
-            }
-            DocCmd::Gossip { source, id, bytes } => self.gossip(replica, source, id, &bytes),
             DocCmd::Request { token, req } => {
                 let span =
                     info_span!("sync_answer", doc = %self.name, their_ops = req.clock.total(), budget = req.budget);
@@ -360,9 +345,68 @@ impl<D: Document> Worker<D> {
         }
     }
 
-    fn write(&mut self, replica: &mut Replica<D>, batch: Vec<PendingWrite<D>>) {
-        let (makes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let results = replica.update_many(makes);
+    /// Takes `first` and the writes and gossip queued behind it (up to the
+    /// first other command, which is left in `pending`) and handles them
+    /// as one group commit: gossip applied first, then the writes, then one
+    /// wait makes all of it durable. Only then are writes acknowledged,
+    /// gossip accepted for forwarding, and the new operations published.
+    fn group(
+        &mut self,
+        replica: &mut Replica<D>,
+        first: DocCmd<D>,
+        rx: &mut mpsc::Receiver<DocCmd<D>>,
+        pending: &mut Option<DocCmd<D>>,
+    ) {
+        let mut writes: Vec<PendingWrite<D>> = Vec::new();
+        let mut gossip: Vec<(PeerId, MessageId, Queued)> = Vec::new();
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                DocCmd::Write { make, reply } => writes.push((make, reply)),
+                DocCmd::Gossip { source, id, bytes } => gossip.push((source, id, bytes)),
+                other => {
+                    *pending = Some(other);
+                    break;
+                }
+            }
+            if writes.len() < MAX_WRITE_BATCH && gossip.len() < MAX_GOSSIP_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        let (makes, replies): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
+        let ((verdicts, results), settled) = replica.grouped(|r| {
+            let verdicts: Vec<MessageAcceptance> =
+                gossip.iter().map(|(source, _, bytes)| self.gossip(r, *source, bytes)).collect();
+            let results = if makes.is_empty() { Vec::new() } else { r.update_many(makes) };
+            (verdicts, results)
+        });
+        let mut failure = settled.err();
+        if let Some(e) = &failure {
+            self.last_error = Some(e.to_string());
+        }
+        for ((source, id, _), acceptance) in gossip.into_iter().zip(verdicts) {
+            // Nothing that is not durable here is forwarded.
+            let acceptance = if failure.is_none() { acceptance } else { MessageAcceptance::Ignore };
+            self.send(FromDoc::Validated { id, source, acceptance });
+        }
+        let results: Vec<_> = results
+            .into_iter()
+            .map(|r| match (r, failure.is_some()) {
+                (Ok(env), false) => Ok(env),
+                // Applied and logged but not durable: nothing is acknowledged.
+                (Ok(_), true) => Err(NodeError::from(failure.take().unwrap_or(StorageError::Poisoned))),
+                (Err(e), _) => Err(NodeError::from(e)),
+            })
+            .collect();
+        self.acknowledge(results, replies);
+    }
+
+    /// Acknowledges a group's writes and publishes what became durable.
+    fn acknowledge(
+        &mut self,
+        results: Vec<Result<OpEnvelope<D::Operation>, NodeError>>,
+        replies: Vec<Reply<OpEnvelope<D::Operation>>>,
+    ) {
         let durable: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
         if !durable.is_empty() {
             // The disk takes writes again: a later failure starts afresh.
@@ -372,7 +416,7 @@ impl<D: Document> Worker<D> {
             self.last_error = Some(e.to_string());
         }
         for (result, reply) in results.into_iter().zip(replies) {
-            let _ = reply.send(result.map_err(NodeError::from));
+            let _ = reply.send(result);
         }
         // Offered to peers only now that they are durable.
         for data in sync::gossip_messages(&self.name, &durable, self.limits.max_gossip) {
@@ -380,7 +424,12 @@ impl<D: Document> Worker<D> {
         }
     }
 
-    fn gossip(&mut self, replica: &mut Replica<D>, source: PeerId, id: MessageId, bytes: &[u8]) {
+    /// Applies one gossip message; its verdict, to be sent once the group
+    /// it is in is durable.
+    fn gossip(&mut self, replica: &mut Replica<D>, source: PeerId, bytes: &[u8]) -> MessageAcceptance {
+        if self.is_blocked(&source) {
+            return MessageAcceptance::Ignore;
+        }
         let acceptance = match sync::apply_gossip(replica, &self.name, bytes, &self.limits) {
             Ok(received) => {
                 if received.buffered > 0 {
@@ -403,7 +452,7 @@ impl<D: Document> Worker<D> {
         };
         // Also those found in a message that failed otherwise.
         self.report_equivocations(replica, source);
-        self.send(FromDoc::Validated { id, source, acceptance });
+        acceptance
     }
 
     fn response(&mut self, replica: &mut Replica<D>, peer: PeerId, bytes: &[u8]) {

@@ -156,9 +156,38 @@ impl ActorId {
     /// Whether `signature` is this actor's signature of `message` (strict
     /// RFC 8032 verification: no malleable or small-order encodings).
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
-        let Ok(key) = VerifyingKey::from_bytes(&self.0) else { return false };
+        let Some(key) = verifying_key(self) else { return false };
         key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
     }
+}
+
+/// Most decoded public keys kept per thread.
+const KEY_CACHE: usize = 1024;
+
+thread_local! {
+    /// Public keys decoded before: decoding one (a point decompression)
+    /// costs about a fifth of a signature check, and a document has few
+    /// writers whose heads are checked over and over.
+    static KEYS: std::cell::RefCell<std::collections::HashMap<ActorId, VerifyingKey>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// `actor`'s public key, if it is one.
+fn verifying_key(actor: &ActorId) -> Option<VerifyingKey> {
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        if let Some(key) = keys.get(actor) {
+            return Some(*key);
+        }
+        let key = VerifyingKey::from_bytes(&actor.0).ok()?;
+        // Bounded: many actors (a hostile peer can make up any number)
+        // only start the cache afresh.
+        if keys.len() >= KEY_CACHE {
+            keys.clear();
+        }
+        keys.insert(*actor, key);
+        Some(key)
+    })
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ mod docs;
 pub(crate) mod document;
 pub(crate) mod envelope;
 mod error;
+mod group;
 mod index;
 mod key;
 mod kv;

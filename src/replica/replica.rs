@@ -108,6 +108,8 @@ pub struct Replica<D: Document> {
     pub(super) staging: bool,
     /// Test hook: stop a checkpoint after this many steps.
     pub(super) checkpoint_stop: Option<u8>,
+    /// An open group commit ([`Replica::grouped`]).
+    pub(super) group: Option<super::group::Group<D::Operation>>,
 }
 
 impl<D: Document> Replica<D> {
@@ -201,6 +203,7 @@ impl<D: Document> Replica<D> {
             poisoned: false,
             staging: false,
             checkpoint_stop: None,
+            group: None,
         };
         r.replay()?;
         if rebuilding {

@@ -131,6 +131,11 @@ impl<D: Document> Replica<D> {
     /// older than they are) and each is written again under the new actor,
     /// where the document can ([`Document::reissue`]).
     pub(super) fn complete_retire(&mut self) -> Result<(), WriteError> {
+        if self.retire.is_none() {
+            return Ok(());
+        }
+        // What a group logged so far is durable before anything is retired.
+        self.settle()?;
         let Some(pending) = self.retire.take() else { return Ok(()) };
         let old = self.actor;
         let key_file = self.dir.join(ACTOR_FILE);

@@ -70,8 +70,15 @@ fn check_all(jobs: &[(ActorId, ChainHash, Signature)]) -> Vec<bool> {
     let check = |part: &[(ActorId, ChainHash, Signature)]| -> Vec<bool> {
         part.iter().map(|(a, h, s)| h.verify_head(a, s)).collect()
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_VERIFY_THREADS);
-    if jobs.len() < PARALLEL_VERIFY_MIN || threads < 2 {
+    if jobs.len() < PARALLEL_VERIFY_MIN {
+        return check(jobs);
+    }
+    // Asked once: the answer reads cgroup files, costing more than a
+    // signature check.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_VERIFY_THREADS));
+    if threads < 2 {
         return check(jobs);
     }
     let per_thread = jobs.len().div_ceil(threads);

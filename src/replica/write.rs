@@ -253,7 +253,8 @@ impl<D: Document> Replica<D> {
     /// The second half of every write, local or remote: waits until the
     /// operations logged by [`log_staged`](Self::log_staged) (up to
     /// `last`) are durable (under a durable sync policy), announces
-    /// `written` to subscribers, and checkpoints if one is due.
+    /// `written` to subscribers, and checkpoints if one is due. In an open
+    /// group ([`grouped`](Self::grouped)) all of that waits for the group.
     ///
     /// A failed wait poisons the replica and is returned, and nothing is
     /// announced. A failed checkpoint is only logged: the operations are
@@ -268,27 +269,43 @@ impl<D: Document> Replica<D> {
     where
         D::Operation: 'a,
     {
+        if self.in_group() {
+            self.defer(origin, last, written);
+            return Ok(());
+        }
         if let Some(lsn) = last {
-            // As the log's policy says: synced under a durable one; under
-            // `SyncPolicy::None` only handed to the OS (no fsync, as asked).
-            let done = if self.opts.wal.sync.is_durable() { self.wal.wait_durable(lsn) } else { self.wal.flush() };
-            if let Err(e) = done {
-                self.poisoned = true;
-                return Err(e.into());
-            }
+            self.wait_logged(lsn)?;
         }
         for env in written {
             self.notify(|| Change::Op { origin, op: env.clone() });
         }
+        self.checkpoint_if_due();
+        Ok(())
+    }
+
+    /// Waits until the log is durable up to `lsn`, as the log's policy
+    /// says: synced under a durable one; under `SyncPolicy::None` only
+    /// handed to the OS (no fsync, as asked). A failure poisons the replica.
+    pub(super) fn wait_logged(&mut self, lsn: Lsn) -> Result<(), StorageError> {
+        let done = if self.opts.wal.sync.is_durable() { self.wal.wait_durable(lsn) } else { self.wal.flush() };
+        if let Err(e) = done {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Checkpoints if one is due. A failure is only logged: the next write
+    /// tries again.
+    pub(super) fn checkpoint_if_due(&mut self) {
         // A poisoned replica cannot checkpoint; saying so on every call
         // would only repeat the error the caller already has.
         if self.poisoned {
-            return Ok(());
+            return;
         }
         if let Err(e) = self.maybe_checkpoint() {
             warn!(error = %e, "automatic checkpoint failed; the next write tries again");
         }
-        Ok(())
     }
 }
 

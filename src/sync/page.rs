@@ -47,6 +47,16 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
 }
 
+thread_local! {
+    /// A decompression context per thread, for the same reason.
+    static DECOMPRESSOR: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+/// Largest zstd window a frame may ask for: 8 MiB, room for the largest
+/// page (what this crate compresses uses a few MiB at most). A frame
+/// asking for more is refused before the decoder allocates its window.
+const MAX_WINDOW_LOG: u32 = 23;
+
 fn compress(body: &[u8]) -> Option<Vec<u8>> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
@@ -72,18 +82,32 @@ pub(crate) fn unframe(bytes: &[u8], limit: usize, what: &'static str) -> Result<
     match codec {
         RAW if rest.len() == len => Ok(rest.to_vec()),
         RAW => Err(bad(format!("frame says {len} bytes, holds {}", rest.len()))),
-        ZSTD => {
+        ZSTD => DECOMPRESSOR.with(|d| {
             // Streamed, with a small first buffer: memory grows with what
             // actually comes out, never with what the frame claims.
             use std::io::Read;
-            let decoder = zstd::stream::read::Decoder::with_buffer(rest).map_err(|e| bad(format!("zstd: {e}")))?;
+            use zstd::zstd_safe::{DCtx, DParameter, ResetDirective};
+            let mut slot = d.borrow_mut();
+            let ctx = match &mut *slot {
+                Some(ctx) => ctx,
+                None => {
+                    let mut ctx = DCtx::try_create().ok_or_else(|| bad("zstd: no decompression context".into()))?;
+                    ctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                        .map_err(|code| bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(code))))?;
+                    slot.insert(ctx)
+                }
+            };
+            // Whatever an earlier (failed) frame left in it is dropped.
+            ctx.reset(ResetDirective::SessionOnly)
+                .map_err(|code| bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(code))))?;
+            let decoder = zstd::stream::read::Decoder::with_context(rest, ctx);
             let mut body = Vec::with_capacity(len.min(64 << 10));
             decoder.take(len as u64 + 1).read_to_end(&mut body).map_err(|e| bad(format!("zstd: {e}")))?;
             if body.len() != len {
                 return Err(bad(format!("frame says {len} bytes, expands to {}", body.len().min(len + 1))));
             }
             Ok(body)
-        }
+        }),
         other => Err(bad(format!("unknown codec {other}"))),
     }
 }
