@@ -1,6 +1,8 @@
 //! Replication over loopback and catch-up of a new node, next to the
 //! automerge crate's sync protocol on the same catch-up workload: every
-//! section of `walrus bench sync`, plus the automerge comparison.
+//! section of `walrus bench sync`, plus the automerge comparison. The
+//! catch-up over the network runs the package's `walrus` binary (which
+//! cargo builds for the benchmark) as two `walrus node` processes.
 //!
 //! ```sh
 //! cargo bench --bench sync
@@ -66,7 +68,9 @@ fn catchup_automerge(ops: usize, w: Workload) -> Result<(Duration, u64)> {
 
 /// `--ops N`, `--catchup N`, `--nodes A,B…`; cargo's own `--bench` is ignored.
 fn parse_args() -> Result<SyncBenchArgs> {
-    let mut args = SyncBenchArgs::default();
+    // Cargo builds the package's binaries for its benchmarks: the catch-up
+    // runs this one as `walrus node`.
+    let mut args = SyncBenchArgs { walrus: Some(env!("CARGO_BIN_EXE_walrus").into()), ..SyncBenchArgs::default() };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));

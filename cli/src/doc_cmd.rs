@@ -20,11 +20,7 @@ use crate::{progress, DocCommand};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Log segments this tool creates. Opening a log reads the unused,
-/// preallocated rest of its last segment (to find a torn tail), so every
-/// command pays for the segment size; 4 MiB keeps that small. Replicas
-/// created with other sizes open normally.
-pub(crate) const SEGMENT_SIZE: u64 = 4 << 20;
+pub(crate) use walrus_cli::SEGMENT_SIZE;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Open {

@@ -87,8 +87,9 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Replication over loopback: convergence time, ops/s and bytes on the
-    /// wire per op; catch-up of a new node (`cargo bench --bench sync` in the
-    /// source tree also runs automerge's sync on the same catch-up).
+    /// wire per op; catch-up of a new node, as two `walrus node` processes
+    /// (`cargo bench --bench sync` in the source tree also runs automerge's
+    /// sync on the same catch-up).
     Sync {
         /// Operations written, spread over the nodes.
         #[arg(long, default_value_t = 100_000)]
@@ -262,7 +263,8 @@ fn main() -> ExitCode {
         }
         Command::Demo { log } => demo::run(log),
         Command::Bench(BenchCommand::Sync { ops, catchup, nodes }) => {
-            sync_bench::run_sync(sync_bench::SyncBenchArgs { ops, catchup, nodes }, None).map(|()| ExitCode::SUCCESS)
+            let args = sync_bench::SyncBenchArgs { ops, catchup, nodes, walrus: None };
+            sync_bench::run_sync(args, None).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

@@ -6,18 +6,29 @@
 //! (in the source tree) runs them all, with the automerge crate's sync
 //! protocol as the comparison.
 //!
+//! The catch-up over the network runs two `walrus node` processes (the
+//! `walrus` binary: see [`SyncBenchArgs::walrus`]) and counts every byte
+//! between them in a TCP relay on loopback: noise, yamux and all.
+//!
 //! When the environment variable `WALRUS_BENCH_JSON` names a file, every
 //! section also appends its figures to it as one JSON object per line
 //! (`{"bench":"catchup",…}`, `"spread"`, `"log"`, `"verify"`), for scripts
 //! that track them from run to run.
 
 use std::fs::File;
-use std::io::Write;
-use std::path::Path;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crdts::CmRDT;
-use walrus::net::{Multiaddr, Node, NodeConfig, Traffic};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use walrus::net::{Multiaddr, Node, NodeConfig};
 use walrus::replica::{
     ActorKey, Catchup, ChainHash, ChainKey, KvDoc, KvOp, OpEnvelope, Replica, ReplicaOptions, WAL_DIR,
 };
@@ -38,6 +49,9 @@ const WRITERS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(600);
 /// The environment variable naming the file the figures are appended to.
 pub const JSON_ENV: &str = "WALRUS_BENCH_JSON";
+/// The environment variable naming the `walrus` binary the catch-up runs
+/// as `walrus node` (see [`SyncBenchArgs::walrus`]).
+pub const BIN_ENV: &str = "WALRUS_BIN";
 
 /// Targets the figures are printed against, as ratios (below 1 meets it).
 mod target {
@@ -75,7 +89,9 @@ enum Line {
         /// The comparison's in-process catch-up (`null` when it is not run).
         automerge_bytes: Option<u64>,
         automerge_s: Option<f64>,
-        /// Two nodes over loopback TCP: every byte both ways, and the time.
+        /// Two `walrus node` processes over loopback TCP: every byte both
+        /// ways (noise, yamux and all), and the time from starting the new
+        /// node until it has every op.
         tcp_bytes: u64,
         tcp_s: f64,
     },
@@ -128,12 +144,17 @@ pub struct SyncBenchArgs {
     pub catchup: usize,
     /// Cluster sizes to run.
     pub nodes: Vec<usize>,
+    /// The `walrus` binary the catch-up runs as `walrus node`. `WALRUS_BIN`
+    /// overrides it; without either, this executable if it is `walrus`,
+    /// else a `walrus` next to it (or one directory up, from cargo's
+    /// `target/<profile>/deps`).
+    pub walrus: Option<PathBuf>,
 }
 
 impl Default for SyncBenchArgs {
     /// The defaults of `walrus bench sync`.
     fn default() -> Self {
-        SyncBenchArgs { ops: 100_000, catchup: 50_000, nodes: vec![3, 10] }
+        SyncBenchArgs { ops: 100_000, catchup: 50_000, nodes: vec![3, 10], walrus: None }
     }
 }
 
@@ -346,20 +367,314 @@ async fn spread(n: usize, ops: usize, out: &mut JsonLines) -> Result<()> {
     Ok(())
 }
 
-async fn catchup_network(ops: usize, w: Workload) -> Result<(Duration, u64, u64)> {
+/// The `walrus` binary to run as `walrus node`: `WALRUS_BIN`, else
+/// `given`, else this executable if it is `walrus`, else a `walrus` next
+/// to it or one directory up (`target/<profile>/deps/…` under cargo).
+fn walrus_binary(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(BIN_ENV).filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        return match bin.is_file() {
+            true => Ok(bin),
+            false => Err(format!("{BIN_ENV}={} is not a file", bin.display()).into()),
+        };
+    }
+    if let Some(bin) = given {
+        return match bin.is_file() {
+            true => Ok(bin.to_path_buf()),
+            false => Err(format!(
+                "no walrus binary at {} (build it with `cargo build --release -p walrus-cli`, or set {BIN_ENV})",
+                bin.display()
+            )
+            .into()),
+        };
+    }
+    let exe = std::env::current_exe()?;
+    let name = format!("walrus{}", std::env::consts::EXE_SUFFIX);
+    if exe.file_name().is_some_and(|n| *n == *name) {
+        return Ok(exe);
+    }
+    let dir = exe.parent().ok_or("this executable has no directory")?;
+    let candidates: Vec<PathBuf> = [Some(dir), dir.parent()].into_iter().flatten().map(|d| d.join(&name)).collect();
+    candidates.iter().find(|c| c.is_file()).cloned().ok_or_else(|| {
+        format!(
+            "the catch-up runs two `walrus node` processes, but there is no walrus binary at {} (build it with \
+             `cargo build --release -p walrus-cli`, or set {BIN_ENV} to its path)",
+            candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(" or ")
+        )
+        .into()
+    })
+}
+
+/// The options `walrus node` opens its document's replica with.
+fn node_replica_options() -> ReplicaOptions {
+    let d = ReplicaOptions::default();
+    ReplicaOptions { wal: d.wal.clone().segment_size(crate::SEGMENT_SIZE), document: Some(DOC.into()), ..d }
+}
+
+/// A `walrus node` child process, killed (and waited for) when dropped, on
+/// every path. Its standard output's JSON lines arrive on `events`.
+struct NodeProcess {
+    name: &'static str,
+    child: Child,
+    /// Held open: the node quits at the end of its input.
+    stdin: ChildStdin,
+    events: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    /// Where its standard error goes, shown when it fails.
+    stderr: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `walrus node` on `data` for the bench's document, listening
+    /// on a free loopback port, without mDNS.
+    fn spawn(bin: &Path, name: &'static str, data: &Path, extra: &[&str]) -> Result<NodeProcess> {
+        let stderr = data.with_extension("stderr");
+        let mut child = Command::new(bin)
+            .arg("node")
+            .arg("--data")
+            .arg(data)
+            .args(["--doc", DOC, "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr)?)
+            .spawn()
+            .map_err(|e| format!("cannot run {} node: {e}", bin.display()))?;
+        let (stdin, stdout) = match (child.stdin.take(), child.stdout.take()) {
+            (Some(i), Some(o)) => (i, o),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("walrus node: no pipes to its standard input and output".into());
+            }
+        };
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        // Reads every line, whether or not anyone still listens: a node
+        // whose output is not read stops.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        Ok(NodeProcess { name, child, stdin, events, stderr })
+    }
+
+    /// Sends one command line.
+    fn send(&mut self, command: &str) -> Result<()> {
+        writeln!(self.stdin, "{command}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| self.failure(&format!("cannot send {command:?}: {e}")).into())
+    }
+
+    /// `what` went wrong with this node: the message, its exit status if it
+    /// ended, and the end of its standard error.
+    fn failure(&mut self, what: &str) -> String {
+        let mut msg = format!("walrus node {}: {what}", self.name);
+        if let Ok(Some(status)) = self.child.try_wait() {
+            msg += &format!(" (it exited: {status})");
+        }
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let tail: Vec<&str> = err.lines().rev().take(20).collect();
+        if !tail.is_empty() {
+            msg += "; its standard error ends with:\n";
+            msg += &tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        }
+        msg
+    }
+
+    /// The next event, or an error if the node stopped, reported a failure
+    /// or `deadline` passed.
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Result<Value> {
+        match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            Err(_) => Err(self.failure(&format!("the catch-up did not finish within {TIMEOUT:?}")).into()),
+            Ok(None) => Err(self.failure("its output ended").into()),
+            Ok(Some(v)) if v["event"] == "error" || v["event"] == "doc_failed" => {
+                Err(self.failure(&format!("reported {v}")).into())
+            }
+            Ok(Some(v)) => Ok(v),
+        }
+    }
+
+    /// The loopback TCP address it listens on, and its peer id.
+    async fn listening(&mut self, deadline: tokio::time::Instant) -> Result<(SocketAddr, String)> {
+        loop {
+            let v = self.next(deadline).await?;
+            if v["event"] != "listening" {
+                continue;
+            }
+            let addr = v["addr"].as_str().unwrap_or_default();
+            // /ip4/127.0.0.1/tcp/PORT/p2p/PEER
+            let parts: Vec<&str> = addr.split('/').collect();
+            if let ["", "ip4", ip, "tcp", port, "p2p", peer] = parts[..] {
+                return Ok((format!("{ip}:{port}").parse()?, peer.to_string()));
+            }
+        }
+    }
+}
+
+/// The operations a `dump` event's clock counts.
+fn dump_ops(v: &Value) -> Result<u64> {
+    let clock = v["clock"].as_object().ok_or_else(|| format!("a dump without a clock: {v}"))?;
+    Ok(clock.values().filter_map(Value::as_u64).sum())
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP relay on loopback to one address, counting every byte it
+/// forwards in either direction. Dropping it closes its connections.
+struct Relay {
+    addr: SocketAddr,
+    bytes: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Result<Relay> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&bytes);
+        let task = tokio::spawn(async move {
+            // Aborting the relay drops the set, which aborts its connections.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                while conns.try_join_next().is_some() {}
+                conns.spawn(Relay::forward(inbound, to, Arc::clone(&counted)));
+            }
+        });
+        Ok(Relay { addr, bytes, task })
+    }
+
+    /// Bytes forwarded so far, both ways.
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    async fn forward(inbound: TcpStream, to: SocketAddr, bytes: Arc<AtomicU64>) {
+        let Ok(outbound) = TcpStream::connect(to).await else { return };
+        // As libp2p's own sockets: no delay added to small frames.
+        let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+        let (in_r, in_w) = inbound.into_split();
+        let (out_r, out_w) = outbound.into_split();
+        let _ = tokio::join!(Relay::pump(in_r, out_w, &bytes), Relay::pump(out_r, in_w, &bytes));
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        bytes: &AtomicU64,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return to.shutdown().await;
+            }
+            to.write_all(&buf[..n]).await?;
+            bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until node `b` has `ops` operations: the `applied` counts of its
+/// `synced` events add up to them, or, once an event may have been missed
+/// (`lagged`) or a snapshot merged, its clock in a `dump` does. Fails if
+/// either node stops or reports a failure.
+async fn await_applied(
+    a: &mut NodeProcess,
+    b: &mut NodeProcess,
+    ops: u64,
+    deadline: tokio::time::Instant,
+) -> Result<()> {
+    let (mut applied, mut counting) = (0u64, true);
+    // A `dump` is outstanding; something happened since the last one was sent.
+    let (mut dumping, mut changed) = (false, false);
+    loop {
+        let v = tokio::select! {
+            v = b.next(deadline) => v?,
+            // A's events matter only when they report a failure.
+            v = a.next(deadline) => { v?; continue; }
+        };
+        match v["event"].as_str() {
+            Some("synced") => {
+                applied += v["applied"].as_u64().unwrap_or(0);
+                if v["snapshot"] == true {
+                    counting = false;
+                }
+            }
+            Some("lagged") => counting = false,
+            Some("dump") => {
+                dumping = false;
+                if dump_ops(&v)? >= ops {
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+        if counting && applied >= ops {
+            return Ok(());
+        }
+        changed |= v["event"] != "dump";
+        if !counting && !dumping && changed {
+            b.send("dump")?;
+            (dumping, changed) = (true, false);
+        }
+    }
+}
+
+/// A new `walrus node` catching up on `ops` puts from another, as two
+/// processes: the time from starting it until it has them all, every byte
+/// between the two (counted by a relay), and the encoded ops' bytes.
+fn catchup_network(rt: &tokio::runtime::Runtime, bin: &Path, ops: usize, w: Workload) -> Result<(Duration, u64, u64)> {
     let tmp = tempfile::tempdir()?;
-    let (a, addr) = start(&tmp.path().join("a"), vec![]).await?;
-    let op_bytes = write_spread(std::slice::from_ref(&a), ops, w).await?;
-    let before = a.traffic();
-    let t0 = Instant::now();
-    let (b, _) = start(&tmp.path().join("b"), vec![addr]).await?;
-    await_total(&[a.clone(), b.clone()], ops as u64).await?;
-    let took = t0.elapsed();
-    let after = a.traffic();
-    let moved = Traffic { sent: after.sent - before.sent, received: after.received - before.received };
-    a.shutdown().await?;
-    b.shutdown().await?;
-    Ok((took, moved.sent + moved.received, op_bytes))
+    let (a_data, b_data) = (tmp.path().join("a"), tmp.path().join("b"));
+    // A's replica, written directly where `walrus node` keeps it.
+    let mut op_bytes = 0u64;
+    {
+        let dir = NodeConfig::new(&a_data).doc_dir(DOC);
+        let mut a: Replica<KvDoc> = Replica::open(&dir, node_replica_options())?;
+        let makers = (0..ops).map(|i| move |d: &KvDoc, act| d.put_op(act, &w.key(i), &w.value(i)));
+        for env in a.update_many(makers) {
+            op_bytes += env?.op_bytes().len() as u64;
+        }
+    }
+    // The processes end (inside) before their directories go (`tmp`, after).
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let mut a = NodeProcess::spawn(bin, "A", &a_data, &[])?;
+        let (a_addr, a_peer) = a.listening(deadline).await?;
+        let relay = Relay::start(a_addr).await?;
+        let via_relay = format!("/ip4/127.0.0.1/tcp/{}/p2p/{a_peer}", relay.addr.port());
+        let t0 = Instant::now();
+        let mut b = NodeProcess::spawn(bin, "B", &b_data, &["--peer", &via_relay])?;
+        await_applied(&mut a, &mut b, ops as u64, deadline).await?;
+        let (took, wire) = (t0.elapsed(), relay.bytes());
+        // B's own clock confirms the count, after the measurement.
+        b.send("dump")?;
+        let held = loop {
+            let v = b.next(deadline).await?;
+            if v["event"] == "dump" {
+                break dump_ops(&v)?;
+            }
+        };
+        if held != ops as u64 {
+            return Err(format!("walrus node B holds {held} ops after catching up on {ops}").into());
+        }
+        Ok((took, wire, op_bytes))
+    })
 }
 
 /// The same catch-up with the sync protocol driven in-process: message bytes only.
@@ -443,6 +758,8 @@ fn signatures(n: usize, w: Workload) -> Result<()> {
 /// `compare`, if given, runs on each catch-up workload too.
 pub fn run_sync(args: SyncBenchArgs, compare: Option<Comparison>) -> Result<()> {
     let mut out = JsonLines::from_env()?;
+    // Before the first section, so that a missing binary fails at once.
+    let bin = walrus_binary(args.walrus.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     println!("walrus bench sync (loopback TCP, durable writes with group commit)");
     for w in [Workload::Sequential, Workload::Random] {
@@ -461,7 +778,7 @@ pub fn run_sync(args: SyncBenchArgs, compare: Option<Comparison>) -> Result<()> 
         rt.block_on(spread(n, args.ops, &mut out))?;
     }
     for w in [Workload::Sequential, Workload::Random] {
-        catchup(&rt, args.catchup, w, compare, &mut out)?;
+        catchup(&rt, &bin, args.catchup, w, compare, &mut out)?;
     }
     Ok(())
 }
@@ -574,15 +891,17 @@ fn verify(from: &Replica<KvDoc>, out: &mut JsonLines) -> Result<()> {
 
 fn catchup(
     rt: &tokio::runtime::Runtime,
+    bin: &Path,
     ops: usize,
     w: Workload,
     compare: Option<Comparison>,
     out: &mut JsonLines,
 ) -> Result<()> {
     println!("\ncatch-up: a new node pulls {ops} ops from one peer ({})", w.name());
-    let (took, wire, op_bytes) = rt.block_on(catchup_network(ops, w))?;
+    let (took, wire, op_bytes) = catchup_network(rt, bin, ops, w)?;
     println!(
-        "  walrus over TCP:      {:.2}s, {:.2} MB both ways vs {:.2} MB of ops = {:.2}x (target <= 1.3x)",
+        "  two walrus node processes over TCP: {:.2}s, {:.2} MB on the wire both ways (noise, yamux and all) \
+         vs {:.2} MB of ops = {:.2}x (target <= 1.3x)",
         took.as_secs_f64(),
         wire as f64 / 1e6,
         op_bytes as f64 / 1e6,
@@ -607,6 +926,10 @@ fn catchup(
                 "  walrus/automerge (in-process): bytes {:.2}x, time {:.2}x (target: both < 1)",
                 bytes_p as f64 / bytes_a as f64,
                 took_p.as_secs_f64() / took_a.as_secs_f64().max(1e-9)
+            );
+            println!(
+                "  two walrus node processes' wire bytes / automerge's in-process sync bytes: {:.2}x (target < 1.0x)",
+                wire as f64 / bytes_a as f64
             );
         }
         None => println!("  automerge: not measured here (`cargo bench --bench sync` in the source tree compares)"),
