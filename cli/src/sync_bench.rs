@@ -158,6 +158,10 @@ impl Default for SyncBenchArgs {
     }
 }
 
+/// Distinct keys of a workload: write `i` puts key `i % KEYS`, so 50,000
+/// writes overwrite each key ten times (values are all distinct).
+pub const KEYS: usize = 5_000;
+
 /// What the written keys and values look like.
 #[derive(Clone, Copy)]
 pub enum Workload {
@@ -184,11 +188,12 @@ impl Workload {
         }
     }
 
-    /// The key of write `i`.
+    /// The key of write `i`: one of [`KEYS`].
     pub fn key(self, i: usize) -> String {
+        let k = i % KEYS;
         match self {
-            Workload::Sequential => format!("item-{i:08}"),
-            Workload::Random => letters(i as u64 * 2, 13),
+            Workload::Sequential => format!("item-{k:08}"),
+            Workload::Random => letters(k as u64 * 2, 13),
         }
     }
 

@@ -174,7 +174,7 @@ impl<D: Document> Replica<D> {
     ) -> Result<Received, ReceiveError> {
         self.check()?;
         let mut report = Received::default();
-        let mut ready = Vec::new();
+        let mut ready = Vec::with_capacity(ops.len());
         let mut first_error = None;
         let mut own = Vec::new();
         // Operations whose signatures will matter: writers', and a run
@@ -192,7 +192,7 @@ impl<D: Document> Replica<D> {
             let todo: Vec<bool> = ops.iter().map(|env| actors.contains(&env.actor())).collect();
             verify_runs(&ops, &todo)
         };
-        let mut staged = Vec::new();
+        let mut staged = Vec::with_capacity(ops.len());
         // Taken one by one; the rest stay visible (an equivocation's proof
         // takes the run up to its head).
         let mut slots: Vec<Option<OpEnvelope<D::Operation>>> = ops.into_iter().map(Some).collect();

@@ -197,6 +197,8 @@ impl<D: Document> Replica<D> {
         sign_own: bool,
         written: &mut Vec<(Lsn, OpEnvelope<D::Operation>)>,
     ) -> Result<(), StorageError> {
+        written.reserve(staged.len());
+        let mut left = staged.len();
         let mut rest = std::mem::take(staged).into_iter().peekable();
         while let Some(first) = rest.next() {
             if self.poisoned {
@@ -204,7 +206,8 @@ impl<D: Document> Replica<D> {
             }
             let actor = first.actor();
             let mut bytes = first.op_bytes().len();
-            let mut block = vec![first];
+            let mut block = Vec::with_capacity(left.min(BLOCK_OPS));
+            block.push(first);
             while let Some(e) = rest.peek() {
                 let last = &block[block.len() - 1];
                 if last.signature().is_some()
@@ -219,6 +222,7 @@ impl<D: Document> Replica<D> {
                 block.extend(rest.next());
             }
             let end = block.len();
+            left -= end;
             for env in block.iter_mut().take(end - 1) {
                 // Only a block's last signature is kept: the others are
                 // implied by it.
