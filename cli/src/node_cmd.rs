@@ -78,8 +78,11 @@ fn event_json(ev: NodeEvent<KvOp>) -> Option<Value> {
         NodeEvent::PeerFault { peer, reason, .. } => {
             json!({"event": "peer_fault", "peer": peer.to_string(), "reason": reason})
         }
-        NodeEvent::Equivocation { actor, seq, peer, .. } => {
-            json!({"event": "equivocation", "actor": actor.to_string(), "seq": seq, "peer": peer.to_string()})
+        NodeEvent::Equivocation { actor, seq, peer, proof, .. } => {
+            // Each side as a run's body (docs/REPLICA.md, "Runs"), in hex.
+            let proof = proof.as_ref().map(|p| json!({"a": hex(&p.a.encode()), "b": hex(&p.b.encode())}));
+            json!({"event": "equivocation", "actor": actor.to_string(), "seq": seq, "peer": peer.to_string(),
+                   "proof": proof})
         }
         NodeEvent::SnapshotRefused { peer, .. } => json!({"event": "snapshot_refused", "peer": peer.to_string()}),
         NodeEvent::PeerBanned { peer, reason } => {
@@ -336,4 +339,9 @@ mod tests {
         let reopened = NodeEvent::DocumentReopened { doc: "notes".into() };
         assert_eq!(event_json(reopened), Some(json!({"event": "doc_reopened", "doc": "notes"})));
     }
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -197,6 +197,15 @@ impl Workload {
         }
     }
 
+    /// A key of its own for write `i`: concurrent writers never touch
+    /// one another's keys.
+    pub fn unique_key(self, i: usize) -> String {
+        match self {
+            Workload::Sequential => format!("item-{i:08}"),
+            Workload::Random => letters(i as u64 * 2, 13),
+        }
+    }
+
     /// The value of write `i`.
     pub fn value(self, i: usize) -> String {
         match self {
@@ -300,7 +309,7 @@ async fn write_spread(nodes: &[Node<KvDoc>], ops: usize, w: Workload) -> Result<
         tasks.push(tokio::spawn(async move {
             let mut bytes = 0u64;
             for i in (s..ops).step_by(streams) {
-                let env = node.update(DOC, move |d, a| d.put_op(a, &w.key(i), &w.value(i))).await?;
+                let env = node.update(DOC, move |d, a| d.put_op(a, &w.unique_key(i), &w.value(i))).await?;
                 bytes += env.op_bytes().len() as u64;
             }
             Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(bytes)
@@ -775,7 +784,7 @@ pub fn run_sync(args: SyncBenchArgs, compare: Option<Comparison>) -> Result<()> 
     // The replica first, then its directory.
     drop(written);
     drop(dir);
-    println!("\nspread: ops written concurrently on every node until all have all");
+    println!("\nspread: ops written concurrently on every node (each to a key of its own) until all have all");
     for &n in &args.nodes {
         if n < 2 {
             return Err("--nodes needs at least 2 nodes per run".into());

@@ -138,6 +138,11 @@ impl<D: Document> DocWorkers<D> {
                 backoff: REOPEN_MIN,
                 reopened_at: None,
                 recovered_seen: 0,
+                unpublished: Vec::new(),
+                unpublished_bytes: 0,
+                unpublished_since: None,
+                last_publish: None,
+                timer: tokio::runtime::Builder::new_current_thread().enable_time().build().ok(),
             };
             worker.run(replica, rx);
         });

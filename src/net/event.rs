@@ -65,6 +65,11 @@ pub enum NodeEvent<O> {
         /// The peer that delivered the second one (not necessarily at fault:
         /// it may have relayed it in good faith).
         peer: PeerId,
+        /// Both signed histories, which anyone can check
+        /// ([`EquivocationProof::verify`](crate::replica::EquivocationProof::verify))
+        /// without trusting this node; `None` where this node no longer
+        /// holds its own side in the log (checkpointed away).
+        proof: Option<Box<crate::replica::EquivocationProof>>,
     },
     /// A document's replica found something wrong and worked around it:
     /// a damaged checkpoint (it opened from the older generation), or its

@@ -34,14 +34,20 @@ type PendingWrite<D> = (MakeOp<D>, Reply<OpEnvelope<<D as Document>::Operation>>
 const MAX_WRITE_BATCH: usize = 4096;
 /// Most gossip messages applied in one group commit.
 const MAX_GOSSIP_GROUP: usize = 256;
+/// Local operations written while more commands were queued are published
+/// together once nothing is queued, once there are this many…
+const PUBLISH_OPS: usize = 4096;
+/// …or once the oldest of them waited this long (only under a stream of
+/// writes: one after a quiet spell is published at once).
+const PUBLISH_DELAY: Duration = Duration::from_millis(20);
 /// First wait before reopening a failed replica; it doubles per failure
 /// up to [`REOPEN_MAX`], and starts afresh once a write succeeds again or
 /// the replica stayed up for `REOPEN_MAX`.
 pub(crate) const REOPEN_MIN: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
-/// How often a document that is down looks at its queue: this thread has
-/// no timer to wait on the queue with a deadline.
-const DOWN_POLL: Duration = Duration::from_millis(20);
+/// How often a document without a timer looks at its queue while it waits
+/// for a deadline.
+const POLL: Duration = Duration::from_millis(20);
 
 pub(crate) enum DocCmd<D: Document> {
     Write { make: MakeOp<D>, reply: Reply<OpEnvelope<D::Operation>> },
@@ -117,6 +123,17 @@ pub(crate) struct Worker<D: Document> {
     pub reopened_at: Option<Instant>,
     /// How many of the replica's [`Replica::recovered`] notes were reported.
     pub recovered_seen: usize,
+    /// Local operations durable but not yet published ([`Worker::publish_due`]).
+    pub unpublished: Vec<OpEnvelope<D::Operation>>,
+    /// Their bytes.
+    pub unpublished_bytes: usize,
+    /// When the oldest of them became durable.
+    pub unpublished_since: Option<Instant>,
+    /// When operations were last published.
+    pub last_publish: Option<Instant>,
+    /// Waits for the queue with a deadline (a runtime of this thread's
+    /// own, with a timer and no threads); without it, the queue is polled.
+    pub timer: Option<tokio::runtime::Runtime>,
 }
 
 /// Peers blocked or banned, shared by the swarm task (which writes it) and
@@ -143,6 +160,9 @@ impl<D: Document> Worker<D> {
         let mut health = Health::Up(Box::new(replica));
         let mut pending = None;
         loop {
+            if pending.is_none() {
+                self.publish_due(rx.is_empty());
+            }
             if let Health::Down { retry_at, .. } = &health {
                 if Instant::now() >= *retry_at {
                     health = self.reopen(health);
@@ -150,10 +170,17 @@ impl<D: Document> Worker<D> {
             }
             let next = match pending.take() {
                 Some(c) => Next::Cmd(c),
-                None => match &health {
-                    Health::Up(_) => rx.blocking_recv().map_or(Next::Closed, Next::Cmd),
-                    Health::Down { retry_at, .. } => recv_until(&mut rx, *retry_at),
-                },
+                None => {
+                    let retry = match &health {
+                        Health::Up(_) => None,
+                        Health::Down { retry_at, .. } => Some(*retry_at),
+                    };
+                    let deadline = match (retry, self.publish_deadline()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    self.recv(&mut rx, deadline)
+                }
             };
             let cmd = match next {
                 Next::Cmd(c) => c,
@@ -162,6 +189,7 @@ impl<D: Document> Worker<D> {
             };
             if let DocCmd::Close { reply } = cmd {
                 self.forward_changes();
+                self.publish_due(true);
                 let result = match health {
                     Health::Up(replica) => replica.close().map_err(NodeError::from),
                     // Nothing is open, and everything acknowledged is on disk.
@@ -196,6 +224,7 @@ impl<D: Document> Worker<D> {
                 self.last_error = None;
             }
         }
+        self.publish_due(true);
         if let Health::Up(replica) = health {
             if let Err(e) = replica.close() {
                 warn!(doc = %self.name, error = %e, "closing the replica failed");
@@ -401,6 +430,28 @@ impl<D: Document> Worker<D> {
         self.acknowledge(results, replies);
     }
 
+    /// When the operations waiting to be published are due.
+    fn publish_deadline(&self) -> Option<Instant> {
+        self.unpublished_since.map(|t| t + PUBLISH_DELAY)
+    }
+
+    /// The next command; `Due` at `deadline` if one is given and nothing
+    /// came before it; `Closed` once every sender is gone.
+    fn recv(&self, rx: &mut mpsc::Receiver<DocCmd<D>>, deadline: Option<Instant>) -> Next<D> {
+        match (deadline, &self.timer) {
+            (None, _) => rx.blocking_recv().map_or(Next::Closed, Next::Cmd),
+            (Some(at), Some(timer)) => {
+                let at = tokio::time::Instant::from_std(at);
+                match timer.block_on(async { tokio::time::timeout_at(at, rx.recv()).await }) {
+                    Ok(Some(c)) => Next::Cmd(c),
+                    Ok(None) => Next::Closed,
+                    Err(_) => Next::Due,
+                }
+            }
+            (Some(at), None) => recv_until(rx, at),
+        }
+    }
+
     /// Acknowledges a group's writes and publishes what became durable.
     fn acknowledge(
         &mut self,
@@ -418,8 +469,37 @@ impl<D: Document> Worker<D> {
         for (result, reply) in results.into_iter().zip(replies) {
             let _ = reply.send(result);
         }
-        // Offered to peers only now that they are durable.
-        for data in sync::gossip_messages(&self.name, &durable, self.limits.max_gossip) {
+        // Offered to peers only now that they are durable: at once if
+        // nothing else is queued, else with the writes of the groups that
+        // follow (one message, one signature to check, for several).
+        if self.unpublished.is_empty() && !durable.is_empty() {
+            self.unpublished_since = Some(Instant::now());
+        }
+        self.unpublished_bytes += durable.iter().map(|e| e.op_bytes().len()).sum::<usize>();
+        self.unpublished.extend(durable);
+    }
+
+    /// Publishes the operations written and not yet offered to peers: at
+    /// once when nothing is queued (`idle`) and nothing was published in
+    /// the last [`PUBLISH_DELAY`] (a single write goes out without delay);
+    /// under a stream of writes, once they fill a gossip message or the
+    /// oldest waited `PUBLISH_DELAY`. Fewer, larger messages: one signature
+    /// to check per author and message, less framing per operation.
+    fn publish_due(&mut self, idle: bool) {
+        if self.unpublished.is_empty() {
+            return;
+        }
+        let full = self.unpublished.len() >= PUBLISH_OPS || self.unpublished_bytes >= self.limits.max_gossip / 2;
+        let late = self.unpublished_since.is_some_and(|t| t.elapsed() >= PUBLISH_DELAY);
+        let quiet = self.timer.is_none() || self.last_publish.is_none_or(|t| t.elapsed() >= PUBLISH_DELAY);
+        if !(full || late || (idle && quiet)) {
+            return;
+        }
+        let ops = std::mem::take(&mut self.unpublished);
+        self.unpublished_bytes = 0;
+        self.unpublished_since = None;
+        self.last_publish = Some(Instant::now());
+        for data in sync::gossip_messages(&self.name, &ops, self.limits.max_gossip) {
             self.send(FromDoc::Publish { doc: self.name.clone(), data });
         }
     }
@@ -508,10 +588,21 @@ impl<D: Document> Worker<D> {
     }
 
     fn report_equivocations(&mut self, replica: &mut Replica<D>, peer: PeerId) {
-        for e in replica.take_equivocations() {
+        let equivocations = replica.take_equivocations();
+        if equivocations.is_empty() {
+            return;
+        }
+        let mut proofs = replica.take_equivocation_proofs();
+        for e in equivocations {
             warn!(doc = %self.name, actor = %e.actor, seq = e.seq, %peer, "equivocation");
-            let _ =
-                self.events.send(NodeEvent::Equivocation { doc: self.name.clone(), actor: e.actor, seq: e.seq, peer });
+            let proof = proofs.iter().position(|p| p.actor == e.actor && p.seq == e.seq).map(|i| proofs.swap_remove(i));
+            let _ = self.events.send(NodeEvent::Equivocation {
+                doc: self.name.clone(),
+                actor: e.actor,
+                seq: e.seq,
+                peer,
+                proof: proof.map(Box::new),
+            });
         }
     }
 
@@ -542,6 +633,6 @@ fn recv_until<D: Document>(rx: &mut mpsc::Receiver<DocCmd<D>>, deadline: Instant
         if now >= deadline {
             return Next::Due;
         }
-        std::thread::sleep(DOWN_POLL.min(deadline - now));
+        std::thread::sleep(POLL.min(deadline - now));
     }
 }

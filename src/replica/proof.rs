@@ -2,6 +2,7 @@
 //! signature, whose chains hold different operations at one position. Anyone
 //! with the document id can check one, without trusting who reported it.
 
+use super::run::Run;
 use super::{ActorId, ChainHash, ChainKey, Signature, Succession};
 
 /// Consecutive operations of one actor, as their bytes, with the hash the
@@ -21,6 +22,23 @@ pub struct SignedRun {
 }
 
 impl SignedRun {
+    /// The run in the layout of a run's body (REPLICA.md, "Runs": first
+    /// sequence number, count, previous hash, flags, certificate, lengths,
+    /// bytes, signature), for tools that pass a proof on.
+    pub fn encode(&self) -> Vec<u8> {
+        let run = Run {
+            actor: ActorId([0; 32]),
+            first: self.first,
+            prev: self.prev,
+            succeeds: self.succeeds,
+            ops: self.ops.iter().map(|o| &o[..]).collect(),
+            sig: Some(self.sig),
+        };
+        let mut out = Vec::new();
+        run.put_body(&mut out);
+        out
+    }
+
     /// The hash this run commits `actor`'s chain to at position `seq` (an
     /// operation of the run, or the one just before it), if its head
     /// signature is `actor`'s; `None` otherwise.

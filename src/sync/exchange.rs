@@ -7,7 +7,7 @@ use tracing::debug;
 
 use super::message::{self, check_doc_name, Gossip, Limits, MessageError, SyncRequest, SyncResponse};
 use super::page;
-use crate::replica::run::{split_runs, Run};
+use crate::replica::run::{split_runs, Run, RUN_SPLIT_BYTES, RUN_SPLIT_OPS};
 use crate::replica::{Document, EnvelopeError, OpEnvelope, ReceiveError, Received, Replica};
 
 /// Why an incoming message was not (fully) applied.
@@ -254,7 +254,10 @@ pub fn apply_gossip<D: Document>(
 /// order written), split so that each is at most `max_gossip` bytes. Each
 /// message holds whole runs, each ending at a signed operation; operations
 /// no signed one follows, and a run too large for a message on its own,
-/// are left to anti-entropy.
+/// are left to anti-entropy. Runs of one actor that follow one another in
+/// a message are sent as one, under the last one's signature (its hash
+/// chain covers the rest): a receiver checks one signature per actor and
+/// message, however many writes were batched into it.
 pub fn gossip_messages<O>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -> Vec<Vec<u8>> {
     // Room for the map, the document name, the page's frame and counts.
     let overhead = 64 + doc.len();
@@ -270,6 +273,8 @@ pub fn gossip_messages<O>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -
     };
     let mut out = Vec::new();
     let mut batch: Vec<Run<'_>> = Vec::new();
+    // The last operation of the batch's last run, and that run's bytes.
+    let mut tail: Option<(&OpEnvelope<O>, usize)> = None;
     let mut used = 0;
     for r in runs {
         let len = size(r);
@@ -280,9 +285,29 @@ pub fn gossip_messages<O>(doc: &str, ops: &[OpEnvelope<O>], max_gossip: usize) -
             let body = page::encode_runs(std::mem::take(&mut batch));
             out.push(message::encode(&Gossip { doc: doc.to_string(), page: ByteBuf::from(page::frame(&body)) }));
             used = 0;
+            tail = None;
         }
         used += len;
-        batch.extend(Run::of(r));
+        let (Some(run), Some(first), Some(last)) = (Run::of(r), r.first(), r.last()) else { continue };
+        let bytes: usize = run.ops.iter().map(|o| o.len()).sum();
+        match (batch.last_mut(), tail) {
+            // Within the limits a receiver splits runs at, so the merged
+            // run is one it takes and can serve on.
+            (Some(open), Some((end, open_bytes)))
+                if first.follows(end)
+                    && first.succeeds().is_none()
+                    && open.ops.len() + run.ops.len() <= RUN_SPLIT_OPS
+                    && open_bytes + bytes <= RUN_SPLIT_BYTES =>
+            {
+                open.ops.extend(run.ops);
+                open.sig = run.sig;
+                tail = Some((last, open_bytes + bytes));
+            }
+            _ => {
+                batch.push(run);
+                tail = Some((last, bytes));
+            }
+        }
     }
     if !batch.is_empty() {
         let body = page::encode_runs(batch);
@@ -387,6 +412,38 @@ mod tests {
             total += page::decode_runs(&body, 1 << 20, "page").unwrap().iter().map(|r| r.ops.len()).sum::<usize>();
         }
         assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn writes_batched_into_one_message_carry_one_signature_per_actor() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = open(da.path());
+        // 20 single writes: each signed on its own.
+        let envs: Vec<_> = (0..20).map(|i| a.update(|d, act| d.put_op(act, &format!("{i}"), "v")).unwrap()).collect();
+        assert!(envs.iter().all(|e| e.signature().is_some()));
+        let msgs = gossip_messages("d", &envs, 1 << 20);
+        assert_eq!(msgs.len(), 1);
+        let g = message::decode::<Gossip>(&msgs[0], 1 << 20, "gossip").unwrap();
+        let body = page::unframe(&g.page, 1 << 20, "page").unwrap();
+        let runs = page::decode_runs(&body, 1 << 20, "page").unwrap();
+        assert_eq!(runs.len(), 1, "one run under the last signature");
+        assert_eq!(runs[0].ops.len(), 20);
+        assert_eq!(runs[0].sig.as_ref(), envs[19].signature());
+        // A receiver takes all of it, checking the one head.
+        let mut b = open(db.path());
+        let got = apply_gossip(&mut b, "d", &msgs[0], &Limits::default()).unwrap();
+        assert_eq!(got.applied, 20);
+        assert_eq!(b.doc().values_of("19"), vec!["v"]);
+        // Another actor's writes in between end the run: each keeps its own.
+        let dc = tempfile::tempdir().unwrap();
+        let mut c = open(dc.path());
+        let theirs = c.update(|d, act| d.put_op(act, "c", "v")).unwrap();
+        let mixed = vec![envs[0].clone(), envs[1].clone(), theirs, envs[2].clone()];
+        let msgs = gossip_messages("d", &mixed, 1 << 20);
+        let g = message::decode::<Gossip>(&msgs[0], 1 << 20, "gossip").unwrap();
+        let body = page::unframe(&g.page, 1 << 20, "page").unwrap();
+        let runs = page::decode_runs(&body, 1 << 20, "page").unwrap();
+        assert_eq!(runs.iter().map(|r| r.ops.len()).collect::<Vec<_>>(), [2, 1, 1]);
     }
 
     #[test]

@@ -832,10 +832,11 @@ async fn forged_and_equivocating_operations_are_refused() {
         converge(&nodes, &mut events, &writes.clock()).await;
         bad.publish(topic.clone(), publish(page_as(&[second], false))).await.unwrap();
         events
-            .wait_for("an equivocation naming the attacker", |log| {
+            .wait_for("an equivocation naming the attacker, with a proof anyone can check", |log| {
                 log.iter().any(|(i, ev)| {
-                    matches!(ev, NodeEvent::Equivocation { actor, seq: 1, doc, .. }
-                        if *i == 0 && *actor == evil.actor() && doc == DOC)
+                    matches!(ev, NodeEvent::Equivocation { actor, seq: 1, doc, proof: Some(proof), .. }
+                        if *i == 0 && *actor == evil.actor() && doc == DOC && proof.verify(DOC)
+                            && proof.actor == evil.actor())
                 })
             })
             .await;
