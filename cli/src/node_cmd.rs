@@ -325,6 +325,11 @@ async fn command(node: &Node<KvDoc>, doc: &str, line: &str) -> bool {
     true
 }
 
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,9 +344,4 @@ mod tests {
         let reopened = NodeEvent::DocumentReopened { doc: "notes".into() };
         assert_eq!(event_json(reopened), Some(json!({"event": "doc_reopened", "doc": "notes"})));
     }
-}
-
-/// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
