@@ -27,6 +27,17 @@ pub trait Document:
     /// another drops makes every signature fail.
     type Operation: Clone + Debug + Serialize + DeserializeOwned + Send + 'static;
 
+    /// Whether making an operation (an `update` closure) already applies it
+    /// to the state, as the collaborative editing engines do (their edits
+    /// are made by applying them: [`engines`](super::engines)). Then
+    /// applying an operation the state already holds must change nothing,
+    /// and the replica treats an operation made but not logged (an append
+    /// that failed, an operation it refused, a closure that panicked) as
+    /// state and log disagreeing: it is poisoned, and reopened from its log
+    /// before it is read again. The default, `false`, is for documents whose
+    /// closures only read the state.
+    const EDITS_IN_PLACE: bool = false;
+
     /// Checks that `op` may be applied to the current state (its author's
     /// earlier operations having been applied). The default is the CRDT's
     /// own `validate_op`.
@@ -127,11 +138,13 @@ pub fn canonical_cbor<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
         Err(e) => Value::Text(format!("unserializable: {e}")),
     };
     let mut out = Vec::new();
-    encode_sorted(&v, &mut out);
+    encode_canonical(&v, &mut out, true);
     out
 }
 
-fn encode_sorted(v: &Value, out: &mut Vec<u8>) {
+/// CBOR of `v` with every map's entries sorted by their encoded bytes, and
+/// every array's elements too if `sort_arrays`.
+pub(crate) fn encode_canonical(v: &Value, out: &mut Vec<u8>, sort_arrays: bool) {
     let plain = |v: &Value, out: &mut Vec<u8>| {
         // Serializing a Value into a Vec cannot fail.
         let _ = ciborium::into_writer(v, out);
@@ -142,11 +155,13 @@ fn encode_sorted(v: &Value, out: &mut Vec<u8>) {
                 .iter()
                 .map(|i| {
                     let mut b = Vec::new();
-                    encode_sorted(i, &mut b);
+                    encode_canonical(i, &mut b, sort_arrays);
                     b
                 })
                 .collect();
-            enc.sort();
+            if sort_arrays {
+                enc.sort();
+            }
             header(out, 4, enc.len() as u64);
             enc.iter().for_each(|b| out.extend_from_slice(b));
         }
@@ -155,8 +170,8 @@ fn encode_sorted(v: &Value, out: &mut Vec<u8>) {
                 .iter()
                 .map(|(k, v)| {
                     let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                    encode_sorted(k, &mut kb);
-                    encode_sorted(v, &mut vb);
+                    encode_canonical(k, &mut kb, sort_arrays);
+                    encode_canonical(v, &mut vb, sort_arrays);
                     (kb, vb)
                 })
                 .collect();
@@ -169,7 +184,7 @@ fn encode_sorted(v: &Value, out: &mut Vec<u8>) {
         }
         Value::Tag(t, inner) => {
             header(out, 6, *t);
-            encode_sorted(inner, out);
+            encode_canonical(inner, out, sort_arrays);
         }
         other => plain(other, out),
     }

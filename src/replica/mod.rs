@@ -30,6 +30,7 @@ mod clock;
 pub(crate) mod dir;
 mod docs;
 pub(crate) mod document;
+pub mod engines;
 pub(crate) mod envelope;
 mod error;
 mod group;

@@ -121,12 +121,21 @@ impl<D: Document> Replica<D> {
                 let op = match made {
                     Ok(op) => op,
                     Err(panic) => {
+                        if D::EDITS_IN_PLACE {
+                            // The state may hold part of an edit.
+                            self.poisoned = true;
+                        }
                         let _ = self.log_staged(&mut staged, true, &mut written);
                         self.staging = false;
                         std::panic::resume_unwind(panic);
                     }
                 };
-                self.chain_local(self.next_seq()?, op)
+                let chained = self.next_seq().and_then(|seq| self.chain_local(seq, op));
+                if chained.is_err() && D::EDITS_IN_PLACE {
+                    // The edit is in the state and will not be logged.
+                    self.poisoned = true;
+                }
+                chained
             });
             let env = match chained {
                 Ok(env) => env,

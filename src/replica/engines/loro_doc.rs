@@ -1,0 +1,1 @@
+//! The loro adapter (feature `loro`).

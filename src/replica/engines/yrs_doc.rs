@@ -1,0 +1,1 @@
+//! The yrs adapter (feature `yrs`).
