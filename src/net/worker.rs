@@ -161,7 +161,7 @@ impl<D: Document> Worker<D> {
         let mut pending = None;
         loop {
             if pending.is_none() {
-                self.publish_due(rx.is_empty());
+                self.publish_due(rx.is_empty(), false);
             }
             if let Health::Down { retry_at, .. } = &health {
                 if Instant::now() >= *retry_at {
@@ -189,7 +189,7 @@ impl<D: Document> Worker<D> {
             };
             if let DocCmd::Close { reply } = cmd {
                 self.forward_changes();
-                self.publish_due(true);
+                self.publish_due(true, true);
                 let result = match health {
                     Health::Up(replica) => replica.close().map_err(NodeError::from),
                     // Nothing is open, and everything acknowledged is on disk.
@@ -224,7 +224,7 @@ impl<D: Document> Worker<D> {
                 self.last_error = None;
             }
         }
-        self.publish_due(true);
+        self.publish_due(true, true);
         if let Health::Up(replica) = health {
             if let Err(e) = replica.close() {
                 warn!(doc = %self.name, error = %e, "closing the replica failed");
@@ -404,16 +404,32 @@ impl<D: Document> Worker<D> {
         }
         let (makes, replies): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
         let ((verdicts, results), settled) = replica.grouped(|r| {
-            let verdicts: Vec<MessageAcceptance> =
-                gossip.iter().map(|(source, _, bytes)| self.gossip(r, *source, bytes)).collect();
-            let results = if makes.is_empty() { Vec::new() } else { r.update_many(makes) };
+            // Each message's bytes are let go once applied: they count
+            // against the node's queued-gossip budget.
+            let verdicts: Vec<(PeerId, MessageId, MessageAcceptance)> =
+                gossip.into_iter().map(|(source, id, bytes)| (source, id, self.gossip(r, source, &bytes))).collect();
+            // An app's closure that panics fails the writes of the group
+            // (their callers get an error), not the gossip's verdicts.
+            let results = if makes.is_empty() {
+                Some(Vec::new())
+            } else {
+                std::panic::catch_unwind(AssertUnwindSafe(|| r.update_many(makes))).ok()
+            };
             (verdicts, results)
         });
         let mut failure = settled.err();
         if let Some(e) = &failure {
             self.last_error = Some(e.to_string());
         }
-        for ((source, id, _), acceptance) in gossip.into_iter().zip(verdicts) {
+        let Some(results) = results else {
+            error!(doc = %self.name, "a write's closure panicked; the writes of its group get an error");
+            for (source, id, acceptance) in verdicts {
+                let acceptance = if failure.is_none() { acceptance } else { MessageAcceptance::Ignore };
+                self.send(FromDoc::Validated { id, source, acceptance });
+            }
+            return;
+        };
+        for (source, id, acceptance) in verdicts {
             // Nothing that is not durable here is forwarded.
             let acceptance = if failure.is_none() { acceptance } else { MessageAcceptance::Ignore };
             self.send(FromDoc::Validated { id, source, acceptance });
@@ -485,14 +501,15 @@ impl<D: Document> Worker<D> {
     /// under a stream of writes, once they fill a gossip message or the
     /// oldest waited `PUBLISH_DELAY`. Fewer, larger messages: one signature
     /// to check per author and message, less framing per operation.
-    fn publish_due(&mut self, idle: bool) {
+    /// With `force` (the document closes), whatever is waiting goes now.
+    fn publish_due(&mut self, idle: bool, force: bool) {
         if self.unpublished.is_empty() {
             return;
         }
         let full = self.unpublished.len() >= PUBLISH_OPS || self.unpublished_bytes >= self.limits.max_gossip / 2;
         let late = self.unpublished_since.is_some_and(|t| t.elapsed() >= PUBLISH_DELAY);
         let quiet = self.timer.is_none() || self.last_publish.is_none_or(|t| t.elapsed() >= PUBLISH_DELAY);
-        if !(full || late || (idle && quiet)) {
+        if !(force || full || late || (idle && quiet)) {
             return;
         }
         let ops = std::mem::take(&mut self.unpublished);

@@ -38,12 +38,31 @@ impl<D: Document> Replica<D> {
         }
         self.group = Some(Group::default());
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
-        let settled = self.settle();
-        self.group = None;
+        let settled = self.finish_group();
         match out {
             Ok(r) => (r, settled),
             Err(panic) => std::panic::resume_unwind(panic),
         }
+    }
+
+    /// Closes the open group: waits for its records, announces them, and
+    /// checkpoints if one is due. The group is taken out first, so nothing
+    /// that fails or panics here leaves the replica deferring. A replica
+    /// poisoned at any point of the group (a wait that failed part-way, an
+    /// append) fails the whole group: nothing of it may be acknowledged.
+    fn finish_group(&mut self) -> Result<(), StorageError> {
+        let Some(group) = self.group.take() else { return Ok(()) };
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        if let Some(lsn) = group.last {
+            self.wait_logged(lsn)?;
+        }
+        for change in group.changes {
+            self.notify(|| change);
+        }
+        self.checkpoint_if_due();
+        Ok(())
     }
 
     /// Whether a group is open: [`commit`](Self::commit) then defers.
@@ -73,7 +92,8 @@ impl<D: Document> Replica<D> {
 
     /// Makes what the open group logged so far durable and announces it
     /// (the group stays open). Anything that must not run ahead of the
-    /// group's records (a retirement, a checkpoint) settles first.
+    /// group's records (a retirement) settles first. A failure poisons the
+    /// replica, which fails the group when it closes.
     pub(super) fn settle(&mut self) -> Result<(), StorageError> {
         let Some(group) = &mut self.group else { return Ok(()) };
         let last = group.last.take();
@@ -84,7 +104,6 @@ impl<D: Document> Replica<D> {
         for change in changes {
             self.notify(|| change);
         }
-        self.checkpoint_if_due();
         Ok(())
     }
 }
@@ -173,6 +192,42 @@ mod tests {
         assert!(b.is_poisoned());
         assert!(changes.try_recv().is_err(), "nothing that is not durable is announced");
         assert!(b.update(|d, me| d.put_op(me, "after", "x")).is_err());
+    }
+
+    /// Fails every segment write while set.
+    #[derive(Debug, Default)]
+    struct Writes(AtomicBool);
+
+    impl FaultInjector for Writes {
+        fn check(&self, op: FileOp, _path: &Path, _len: usize) -> Result<(), Injected> {
+            if op == FileOp::Write && self.0.load(Ordering::SeqCst) {
+                return Err(Injected::fail(io::Error::other("injected: write failed")));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_replica_poisoned_anywhere_in_a_group_fails_the_whole_group() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a: Replica<KvDoc> = Replica::open(a_dir.path(), ReplicaOptions::default()).unwrap();
+        let first = a.update(|d, me| d.put_op(me, "one", "v")).unwrap();
+        let faults = Arc::new(Writes::default());
+        let mut wal = WalOptions::default().with_faults(faults.clone());
+        // Each append is written at once, so the failure comes mid-group.
+        wal.buffer_size = 0;
+        let opts = ReplicaOptions { wal, ..ReplicaOptions::default() };
+        let mut b: Replica<KvDoc> = Replica::open(b_dir.path(), opts).unwrap();
+        let changes = b.subscribe();
+        let ((), settled) = b.grouped(|b| {
+            // Logged (not yet durable): the caller holds its verdict back.
+            assert_eq!(b.receive([first.clone()]).unwrap().applied, 1);
+            faults.0.store(true, Ordering::SeqCst);
+            let _ = b.update(|d, me| d.put_op(me, "two", "w"));
+        });
+        assert!(settled.is_err(), "the receive before the failure must not be acknowledged either");
+        assert!(changes.try_recv().is_err());
+        assert!(b.is_poisoned());
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::wal::Lsn;
 
 /// Most equivocations kept for [`Replica::take_equivocations`].
 const MAX_HELD_EQUIVOCATIONS: usize = 1024;
+/// Largest equivocation proof kept (both runs' operation bytes).
+const MAX_PROOF_BYTES: usize = 256 << 10;
 
 /// Where `receive` is in a batch: the operations after the current one,
 /// what it did so far.
@@ -287,9 +289,15 @@ impl<D: Document> Replica<D> {
             Ok(Admit::Equivocation) => {
                 warn!(actor = %env.actor(), seq = env.seq(), "equivocation: two signed operations for one sequence number");
                 let found = Equivocation { actor: env.actor(), seq: env.seq() };
-                if let (Some(a), Some(b)) = (self.logged_run(&env.actor(), env.seq()), incoming_run(&env, rest)) {
-                    if self.proofs.len() < MAX_HELD_EQUIVOCATIONS {
-                        self.proofs.push(EquivocationProof { actor: env.actor(), seq: env.seq(), a, b });
+                // At most one proof per actor held, each at most
+                // MAX_PROOF_BYTES: a hostile actor's forks cost little.
+                let held = self.proofs.iter().any(|p| p.actor == env.actor());
+                if self.proofs.len() < MAX_HELD_EQUIVOCATIONS && !held {
+                    if let (Some(a), Some(b)) = (self.logged_run(&env.actor(), env.seq()), incoming_run(&env, rest)) {
+                        let size: usize = a.ops.iter().chain(&b.ops).map(Vec::len).sum();
+                        if size <= MAX_PROOF_BYTES {
+                            self.proofs.push(EquivocationProof { actor: env.actor(), seq: env.seq(), a, b });
+                        }
                     }
                 }
                 self.hold_equivocation(found.clone());

@@ -134,8 +134,19 @@ impl<D: Document> Replica<D> {
         if self.retire.is_none() {
             return Ok(());
         }
-        // What a group logged so far is durable before anything is retired.
+        // What a group logged so far is durable before anything is
+        // retired, and the retirement's own writes (operations written
+        // again under the new actor) wait for the disk themselves: its
+        // records of what is left to do are removed only after them.
         self.settle()?;
+        let group = self.group.take();
+        let done = self.retire_now();
+        self.group = group;
+        done
+    }
+
+    /// [`complete_retire`](Self::complete_retire), outside any group.
+    fn retire_now(&mut self) -> Result<(), WriteError> {
         let Some(pending) = self.retire.take() else { return Ok(()) };
         let old = self.actor;
         let key_file = self.dir.join(ACTOR_FILE);

@@ -113,7 +113,15 @@ impl<D: Document> Replica<D> {
         self.staging = true;
         for make in makes {
             let poisoned = if self.poisoned { Err(StorageError::Poisoned) } else { Ok(()) };
-            let chained = poisoned.map_err(WriteError::from).and_then(|()| {
+            // Refusals that need no operation are found before the maker
+            // runs (a document that edits in place would be poisoned by
+            // an operation made and then refused).
+            let ready = poisoned.map_err(WriteError::from).and_then(|()| {
+                let seq = self.next_seq()?;
+                self.check_writer(&self.actor, seq)?;
+                Ok(())
+            });
+            let chained = ready.and_then(|()| {
                 // A maker that panics reads the state only: what the ones
                 // before it made is logged as usual (never acknowledged),
                 // so state and log agree, and the panic goes on.
@@ -215,7 +223,8 @@ impl<D: Document> Replica<D> {
             }
             let actor = first.actor();
             let mut bytes = first.op_bytes().len();
-            let mut block = Vec::with_capacity(left.min(BLOCK_OPS));
+            // Most blocks of a receive are short (gossip from many writers).
+            let mut block = Vec::with_capacity(left.min(64));
             block.push(first);
             while let Some(e) = rest.peek() {
                 let last = &block[block.len() - 1];

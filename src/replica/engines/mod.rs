@@ -84,6 +84,17 @@ pub trait TextDocument: Document {
     /// edit is made on this document at once ([`Document::EDITS_IN_PLACE`]).
     /// Positions past the end are an error, and nothing is changed then.
     fn edit_text(&self, actor: ActorId, name: &str, edits: &[TextEdit]) -> Result<Self::Operation, String>;
+
+    /// The engine's own encoding of the whole document as an update a fresh
+    /// peer would import (what the engine alone would send to catch one
+    /// up), for comparisons. The default is the document's snapshot (its
+    /// serde form).
+    fn full_update(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail on the writer's side.
+        let _ = ciborium::into_writer(self, &mut out);
+        out
+    }
 }
 
 /// The engine's id for the writer `actor`: 53 bits (what JavaScript peers
