@@ -23,7 +23,7 @@ fn ins(pos: usize, text: &str) -> TextEdit {
 /// Random inserts and deletes in two texts, and a nested map holding a
 /// list, through the native API.
 fn automerge_op(doc: &AutomergeDocument, actor: ActorId, r: u64) -> EngineUpdate {
-    let name = if r % 2 == 0 { "a" } else { "b" };
+    let name = if r.is_multiple_of(2) { "a" } else { "b" };
     match (r >> 1) % 5 {
         0 => {
             doc.edit(actor, |tx| {
@@ -37,7 +37,7 @@ fn automerge_op(doc: &AutomergeDocument, actor: ActorId, r: u64) -> EngineUpdate
                     _ => tx.put_object(&meta, "items", ObjType::List).unwrap(),
                 };
                 let len = tx.length(&list);
-                if len > 0 && (r >> 20) % 3 == 0 {
+                if len > 0 && (r >> 20).is_multiple_of(3) {
                     tx.delete(&list, ((r >> 24) as usize) % len).unwrap();
                 } else {
                     tx.insert(&list, ((r >> 24) as usize) % (len + 1), format!("i{}", (r >> 32) % 10)).unwrap();
