@@ -618,6 +618,18 @@ fn converge_seeds() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// Checks each seed with its target's checks, then writes it.
+/// Real automerge changes of the fuzzed author: a new text, and an edit
+/// of the owner's text (depending on the owner's change).
+fn engine_automerge_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use walrus::replica::engines::{AutomergeDocument, TextDocument, TextEdit};
+    use walrus_fuzz::engine_automerge::{document, PEER};
+    let insert = |text: &str| TextEdit::Insert { pos: 0, text: text.into() };
+    let fresh = AutomergeDocument::default().edit_text(PEER, "title", &[insert("fuzz")]).expect("an edit");
+    let (doc, _) = document();
+    let edit = doc.edit_text(PEER, "body", &[TextEdit::Delete { pos: 0, len: 4 }, insert("🦀 more")]).expect("an edit");
+    vec![("seed-new-text", fresh.0), ("seed-edit-owner-text", edit.0)]
+}
+
 fn emit(corpus: &Path, target: &str, seeds: Vec<(&'static str, Vec<u8>)>, check: fn(&[u8])) {
     for (name, bytes) in seeds {
         check(&bytes);
@@ -643,4 +655,5 @@ fn main() {
     emit(&corpus, "page", page_seeds(), walrus_fuzz::page::check);
     emit(&corpus, "chain", chain_seeds(), walrus_fuzz::chain::check);
     emit(&corpus, "op_codec", op_codec_seeds(), walrus_fuzz::op_codec::check);
+    emit(&corpus, "engine_automerge", engine_automerge_seeds(), walrus_fuzz::engine_automerge::check);
 }

@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod chain;
 pub mod converge;
+pub mod engine_automerge;
 pub mod envelope;
 pub mod gossip;
 pub mod harness;

@@ -70,3 +70,8 @@ fn chain_seeds() {
 fn op_codec_seeds() {
     replay("op_codec", walrus_fuzz::op_codec::check);
 }
+
+#[test]
+fn engine_automerge_seeds() {
+    replay("engine_automerge", walrus_fuzz::engine_automerge::check);
+}

@@ -30,6 +30,8 @@ use super::{ActorId, Document};
 
 #[cfg(feature = "automerge")]
 mod automerge_doc;
+#[cfg(feature = "automerge")]
+pub use automerge_doc::{automerge_actor, AutomergeDocument, AutomergeUpdateError};
 #[cfg(feature = "loro")]
 mod loro_doc;
 #[cfg(feature = "yrs")]
