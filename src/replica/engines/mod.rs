@@ -34,6 +34,8 @@ mod automerge_doc;
 mod loro_doc;
 #[cfg(feature = "yrs")]
 mod yrs_doc;
+#[cfg(feature = "yrs")]
+pub use yrs_doc::{YrsDocument, YrsUpdateError};
 
 /// One engine transaction's update, as the engine encoded it: the bytes
 /// that are hashed into the author's chain, logged and sent.
