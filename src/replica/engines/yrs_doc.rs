@@ -53,8 +53,9 @@ use crate::replica::{ActorId, Document, OpContext};
 /// ```
 pub struct YrsDocument {
     /// The live document (a `Doc` is a shared handle: cloning it is cheap
-    /// and shares the store). Replaced only to change its client id.
-    doc: Mutex<Doc>,
+    /// and shares the store; replaced only to change its client id) and
+    /// the updates waiting for predecessors.
+    engine: Mutex<Engine>,
 }
 
 /// A yrs document with client id `client_id`, counting text offsets in
@@ -78,12 +79,40 @@ fn decode(bytes: &[u8]) -> Result<Update, String> {
     }
 }
 
-/// Imports `update` into `doc`. A panic in yrs is caught (and logged): the
-/// update is then not (wholly) imported.
-fn import(doc: &Doc, update: Update) -> Result<(), String> {
+/// Decodes a state as a v1 update (see [`Engine::state`]).
+fn decode_v1(bytes: &[u8]) -> Result<Update, String> {
+    match catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(u)) => Ok(u),
+        Ok(Err(e)) => Err(format!("not a yrs v1 update: {e}")),
+        Err(_) => Err("not a yrs v1 update (the decoder panicked)".into()),
+    }
+}
+
+/// The engine's state: the live document and the updates it could not
+/// integrate yet (their predecessors, another writer's items, have not
+/// arrived), as they came.
+///
+/// yrs keeps such updates pending inside the document, but encoding a
+/// document with pending updates can fail (yrs 0.28 re-encodes them and
+/// panics when it cannot decode the result), so the adapter takes them out
+/// of the document after every import and retries them itself.
+struct Engine {
+    doc: Doc,
+    held: Vec<Vec<u8>>,
+}
+
+/// Imports `update` into `doc` in one transaction; true if part of it
+/// waits for predecessors (taken out of the document again). A panic in
+/// yrs is caught: the update is then not (wholly) imported.
+fn apply_one(doc: &Doc, update: Update) -> Result<bool, String> {
     let res = catch_unwind(AssertUnwindSafe(|| {
         let mut txn = doc.try_transact_mut().map_err(|e| format!("{e}"))?;
-        txn.apply_update(update).map_err(|e| e.to_string())
+        txn.apply_update(update).map_err(|e| e.to_string())?;
+        let waiting = txn.has_missing_updates();
+        if waiting {
+            txn.prune_pending();
+        }
+        Ok(waiting)
     }));
     match res {
         Ok(r) => r,
@@ -91,16 +120,75 @@ fn import(doc: &Doc, update: Update) -> Result<(), String> {
     }
 }
 
-/// The whole state of `doc` as one v2 update (pending updates included).
-fn full_state(doc: &Doc) -> Vec<u8> {
-    doc.transact().encode_state_as_update_v2(&StateVector::default())
+impl Engine {
+    fn new(client_id: u64) -> Engine {
+        Engine { doc: new_doc(client_id), held: Vec::new() }
+    }
+
+    /// Imports the update `bytes`, then retries the held updates as long
+    /// as that integrates anything.
+    fn import(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.import_update(decode(bytes)?, bytes)
+    }
+
+    /// Imports a state made by [`Engine::state`].
+    fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
+        self.import_update(decode_v1(state)?, &[])
+    }
+
+    fn import_update(&mut self, update: Update, bytes: &[u8]) -> Result<(), String> {
+        let before = self.doc.transact().state_vector();
+        if apply_one(&self.doc, update)? && !self.held.iter().any(|h| h == bytes) {
+            self.held.push(bytes.to_vec());
+        }
+        let mut before = before;
+        while !self.held.is_empty() {
+            let now = self.doc.transact().state_vector();
+            if now == before {
+                break;
+            }
+            before = now;
+            let mut kept = Vec::new();
+            for h in std::mem::take(&mut self.held) {
+                if decode(&h).and_then(|u| apply_one(&self.doc, u)).unwrap_or(false) {
+                    kept.push(h);
+                }
+            }
+            self.held = kept;
+        }
+        Ok(())
+    }
+
+    /// The document's integrated state as one update, in the v1 encoding:
+    /// yrs 0.28 encodes some states (several clients, deletions) in the v2
+    /// encoding into bytes its own v2 decoder refuses.
+    fn state(&self) -> Vec<u8> {
+        self.doc.transact().encode_diff_v1(&StateVector::default())
+    }
+
+    /// A document with client id `client_id` holding `state` and the held
+    /// updates `held`.
+    fn load(client_id: u64, state: &[u8], held: &[Vec<u8>]) -> Result<Engine, String> {
+        let mut e = Engine::new(client_id);
+        e.import_state(state)?;
+        for h in held {
+            e.import(h)?;
+        }
+        Ok(e)
+    }
+
+    fn copy(&self, client_id: u64) -> Result<Engine, String> {
+        Engine::load(client_id, &self.state(), &self.held)
+    }
 }
 
-/// A new document with client id `client_id` holding the state `bytes`.
-fn load(client_id: u64, bytes: &[u8]) -> Result<Doc, String> {
-    let doc = new_doc(client_id);
-    import(&doc, decode(bytes)?)?;
-    Ok(doc)
+/// A checkpoint's `state`: the integrated document as one v2 update, and
+/// the updates still waiting for predecessors.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
+    pending: Vec<serde_bytes::ByteBuf>,
 }
 
 /// A yrs value as a CBOR tree.
@@ -135,8 +223,12 @@ fn root_value<T: ReadTxn>(txn: &T, out: Out) -> Value {
 }
 
 impl YrsDocument {
-    fn live(&self) -> MutexGuard<'_, Doc> {
-        self.doc.lock().unwrap_or_else(|e| e.into_inner())
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live(&self) -> Doc {
+        self.engine().doc.clone()
     }
 
     /// The live document, under `actor`'s client id: rebuilt once from its
@@ -144,11 +236,11 @@ impl YrsDocument {
     /// it is created).
     fn doc_for(&self, actor: &ActorId) -> Result<Doc, String> {
         let id = engine_peer_id(actor);
-        let mut live = self.live();
-        if live.client_id().get() != id {
-            *live = load(id, &full_state(&live))?;
+        let mut engine = self.engine();
+        if engine.doc.client_id().get() != id {
+            *engine = engine.copy(id)?;
         }
-        Ok(live.clone())
+        Ok(engine.doc.clone())
     }
 
     /// Makes one operation of `actor` from whatever `f` does with yrs' own
@@ -196,31 +288,30 @@ impl YrsDocument {
     /// assert_eq!(doc.with_doc(|d| d.transact().root_refs().count()), 0);
     /// ```
     pub fn with_doc<R>(&self, f: impl FnOnce(&Doc) -> R) -> R {
-        let doc = self.live().clone();
-        f(&doc)
+        f(&self.live())
     }
 
-    /// The document's whole state as one yrs v2 update (what its
-    /// checkpoint holds).
+    /// The document's integrated state as one yrs update in the v1
+    /// encoding (`Update::decode_v1` reads it; updates still waiting for
+    /// predecessors are not in it).
     pub fn encode_state(&self) -> Vec<u8> {
-        full_state(&self.live())
+        self.engine().state()
     }
 }
 
 impl Default for YrsDocument {
     fn default() -> Self {
-        YrsDocument { doc: Mutex::new(new_doc(0)) }
+        YrsDocument { engine: Mutex::new(Engine::new(0)) }
     }
 }
 
 impl Clone for YrsDocument {
     fn clone(&self) -> Self {
-        let live = self.live();
+        let engine = self.engine();
+        let id = engine.doc.client_id().get();
         // Loading a state this document holds cannot fail; if it did, an
         // empty copy would show it at once.
-        let id = live.client_id().get();
-        let doc = load(id, &full_state(&live)).unwrap_or_else(|_| new_doc(id));
-        YrsDocument { doc: Mutex::new(doc) }
+        YrsDocument { engine: Mutex::new(engine.copy(id).unwrap_or_else(|_| Engine::new(id))) }
     }
 }
 
@@ -232,15 +323,19 @@ impl std::fmt::Debug for YrsDocument {
 
 impl Serialize for YrsDocument {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde_bytes::serialize(&self.encode_state(), s)
+        let engine = self.engine();
+        let pending = engine.held.iter().map(|h| serde_bytes::ByteBuf::from(h.clone())).collect();
+        Snapshot { state: engine.state(), pending }.serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for YrsDocument {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let bytes: serde_bytes::ByteBuf = serde_bytes::deserialize(d)?;
-        let doc = load(0, &bytes).map_err(|e| serde::de::Error::custom(format!("yrs snapshot: {e}")))?;
-        Ok(YrsDocument { doc: Mutex::new(doc) })
+        let snap = Snapshot::deserialize(d)?;
+        let held: Vec<Vec<u8>> = snap.pending.into_iter().map(|b| b.into_vec()).collect();
+        let engine =
+            Engine::load(0, &snap.state, &held).map_err(|e| serde::de::Error::custom(format!("yrs snapshot: {e}")))?;
+        Ok(YrsDocument { engine: Mutex::new(engine) })
     }
 }
 
@@ -259,7 +354,7 @@ impl CmRDT for YrsDocument {
 
     /// Imports the update (one the document already holds changes nothing).
     fn apply(&mut self, op: EngineUpdate) {
-        let res = decode(&op.0).and_then(|u| import(&self.live(), u));
+        let res = self.engine().import(&op.0);
         if let Err(e) = res {
             tracing::warn!("yrs update of {} bytes not imported: {e}", op.0.len());
         }
@@ -274,10 +369,18 @@ impl CvRDT for YrsDocument {
     }
 
     fn merge(&mut self, other: Self) {
-        let state = other.encode_state();
-        let res = decode(&state).and_then(|u| import(&self.live(), u));
-        if let Err(e) = res {
+        let (state, held) = {
+            let o = other.engine();
+            (o.state(), o.held.clone())
+        };
+        let mut engine = self.engine();
+        if let Err(e) = engine.import_state(&state) {
             tracing::warn!("yrs state of {} bytes not merged: {e}", state.len());
+        }
+        for bytes in &held {
+            if let Err(e) = engine.import(bytes) {
+                tracing::warn!("yrs state of {} bytes not merged: {e}", bytes.len());
+            }
         }
     }
 }
@@ -317,8 +420,8 @@ impl Document for YrsDocument {
     /// copy of the state so that only the contents count (not which roots
     /// this replica declared, nor of which type).
     fn canonical(&self) -> Vec<u8> {
-        let fresh = match load(0, &self.encode_state()) {
-            Ok(d) => d,
+        let fresh = match self.engine().copy(0) {
+            Ok(e) => e.doc,
             Err(e) => return canonical_tree(&Value::Text(format!("unreadable: {e}"))),
         };
         let txn = fresh.transact();
@@ -342,7 +445,7 @@ impl Document for YrsDocument {
 
 impl TextDocument for YrsDocument {
     fn text(&self, name: &str) -> String {
-        let doc = self.live().clone();
+        let doc = self.live();
         let txn = doc.transact();
         txn.get_text(name).map(|t| t.get_string(&txn)).unwrap_or_default()
     }
