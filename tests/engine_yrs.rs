@@ -48,7 +48,7 @@ fn gen(doc: &YrsDocument, actor: ActorId, r: u64) -> EngineUpdate {
                         (Some(_), 3) => {
                             m.remove(txn, &key);
                         }
-                        _ if (r >> 16) % 2 == 0 => {
+                        _ if (r >> 16).is_multiple_of(2) => {
                             m.insert(txn, key.clone(), ArrayPrelim::from(["first".to_string()]));
                         }
                         _ => {

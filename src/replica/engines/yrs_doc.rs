@@ -4,8 +4,9 @@
 //! An operation is one yrs transaction's update in yrs' v2 update encoding
 //! (lib0 v2, as `TransactionMut::encode_update_v2` writes it and
 //! `Update::decode_v2` reads it); a writer's yrs client id is
-//! [`engine_peer_id`] of its actor; a checkpoint is the document's whole
-//! state as one v2 update.
+//! [`engine_peer_id`] of its actor; a checkpoint holds the document's
+//! integrated state as one update (v1 encoding) and the updates still
+//! waiting for predecessors (docs/REPLICA.md, "Engine documents").
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, MutexGuard};
@@ -138,7 +139,8 @@ impl Engine {
 
     fn import_update(&mut self, update: Update, bytes: &[u8]) -> Result<(), String> {
         let before = self.doc.transact().state_vector();
-        if apply_one(&self.doc, update)? && !self.held.iter().any(|h| h == bytes) {
+        let waiting = apply_one(&self.doc, update)?;
+        if waiting && !bytes.is_empty() && !self.held.iter().any(|h| h == bytes) {
             self.held.push(bytes.to_vec());
         }
         let mut before = before;
@@ -182,8 +184,9 @@ impl Engine {
     }
 }
 
-/// A checkpoint's `state`: the integrated document as one v2 update, and
-/// the updates still waiting for predecessors.
+/// A checkpoint's `state`: the integrated document as one v1 update
+/// ([`Engine::state`]), and the updates still waiting for predecessors as
+/// they came.
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     #[serde(with = "serde_bytes")]
