@@ -35,7 +35,7 @@ use crate::replica::{ActorId, Document, OpContext};
 /// ```
 /// use walrus::replica::engines::{TextDocument, TextEdit, YrsDocument};
 /// use walrus::replica::ActorId;
-/// use yrs::{Map, Transact, ToJson};
+/// use yrs::{Map, ReadTxn, Transact, WriteTxn};
 ///
 /// let doc = YrsDocument::default();
 /// let actor = ActorId([7; 32]);
