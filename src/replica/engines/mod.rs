@@ -36,6 +36,8 @@ pub use automerge_doc::{automerge_actor, AutomergeDocument, AutomergeUpdateError
 mod loro_doc;
 #[cfg(feature = "yrs")]
 mod yrs_doc;
+#[cfg(feature = "yrs")]
+pub use yrs_doc::{YrsDocument, YrsUpdateError};
 
 /// One engine transaction's update, as the engine encoded it: the bytes
 /// that are hashed into the author's chain, logged and sent.
