@@ -35,6 +35,9 @@ mod loro_doc;
 #[cfg(feature = "yrs")]
 mod yrs_doc;
 
+#[cfg(feature = "loro")]
+pub use loro_doc::{LoroDocument, LoroRefused};
+
 /// One engine transaction's update, as the engine encoded it: the bytes
 /// that are hashed into the author's chain, logged and sent.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
