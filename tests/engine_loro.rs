@@ -39,7 +39,7 @@ fn gen(doc: &LoroDocument, actor: ActorId, r: u64) -> EngineUpdate {
             let (op, ()) = doc
                 .edit(actor, |d| {
                     let list = d.get_list("items");
-                    if (r >> 8) % 3 == 0 && !list.is_empty() {
+                    if (r >> 8).is_multiple_of(3) && !list.is_empty() {
                         list.delete((r >> 10) as usize % list.len(), 1).unwrap();
                     } else {
                         let item = list.insert_container(0, loro::LoroMap::new()).unwrap();
