@@ -39,6 +39,9 @@ mod yrs_doc;
 #[cfg(feature = "yrs")]
 pub use yrs_doc::{YrsDocument, YrsUpdateError};
 
+#[cfg(feature = "loro")]
+pub use loro_doc::{LoroDocument, LoroRefused};
+
 /// One engine transaction's update, as the engine encoded it: the bytes
 /// that are hashed into the author's chain, logged and sent.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
