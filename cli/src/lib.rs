@@ -3,6 +3,8 @@
 //! not meant for other crates (use the `walrus` library).
 
 pub mod sync_bench;
+pub mod trace;
+pub mod trace_bench;
 
 /// Log segments the tool creates (`walrus doc`, `walrus node`). Opening a
 /// log reads the unused, preallocated rest of its last segment (to find a

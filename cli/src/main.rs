@@ -101,6 +101,22 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "3,10")]
         nodes: Vec<usize>,
     },
+    /// A sequential editing trace (editing-traces format, `.json` or
+    /// `.json.gz`) replayed through a replica of an engine document, next to
+    /// the bare engine: time, log bytes and a fresh replica's catch-up bytes.
+    Trace {
+        /// The engine whose document holds the text.
+        #[arg(long, value_enum)]
+        engine: walrus_cli::trace_bench::Engine,
+        /// Transactions of the trace grouped into one write.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// The replica's log sync policy.
+        #[arg(long, value_enum, default_value = "none")]
+        sync: walrus_cli::trace_bench::Sync,
+        /// The trace file.
+        trace: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +278,10 @@ fn main() -> ExitCode {
             })
         }
         Command::Demo { log } => demo::run(log),
+        Command::Bench(BenchCommand::Trace { engine, batch, sync, trace }) => {
+            let args = walrus_cli::trace_bench::TraceBenchArgs { engine, trace, batch, sync };
+            walrus_cli::trace_bench::run_trace(&args).map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Sync { ops, catchup, nodes }) => {
             let args = sync_bench::SyncBenchArgs { ops, catchup, nodes, walrus: None };
             sync_bench::run_sync(args, None).map(|()| ExitCode::SUCCESS)

@@ -78,7 +78,7 @@ mod target {
 /// figures, in this order (seconds and bytes unless the name says otherwise).
 #[derive(serde::Serialize)]
 #[serde(tag = "bench", rename_all = "lowercase")]
-enum Line {
+pub(crate) enum Line {
     /// A new replica catches up on `ops` writes of a workload.
     Catchup {
         workload: &'static str,
@@ -101,16 +101,31 @@ enum Line {
     Log { workload: &'static str, ops: usize, log_bytes_per_op: f64, key_value_bytes_per_op: f64 },
     /// Receiving a catch-up, per op, next to applying the ops to a bare document.
     Verify { us_per_op_catchup: f64, us_per_op_apply: f64 },
+    /// An editing trace replayed through a replica of an engine document,
+    /// next to the same edits on the bare engine document
+    /// (`walrus bench trace`).
+    Trace {
+        engine: &'static str,
+        trace: String,
+        txns: usize,
+        walrus_s: f64,
+        engine_s: f64,
+        log_bytes: u64,
+        engine_history_bytes: u64,
+        catchup_bytes: u64,
+        engine_update_bytes: u64,
+        end_content_ok: bool,
+    },
 }
 
 /// Where the figures go as JSON lines: the file `WALRUS_BENCH_JSON` names,
 /// or nowhere.
-struct JsonLines(Option<File>);
+pub(crate) struct JsonLines(Option<File>);
 
 impl JsonLines {
     /// Opens the file named by `WALRUS_BENCH_JSON` for appending (creating
     /// it), if the variable is set and not empty.
-    fn from_env() -> Result<JsonLines> {
+    pub(crate) fn from_env() -> Result<JsonLines> {
         match std::env::var_os(JSON_ENV).filter(|p| !p.is_empty()) {
             None => Ok(JsonLines(None)),
             Some(path) => {
@@ -126,7 +141,7 @@ impl JsonLines {
 
     /// Appends `line`, written at once so that a run cut short leaves
     /// whole lines behind.
-    fn emit(&mut self, line: Line) -> Result<()> {
+    pub(crate) fn emit(&mut self, line: Line) -> Result<()> {
         if let Some(file) = &mut self.0 {
             let mut bytes = serde_json::to_vec(&line)?;
             bytes.push(b'\n');
@@ -798,7 +813,7 @@ pub fn run_sync(args: SyncBenchArgs, compare: Option<Comparison>) -> Result<()> 
 }
 
 /// The bytes of the log segment files of the replica in `dir`.
-fn segment_bytes(dir: &Path) -> Result<u64> {
+pub(crate) fn segment_bytes(dir: &Path) -> Result<u64> {
     let log = LogReader::open(&dir.join(WAL_DIR), &WalOptions::default())?;
     Ok(log.summary().file_bytes)
 }

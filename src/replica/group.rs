@@ -31,6 +31,8 @@ impl<D: Document> Replica<D> {
     /// nothing of the group may be acknowledged, published or forwarded
     /// (as when a single call's wait fails). A panic in `f` settles the
     /// group first, then goes on.
+    // Used by a node's document workers (`net`).
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
     pub(crate) fn grouped<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> (R, Result<(), StorageError>) {
         // A group inside a group is part of the outer one.
         if self.group.is_some() {
@@ -50,6 +52,7 @@ impl<D: Document> Replica<D> {
     /// that fails or panics here leaves the replica deferring. A replica
     /// poisoned at any point of the group (a wait that failed part-way, an
     /// append) fails the whole group: nothing of it may be acknowledged.
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
     fn finish_group(&mut self) -> Result<(), StorageError> {
         let Some(group) = self.group.take() else { return Ok(()) };
         if self.poisoned {
