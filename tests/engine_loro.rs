@@ -186,9 +186,11 @@ fn the_fuzz_seeds_are_real_updates() {
             })
             .unwrap();
         let snapshot = doc.with_doc(|d| d.export(loro::ExportMode::Snapshot).unwrap());
-        for (name, head, bytes) in
-            [("text_update", [0, 0], text.0), ("map_update", [0, 0], map.0), ("snapshot", [1, 0], snapshot)]
-        {
+        for (name, head, bytes) in [
+            ("seed-text-update", [0, 0], text.0),
+            ("seed-map-update", [0, 0], map.0),
+            ("seed-snapshot", [1, 0], snapshot),
+        ] {
             std::fs::write(dir.join(name), [&head[..], &bytes].concat()).unwrap();
         }
     }
